@@ -1,0 +1,106 @@
+"""The `codeyard` ExtensionApp: settings as traitlets, managers built once, handlers wired."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Int, Unicode, default, validate
+
+from .audit import AuditLog
+from .files import FileReader
+from .handlers.audit import AuditHandler
+from .handlers.files import FilesHandler
+from .handlers.patch import PatchApplyHandler, PatchRevertHandler, PatchValidateHandler
+from .handlers.tree import TreeHandler
+from .patching import PatchManager
+from .paths import STATE_DIRNAME, WorkspacePaths
+from .tree import TreeLister
+
+
+class CodeyardApp(ExtensionApp):
+    """Serves the workspace API under `{base_url}codeyard/api/`.
+
+    Managers (`TreeLister`, `FileReader`, `PatchManager`, `AuditLog`) hold the logic and
+    are built once in `initialize_settings`; handlers only translate HTTP.
+    """
+
+    name = "codeyard"
+    load_other_extensions = True
+
+    max_file_size = Int(
+        2 * 1024 * 1024,
+        help="""Largest file, in bytes, that `GET files` returns. Larger files answer 413.
+
+        Keeps one request from pulling a huge log or dataset into the browser or a prompt.
+        """,
+    ).tag(config=True)
+
+    @validate("max_file_size")
+    def _check_max_file_size(self, proposal: dict[str, Any]) -> int:
+        value = int(proposal["value"])
+        if value <= 0:
+            raise ValueError("max_file_size must be positive")
+        return value
+
+    tree_max_entries = Int(
+        100_000,
+        help="""Upper bound on `limit` for `GET tree`; a request asking for more gets 400.""",
+    ).tag(config=True)
+
+    allow_offset = Bool(
+        False,
+        help="""Accept hunks that apply at a different line than the diff says.
+
+        Off by default: a hunk must apply exactly where it claims. When on, each moved
+        hunk's offset is reported in the response so the user sees what happened.
+        """,
+    ).tag(config=True)
+
+    state_dir = Unicode(
+        help="""Folder for Codeyard's private state: the audit log, revert data, staging.
+
+        Defaults to `.codeyard/` under the workspace root, which keeps staging on the same
+        file system as the files so swaps are atomic renames. Patches may never write here.
+        """,
+    ).tag(config=True)
+
+    @default("state_dir")
+    def _default_state_dir(self) -> str:
+        return str(Path(self.workspace_root) / STATE_DIRNAME)
+
+    @property
+    def workspace_root(self) -> str:
+        return str(self.serverapp.root_dir) if self.serverapp else "."
+
+    def initialize_settings(self) -> None:
+        paths = WorkspacePaths(self.workspace_root)
+        state = Path(self.state_dir)
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        audit = AuditLog(state / "audit.jsonl")
+        contents_manager = self.serverapp.contents_manager if self.serverapp else None
+        allow_hidden = bool(getattr(contents_manager, "allow_hidden", False))
+        patches = PatchManager(paths, state, audit, allow_offset=self.allow_offset, log=self.log)
+        patches.recover()
+        self.settings.update(
+            codeyard_paths=paths,
+            codeyard_audit=audit,
+            codeyard_tree=TreeLister(paths, allow_hidden=allow_hidden),
+            codeyard_files=FileReader(paths, max_size=self.max_file_size),
+            codeyard_patches=patches,
+            codeyard_tree_max=self.tree_max_entries,
+        )
+
+    def initialize_handlers(self) -> None:
+        api = r"/codeyard/api"
+        self.handlers.extend(
+            [
+                (rf"{api}/tree", TreeHandler),
+                (rf"{api}/files", FilesHandler),
+                (rf"{api}/patch/validate", PatchValidateHandler),
+                (rf"{api}/patch/apply", PatchApplyHandler),
+                (rf"{api}/patch/(?P<patch_id>[A-Za-z0-9_-]+)/revert", PatchRevertHandler),
+                (rf"{api}/audit", AuditHandler),
+            ]
+        )

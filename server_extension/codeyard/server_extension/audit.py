@@ -1,0 +1,111 @@
+"""Append-only, hash-chained audit log in JSONL.
+
+Records hold hashes and metadata only: never file content, diff text, prompts or answers.
+Each record's `hash` covers its own fields and the previous record's hash, so editing or
+dropping a line breaks the chain and `verify()` reports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+GENESIS = "0" * 64
+
+
+def _digest(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "hash"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+class AuditLog:
+    """One JSONL file; `append` is serialised by a lock and fsynced before it returns."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._seq, self._prev = self._last_link()
+
+    def _last_link(self) -> tuple[int, str]:
+        last = None
+        if self.path.exists():
+            with self.path.open("rb") as fh:
+                for line in fh:
+                    if line.strip():
+                        last = line
+        if last is None:
+            return 0, GENESIS
+        record = json.loads(last)
+        return int(record["seq"]), str(record["hash"])
+
+    def append(
+        self,
+        *,
+        user: str,
+        action: str,
+        paths: list[str],
+        sha256_before: dict[str, str | None] | None = None,
+        sha256_after: dict[str, str | None] | None = None,
+        patch_sha256: str | None = None,
+        **meta: Any,
+    ) -> dict[str, Any]:
+        """Write one record. `meta` must be small metadata (ids, counts), never content."""
+        with self._lock:
+            record: dict[str, Any] = {
+                "seq": self._seq + 1,
+                "ts": round(time.time(), 6),
+                "user": user,
+                "action": action,
+                "paths": list(paths),
+                "sha256_before": sha256_before or {},
+                "sha256_after": sha256_after or {},
+                "patch_sha256": patch_sha256,
+                **meta,
+                "prev": self._prev,
+            }
+            record["hash"] = _digest(record)
+            line = json.dumps(record, sort_keys=True) + "\n"
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._seq, self._prev = record["seq"], record["hash"]
+            return record
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+
+    def tail(self, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` records, newest first."""
+        if limit <= 0 or not self.path.exists():
+            return []
+        with self.path.open("rb") as fh:
+            newest = deque((line for line in fh if line.strip()), maxlen=limit)
+        return [json.loads(line) for line in reversed(newest)]
+
+    def verify(self) -> bool:
+        """Walk the whole chain; False if any record was edited, dropped or reordered."""
+        prev, seq = GENESIS, 0
+        try:
+            for record in self.records():
+                seq += 1
+                if record.get("seq") != seq or record.get("prev") != prev:
+                    return False
+                if record.get("hash") != _digest(record):
+                    return False
+                prev = record["hash"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        return True

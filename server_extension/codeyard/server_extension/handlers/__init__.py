@@ -1,0 +1,1 @@
+"""HTTP handlers: thin layers that parse a request, call a manager and write JSON."""

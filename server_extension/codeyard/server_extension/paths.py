@@ -1,0 +1,104 @@
+"""Workspace path safety: every user-supplied path goes through `WorkspacePaths.resolve`.
+
+A path is accepted only if it is relative, POSIX, free of NUL, `..` and percent-encoded
+escapes, and if walking it component by component with realpath never leaves the root.
+Writes are refused as well under `.git/` and under Codeyard's private state folder.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import bad_request, forbidden_path
+
+# %2e, %2f, %5c, %00 (any case) and double-encoded %25xx: decoding them could smuggle an escape.
+_ENCODED_ESCAPE = re.compile(r"%(?:2e|2f|5c|00|25[0-9a-f]{2})", re.IGNORECASE)
+
+STATE_DIRNAME = ".codeyard"
+
+
+@dataclass(frozen=True)
+class ResolvedPath:
+    """A checked path: `rel` is normalised POSIX, `abs` is inside the root."""
+
+    rel: str
+    abs: Path
+
+
+class WorkspacePaths:
+    """Resolves user paths against one workspace root, refusing anything that escapes."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(os.path.realpath(root))
+
+    def normalise(self, path: str, *, allow_root: bool = False) -> str:
+        """Check the text of a path and return it normalised, without touching the disk."""
+        if not isinstance(path, str):
+            raise bad_request("path must be a string")
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad_request("path is not valid UTF-8") from None
+        if "\x00" in path:
+            raise forbidden_path("path contains a NUL byte")
+        if _ENCODED_ESCAPE.search(path):
+            raise forbidden_path("path contains a percent-encoded separator or dot")
+        if "\\" in path:
+            raise forbidden_path("path must use POSIX separators, not backslashes")
+        if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+            raise forbidden_path("path must be relative to the workspace root")
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        if any(p == ".." for p in parts):
+            raise forbidden_path("path must not contain '..'")
+        rel = "/".join(parts)
+        if not rel and not allow_root:
+            raise bad_request("path must name a file inside the workspace")
+        return rel
+
+    def resolve(self, path: str, *, for_write: bool = False, allow_root: bool = False) -> ResolvedPath:
+        """Normalise `path` and walk it with realpath, one component at a time.
+
+        Every existing prefix is resolved through its symlinks and must stay under the root,
+        so a symlink anywhere on the way that points outside is refused. The last component
+        may not exist yet (a file being created).
+        """
+        rel = self.normalise(path, allow_root=allow_root)
+        parts = rel.split("/") if rel else []
+        if for_write and parts:
+            if parts[0] == ".git" or ".git" in parts[:-1] or parts[-1] == ".git":
+                raise forbidden_path(f"writes under .git/ are refused: {rel}")
+            if parts[0] == STATE_DIRNAME:
+                raise forbidden_path(f"writes under {STATE_DIRNAME}/ are refused: {rel}")
+        current = self.root
+        for part in parts:
+            candidate = current / part
+            if os.path.lexists(candidate):
+                real = Path(os.path.realpath(candidate))
+                if not self.contains(real):
+                    raise forbidden_path(f"path leaves the workspace through a symlink: {rel}")
+                current = real
+            else:
+                current = candidate
+        if not self.contains(current):
+            raise forbidden_path(f"path leaves the workspace: {rel}")
+        return ResolvedPath(rel=rel, abs=self.root / rel if rel else self.root)
+
+    def contains(self, real: Path) -> bool:
+        """True if the already-resolved `real` is the root or lies below it."""
+        return real == self.root or self.root in real.parents
+
+    def check_symlink_target(self, link_rel: str, target: str) -> None:
+        """Refuse a symlink (e.g. one a patch creates) whose target would leave the root."""
+        if "\x00" in target:
+            raise forbidden_path("symlink target contains a NUL byte")
+        if target.startswith("/"):
+            raise forbidden_path(f"symlink {link_rel} points to an absolute path")
+        joined = posixpath.normpath(posixpath.join(posixpath.dirname(link_rel), target))
+        if joined == ".." or joined.startswith("../"):
+            raise forbidden_path(f"symlink {link_rel} points outside the workspace")
+        # The target may itself run through existing symlinks; resolve what exists.
+        self.resolve(joined, allow_root=True)

@@ -1,0 +1,113 @@
+"""Fixtures for the server-extension tests: a real jupyter-server with Codeyard loaded.
+
+These run in their own pytest invocation (pytest-jupyter brings its own event loop, which
+clashes with the Hub tests' loops).
+
+Fixtures
+--------
+jp_server_config
+    Enables `codeyard.server_extension` and refuses unauthenticated access.
+workspace
+    The server's root folder (`jp_root_dir`) as a `pathlib.Path`, empty at the start.
+api
+    `await api("tree", params={...})` / `await api("patch/apply", body={...})`: calls the real
+    server through `jp_fetch` under `codeyard/api/`, never raising on HTTP errors; returns
+    `(status, json_body)`.
+git_diff
+    `git_diff(before: dict[str, bytes|None], after: dict[str, bytes|None]) -> str`: a real
+    `git diff -M --binary` between two trees built in a scratch repository.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+pytest_plugins = ("pytest_jupyter.jupyter_server",)
+
+ApiCall = Callable[..., Awaitable[tuple[int, Any]]]
+
+
+@pytest.fixture
+def jp_server_config() -> dict[str, Any]:
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {"codeyard.server_extension": True},
+            "allow_unauthenticated_access": False,
+        }
+    }
+
+
+@pytest.fixture
+def workspace(jp_root_dir: Path) -> Path:
+    return Path(jp_root_dir)
+
+
+@pytest.fixture
+def api(jp_fetch: Any, jp_serverapp: Any) -> ApiCall:
+    async def call(
+        endpoint: str,
+        *,
+        method: str | None = None,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        raw_body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        kwargs: dict[str, Any] = {"params": params or {}, "headers": headers or {}}
+        if raw_body is not None:
+            kwargs["body"] = raw_body
+        elif body is not None:
+            kwargs["body"] = json.dumps(body)
+        verb = method or ("POST" if "body" in kwargs else "GET")
+        try:
+            resp = await jp_fetch("codeyard", "api", *endpoint.split("/"), method=verb, **kwargs)
+        except HTTPClientError as exc:
+            assert exc.response is not None, exc
+            return exc.code, json.loads(exc.response.body or b"null")
+        return resp.code, json.loads(resp.body or b"null")
+
+    return call
+
+
+def _write_tree(root: Path, files: dict[str, bytes | None]) -> None:
+    for rel, data in files.items():
+        if data is None:
+            continue
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+@pytest.fixture
+def git_diff(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
+    def make(before: dict[str, bytes | None], after: dict[str, bytes | None]) -> str:
+        repo = tmp_path_factory.mktemp("gitdiff")
+        env_git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+        subprocess.run([*env_git, "init", "-q"], check=True)
+        _write_tree(repo, before)
+        subprocess.run([*env_git, "add", "-A"], check=True)
+        subprocess.run([*env_git, "commit", "-q", "--allow-empty", "-m", "a"], check=True)
+        for rel, data in after.items():
+            target = repo / rel
+            if data is None:
+                target.unlink(missing_ok=True)
+        for rel in before:
+            if rel not in after:
+                (repo / rel).unlink(missing_ok=True)
+        _write_tree(repo, after)
+        subprocess.run([*env_git, "add", "-A"], check=True)
+        out = subprocess.run(
+            [*env_git, "diff", "--cached", "-M", "--no-color", "--no-ext-diff"],
+            check=True,
+            capture_output=True,
+        )
+        return out.stdout.decode("utf-8", "surrogateescape")
+
+    return make
