@@ -38,7 +38,13 @@ ApiCall = Callable[..., Awaitable[tuple[int, Any]]]
 def jp_server_config() -> dict[str, Any]:
     return {
         "ServerApp": {
-            "jpserver_extensions": {"codeyard.server_extension": True},
+            # Terminals are off: they ship an undecorated websocket handler that would trip
+            # the auth-warning check below, and workspaces here don't test them.
+            "jpserver_extensions": {
+                "codeyard.server_extension": True,
+                "jupyter_server_terminals": False,
+            },
+            "terminals_enabled": False,
             "allow_unauthenticated_access": False,
         }
     }
@@ -111,3 +117,10 @@ def git_diff(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
         return out.stdout.decode("utf-8", "surrogateescape")
 
     return make
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The template's check: any handler shipped without authentication fails the run.
+    config.addinivalue_line(
+        "filterwarnings", "error::jupyter_server.utils.JupyterServerAuthWarning"
+    )

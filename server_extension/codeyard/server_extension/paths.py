@@ -59,7 +59,9 @@ class WorkspacePaths:
             raise bad_request("path must name a file inside the workspace")
         return rel
 
-    def resolve(self, path: str, *, for_write: bool = False, allow_root: bool = False) -> ResolvedPath:
+    def resolve(
+        self, path: str, *, for_write: bool = False, allow_root: bool = False
+    ) -> ResolvedPath:
         """Normalise `path` and walk it with realpath, one component at a time.
 
         Every existing prefix is resolved through its symlinks and must stay under the root,

@@ -1,0 +1,116 @@
+"""Listing a workspace as a tree that honours `.gitignore` files at every level.
+
+The walk uses `os.scandir` (one `stat` per entry, reused from the directory read) and
+`pathspec`'s GitIgnoreSpec for matching, so ignore semantics are git's, not hand-written.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+import pathspec
+
+from .errors import bad_request, not_found
+from .paths import STATE_DIRNAME, WorkspacePaths
+
+ALWAYS_HIDDEN = frozenset({".git", STATE_DIRNAME})
+
+
+@dataclass
+class _Ignore:
+    """The .gitignore specs in force in one directory, innermost last."""
+
+    specs: list[tuple[str, pathspec.GitIgnoreSpec]] = field(default_factory=list)
+
+    def ignored(self, rel: str, is_dir: bool) -> bool:
+        # The innermost .gitignore with a matching pattern decides, as in git.
+        for base, spec in reversed(self.specs):
+            sub = rel[len(base) + 1 :] if base else rel
+            result = spec.check_file(sub + "/" if is_dir else sub)
+            if result.include is not None:
+                return bool(result.include)
+        return False
+
+    def entering(self, dir_abs: str, dir_rel: str) -> _Ignore:
+        path = os.path.join(dir_abs, ".gitignore")
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                spec = pathspec.GitIgnoreSpec.from_lines(fh)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+            return self
+        return _Ignore([*self.specs, (dir_rel, spec)])
+
+
+class TreeLister:
+    """Lists entries below a workspace path, depth-first, capped at `limit` entries."""
+
+    def __init__(self, paths: WorkspacePaths, *, allow_hidden: bool = False) -> None:
+        self.paths = paths
+        self.allow_hidden = allow_hidden
+
+    def _ignore_for(self, rel: str) -> _Ignore:
+        """Collect the .gitignore files of every ancestor of `rel`, root first."""
+        ignore = _Ignore().entering(str(self.paths.root), "")
+        parts = rel.split("/") if rel else []
+        for i in range(len(parts)):
+            sub = "/".join(parts[: i + 1])
+            ignore = ignore.entering(str(self.paths.root / sub), sub)
+        return ignore
+
+    def list(self, path: str, *, depth: int, limit: int) -> dict[str, Any]:
+        target = self.paths.resolve(path, allow_root=True)
+        if not os.path.lexists(target.abs):
+            raise not_found(f"no such directory: {target.rel or '.'}")
+        if not target.abs.is_dir():
+            raise bad_request(f"not a directory: {target.rel}")
+        budget = [limit]
+        entries = self._walk(
+            str(target.abs), target.rel, depth, self._ignore_for(target.rel), budget
+        )
+        return {"path": target.rel, "entries": entries, "truncated": budget[0] < 0}
+
+    def _walk(
+        self, dir_abs: str, dir_rel: str, depth: int, ignore: _Ignore, budget: list[int]
+    ) -> list[dict[str, Any]]:
+        try:
+            with os.scandir(dir_abs) as it:
+                items = sorted(it, key=lambda e: e.name)
+        except (PermissionError, FileNotFoundError, NotADirectoryError):
+            return []
+        out: list[dict[str, Any]] = []
+        for item in items:
+            name = item.name
+            if name in ALWAYS_HIDDEN or (not self.allow_hidden and name.startswith(".")):
+                continue
+            rel = f"{dir_rel}/{name}" if dir_rel else name
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            is_link = stat.S_ISLNK(st.st_mode)
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if ignore.ignored(rel, is_dir):
+                continue
+            if budget[0] <= 0:
+                budget[0] = -1
+                break
+            budget[0] -= 1
+            entry: dict[str, Any] = {
+                "name": name,
+                "path": rel,
+                "type": "symlink" if is_link else "directory" if is_dir else "file",
+                "size": st.st_size,
+                "mtime": st.st_mtime,
+            }
+            out.append(entry)
+            if is_dir and depth > 1:
+                sub_abs = os.path.join(dir_abs, name)
+                entry["children"] = self._walk(
+                    sub_abs, rel, depth - 1, ignore.entering(sub_abs, rel), budget
+                )
+            if budget[0] < 0:
+                break
+        return out

