@@ -1,0 +1,529 @@
+"""The patch engine behind `patch/validate`, `patch/apply` and `patch/{id}/revert`.
+
+Flow of an apply, all under one lock so two patches never interleave:
+  1. parse the diff headers (`diffparse`) and check every path (`WorkspacePaths`);
+  2. re-check `base` hashes and that the files exist (or not) as the patch expects;
+  3. copy the affected files into a staging folder under the state dir and run
+     `git apply` there (`gitapply`), then check symlinks the result would contain;
+  4. hard-link the old files into the revert store, commit the journal and swap the new
+     files in with renames (`transactions`); 5. append an audit record (hashes only).
+
+Revert data (the old files) lives in `state/patches/<id>/`, never in the audit log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from . import transactions as tx
+from .audit import AuditLog
+from .diffparse import FilePatch, parse_diff
+from .errors import CodeyardError, bad_request, conflict, forbidden_path, not_found
+from .gitapply import FileOutcome, GitVerdict, run_git_apply
+from .paths import WorkspacePaths
+
+_PATCH_ID = re.compile(r"^[0-9a-f]{32}$")
+_INVERSE = {"create": "delete", "delete": "create", "modify": "modify", "rename": "rename"}
+
+
+def sha256_of(path: Path) -> str | None:
+    """Hash of a file's bytes, or of a symlink's target text (as git hashes links)."""
+    if os.path.islink(path):
+        return hashlib.sha256(os.fsencode(os.readlink(path))).hexdigest()
+    try:
+        with path.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _copy_entry(src: Path, dst: Path) -> None:
+    """Copy a file with its mode, or recreate a symlink as a symlink."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+    else:
+        shutil.copyfile(src, dst)
+        os.chmod(dst, stat.S_IMODE(os.lstat(src).st_mode))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Keep `src`'s current inode under `dst` without copying when the file system allows."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        _copy_entry(src, dst)
+
+
+class PatchManager:
+    """Validates, applies and reverts unified diffs in one workspace.
+
+    Extension points, in the spirit of Spawner's: `run_engine` (swap `git apply` for
+    another engine), and `fault(point)`, a no-op called at the crash-relevant moments
+    (`staged`, `committed`, `swapped:<n>`) so tests can inject failures there.
+    """
+
+    def __init__(
+        self,
+        paths: WorkspacePaths,
+        state_dir: str | os.PathLike[str],
+        audit: AuditLog,
+        *,
+        allow_offset: bool = False,
+        log: logging.Logger | Any | None = None,
+    ) -> None:
+        self.paths = paths
+        self.state = Path(state_dir)
+        self.audit = audit
+        self.allow_offset = allow_offset
+        self.log = log or logging.getLogger(__name__)
+        self.tx_root = self.state / "tx"
+        self.scratch_root = self.state / "scratch"
+        self.store_root = self.state / "patches"
+        for folder in (self.tx_root, self.scratch_root, self.store_root):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._needs_recovery = False
+
+    # ---- hooks -------------------------------------------------------------------------
+
+    def fault(self, point: str) -> None:
+        """Called at crash-relevant points; tests override it to inject failures."""
+
+    def run_engine(self, work: Path, files: list[FilePatch]) -> GitVerdict:
+        return run_git_apply(work, files, b"".join(fp.text for fp in files))
+
+    # ---- locking -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Thread lock plus a file lock, so a second server on the same state also waits."""
+        with self._lock:
+            fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if self._needs_recovery:
+                    self._recover_locked()
+                yield
+            finally:
+                os.close(fd)
+
+    # ---- checks ------------------------------------------------------------------------
+
+    def _parse(self, diff: Any) -> tuple[bytes, list[FilePatch]]:
+        if not isinstance(diff, str) or not diff:
+            raise bad_request("diff must be a non-empty string")
+        try:
+            data = diff.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise bad_request("diff is not encodable text") from None
+        return data, parse_diff(data)
+
+    def _check_path(self, rel: str) -> str:
+        resolved = self.paths.resolve(rel, for_write=True)
+        # Like git: a patch may not write through a symlinked folder, even one inside.
+        parts = resolved.rel.split("/")
+        for depth in range(1, len(parts)):
+            if os.path.islink(self.paths.root.joinpath(*parts[:depth])):
+                raise forbidden_path(f"path runs through a symlink: {resolved.rel}")
+        return resolved.rel
+
+    def _check_files(self, files: list[FilePatch]) -> None:
+        for fp in files:
+            if fp.old_path is not None:
+                fp.old_path = self._check_path(fp.old_path)
+            if fp.new_path is not None:
+                fp.new_path = self._check_path(fp.new_path)
+
+    def _check_base(self, base: Any) -> dict[str, str | None]:
+        if base is None:
+            return {}
+        if not isinstance(base, dict):
+            raise bad_request("base must be an object of path: sha256")
+        checked: dict[str, str | None] = {}
+        for rel, digest in base.items():
+            if digest is not None and not (
+                isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)
+            ):
+                raise bad_request(f"base hash for {rel} must be a sha256 hex digest or null")
+            checked[self.paths.resolve(rel).rel] = digest
+        return checked
+
+    def _base_errors(self, base: dict[str, str | None]) -> dict[str, str | None]:
+        """Paths whose current hash differs from `base`, mapped to the current hash."""
+        wrong: dict[str, str | None] = {}
+        for rel, expected in base.items():
+            current = sha256_of(self.paths.root / rel)
+            if current != expected:
+                wrong[rel] = current
+        return wrong
+
+    def _state_errors(self, files: list[FilePatch]) -> dict[int, str]:
+        """Files the patch expects to exist that don't, and ones it creates that do."""
+        freed = {fp.old_path for fp in files if fp.op in ("delete", "rename")}
+        errors: dict[int, str] = {}
+        for i, fp in enumerate(files):
+            if fp.old_path is not None:
+                src = self.paths.root / fp.old_path
+                if not os.path.lexists(src) or (src.is_dir() and not src.is_symlink()):
+                    errors[i] = "file_missing"
+                    continue
+            if fp.op in ("create", "rename"):
+                assert fp.new_path is not None
+                parts = fp.new_path.split("/")
+                for depth in range(1, len(parts) + 1):
+                    prefix = "/".join(parts[:depth])
+                    full = self.paths.root / prefix
+                    last = depth == len(parts)
+                    if prefix in freed or not os.path.lexists(full):
+                        continue
+                    if last or not full.is_dir():
+                        errors[i] = "file_exists"
+                        break
+        return errors
+
+    # ---- staging -----------------------------------------------------------------------
+
+    def _stage(self, work: Path, files: list[FilePatch]) -> tuple[GitVerdict, dict[str, str]]:
+        """Copy the files the patch reads into `work` and run the engine there."""
+        work.mkdir(parents=True)
+        before: dict[str, str] = {}
+        for fp in files:
+            if fp.old_path is not None:
+                _copy_entry(self.paths.root / fp.old_path, work / fp.old_path)
+                digest = sha256_of(work / fp.old_path)
+                assert digest is not None
+                before[fp.old_path] = digest
+        return self.run_engine(work, files), before
+
+    def _check_result(self, work: Path, files: list[FilePatch]) -> None:
+        """The staged tree holds exactly the patch's new paths, and no escaping symlink."""
+        expected = {fp.new_path for fp in files if fp.new_path is not None}
+        found = set()
+        for dirpath, dirnames, filenames in os.walk(work):
+            for name in filenames + [d for d in dirnames if os.path.islink(Path(dirpath, d))]:
+                found.add(Path(dirpath, name).relative_to(work).as_posix())
+        if found != expected:
+            raise bad_request("the diff's file names could not be read consistently")
+        for rel in expected:
+            if os.path.islink(work / rel):
+                self.paths.check_symlink_target(rel, os.readlink(work / rel))
+
+    def _describe(
+        self, fp: FilePatch, outcome: FileOutcome, state_error: str | None
+    ) -> dict[str, Any]:
+        entry: dict[str, Any] = {"path": fp.path, "op": fp.op, "hunks": len(fp.hunks)}
+        if fp.op == "rename":
+            entry["from"] = fp.old_path
+        if outcome.offsets:
+            entry["offsets"] = outcome.offsets
+        code = state_error or outcome.code
+        if code is None and outcome.offsets and not self.allow_offset:
+            code = "hunk_offset"
+            outcome.hunk = outcome.offsets[0]["hunk"]
+        entry["applies"] = code is None
+        if code is not None:
+            entry["error"] = code
+            entry["message"] = self._message(fp, code, outcome)
+            if outcome.hunk is not None and code in ("hunk_failed", "hunk_offset"):
+                entry["hunk"] = outcome.hunk
+        return entry
+
+    @staticmethod
+    def _message(fp: FilePatch, code: str, outcome: FileOutcome) -> str:
+        hunk = f"hunk #{outcome.hunk}" if outcome.hunk is not None else "a hunk"
+        return {
+            "hunk_failed": f"{hunk} of {fp.path} does not apply",
+            "hunk_offset": f"{hunk} of {fp.path} applies only at another line "
+            "(offsets are not allowed)",
+            "file_missing": f"{fp.old_path} does not exist",
+            "file_exists": f"{fp.new_path} already exists",
+            "file_type": f"{fp.path} has a different file type than the diff expects",
+            "path_forbidden": f"{fp.path} lies beyond a symlink",
+        }.get(code, f"{fp.path} does not apply")
+
+    def _evaluate(
+        self, diff: Any, base: Any, work: Path
+    ) -> tuple[bytes, list[FilePatch], list[dict[str, Any]], dict[str, str], dict[str, Any]]:
+        """Everything validate and apply share. Returns the per-file report and problems."""
+        data, files = self._parse(diff)
+        self._check_files(files)
+        checked_base = self._check_base(base)
+        problems: dict[str, Any] = {}
+        wrong_base = self._base_errors(checked_base)
+        if wrong_base:
+            problems["base"] = wrong_base
+        state_errors = self._state_errors(files)
+        before: dict[str, str] = {}
+        if state_errors:
+            outcomes = [FileOutcome() for _ in files]
+        else:
+            verdict, before = self._stage(work, files)
+            if verdict.malformed:
+                where = f" at line {verdict.malformed_line}" if verdict.malformed_line else ""
+                raise bad_request(f"git apply could not read the diff{where}")
+            outcomes = verdict.files
+            if verdict.ok:
+                self._check_result(work, files)
+        report = [
+            self._describe(fp, outcome, state_errors.get(i))
+            for i, (fp, outcome) in enumerate(zip(files, outcomes, strict=True))
+        ]
+        for fp, entry in zip(files, report, strict=True):
+            if fp.new_path in wrong_base or fp.old_path in wrong_base:
+                entry.update(applies=False, error="base_mismatch")
+                entry["message"] = f"{fp.path} changed since the base hash"
+        return data, files, report, before, problems
+
+    # ---- public API --------------------------------------------------------------------
+
+    def validate(self, diff: Any, base: Any = None) -> dict[str, Any]:
+        """Report whether and how each file of `diff` applies. Writes nothing in the workspace."""
+        work = self.scratch_root / uuid.uuid4().hex / "work"
+        try:
+            _, _, report, _, problems = self._evaluate(diff, base, work)
+        finally:
+            tx.discard(work.parent)
+        result: dict[str, Any] = {"ok": all(f["applies"] for f in report), "files": report}
+        if problems.get("base"):
+            result["ok"] = False
+            result["base_mismatch"] = problems["base"]
+        return result
+
+    def apply(self, diff: Any, base: Any = None, *, user: str = "anonymous") -> dict[str, Any]:
+        """Apply all of `diff` or nothing; 409 on a stale base, a failing hunk or a clash."""
+        patch_id = uuid.uuid4().hex
+        tx_dir = self.tx_root / patch_id
+        with self._locked():
+            try:
+                data, files, report, before, problems = self._evaluate(diff, base, tx_dir / "work")
+                self._raise_first_problem(report, problems)
+                return self._commit_apply(patch_id, tx_dir, data, files, report, before, user)
+            except BaseException:
+                if tx.read_journal(tx_dir) is None:
+                    tx.discard(tx_dir)
+                    tx.discard(self.store_root / patch_id)
+                else:
+                    self._needs_recovery = True
+                raise
+
+    @staticmethod
+    def _raise_first_problem(report: list[dict[str, Any]], problems: dict[str, Any]) -> None:
+        if problems.get("base"):
+            rel, current = next(iter(problems["base"].items()))
+            raise conflict(
+                "base_mismatch",
+                f"{rel} does not match the base hash",
+                path=rel,
+                current=current,
+                mismatches=problems["base"],
+            )
+        for entry in report:
+            if not entry["applies"]:
+                extra = {k: entry[k] for k in ("hunk", "offsets") if k in entry}
+                raise conflict(entry["error"], entry["message"], path=entry["path"], **extra)
+
+    def _commit_apply(
+        self,
+        patch_id: str,
+        tx_dir: Path,
+        data: bytes,
+        files: list[FilePatch],
+        report: list[dict[str, Any]],
+        before: dict[str, str],
+        user: str,
+    ) -> dict[str, Any]:
+        store = self.store_root / patch_id
+        store.mkdir(mode=0o700)
+        entries: list[tx.Entry] = []
+        touched: list[dict[str, Any]] = []
+        after: dict[str, str | None] = {}
+        for n, fp in enumerate(files):
+            if fp.old_path is not None and fp.old_path != fp.new_path:
+                entries.append({"path": fp.old_path, "staged": None})
+                after[fp.old_path] = None
+            if fp.new_path is not None:
+                staged = tx_dir / "work" / fp.new_path
+                if not staged.is_symlink():
+                    tx.fsync_path(staged)
+                entries.append({"path": fp.new_path, "staged": f"work/{fp.new_path}"})
+                after[fp.new_path] = sha256_of(staged)
+            if fp.old_path is not None:
+                _link_or_copy(self.paths.root / fp.old_path, store / "old" / str(n))
+        for n, fp in enumerate(files):
+            for rel in dict.fromkeys(p for p in (fp.old_path, fp.new_path) if p is not None):
+                keep = f"old/{n}" if rel == fp.old_path else None
+                touched.append(
+                    {"path": rel, "before": before.get(rel), "after": after[rel], "keep": keep}
+                )
+        results = []
+        for fp, entry in zip(files, report, strict=True):
+            item = {
+                "path": fp.path,
+                "op": fp.op,
+                "sha256_before": before.get(fp.old_path) if fp.old_path else None,
+                "sha256_after": after.get(fp.new_path) if fp.new_path else None,
+            }
+            if fp.op == "rename":
+                item["from"] = fp.old_path
+            if "offsets" in entry:
+                item["offsets"] = entry["offsets"]
+            results.append(item)
+        meta = {
+            "patch_id": patch_id,
+            "user": user,
+            "patch_sha256": hashlib.sha256(data).hexdigest(),
+            "touched": touched,
+            "files": results,
+            "reverted": False,
+        }
+        tx.write_atomic(store / "meta.json", json.dumps(meta, sort_keys=True).encode())
+        if (store / "old").exists():
+            tx.fsync_path(store / "old")
+        self.fault("staged")
+        tx.commit(tx_dir, {"kind": "apply", "patch_id": patch_id, "entries": entries})
+        self.fault("committed")
+        self._finish(tx_dir)
+        self.log.info("codeyard patch %s applied to %d files", patch_id, len(files))
+        return {"patch_id": patch_id, "files": results}
+
+    def _finish(self, tx_dir: Path) -> None:
+        """Swap a committed transaction in, record it, and drop its folder."""
+        journal = tx.read_journal(tx_dir)
+        assert journal is not None
+        patch_id = journal["patch_id"]
+        tx.swap(self.paths.root, tx_dir, journal["entries"], lambda n: self.fault(f"swapped:{n}"))
+        store = self.store_root / patch_id
+        meta = json.loads((store / "meta.json").read_bytes())
+        action = "patch.apply" if journal["kind"] == "apply" else "patch.revert"
+        if journal["kind"] == "revert":
+            meta["reverted"] = True
+            tx.write_atomic(store / "meta.json", json.dumps(meta, sort_keys=True).encode())
+            tx.discard(store / "old")
+        if not self._audited(patch_id, action, journal.get("recovered", False)):
+            t = meta["touched"]
+            forward = journal["kind"] == "apply"
+            self.audit.append(
+                user=journal.get("user", meta["user"]),
+                action=action,
+                paths=[e["path"] for e in t],
+                sha256_before={e["path"]: e["before" if forward else "after"] for e in t},
+                sha256_after={e["path"]: e["after" if forward else "before"] for e in t},
+                patch_sha256=meta["patch_sha256"],
+                patch_id=patch_id,
+            )
+        tx.discard(tx_dir)
+
+    def _audited(self, patch_id: str, action: str, recovering: bool) -> bool:
+        if not recovering:
+            return False
+        return any(
+            r.get("patch_id") == patch_id and r.get("action") == action
+            for r in self.audit.tail(1000)
+        )
+
+    def revert(self, patch_id: str, *, user: str = "anonymous") -> dict[str, Any]:
+        """Put back exactly the files as they were before `patch_id`; 409 if they changed."""
+        if not _PATCH_ID.match(patch_id):
+            raise not_found("no such patch")
+        store = self.store_root / patch_id
+        tx_dir = self.tx_root / f"{patch_id}-revert"
+        with self._locked():
+            try:
+                meta = json.loads((store / "meta.json").read_bytes())
+            except FileNotFoundError:
+                raise not_found(f"no such patch: {patch_id}") from None
+            if meta["reverted"]:
+                raise conflict("already_reverted", f"patch {patch_id} was already reverted")
+            try:
+                return self._revert_locked(patch_id, store, tx_dir, meta, user)
+            except BaseException:
+                if tx.read_journal(tx_dir) is None:
+                    tx.discard(tx_dir)
+                else:
+                    self._needs_recovery = True
+                raise
+
+    def _revert_locked(
+        self, patch_id: str, store: Path, tx_dir: Path, meta: dict[str, Any], user: str
+    ) -> dict[str, Any]:
+        entries: list[tx.Entry] = []
+        for item in meta["touched"]:
+            rel = self._check_path(item["path"])
+            current = sha256_of(self.paths.root / rel)
+            if current != item["after"]:
+                raise conflict(
+                    "changed_since_patch",
+                    f"{rel} changed since patch {patch_id}",
+                    path=rel,
+                    current=current,
+                    expected=item["after"],
+                )
+            if item["before"] is None:
+                entries.append({"path": rel, "staged": None})
+                continue
+            keep = store / item["keep"]
+            if sha256_of(keep) != item["before"]:
+                raise CodeyardError(500, "revert_data_damaged", f"revert data of {rel} is damaged")
+            staged = tx_dir / "work" / rel
+            _link_or_copy(keep, staged)
+            entries.append({"path": rel, "staged": f"work/{rel}"})
+        self.fault("staged")
+        tx.commit(
+            tx_dir, {"kind": "revert", "patch_id": patch_id, "entries": entries, "user": user}
+        )
+        self.fault("committed")
+        self._finish(tx_dir)
+        files = []
+        for item in meta["files"]:
+            op = _INVERSE[item["op"]]
+            out = {
+                "path": item.get("from", item["path"]),
+                "op": op,
+                "sha256_before": item["sha256_after"],
+                "sha256_after": item["sha256_before"],
+            }
+            if op == "rename":
+                out["from"] = item["path"]
+            files.append(out)
+        self.log.info("codeyard patch %s reverted", patch_id)
+        return {"patch_id": patch_id, "files": files}
+
+    def recover(self) -> list[str]:
+        """At start-up: finish committed transactions, throw away uncommitted ones."""
+        with self._locked():
+            return self._recover_locked()
+
+    def _recover_locked(self) -> list[str]:
+        finished: list[str] = []
+        tx.discard(self.scratch_root)
+        self.scratch_root.mkdir(mode=0o700, exist_ok=True)
+        for tx_dir in sorted(p for p in self.tx_root.iterdir() if p.is_dir()):
+            journal = tx.read_journal(tx_dir)
+            if journal is None:
+                tx.discard(tx_dir)
+                if _PATCH_ID.match(tx_dir.name):
+                    tx.discard(self.store_root / tx_dir.name)
+                self.log.warning("codeyard discarded uncommitted transaction %s", tx_dir.name)
+                continue
+            journal["recovered"] = True
+            tx.commit(tx_dir, journal)
+            self._finish(tx_dir)
+            finished.append(str(journal["patch_id"]))
+            self.log.warning("codeyard finished interrupted transaction %s", tx_dir.name)
+        self._needs_recovery = False
+        return finished

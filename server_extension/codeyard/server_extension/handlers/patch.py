@@ -1,0 +1,53 @@
+"""`POST patch/validate`, `patch/apply`, `patch/{id}/revert`: thin HTTP over PatchManager."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from ..patching import PatchManager
+from .base import CodeyardHandler
+
+
+class PatchHandler(CodeyardHandler):
+    """Shared by the patch family: one `auth_resource`, body parsing, off-loop execution."""
+
+    auth_resource = "codeyard:patch"
+
+    @property
+    def patches(self) -> PatchManager:
+        manager: PatchManager = self.settings["codeyard_patches"]
+        return manager
+
+    def diff_and_base(self) -> tuple[Any, Any]:
+        body = self.get_json_body_dict()
+        return body.get("diff"), body.get("base")
+
+
+class PatchValidateHandler(PatchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        diff, base = self.diff_and_base()
+        # git runs in a subprocess; keep the event loop free meanwhile.
+        self.write_json(await asyncio.to_thread(self.patches.validate, diff, base))
+
+
+class PatchApplyHandler(PatchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        diff, base = self.diff_and_base()
+        user = self.username
+        self.write_json(await asyncio.to_thread(self.patches.apply, diff, base, user=user))
+
+
+class PatchRevertHandler(PatchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, patch_id: str) -> None:
+        user = self.username
+        self.write_json(await asyncio.to_thread(self.patches.revert, patch_id, user=user))

@@ -1,0 +1,108 @@
+"""Runs `git apply` in a staging folder and reads its verdict per file and per hunk.
+
+git is the engine because it is the field's standard: all or nothing, exact context
+matching, renames, modes, binary patches, and it refuses to write beyond symlinks. It runs
+with no repository around it (`GIT_CEILING_DIRECTORIES`), no user or system config, and
+the C locale so its messages can be parsed. Its own messages are never passed on: some
+quote diff text, so results carry our wording with paths and numbers only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .diffparse import FilePatch
+
+_CHECKING = re.compile(r"^Checking patch (.*)\.\.\.$")
+_OFFSET = re.compile(r"^Hunk #(\d+) succeeded at (\d+) \(offset (-?\d+) lines?\)\.$")
+_FAILED_AT = re.compile(r"^error: patch failed: .*:(\d+)$")
+_AT_LINE = re.compile(r"at line (\d+)")
+
+
+@dataclass
+class FileOutcome:
+    """What git said about one file section."""
+
+    applies: bool = True
+    code: str | None = None  # hunk_failed | file_missing | file_exists | path_forbidden | ...
+    hunk: int | None = None  # 1-based index of the failing hunk, when git names one
+    offsets: list[dict[str, int]] = field(default_factory=list)
+
+
+@dataclass
+class GitVerdict:
+    ok: bool
+    files: list[FileOutcome]
+    malformed_line: int | None = None  # set when git could not parse the patch at all
+    malformed: bool = False
+
+
+def _env(ceiling: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(
+        GIT_CEILING_DIRECTORIES=str(ceiling),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+        HOME=str(ceiling),
+        LC_ALL="C",
+        LANGUAGE="C",
+    )
+    return env
+
+
+def _classify(line: str) -> str:
+    if "beyond a symbolic link" in line:
+        return "path_forbidden"
+    if "already exists" in line:
+        return "file_exists"
+    if "No such file or directory" in line or "does not exist" in line:
+        return "file_missing"
+    if "wrong type" in line:
+        return "file_type"
+    return "hunk_failed"
+
+
+def run_git_apply(work: Path, files: list[FilePatch], text: bytes) -> GitVerdict:
+    """Apply `text` (the canonical git-form patch of `files`) inside `work`."""
+    proc = subprocess.run(
+        ["git", "apply", "--verbose", "--whitespace=nowarn", "-p1", "-"],
+        cwd=work,
+        input=text,
+        env=_env(work.parent),
+        capture_output=True,
+        check=False,
+    )
+    outcomes = [FileOutcome() for _ in files]
+    current = -1
+    malformed_line: int | None = None
+    malformed = False
+    for raw in proc.stderr.decode("utf-8", "replace").splitlines():
+        if _CHECKING.match(raw):
+            current += 1
+            continue
+        if current < 0 or current >= len(outcomes):
+            if raw.startswith(("error:", "fatal:")):
+                malformed = True
+                m = _AT_LINE.search(raw)
+                if m and malformed_line is None:
+                    malformed_line = int(m[1])
+            continue
+        outcome = outcomes[current]
+        if m := _OFFSET.match(raw):
+            outcome.offsets.append({"hunk": int(m[1]), "line": int(m[2]), "offset": int(m[3])})
+        elif m := _FAILED_AT.match(raw):
+            outcome.applies, outcome.code = False, "hunk_failed"
+            old_start = int(m[1])
+            for index, hunk in enumerate(files[current].hunks, start=1):
+                if hunk.old_start == old_start:
+                    outcome.hunk = index
+                    break
+        elif raw.startswith("error:") and outcome.applies:
+            outcome.applies, outcome.code = False, _classify(raw)
+    if proc.returncode != 0 and all(o.applies for o in outcomes) and not malformed:
+        malformed = True
+    return GitVerdict(proc.returncode == 0, outcomes, malformed_line, malformed)
