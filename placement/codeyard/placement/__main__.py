@@ -1,0 +1,57 @@
+"""`python -m codeyard.placement {upgrade-db,rotate-keys,generate-key}`.
+
+The database URL comes from `--db-url` or `CODEYARD_PLACEMENT_DB_URL`; keys from
+`CODEYARD_PLACEMENT_CRYPT_KEY` (see `crypto.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .crypto import KEY_ENV, CredentialCipher, key_fingerprint
+from .database import current_revision, head_revision, make_engine, open_db, upgrade
+from .registry import Registry
+
+DB_ENV = "CODEYARD_PLACEMENT_DB_URL"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m codeyard.placement")
+    parser.add_argument(
+        "--db-url", default=os.environ.get(DB_ENV, "sqlite:///codeyard_placement.sqlite")
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser(
+        "upgrade-db", help="back up (SQLite) and upgrade the schema to the newest revision"
+    )
+    sub.add_parser(
+        "rotate-keys", help=f"re-encrypt every credential under the first key in ${KEY_ENV}"
+    )
+    sub.add_parser("generate-key", help="print a new key to put first in the key setting")
+    args = parser.parse_args(argv)
+
+    if args.command == "generate-key":
+        print(CredentialCipher.generate_key())
+        return 0
+    if args.command == "upgrade-db":
+        engine = make_engine(args.db_url)
+        before = current_revision(engine)
+        engine.dispose()
+        backup = upgrade(args.db_url)
+        print(
+            f"upgraded {before or '(empty)'} -> {head_revision()}"
+            + (f"; backup: {backup}" if backup else "")
+        )
+        return 0
+    if args.command == "rotate-keys":
+        cipher = CredentialCipher()
+        count = Registry(open_db(args.db_url), cipher).rotate_keys()
+        print(f"re-encrypted {count} credentials under key {key_fingerprint(cipher.keys[0])}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The registry's tables (SQLAlchemy 2.0).
+
+Schema changes go through alembic (`codeyard/placement/alembic/versions/`): never
+`create_all` on a database that already holds data. Secrets live only in
+`Credential.encrypted`, a MultiFernet token (see `crypto.py`); every other column is safe to
+show to an admin.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ServerState(enum.StrEnum):
+    """`active` takes new workspaces; `draining` keeps its running ones but takes none;
+    `down` was marked unreachable by the health monitor (or an admin)."""
+
+    active = "active"
+    draining = "draining"
+    down = "down"
+
+
+class CredentialKind(enum.StrEnum):
+    tls = "tls"  # CA + client cert + client key (PEM)
+    ssh = "ssh"  # private key (OpenSSH/PEM)
+    token = "token"  # noqa: S105  (a kind name, not a secret)
+
+
+class PlacementState(enum.StrEnum):
+    placed = "placed"  # host chosen, not known to run
+    running = "running"
+    stopped = "stopped"
+
+
+class Server(Base):
+    __tablename__ = "servers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    # tcp://host:2376 (TLS), ssh://user@host[:port], unix:///path/docker.sock
+    endpoint: Mapped[str] = mapped_column(String(1024))
+    region: Mapped[str] = mapped_column(String(255), default="")
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    storage_root: Mapped[str] = mapped_column(String(1024), default="")
+    storage_shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_workspaces: Mapped[int] = mapped_column(Integer, default=0)  # 0: unlimited
+    cpu_capacity: Mapped[float] = mapped_column(Float, default=0.0)  # cores; 0: unknown
+    mem_capacity: Mapped[int] = mapped_column(Integer, default=0)  # MiB; 0: unknown
+    state: Mapped[ServerState] = mapped_column(
+        Enum(ServerState, native_enum=False, length=16), default=ServerState.active
+    )
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_test: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    credentials: Mapped[list[Credential]] = relationship(
+        back_populates="server", cascade="all, delete-orphan", order_by="Credential.id"
+    )
+
+
+class Credential(Base):
+    __tablename__ = "credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    kind: Mapped[CredentialKind] = mapped_column(Enum(CredentialKind, native_enum=False, length=16))
+    # MultiFernet token of a JSON document; never decrypted outside `crypto`/`connect`.
+    encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    # Public fingerprints only (sha256 of certificates / public keys / a token hash prefix).
+    fingerprints: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    rotated: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    server: Mapped[Server] = relationship(back_populates="credentials")
+
+
+class Placement(Base):
+    """Where one workspace (a user's named server) runs or will run next."""
+
+    __tablename__ = "placements"
+    __table_args__ = (UniqueConstraint("user", "workspace"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(255))
+    workspace: Mapped[str] = mapped_column(String(255), default="")  # "" = default server
+    server_id: Mapped[int | None] = mapped_column(
+        ForeignKey("servers.id", ondelete="SET NULL"), nullable=True
+    )
+    state: Mapped[PlacementState] = mapped_column(
+        Enum(PlacementState, native_enum=False, length=16), default=PlacementState.placed
+    )
+    mem_reserved: Mapped[int] = mapped_column(Integer, default=0)  # MiB
+    # Revision 2: an admin's pin; applied at the next start (or at once with restart).
+    pinned_server_id: Mapped[int | None] = mapped_column(
+        ForeignKey("servers.id", ondelete="SET NULL"), nullable=True
+    )
+    restart_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set when re-placement off a dead, non-shared host was confirmed by an admin.
+    data_loss_confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    server: Mapped[Server | None] = relationship(foreign_keys=[server_id])
+    pinned_server: Mapped[Server | None] = relationship(foreign_keys=[pinned_server_id])
+
+
+class PolicySetting(Base):
+    """The active policy: `group == ""` is the default, other rows override per group."""
+
+    __tablename__ = "policy_settings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group: Mapped[str] = mapped_column(String(255), unique=True, default="")
+    policy: Mapped[str] = mapped_column(String(255))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Decision(Base):
+    """Every placement decision with its reason, for the admin's audit of 'why here?'."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    user: Mapped[str] = mapped_column(String(255))
+    workspace: Mapped[str] = mapped_column(String(255), default="")
+    policy: Mapped[str] = mapped_column(String(255))
+    server_id: Mapped[int | None] = mapped_column(
+        ForeignKey("servers.id", ondelete="SET NULL"), nullable=True
+    )
+    server_name: Mapped[str] = mapped_column(String(255), default="")
+    reason: Mapped[str] = mapped_column(Text)
+    candidates: Mapped[int] = mapped_column(Integer, default=0)
+    duration_us: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PolicyCursor(Base):
+    """Round-robin's memory: the last server it chose, per scope (group or "")."""
+
+    __tablename__ = "policy_cursors"
+
+    scope: Mapped[str] = mapped_column(String(255), primary_key=True)
+    last_server: Mapped[str] = mapped_column(String(255), default="")
