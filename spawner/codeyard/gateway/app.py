@@ -1,0 +1,235 @@
+"""`GatewayApp`: the gateway's settings as traitlets and its tornado server.
+
+Settings come from a config file (`--config=...`, `c.GatewayApp.<name> = ...`), the command
+line (`--GatewayApp.port=...`) or, for the defaults, the environment JupyterHub gives a
+managed service (`JUPYTERHUB_SERVICE_URL`, `JUPYTERHUB_SERVICE_PREFIX`, `JUPYTERHUB_API_*`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubAuth
+from tornado import httpclient, web
+from tornado.httpserver import HTTPServer
+from traitlets import Bool, Float, Instance, Int, List, Unicode, default, validate
+from traitlets.config import Application
+
+from .audit import GatewayAudit
+from .handlers import HealthHandler, MetricsHandler, NotFoundHandler, ProxyHandler
+from .limits import UserLimiter
+from .metrics import GatewayMetrics
+
+DEFAULT_STATE = Path.home() / ".cache" / "codeyard" / "state"
+SCOPE = "custom:codeyard-llm"
+
+
+class GatewayApp(Application):
+    """The LLM gateway service. Override `make_handlers` to add routes."""
+
+    name = "codeyard-llm-gateway"
+    description = "Authenticated, rate-limited, audited door from workspaces to the shared vLLM."
+
+    config_file = Unicode(
+        "", help="""Python config file to load (`c.GatewayApp.port = ...`)."""
+    ).tag(config=True)
+
+    aliases = {
+        "config": "GatewayApp.config_file",
+        "port": "GatewayApp.port",
+        "ip": "GatewayApp.ip",
+        "upstream-url": "GatewayApp.upstream_url",
+        "log-level": "Application.log_level",
+    }
+
+    ip = Unicode(
+        help="""Address to listen on. Defaults to the host of JUPYTERHUB_SERVICE_URL, else
+        127.0.0.1. Workspaces reach the gateway through the Hub's proxy
+        (`/services/<name>/v1`) or directly on this address."""
+    ).tag(config=True)
+
+    @default("ip")
+    def _default_ip(self) -> str:
+        url = os.environ.get("JUPYTERHUB_SERVICE_URL")
+        return (urlparse(url).hostname if url else None) or "127.0.0.1"
+
+    port = Int(
+        help="""Port to listen on. Defaults to the port of JUPYTERHUB_SERVICE_URL, else 8002."""
+    ).tag(config=True)
+
+    @default("port")
+    def _default_port(self) -> int:
+        url = os.environ.get("JUPYTERHUB_SERVICE_URL")
+        return (urlparse(url).port if url else None) or 8002
+
+    service_prefix = Unicode(
+        help="""URL prefix the Hub's proxy forwards to this service, e.g.
+        `/services/codeyard-llm/`. Routes answer both under it and at the root (`/v1/...`),
+        so direct callers need not know it. Defaults to JUPYTERHUB_SERVICE_PREFIX."""
+    ).tag(config=True)
+
+    @default("service_prefix")
+    def _default_prefix(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/codeyard-llm/")
+
+    @validate("service_prefix")
+    def _check_prefix(self, proposal: dict[str, Any]) -> str:
+        value = "/" + str(proposal["value"]).strip("/") + "/"
+        return "/" if value == "//" else value
+
+    upstream_url = Unicode(
+        help="""Base URL of the vLLM OpenAI server, without `/v1`. Defaults to
+        CODEYARD_VLLM_URL, else http://127.0.0.1:8001 (what hub_config/vllm/serve.sh starts).
+        Point it at an external vLLM to share a GPU host."""
+    ).tag(config=True)
+
+    @default("upstream_url")
+    def _default_upstream(self) -> str:
+        return os.environ.get("CODEYARD_VLLM_URL", "http://127.0.0.1:8001")
+
+    upstream_api_key_file = Unicode(
+        help="""File holding vLLM's API key (serve.sh creates it, mode 0600). Only the gateway
+        reads it; workspaces never see it. Defaults to CODEYARD_VLLM_KEY_FILE, else
+        ~/.cache/codeyard/state/vllm.key. A missing file means no key is sent."""
+    ).tag(config=True)
+
+    @default("upstream_api_key_file")
+    def _default_key_file(self) -> str:
+        return os.environ.get("CODEYARD_VLLM_KEY_FILE", str(DEFAULT_STATE / "vllm.key"))
+
+    connect_timeout = Float(
+        5.0, help="""Seconds to wait for a TCP connection to vLLM before answering 503."""
+    ).tag(config=True)
+
+    upstream_timeout = Float(
+        600.0,
+        help="""Seconds a whole upstream call may take. When it runs out before the first byte,
+        the caller gets 504; after, the stream is ended early.""",
+    ).tag(config=True)
+
+    max_body_bytes = Int(
+        1024 * 1024,
+        help="""Largest request body accepted, in bytes. Larger ones get 413.""",
+    ).tag(config=True)
+
+    max_tokens_cap = Int(
+        2048,
+        help="""Upper bound on `max_tokens`/`max_completion_tokens`. Larger or missing values
+        are lowered to this cap (not refused). 0 disables the cap.""",
+    ).tag(config=True)
+
+    max_concurrent_per_user = Int(
+        4,
+        help="""Requests one user may have in flight at once; one more gets 429 with
+        Retry-After. 0 means unlimited.""",
+    ).tag(config=True)
+
+    tokens_per_minute_per_user = Int(
+        60_000,
+        help="""Prompt plus completion tokens one user may spend in any 60 s window; past it,
+        requests get 429 with Retry-After until the window frees up. 0 means unlimited.""",
+    ).tag(config=True)
+
+    required_scopes = List(
+        Unicode(),
+        default_value=[SCOPE],
+        help=f"""A caller's token must hold at least one of these JupyterHub scopes, else 403.
+        Define `{SCOPE}` in `c.JupyterHub.custom_scopes` and grant it to users and to
+        server tokens (see hub_config/services_llm.py). `access:services!service=<name>`
+        works as well.""",
+    ).tag(config=True)
+
+    metrics_require_auth = Bool(
+        True,
+        help="""Serve `/metrics` only to tokens with the `read:metrics` scope. Turn off only
+        when the port is reachable by the Prometheus scraper alone.""",
+    ).tag(config=True)
+
+    audit_log_path = Unicode(
+        help="""JSONL file for the audit rows (digests and counts, never text). Defaults to
+        CODEYARD_LLM_AUDIT_LOG, else ~/.cache/codeyard/state/llm-audit.jsonl."""
+    ).tag(config=True)
+
+    @default("audit_log_path")
+    def _default_audit(self) -> str:
+        return os.environ.get("CODEYARD_LLM_AUDIT_LOG", str(DEFAULT_STATE / "llm-audit.jsonl"))
+
+    hub_auth = Instance(HubAuth, help="The HubAuth that checks callers' tokens.")
+
+    @default("hub_auth")
+    def _default_hub_auth(self) -> HubAuth:
+        return HubAuth(parent=self)
+
+    upstream_api_key = ""
+
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        if self.config_file:
+            self.load_config_file(self.config_file)
+        key_file = Path(self.upstream_api_key_file).expanduser()
+        if key_file.is_file():
+            self.upstream_api_key = key_file.read_text().strip()
+        else:
+            self.log.warning("no vLLM key file at %s: calling vLLM without a key", key_file)
+        self.metrics = GatewayMetrics()
+        self.limiter = UserLimiter(self.max_concurrent_per_user, self.tokens_per_minute_per_user)
+        self.audit = GatewayAudit(self.audit_log_path)
+        # One client for all calls; max_clients bounds parallel upstream calls.
+        self.http_client = httpclient.AsyncHTTPClient(force_instance=True, max_clients=256)
+
+    def make_handlers(self) -> list[Any]:
+        routes: list[Any] = []
+        prefixes = [self.service_prefix] + ([] if self.service_prefix == "/" else ["/"])
+        for prefix in prefixes:
+            routes += [
+                (rf"{prefix}v1/(.*)", ProxyHandler),
+                (rf"{prefix}metrics", MetricsHandler),
+                (rf"{prefix}health", HealthHandler),
+            ]
+        routes.append((r".*", NotFoundHandler))
+        return routes
+
+    def make_app(self) -> web.Application:
+        return web.Application(self.make_handlers(), gateway=self, log_function=self._log_request)
+
+    def _log_request(self, handler: web.RequestHandler) -> None:
+        # No query strings or bodies in logs.
+        self.log.info(
+            "%s %s %s %.1fms",
+            handler.get_status(),
+            handler.request.method,
+            handler.request.path,
+            1000 * handler.request.request_time(),
+        )
+
+    async def serve(self) -> None:
+        server = HTTPServer(self.make_app(), max_body_size=max(self.max_body_bytes * 4, 1 << 20))
+        server.listen(self.port, self.ip)
+        self.log.info(
+            "codeyard LLM gateway on http://%s:%s%s -> %s",
+            self.ip,
+            self.port,
+            self.service_prefix,
+            self.upstream_url,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.stop()
+        self.audit.close()
+
+    def start(self) -> None:
+        asyncio.run(self.serve())
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = GatewayApp.instance()
+    app.initialize(argv)
+    app.start()

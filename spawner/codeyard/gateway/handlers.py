@@ -1,0 +1,339 @@
+"""HTTP side of the gateway: check the caller, apply limits, relay to vLLM chunk by chunk.
+
+Errors follow the OpenAI shape `{"error": {"message", "type", "code"}}` so the usual
+clients (openai, litellm) show the message to the user.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tornado import httpclient, web
+from tornado.simple_httpclient import HTTPTimeoutError
+
+from .accounting import AnswerTally, prompt_digest
+from .audit import AuditRow
+
+if TYPE_CHECKING:
+    from .app import GatewayApp
+
+# The only upstream endpoints a caller may reach. vLLM's --api-key guards /v1 only, and the
+# other /v1 paths (tokenize, audio, embeddings, ...) are not part of our contract.
+ALLOWED = {
+    ("POST", "chat/completions"),
+    ("POST", "completions"),
+    ("GET", "models"),
+}
+
+_AUTH = re.compile(r"(?:token|bearer)\s+(\S+)", re.IGNORECASE)
+
+
+class GatewayError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+class _ClientGone(Exception):
+    """Raised inside the streaming callback to abort the upstream call (vLLM then stops)."""
+
+
+class BaseHandler(web.RequestHandler):
+    @property
+    def gateway(self) -> GatewayApp:
+        return self.settings["gateway"]  # type: ignore[no-any-return]
+
+    def check_xsrf_cookie(self) -> None:
+        # Token-authenticated API only; no cookies are ever accepted.
+        return
+
+    def send_gateway_error(self, err: GatewayError) -> None:
+        self.set_status(err.status)
+        if err.retry_after is not None:
+            self.set_header("Retry-After", str(err.retry_after))
+        self.set_header("Content-Type", "application/json")
+        self.finish(
+            json.dumps({"error": {"message": err.message, "type": err.code, "code": err.code}})
+        )
+
+    async def authenticate(self) -> dict[str, Any]:
+        """Return the Hub's model of the token's owner, or raise 401/403."""
+        match = _AUTH.match(self.request.headers.get("Authorization", ""))
+        if not match:
+            raise GatewayError(
+                401, "unauthorized", "send your JupyterHub token as 'Authorization: Bearer <token>'"
+            )
+        try:
+            user = await self.gateway.hub_auth.user_for_token(match.group(1), sync=False)
+        except web.HTTPError as exc:
+            raise GatewayError(
+                503, "hub_unavailable", f"cannot check the token with JupyterHub: {exc.log_message}"
+            ) from None
+        if not user:
+            raise GatewayError(401, "unauthorized", "the token is not valid (expired or revoked?)")
+        return user
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        reason = self._reason or "error"
+        self.finish(
+            json.dumps({"error": {"message": reason, "type": "error", "code": status_code}})
+        )
+
+
+class ProxyHandler(BaseHandler):
+    """Forwards one allowed call to vLLM and relays the answer as it arrives."""
+
+    def initialize(self) -> None:
+        self._client_gone = False
+
+    def on_connection_close(self) -> None:
+        self._client_gone = True
+
+    async def get(self, path: str) -> None:
+        await self._handle("GET", path)
+
+    async def post(self, path: str) -> None:
+        await self._handle("POST", path)
+
+    async def _handle(self, method: str, path: str) -> None:
+        gw = self.gateway
+        started = time.perf_counter()
+        user_name, model = "-", "-"
+        try:
+            user = await self.authenticate()
+            user_name = str(user.get("name", "-"))
+            if not gw.hub_auth.check_scopes(set(gw.required_scopes), user):
+                raise GatewayError(
+                    403,
+                    "forbidden",
+                    f"this token may not use the model: it needs one of the scopes "
+                    f"{sorted(gw.required_scopes)}",
+                )
+            if (method, path) not in ALLOWED:
+                raise GatewayError(404, "not_found", f"{method} /v1/{path} is not offered here")
+            body = self._checked_body(method)
+            if body is not None:
+                model = str(body.get("model", "-"))
+            refusal = gw.limiter.acquire(user_name)
+            if refusal is not None:
+                gw.metrics.errors.labels(user_name, model, refusal.reason).inc()
+                raise GatewayError(
+                    429, "rate_limited", refusal.message, retry_after=refusal.retry_after
+                )
+        except GatewayError as err:
+            reason = {401: "auth", 403: "forbidden", 404: "not_found", 413: "too_large"}.get(
+                err.status, err.code
+            )
+            if err.status != 429:
+                gw.metrics.errors.labels(user_name, model, reason).inc()
+            gw.metrics.requests.labels(user_name, model, path, str(err.status)).inc()
+            self.send_gateway_error(err)
+            return
+
+        gw.metrics.in_flight.labels(user_name).inc()
+        tally = AnswerTally(streaming=bool(body and body.get("stream")))
+        ttft: float | None = None
+        status = 0
+        error: str | None = None
+        try:
+            status, ttft, error = await self._relay(method, path, body, tally, started)
+        finally:
+            tally.finish()
+            gw.limiter.release(user_name, tally.total_tokens)
+            gw.metrics.in_flight.labels(user_name).dec()
+            elapsed = time.perf_counter() - started
+            labels = (user_name, model)
+            gw.metrics.requests.labels(user_name, model, path, str(status)).inc()
+            if error:
+                gw.metrics.errors.labels(*labels, error).inc()
+            if ttft is not None:
+                gw.metrics.ttft.labels(*labels).observe(ttft)
+            gw.metrics.latency.labels(*labels).observe(elapsed)
+            if tally.total_tokens:
+                gw.metrics.tokens.labels(*labels, "prompt").inc(tally.prompt_tokens)
+                gw.metrics.tokens.labels(*labels, "completion").inc(tally.completion_tokens)
+            if body is not None:
+                gw.audit.write(
+                    AuditRow(
+                        user=user_name,
+                        model=model,
+                        path=path,
+                        status=status,
+                        stream=tally.streaming,
+                        prompt_tokens=tally.prompt_tokens,
+                        completion_tokens=tally.completion_tokens,
+                        latency_ms=round(elapsed * 1000, 2),
+                        ttft_ms=None if ttft is None else round(ttft * 1000, 2),
+                        prompt_sha256=prompt_digest(body),
+                        answer_sha256=tally.answer_sha256,
+                        error=error,
+                    )
+                )
+
+    def _checked_body(self, method: str) -> dict[str, Any] | None:
+        if method != "POST":
+            return None
+        gw = self.gateway
+        raw = self.request.body or b""
+        if len(raw) > gw.max_body_bytes:
+            raise GatewayError(
+                413, "request_too_large", f"request body over the {gw.max_body_bytes} byte limit"
+            )
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise GatewayError(400, "bad_request", "request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise GatewayError(400, "bad_request", "request body must be a JSON object")
+        cap = gw.max_tokens_cap
+        if cap > 0:
+            # Clamp rather than refuse: a client asking for "as much as possible" still works.
+            asked = body.get("max_tokens")
+            if not isinstance(asked, int) or not 0 < asked <= cap:
+                body["max_tokens"] = cap
+            asked = body.get("max_completion_tokens")
+            if asked is not None and (not isinstance(asked, int) or not 0 < asked <= cap):
+                body["max_completion_tokens"] = cap
+        if body.get("stream"):
+            # Ask for the usage block on streams: token limits and metrics need it.
+            options = body.get("stream_options") or {}
+            if isinstance(options, dict):
+                body["stream_options"] = {**options, "include_usage": True}
+        return body
+
+    async def _relay(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        tally: AnswerTally,
+        started: float,
+    ) -> tuple[int, float | None, str | None]:
+        """Returns (status sent to the client, time to first byte, error reason or None)."""
+        gw = self.gateway
+        upstream: dict[str, Any] = {"status": 0, "content_type": "application/json"}
+        first: list[float] = []
+
+        def on_header(line: str) -> None:
+            if line.startswith("HTTP/"):
+                upstream["status"] = int(line.split(" ", 2)[1])
+            elif line.lower().startswith("content-type:"):
+                upstream["content_type"] = line.split(":", 1)[1].strip()
+
+        def on_chunk(chunk: bytes) -> None:
+            if self._client_gone:
+                raise _ClientGone()
+            if not first:
+                first.append(time.perf_counter() - started)
+                if upstream["status"] == 401:
+                    # vLLM refused our key: a deployment fault, not the caller's.
+                    upstream["status"] = 502
+                    upstream["misconfigured"] = True
+                    return
+                self.set_status(upstream["status"] or 200)
+                self.set_header("Content-Type", upstream["content_type"])
+                if tally.streaming:
+                    self.set_header("Cache-Control", "no-cache")
+                    self.set_header("X-Accel-Buffering", "no")
+            if upstream.get("misconfigured"):
+                return
+            tally.feed(chunk)
+            self.write(chunk)
+            self.flush()
+
+        headers = {"Content-Type": "application/json"}
+        if gw.upstream_api_key:
+            headers["Authorization"] = f"Bearer {gw.upstream_api_key}"
+        request = httpclient.HTTPRequest(
+            f"{gw.upstream_url.rstrip('/')}/v1/{path}",
+            method=method,
+            headers=headers,
+            body=None if body is None else json.dumps(body).encode("utf-8"),
+            connect_timeout=gw.connect_timeout,
+            request_timeout=gw.upstream_timeout,
+            streaming_callback=on_chunk,
+            header_callback=on_header,
+            decompress_response=False,
+        )
+        ttft = None
+        try:
+            await gw.http_client.fetch(request, raise_error=False)
+        except _ClientGone:
+            return 499, first[0] if first else None, "client_gone"
+        except HTTPTimeoutError:
+            if first:
+                # Headers are out; all we can do is end the stream early.
+                self.finish()
+                return upstream["status"], first[0], "upstream_timeout"
+            self.send_gateway_error(
+                GatewayError(
+                    504,
+                    "upstream_timeout",
+                    f"the model server did not answer within {gw.upstream_timeout:g} s",
+                )
+            )
+            return 504, None, "upstream_timeout"
+        except (OSError, httpclient.HTTPClientError) as exc:
+            if first:
+                self.finish()
+                return upstream["status"], first[0], "upstream_broken"
+            self.send_gateway_error(
+                GatewayError(
+                    503,
+                    "model_unavailable",
+                    "the model server (vLLM) is not reachable: it is down or still starting "
+                    f"({exc.__class__.__name__}). Try again in a minute; if it persists, "
+                    "ask an administrator to check the codeyard-llm service.",
+                )
+            )
+            return 503, None, "upstream_down"
+        ttft = first[0] if first else None
+        if upstream.get("misconfigured"):
+            self.send_gateway_error(
+                GatewayError(502, "gateway_misconfigured", "vLLM rejected the gateway's API key")
+            )
+            return 502, ttft, "upstream_auth"
+        if not first:
+            self.set_status(upstream["status"] or 200)
+        self.finish()
+        status = int(upstream["status"] or 200)
+        return status, ttft, None if status < 400 else f"upstream_{status}"
+
+
+class MetricsHandler(BaseHandler):
+    """Prometheus text; needs a token with the Hub's `read:metrics` scope unless disabled."""
+
+    async def get(self) -> None:
+        gw = self.gateway
+        if gw.metrics_require_auth:
+            try:
+                user = await self.authenticate()
+                if not gw.hub_auth.check_scopes({"read:metrics"}, user):
+                    raise GatewayError(403, "forbidden", "metrics need the read:metrics scope")
+            except GatewayError as err:
+                self.send_gateway_error(err)
+                return
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(gw.metrics.registry))
+
+
+class HealthHandler(BaseHandler):
+    """Liveness of the gateway itself (no auth, no upstream call, reveals nothing)."""
+
+    def get(self) -> None:
+        self.finish({"status": "ok"})
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        self.send_gateway_error(GatewayError(404, "not_found", "not found"))

@@ -1,0 +1,52 @@
+"""Prometheus metrics of the gateway, in their own registry (not the process default).
+
+Labels are the JupyterHub user name and the model id the client asked for. Both sets are
+small on one deployment, so per-user series stay affordable.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "codeyard_llm_requests",
+            "Requests answered by the gateway, by final HTTP status.",
+            ["user", "model", "path", "status"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "codeyard_llm_tokens",
+            "Tokens reported by the upstream, by kind (prompt or completion).",
+            ["user", "model", "kind"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "codeyard_llm_errors",
+            "Requests that failed, by reason (auth, forbidden, limit, upstream_down, ...).",
+            ["user", "model", "reason"],
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "codeyard_llm_time_to_first_token_seconds",
+            "Seconds from receiving a request to relaying the first byte of the answer.",
+            ["user", "model"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "codeyard_llm_request_seconds",
+            "Seconds from receiving a request to the end of the answer.",
+            ["user", "model"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "codeyard_llm_in_flight",
+            "Requests being forwarded right now.",
+            ["user"],
+            registry=self.registry,
+        )
