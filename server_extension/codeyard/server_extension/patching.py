@@ -298,6 +298,9 @@ class PatchManager:
             _, _, report, _, problems = self._evaluate(diff, base, work)
         finally:
             tx.discard(work.parent)
+        for entry in report:
+            if entry.get("error") == "path_forbidden":
+                raise forbidden_path(entry["message"], path=entry["path"])
         result: dict[str, Any] = {"ok": all(f["applies"] for f in report), "files": report}
         if problems.get("base"):
             result["ok"] = False
@@ -335,6 +338,8 @@ class PatchManager:
         for entry in report:
             if not entry["applies"]:
                 extra = {k: entry[k] for k in ("hunk", "offsets") if k in entry}
+                if entry["error"] == "path_forbidden":
+                    raise forbidden_path(entry["message"], path=entry["path"])
                 raise conflict(entry["error"], entry["message"], path=entry["path"], **extra)
 
     def _commit_apply(
