@@ -1,0 +1,139 @@
+/**
+ * The server contracts this extension uses, declared once. Shapes follow the server
+ * extension (issue 2: files, patch, audit) and the model endpoints (explain, rewrite).
+ */
+import { requestAPI, requestStream } from './request';
+
+export interface IFileRead {
+  path: string;
+  content: string;
+  encoding: 'utf-8' | 'base64';
+  sha256: string;
+  size: number;
+  mtime: number;
+}
+
+export interface IPatchFileResult {
+  path: string;
+  op: 'modify' | 'create' | 'delete' | 'rename';
+  sha256_before: string | null;
+  sha256_after: string | null;
+}
+
+export interface IPatchResult {
+  patch_id: string;
+  files: IPatchFileResult[];
+}
+
+export interface IAuditRecord {
+  seq: number;
+  ts: number;
+  user: string;
+  action: string;
+  paths: string[];
+  sha256_before: Record<string, string | null>;
+  sha256_after: Record<string, string | null>;
+  patch_sha256: string | null;
+  patch_id?: string;
+  reverts?: string;
+  [key: string]: unknown;
+}
+
+export interface IAuditPage {
+  records: IAuditRecord[];
+  chain_ok: boolean;
+}
+
+export interface IUsage {
+  prompt_tokens?: number;
+  completion_tokens?: number;
+  total_tokens?: number;
+  model?: string;
+  [key: string]: unknown;
+}
+
+/** Where a request points: a file's line range, or a range inside one notebook cell. */
+export interface ICodeRange {
+  path: string;
+  start_line: number;
+  end_line: number;
+  cell_id?: string;
+}
+
+export interface IRewriteResult {
+  diff: string;
+  base: Record<string, string>;
+  unchanged: boolean;
+  usage?: IUsage;
+}
+
+export interface IExplainEvent {
+  delta?: string;
+  done?: boolean;
+  usage?: IUsage;
+  error?: string;
+  message?: string;
+}
+
+export interface ICompleteResult {
+  text: string;
+  usage?: IUsage;
+}
+
+export interface IModelOptions {
+  max_tokens?: number;
+  context_lines?: number;
+}
+
+const json = (body: unknown): RequestInit => ({
+  method: 'POST',
+  body: JSON.stringify(body),
+  headers: { 'Content-Type': 'application/json' }
+});
+
+export const api = {
+  readFile(path: string): Promise<IFileRead> {
+    return requestAPI<IFileRead>(`files?path=${encodeURIComponent(path)}`);
+  },
+  applyPatch(diff: string, base: Record<string, string>): Promise<IPatchResult> {
+    return requestAPI<IPatchResult>('patch/apply', json({ diff, base }));
+  },
+  revertPatch(patchId: string): Promise<IPatchResult> {
+    return requestAPI<IPatchResult>(`patch/${encodeURIComponent(patchId)}/revert`, {
+      method: 'POST'
+    });
+  },
+  audit(limit = 50): Promise<IAuditPage> {
+    return requestAPI<IAuditPage>(`audit?limit=${limit}`);
+  },
+  rewrite(
+    range: ICodeRange,
+    instruction: string,
+    options: IModelOptions,
+    signal?: AbortSignal
+  ): Promise<IRewriteResult> {
+    return requestAPI<IRewriteResult>('rewrite', {
+      ...json({ ...range, instruction, ...options }),
+      signal
+    });
+  },
+  explain(
+    range: ICodeRange & { question?: string },
+    options: IModelOptions,
+    onEvent: (event: IExplainEvent) => void,
+    signal: AbortSignal
+  ): Promise<void> {
+    return requestStream(
+      'explain',
+      { ...range, ...options },
+      data => onEvent(data as IExplainEvent),
+      signal
+    );
+  },
+  complete(
+    body: { path: string; prefix: string; suffix: string; max_tokens?: number },
+    signal: AbortSignal
+  ): Promise<ICompleteResult> {
+    return requestAPI<ICompleteResult>('complete', { ...json(body), signal });
+  }
+};

@@ -1,0 +1,637 @@
+/**
+ * The "Codeyard AI" side panel: context, explain (streamed), rewrite as a reviewable diff
+ * with apply/discard, and the workspace's patch history with revert.
+ *
+ * Plain DOM inside a Lumino widget: the panel is a handful of forms, and the one rich part
+ * (the diff) is a CodeMirror view. The rules live in `state.ts`; this file wires them.
+ */
+import { EditorView } from '@codemirror/view';
+import { IEditorLanguageRegistry } from '@jupyterlab/codemirror';
+import { IDocumentManager } from '@jupyterlab/docmanager';
+import { IRenderMimeRegistry, MimeModel } from '@jupyterlab/rendermime';
+import { Widget } from '@lumino/widgets';
+
+import { api, IModelOptions, IUsage } from './api';
+import { createDiffView } from './diffview';
+import { ApiError, describeError, isConflict } from './errors';
+import { requestAPI } from './request';
+import { decideApply, FlowState, historyFromAudit, makeReview, StaleBaseError } from './state';
+import { ActiveCodeTracker, ISnapshot } from './tracker';
+
+export interface IPanelSettings {
+  contextLines: number;
+  maxTokens: number;
+  followSelection: boolean;
+  inlineCompletion: boolean;
+}
+
+export const DEFAULT_SETTINGS: IPanelSettings = {
+  contextLines: 20,
+  maxTokens: 1024,
+  followSelection: true,
+  inlineCompletion: true
+};
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  props: { className?: string; text?: string; title?: string; attrs?: Record<string, string> } = {},
+  ...children: (Node | string)[]
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (props.className) {
+    node.className = props.className;
+  }
+  if (props.text !== undefined) {
+    node.textContent = props.text;
+  }
+  if (props.title) {
+    node.title = props.title;
+  }
+  for (const [k, v] of Object.entries(props.attrs ?? {})) {
+    node.setAttribute(k, v);
+  }
+  node.append(...children);
+  return node;
+}
+
+function button(label: string, className: string, onClick: () => void): HTMLButtonElement {
+  const b = el('button', {
+    className: `jp-Button jp-mod-styled ${className}`,
+    text: label,
+    attrs: { type: 'button' }
+  });
+  b.addEventListener('click', onClick);
+  return b;
+}
+
+export class CodeyardPanel extends Widget {
+  settings: IPanelSettings = { ...DEFAULT_SETTINGS };
+  readonly flow = new FlowState();
+
+  private explainAbort: AbortController | null = null;
+  private rewriteAbort: AbortController | null = null;
+  private diffView: EditorView | null = null;
+  private lastUsage: IUsage | null = null;
+  private explainText = '';
+  private renderPending = false;
+
+  // DOM
+  private contextBox = el('div', { className: 'cy-context' });
+  private statusLine = el('div', { className: 'cy-status', attrs: { role: 'status', 'aria-live': 'polite' } });
+  private questionInput = el('input', {
+    className: 'cy-question jp-mod-styled',
+    attrs: { type: 'text', placeholder: 'Optional question about the selection', 'aria-label': 'Question' }
+  });
+  private explainBtn = button('Explain', 'jp-mod-accept cy-explain', () => void this.explain());
+  private stopBtn = button('Stop', 'jp-mod-warn cy-stop', () => this.stop());
+  private explainOut = el('div', { className: 'cy-explain-output', attrs: { 'aria-live': 'polite' } });
+  private instructionInput = el('textarea', {
+    className: 'cy-instruction jp-mod-styled',
+    attrs: { rows: '3', placeholder: 'Instruction, e.g. "add type hints"', 'aria-label': 'Instruction' }
+  });
+  private rewriteBtn = button('Rewrite', 'jp-mod-accept cy-rewrite', () => void this.rewrite());
+  private review = el('div', { className: 'cy-review' });
+  private reviewSummary = el('div', { className: 'cy-review-summary' });
+  private diffBox = el('div', { className: 'cy-diff' });
+  private applyBtn = button('Apply', 'jp-mod-accept cy-apply', () => void this.apply());
+  private discardBtn = button('Discard', 'jp-mod-reject cy-discard', () => this.discard());
+  private conflictBox = el('div', { className: 'cy-conflict', attrs: { role: 'alert' } });
+  private historyList = el('ul', { className: 'cy-history-list' });
+  private historyStatus = el('div', { className: 'cy-history-status' });
+
+  constructor(
+    private tracker: ActiveCodeTracker,
+    private rendermime: IRenderMimeRegistry | null,
+    private languages: IEditorLanguageRegistry | null,
+    private docManager: IDocumentManager | null
+  ) {
+    super();
+    this.id = 'codeyard-ai-panel';
+    this.addClass('cy-Panel');
+    this.title.caption = 'Codeyard AI';
+    this.build();
+    tracker.changed.connect(() => this.scheduleContext(), this);
+    this.renderContext();
+    this.updateButtons();
+  }
+
+  // ---- layout -------------------------------------------------------------------------
+
+  private build(): void {
+    const root = this.node;
+    root.append(
+      el('h2', { className: 'cy-title', text: 'Codeyard AI' }),
+      this.contextBox,
+      this.statusLine,
+      el(
+        'section',
+        { className: 'cy-section cy-section-explain' },
+        el('h3', { text: 'Explain' }),
+        this.questionInput,
+        el('div', { className: 'cy-buttons' }, this.explainBtn, this.stopBtn),
+        this.explainOut
+      ),
+      el(
+        'section',
+        { className: 'cy-section cy-section-rewrite' },
+        el('h3', { text: 'Rewrite' }),
+        this.instructionInput,
+        el('div', { className: 'cy-buttons' }, this.rewriteBtn),
+        this.conflictBox,
+        this.review
+      ),
+      el(
+        'section',
+        { className: 'cy-section cy-section-history' },
+        el(
+          'div',
+          { className: 'cy-history-head' },
+          el('h3', { text: 'History' }),
+          button('Refresh', 'cy-history-refresh', () => void this.refreshHistory())
+        ),
+        this.historyStatus,
+        this.historyList
+      )
+    );
+    this.review.append(
+      this.reviewSummary,
+      this.diffBox,
+      el('div', { className: 'cy-buttons' }, this.applyBtn, this.discardBtn)
+    );
+    this.review.hidden = true;
+    this.conflictBox.hidden = true;
+    this.instructionInput.addEventListener('keydown', ev => {
+      if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) {
+        ev.preventDefault();
+        void this.rewrite();
+      }
+    });
+    this.questionInput.addEventListener('keydown', ev => {
+      if (ev.key === 'Enter') {
+        ev.preventDefault();
+        void this.explain();
+      }
+    });
+  }
+
+  focusInstruction(): void {
+    this.instructionInput.focus();
+  }
+
+  private say(message: string, kind: 'info' | 'error' | 'ok' = 'info'): void {
+    this.statusLine.textContent = message;
+    this.statusLine.dataset.kind = kind;
+    this.statusLine.setAttribute('role', kind === 'error' ? 'alert' : 'status');
+  }
+
+  private contextPending = false;
+  private scheduleContext(): void {
+    if (this.contextPending) {
+      return;
+    }
+    this.contextPending = true;
+    requestAnimationFrame(() => {
+      this.contextPending = false;
+      this.renderContext();
+    });
+  }
+
+  private renderContext(): void {
+    const snap = this.tracker.snapshot();
+    const box = this.contextBox;
+    box.replaceChildren();
+    if (!snap) {
+      box.append(el('div', { className: 'cy-context-empty', text: 'Open a file or a notebook cell.' }));
+    } else {
+      const where =
+        snap.code.kind === 'cell'
+          ? `${snap.code.path} · cell ${(snap.code.cellIndex ?? 0) + 1}`
+          : snap.code.path;
+      const lines = snap.selectionEmpty
+        ? `whole ${snap.code.kind === 'cell' ? 'cell' : 'file'} (lines ${snap.range.start_line}–${snap.range.end_line})`
+        : `lines ${snap.range.start_line}–${snap.range.end_line}`;
+      box.append(
+        el('div', { className: 'cy-context-path', text: where, title: where }),
+        el('div', { className: 'cy-context-selection', text: `Selection: ${lines}` })
+      );
+      if (snap.dirty) {
+        box.append(
+          el('div', {
+            className: 'cy-context-dirty',
+            text: 'Unsaved changes: the model reads the saved file.'
+          })
+        );
+      }
+    }
+    const model = this.lastUsage?.model ?? 'not used yet';
+    box.append(el('div', { className: 'cy-context-model', text: `Model: ${model}` }));
+    box.append(el('div', { className: 'cy-context-gateway', text: `Gateway: ${this.gatewayText}` }));
+  }
+
+  private gatewayText = 'not checked yet';
+  /** There is no health endpoint in the server contract yet; report that instead of guessing. */
+  async checkGateway(): Promise<void> {
+    try {
+      const health = await requestAPI<{ ok?: boolean; status?: string; model?: string }>('health');
+      this.gatewayText = health?.ok === false ? `unhealthy (${health.status ?? 'no detail'})` : 'healthy';
+      if (health?.model) {
+        this.lastUsage = { ...(this.lastUsage ?? {}), model: health.model };
+      }
+    } catch (error) {
+      this.gatewayText =
+        error instanceof ApiError && error.status === 404
+          ? 'unknown (the server has no codeyard/api/health endpoint)'
+          : `unhealthy: ${describeError(error)}`;
+    }
+    this.renderContext();
+  }
+
+  private updateButtons(): void {
+    const phase = this.flow.phase;
+    const busy = phase === 'rewriting' || phase === 'applying';
+    this.explainBtn.disabled = phase === 'explaining' || busy;
+    this.stopBtn.disabled = phase !== 'explaining' && phase !== 'rewriting';
+    this.rewriteBtn.disabled = busy || phase === 'explaining';
+    this.applyBtn.disabled = phase !== 'reviewing';
+    this.discardBtn.disabled = phase !== 'reviewing';
+    this.node.dataset.phase = phase;
+  }
+
+  private options(): IModelOptions {
+    return { max_tokens: this.settings.maxTokens, context_lines: this.settings.contextLines };
+  }
+
+  private requireSnapshot(): ISnapshot | null {
+    const snap = this.tracker.snapshot();
+    if (!snap) {
+      this.say('Open a file or a notebook cell first, then select the code to work on.', 'error');
+    }
+    return snap;
+  }
+
+  // ---- explain ------------------------------------------------------------------------
+
+  async explain(): Promise<void> {
+    const snap = this.requireSnapshot();
+    if (!snap || !this.flow.canMove('explaining')) {
+      return;
+    }
+    this.clearReview();
+    this.flow.move('explaining');
+    this.updateButtons();
+    const ctrl = new AbortController();
+    this.explainAbort = ctrl;
+    this.explainText = '';
+    this.explainOut.replaceChildren();
+    this.explainOut.dataset.state = 'streaming';
+    this.say(`Explaining ${snap.range.path} lines ${snap.range.start_line}–${snap.range.end_line}…`);
+    let failed: string | null = null;
+    try {
+      const question = this.questionInput.value.trim();
+      await api.explain(
+        { ...snap.range, ...(question ? { question } : {}) },
+        this.options(),
+        event => {
+          if (event.error) {
+            failed = event.message ?? event.error;
+            return;
+          }
+          if (event.delta) {
+            this.explainText += event.delta;
+            this.scheduleMarkdown();
+          }
+          if (event.usage) {
+            this.lastUsage = event.usage;
+          }
+        },
+        ctrl.signal
+      );
+      if (failed) {
+        this.say(`The explanation stopped with an error: ${failed}`, 'error');
+      } else if (ctrl.signal.aborted) {
+        this.say('Stopped.');
+      } else {
+        this.say(this.usageText('Explained'), 'ok');
+      }
+    } catch (error) {
+      this.say(ctrl.signal.aborted ? 'Stopped.' : describeError(error), ctrl.signal.aborted ? 'info' : 'error');
+    } finally {
+      this.explainAbort = null;
+      this.explainOut.dataset.state = ctrl.signal.aborted ? 'stopped' : 'done';
+      await this.renderMarkdown();
+      if (this.flow.phase === 'explaining') {
+        this.flow.move('idle');
+      }
+      this.updateButtons();
+      this.renderContext();
+    }
+  }
+
+  stop(): void {
+    this.explainAbort?.abort();
+    this.rewriteAbort?.abort();
+  }
+
+  private usageText(verb: string): string {
+    const u = this.lastUsage;
+    if (!u) {
+      return `${verb}.`;
+    }
+    const tokens = u.total_tokens ?? (u.prompt_tokens ?? 0) + (u.completion_tokens ?? 0);
+    return `${verb} (${tokens} tokens${u.model ? `, ${u.model}` : ''}).`;
+  }
+
+  private scheduleMarkdown(): void {
+    if (this.renderPending) {
+      return;
+    }
+    this.renderPending = true;
+    setTimeout(() => {
+      this.renderPending = false;
+      void this.renderMarkdown();
+    }, 80);
+  }
+
+  private async renderMarkdown(): Promise<void> {
+    const text = this.explainText;
+    if (!this.rendermime) {
+      this.explainOut.textContent = text;
+      return;
+    }
+    const renderer = this.rendermime.createRenderer('text/markdown');
+    await renderer.renderModel(new MimeModel({ data: { 'text/markdown': text } }));
+    if (text === this.explainText) {
+      this.explainOut.replaceChildren(renderer.node);
+    }
+  }
+
+  // ---- rewrite / review / apply -------------------------------------------------------
+
+  async rewrite(again = false): Promise<void> {
+    let range;
+    let instruction: string;
+    let snap: ISnapshot | null = null;
+    if (again && this.flow.lastRequest) {
+      ({ range, instruction } = this.flow.lastRequest);
+    } else {
+      snap = this.requireSnapshot();
+      if (!snap) {
+        return;
+      }
+      instruction = this.instructionInput.value.trim();
+      if (!instruction) {
+        this.say('Type an instruction for the rewrite first.', 'error');
+        this.focusInstruction();
+        return;
+      }
+      range = snap.range;
+    }
+    if (!this.flow.canMove('rewriting')) {
+      return;
+    }
+    this.clearReview();
+    this.flow.move('rewriting');
+    this.flow.lastRequest = { range, instruction };
+    this.conflictBox.hidden = true;
+    this.updateButtons();
+    this.say(`Rewriting ${range.path} lines ${range.start_line}–${range.end_line}…`);
+    const ctrl = new AbortController();
+    this.rewriteAbort = ctrl;
+    try {
+      const result = await api.rewrite(range, instruction, this.options(), ctrl.signal);
+      this.lastUsage = result.usage ?? this.lastUsage;
+      if (result.unchanged || !result.diff) {
+        this.flow.move('idle');
+        this.say('The model proposed no change.', 'info');
+        return;
+      }
+      if (range.cell_id) {
+        this.showRawReview(range.path, result.diff, result.base, instruction, range);
+        return;
+      }
+      const current = await api.readFile(range.path);
+      const review = makeReview(range, instruction, result, current);
+      this.flow.propose(review);
+      this.reviewSummary.textContent = `${review.path}: +${review.stats.added} −${review.stats.removed} (${this.usageText('proposed').replace(/\.$/, '')})`;
+      this.review.hidden = false;
+      this.diffView = await createDiffView(this.diffBox, review.path, review.before, review.after, this.languages);
+      this.say('Review the proposed change, then Apply or Discard.');
+    } catch (error) {
+      if (error instanceof StaleBaseError || isConflict(error)) {
+        this.showConflict(error instanceof StaleBaseError ? error.message : describeError(error));
+      } else if (ctrl.signal.aborted) {
+        this.flow.move('idle');
+        this.say('Stopped.');
+      } else {
+        this.flow.move('error');
+        this.say(describeError(error), 'error');
+      }
+    } finally {
+      this.rewriteAbort = null;
+      this.updateButtons();
+      this.renderContext();
+    }
+  }
+
+  /** A cell rewrite cannot be previewed as file text; show the diff itself, read only. */
+  private showRawReview(
+    path: string,
+    diff: string,
+    base: Record<string, string>,
+    instruction: string,
+    range: NonNullable<FlowState['lastRequest']>['range']
+  ): void {
+    this.flow.propose({
+      range,
+      instruction,
+      diff,
+      base,
+      files: [],
+      path,
+      before: '',
+      after: '',
+      stats: { files: 1, added: 0, removed: 0 }
+    });
+    this.reviewSummary.textContent = `Proposed change to ${path} (cell ${range.cell_id})`;
+    const pre = el('pre', { className: 'cy-raw-diff' });
+    for (const line of diff.split('\n')) {
+      const kind = line.startsWith('+') ? 'add' : line.startsWith('-') ? 'del' : line.startsWith('@@') ? 'hunk' : 'ctx';
+      pre.append(el('span', { className: `cy-line cy-line-${kind}`, text: line + '\n' }));
+    }
+    this.diffBox.replaceChildren(pre);
+    this.review.hidden = false;
+    this.say('Review the proposed change.');
+  }
+
+  private showConflict(detail: string): void {
+    this.clearReview();
+    this.flow.move('conflict');
+    this.conflictBox.replaceChildren(
+      el('div', {
+        className: 'cy-conflict-text',
+        text: `File changed: ${detail}. The proposal was not applied.`
+      }),
+      button('Rewrite again', 'jp-mod-accept cy-rerun', () => void this.rewrite(true))
+    );
+    this.conflictBox.hidden = false;
+    this.say('The file changed since the rewrite was computed; nothing was written.', 'error');
+  }
+
+  private openContexts(paths: string[]) {
+    const out = [];
+    for (const path of paths) {
+      const widget = this.docManager?.findWidget(path);
+      const context = widget ? this.docManager?.contextForWidget(widget) : undefined;
+      if (context) {
+        out.push(context);
+      }
+    }
+    return out;
+  }
+
+  async apply(): Promise<void> {
+    const review = this.flow.review;
+    if (!review || this.flow.phase !== 'reviewing') {
+      this.say('There is no proposed change to apply.', 'error');
+      return;
+    }
+    const paths = Array.from(new Set([review.path, ...Object.keys(review.base)]));
+    const contexts = this.openContexts(paths);
+    const dirty = contexts.find(c => c.model.dirty) ?? null;
+    const decision = decideApply(dirty ? { dirty: true } : null, Boolean(review.range.cell_id));
+    if (!decision.ok) {
+      this.say(decision.reason, 'error');
+      return;
+    }
+    this.flow.move('applying');
+    this.updateButtons();
+    this.say(`Applying to ${review.path}…`);
+    try {
+      const result = await api.applyPatch(review.diff, review.base);
+      this.flow.move('applied');
+      this.clearReview();
+      await this.reloadUnlessDirty(result.files.map(f => f.path));
+      this.say(`Applied patch ${result.patch_id} to ${result.files.map(f => f.path).join(', ')}.`, 'ok');
+      void this.refreshHistory();
+    } catch (error) {
+      if (isConflict(error)) {
+        this.showConflict(describeError(error));
+      } else {
+        this.flow.move('error');
+        this.clearReview();
+        this.say(describeError(error), 'error');
+      }
+    } finally {
+      this.updateButtons();
+    }
+  }
+
+  private async reloadUnlessDirty(paths: string[]): Promise<string[]> {
+    const skipped: string[] = [];
+    for (const context of this.openContexts(paths)) {
+      if (context.model.dirty) {
+        skipped.push(context.path);
+      } else {
+        await context.revert();
+      }
+    }
+    return skipped;
+  }
+
+  discard(): void {
+    if (this.flow.phase !== 'reviewing') {
+      return;
+    }
+    this.clearReview();
+    this.flow.move('idle');
+    this.say('Discarded the proposed change.');
+    this.updateButtons();
+  }
+
+  private clearReview(): void {
+    this.diffView?.destroy();
+    this.diffView = null;
+    this.diffBox.replaceChildren();
+    this.review.hidden = true;
+    if (this.flow.phase !== 'conflict') {
+      this.conflictBox.hidden = true;
+    }
+  }
+
+  // ---- history ------------------------------------------------------------------------
+
+  async refreshHistory(): Promise<void> {
+    this.historyStatus.textContent = 'Loading…';
+    try {
+      const page = await api.audit(50);
+      const entries = historyFromAudit(page.records);
+      this.historyStatus.textContent = page.chain_ok
+        ? `${entries.length} change${entries.length === 1 ? '' : 's'} · audit chain intact`
+        : 'Warning: the audit log chain is broken (a record was altered or removed).';
+      this.historyStatus.dataset.kind = page.chain_ok ? 'ok' : 'error';
+      this.historyList.replaceChildren(
+        ...entries.map(entry => {
+          const item = el(
+            'li',
+            { className: 'cy-history-item', attrs: { 'data-patch-id': entry.patchId } },
+            el('span', { className: 'cy-history-seq', text: `#${entry.seq}` }),
+            el('span', {
+              className: 'cy-history-what',
+              text: `${entry.isRevert ? 'revert of ' + entry.patchId.slice(0, 8) : entry.action} · ${entry.paths.join(', ')}`,
+              title: `${entry.user} · ${entry.when.toLocaleString()} · patch ${entry.patchId}`
+            }),
+            el('span', { className: 'cy-history-when', text: entry.when.toLocaleTimeString() })
+          );
+          if (entry.reverted) {
+            item.append(el('span', { className: 'cy-history-reverted', text: 'reverted' }));
+          } else if (!entry.isRevert) {
+            item.append(button('Revert', 'jp-mod-warn cy-revert', () => void this.revert(entry.patchId, entry.paths)));
+          }
+          return item;
+        })
+      );
+      if (!entries.length) {
+        this.historyList.append(el('li', { className: 'cy-history-empty', text: 'No changes applied yet.' }));
+      }
+    } catch (error) {
+      this.historyStatus.textContent = describeError(error);
+      this.historyStatus.dataset.kind = 'error';
+    }
+  }
+
+  async revert(patchId: string, paths: string[]): Promise<void> {
+    const dirty = this.openContexts(paths).find(c => c.model.dirty);
+    if (dirty) {
+      this.say(
+        `${dirty.path} has unsaved changes. Reverting would reload it from disk and lose them. Save or revert the file first.`,
+        'error'
+      );
+      return;
+    }
+    this.say(`Reverting patch ${patchId}…`);
+    try {
+      const result = await api.revertPatch(patchId);
+      await this.reloadUnlessDirty(result.files.map(f => f.path));
+      this.say(`Reverted patch ${patchId}: ${result.files.map(f => f.path).join(', ')} restored.`, 'ok');
+    } catch (error) {
+      this.say(
+        isConflict(error)
+          ? `Cannot revert: ${(error as ApiError).body?.message ?? 'the files changed since that patch'}.`
+          : describeError(error),
+        'error'
+      );
+    }
+    await this.refreshHistory();
+  }
+
+  protected onAfterShow(): void {
+    this.renderContext();
+    void this.refreshHistory();
+  }
+
+  dispose(): void {
+    this.stop();
+    this.diffView?.destroy();
+    super.dispose();
+  }
+}
