@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Build the Codeyard single-user image, tagged by a hash of its inputs.
+#
+# Usage: build-images.sh
+# Env:   BASE_IMAGE           base image (default: the offline debootstrap base from
+#                             build-base.sh; also used when BASE_IMAGE cannot be had)
+#        INSTALL_JUPYTER_AI   1 (default) or 0
+#        CODEYARD_STATE       state dir (default $HOME/.cache/codeyard/state)
+#        FORCE_BUILD=1        build even when the hash tag exists
+# Output: codeyard/singleuser:<hash> and :latest; the last stdout line is the tag, also
+# written to $CODEYARD_STATE/singleuser-image. Progress and build logs go to stderr.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+STATE="${CODEYARD_STATE:-$HOME/.cache/codeyard/state}"
+DOCKER=/usr/bin/docker
+INSTALL_JUPYTER_AI="${INSTALL_JUPYTER_AI:-1}"
+log() { echo "[build-images] $*" >&2; }
+mkdir -p "$STATE"
+
+"$HERE/ensure-docker.sh" "$STATE" >/dev/null
+
+# --- base image ---------------------------------------------------------------------
+BASE="${BASE_IMAGE:-}"
+if [ -n "$BASE" ] && ! "$DOCKER" image inspect "$BASE" >/dev/null 2>&1; then
+    log "Pulling $BASE..."
+    "$DOCKER" pull "$BASE" >&2 || { log "Cannot pull $BASE; falling back to the offline base."; BASE=""; }
+fi
+if [ -z "$BASE" ]; then
+    BASE="$("$HERE/build-base.sh" | tail -n 1)"
+fi
+log "Base image: $BASE"
+
+# --- content hash of every input (file contents, so uncommitted edits count) ---------
+CERTS=(/usr/local/share/ca-certificates/*.crt)
+[ -e "${CERTS[0]}" ] || CERTS=()
+mapfile -t SRC < <(cd "$REPO" && git ls-files -co --exclude-standard -- \
+    pyproject.toml README.md server_extension spawner placement labextension | sort |
+    while read -r f; do [ -f "$f" ] && echo "$f"; done)
+HASH="$( {
+    echo "base=$BASE ($("$DOCKER" image inspect -f '{{.Id}}' "$BASE"))"
+    echo "INSTALL_JUPYTER_AI=$INSTALL_JUPYTER_AI"
+    sha256sum "$HERE"/../singleuser/* "${CERTS[@]}" | sed 's|  .*/|  |'
+    (cd "$REPO" && sha256sum "${SRC[@]}")
+} | sha256sum | cut -c1-16)"
+TAG="codeyard/singleuser:$HASH"
+
+if [ "${FORCE_BUILD:-0}" != 1 ] && "$DOCKER" image inspect "$TAG" >/dev/null 2>&1; then
+    log "$TAG is up to date; skipping the build."
+else
+    CTX="$(mktemp -d "${TMPDIR:-/tmp}/codeyard-image.XXXXXX")"
+    trap 'rm -rf "$CTX"' EXIT
+    mkdir -p "$CTX/certs" "$CTX/wheels"
+    cp "$HERE"/../singleuser/* "$CTX/"
+    [ ${#CERTS[@]} -eq 0 ] || cp "${CERTS[@]}" "$CTX/certs/"
+    log "Extra CA certificates: ${#CERTS[@]}"
+    PY="$REPO/.venv/bin/python"; [ -x "$PY" ] || PY=python3
+    log "Building the workspace wheel..."
+    (cd "$REPO" && "$PY" -m pip wheel --quiet --no-deps . -w "$CTX/wheels" >&2)
+    log "Building $TAG (docker build, a cold build takes several minutes)..."
+    start=$SECONDS
+    DOCKER_BUILDKIT=0 "$DOCKER" build -t "$TAG" \
+        --build-arg "BASE_IMAGE=$BASE" \
+        --build-arg "INSTALL_JUPYTER_AI=$INSTALL_JUPYTER_AI" \
+        --label "org.codeyard.inputs-hash=$HASH" \
+        "$CTX" >&2
+    log "Built $TAG in $((SECONDS - start)) s."
+fi
+
+"$DOCKER" tag "$TAG" codeyard/singleuser:latest
+log "Size: $("$DOCKER" image inspect -f '{{.Size}}' "$TAG" | awk '{printf "%d MB", $1/1e6}')"
+echo "$TAG" >"$STATE/singleuser-image"
+echo "$TAG"
