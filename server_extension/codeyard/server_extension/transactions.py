@@ -51,6 +51,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def commit(tx_dir: Path, journal: dict[str, Any]) -> None:
     """The commit point. `journal["entries"]` is a list of `Entry`."""
+    tx_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_atomic(tx_dir / JOURNAL, json.dumps(journal, sort_keys=True).encode("utf-8"))
 
 
