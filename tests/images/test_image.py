@@ -1,0 +1,116 @@
+"""The single-user image: starts jupyter server, loads Codeyard, runs as non-root.
+
+Needs a built image: `images/bin/build-images.sh` writes its tag to
+$CODEYARD_STATE/singleuser-image (default ~/.cache/codeyard/state). These tests fail,
+never skip, when that file or the engine is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+DOCKER = "/usr/bin/docker"
+STARTUP_TIMEOUT = 180  # jupyter-ai's imports make a cold start take 10-15 s on 2 cores.
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> str:
+    proc = subprocess.run(
+        [DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"docker {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    state = Path(os.environ.get("CODEYARD_STATE") or Path.home() / ".cache" / "codeyard" / "state")
+    tag_file = state / "singleuser-image"
+    if not tag_file.is_file():
+        pytest.fail(f"{tag_file} is missing: build the image first with images/bin/build-images.sh")
+    tag = tag_file.read_text().strip()
+    if subprocess.run([DOCKER, "image", "inspect", tag], capture_output=True).returncode:
+        pytest.fail(f"image {tag} (from {tag_file}) is not in the local Docker engine")
+    return tag
+
+
+@pytest.fixture(scope="module")
+def server(image: str):
+    """A container running `jupyter server` with a random token, published on loopback."""
+    token = secrets.token_hex(16)
+    name = f"codeyard-test-image-{secrets.token_hex(4)}"
+    docker(
+        "run", "-d", "--name", name, "--label", "org.codeyard.test=image",
+        "-p", "127.0.0.1::8888", image,
+        "jupyter", "server", f"--ServerApp.token={token}", "--ip=0.0.0.0", "--port=8888",
+    )  # fmt: skip
+    try:
+        port = docker("port", name, "8888/tcp").split()[0].rsplit(":", 1)[1]
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            try:
+                if requests.get(f"{url}/api/status", timeout=2).status_code in (200, 403):
+                    break
+            except requests.ConnectionError:
+                pass
+            running = docker("inspect", "-f", "{{.State.Running}}", name).strip()
+            if running != "true" or time.monotonic() > deadline:
+                logs = subprocess.run(
+                    [DOCKER, "logs", "--tail", "60", name], capture_output=True, text=True
+                )
+                pytest.fail(
+                    f"jupyter server in {image} did not answer (running={running}):\n"
+                    f"{logs.stdout}{logs.stderr}"
+                )
+            time.sleep(0.3)
+        yield {"name": name, "url": url, "token": token}
+    finally:
+        subprocess.run([DOCKER, "rm", "-f", name], capture_output=True)
+
+
+def test_api_status_needs_and_accepts_the_token(server):
+    url = f"{server['url']}/api/status"
+    ok = requests.get(url, headers={"Authorization": f"token {server['token']}"}, timeout=10)
+    assert ok.status_code == 200
+    assert "started" in ok.json()
+    assert requests.get(url, timeout=10).status_code == 403
+
+
+def test_codeyard_extension_is_enabled_and_imports(server):
+    out = docker("exec", server["name"], "sh", "-c", "jupyter server extension list 2>&1")
+    out = ANSI.sub("", out)
+    assert re.search(r"codeyard\.server_extension\s+enabled", out), out
+    assert re.search(r"codeyard\.server_extension\s+OK", out), out
+    docker("exec", server["name"], "python", "-c", "import codeyard.server_extension")
+
+
+def test_runs_as_non_root(server, image):
+    assert docker("exec", server["name"], "id", "-u").strip() == "1000"
+    assert docker("exec", server["name"], "sh", "-c", "echo $HOME").strip() == "/home/jovyan"
+    # Every process of the container, as the host sees them.
+    rows = docker("top", server["name"], "-o", "pid,uid,args").splitlines()[1:]
+    assert rows, "docker top listed no processes"
+    for row in rows:
+        _pid, uid, args = row.split(None, 2)
+        assert uid != "0", f"process runs as root: {args}"
+    assert any("jupyter" in row for row in rows), rows
+
+
+def test_tools_in_the_image(image):
+    out = docker(
+        "run", "--rm", image, "sh", "-c",
+        "jupyterhub-singleuser --help >/dev/null && git --version && tini --version"
+        " && python -c 'import jupyterhub, jupyterlab; print(jupyterhub.__version__)'",
+    )  # fmt: skip
+    assert "git version" in out
+    assert out.strip().splitlines()[-1] == "5.5.4", out
