@@ -13,7 +13,17 @@ ca
 engines
     Two real dockerd engines with TLS on 127.0.0.2 and 127.0.0.3 (session scope; see
     `placement_engines.py`), each `Engine(name, ip, port, endpoint, pid, ...)` with
-    `.stop()`/`.start()`; skipped with a reason when this machine cannot run dockerd.
+    `.stop()`/`.start()`/`.kill()`; skipped with a reason when this machine cannot run dockerd.
+hub
+    A real JupyterHub process (session scope; `placement_hub.Hub`) that knows the placement
+    service, the `custom:codeyard-admin` scope (granted to `admin1`, not to `dev1`).
+hub_tokens
+    `{"admin": <admin1's token>, "dev": <dev1's token>}`, created through the Hub API.
+service
+    The placement service in-process (HubOAuth against `hub`) over `registry`; its
+    `ServiceContext` with `.url` set to the service's base URL.
+api
+    `await api(method, "servers/1", token="admin"|"dev"|None, body=None) -> (status, json)`.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import pytest_asyncio
 from cryptography.fernet import Fernet
 from placement_pki import CA
 
@@ -53,8 +64,79 @@ def ca() -> CA:
 
 
 @pytest.fixture(scope="session")
-def engines(ca: CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list]:
-    from placement_engines import start_engines
+def engines(ca: CA) -> Iterator[list]:
+    from placement_engines import can_run_engines, start_engines
 
+    if why := can_run_engines():
+        pytest.skip(f"extra Docker engines unavailable: {why}")
     with start_engines(ca, ["127.0.0.2", "127.0.0.3"]) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    from placement_hub import Hub
+
+    h = Hub(tmp_path_factory.mktemp("hub"))
+    h.start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="session")
+def hub_tokens(hub) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {"admin": hub.token_for("admin1"), "dev": hub.token_for("dev1")}
+
+
+@pytest_asyncio.fixture
+async def service(hub, registry: Registry):  # type: ignore[no-untyped-def]
+    """The placement service in-process on the port the Hub knows, over `registry`."""
+    from jupyterhub.services.auth import HubOAuth
+
+    from codeyard.placement.service.config import ServiceContext, make_app
+
+    prefix = "/services/codeyard-placement/"
+    auth = HubOAuth(
+        api_url=hub.api_url,
+        api_token=hub.service_token,
+        oauth_client_id="service-codeyard-placement",
+        base_url=prefix,
+        hub_prefix="/hub/",
+        cache_max_age=0,
+    )
+    ctx = ServiceContext(registry, auth)
+    app = make_app(ctx, prefix)
+    server = app.listen(hub.service_port, "127.0.0.1")
+    ctx.url = f"http://127.0.0.1:{hub.service_port}{prefix}"
+    yield ctx
+    server.stop()
+    await server.close_all_connections()
+    ctx.executor.shutdown(wait=False)
+
+
+@pytest.fixture
+def api(service, hub_tokens):  # type: ignore[no-untyped-def]
+    """`await api("GET", "servers", token="admin"|"dev"|None, body=...)` -> (status, json)."""
+    import json as _json
+
+    from tornado.httpclient import AsyncHTTPClient
+
+    async def call(method: str, path: str, token: str | None = "admin", body=None):  # type: ignore[no-untyped-def]
+        headers = {"Authorization": f"token {hub_tokens[token]}"} if token else {}
+        if body is not None:
+            body = _json.dumps(body)
+        elif method in ("POST", "PATCH"):
+            body = ""
+        resp = await AsyncHTTPClient().fetch(
+            service.url + "api/" + path,
+            method=method,
+            headers=headers,
+            body=body,
+            raise_error=False,
+            follow_redirects=False,
+            request_timeout=60,
+        )
+        data = _json.loads(resp.body) if resp.body else None
+        return resp.code, data
+
+    return call

@@ -58,7 +58,7 @@ def test_api_view_shows_fingerprints_only(registry: Registry, ca: CA) -> None:
     assert all(v.startswith("SHA256:") for v in view["credential"]["fingerprints"].values())
 
 
-def test_invalid_material_is_refused(registry: Registry) -> None:
+def test_invalid_material_is_refused(registry: Registry, ca: CA) -> None:
     with pytest.raises(RegistryError, match="credential"):
         registry.add_server(
             {
@@ -66,6 +66,11 @@ def test_invalid_material_is_refused(registry: Registry) -> None:
                 "endpoint": "tcp://127.0.0.2:2376",
                 "credential": {"kind": "tls", "ca": "nope", "cert": "x", "key": "y"},
             }
+        )
+    mismatched = {**ca.bundle(), "key": ca.client().key}
+    with pytest.raises(RegistryError, match="do not match"):
+        registry.add_server(
+            {"name": "x", "endpoint": "tcp://127.0.0.2:2376", "credential": mismatched}
         )
     with pytest.raises(RegistryError, match="TLS credential"):
         registry.add_server({"name": "x", "endpoint": "tcp://127.0.0.2:2376"})

@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         "rotate-keys", help=f"re-encrypt every credential under the first key in ${KEY_ENV}"
     )
     sub.add_parser("generate-key", help="print a new key to put first in the key setting")
+    sub.add_parser("serve", help="run the admin service (as a JupyterHub service)", add_help=False)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
     args = parser.parse_args(argv)
 
     if args.command == "generate-key":
@@ -51,6 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"re-encrypted {count} credentials under key {key_fingerprint(cipher.keys[0])}")
         return 0
     return 2
+
+
+def _serve(argv: list[str]) -> int:
+    import asyncio
+
+    from .service.config import PlacementService
+
+    app = PlacementService()
+    app.initialize(argv)
+    asyncio.run(app.run())
+    return 0
 
 
 if __name__ == "__main__":

@@ -104,7 +104,11 @@ def private_key_fingerprint(pem: str) -> str:
         key = serialization.load_ssh_private_key(data, password=None)
     except ValueError:
         key = serialization.load_pem_private_key(data, password=None)
-    public = key.public_key().public_bytes(
+    return _public_fingerprint(key.public_key())
+
+
+def _public_fingerprint(public_key: Any) -> str:
+    public = public_key.public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
     blob = base64.b64decode(public.split()[1])
@@ -117,11 +121,15 @@ def fingerprints(kind: str, secret: dict[str, Any]) -> dict[str, str]:
         missing = [k for k in ("ca", "cert", "key") if not secret.get(k)]
         if missing:
             raise ValueError(f"a TLS credential needs PEM fields {missing}")
-        return {
+        prints = {
             "ca": cert_fingerprint(secret["ca"]),
             "cert": cert_fingerprint(secret["cert"]),
             "key": private_key_fingerprint(secret["key"]),
         }
+        cert_key = x509.load_pem_x509_certificate(secret["cert"].encode()).public_key()
+        if _public_fingerprint(cert_key) != prints["key"]:
+            raise ValueError("the client certificate and the key do not match")
+        return prints
     if kind == "ssh":
         if not secret.get("key"):
             raise ValueError("an SSH credential needs a private 'key'")

@@ -35,6 +35,7 @@ def describe_error(exc: BaseException) -> str:
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return "TLS: the engine's certificate failed verification against the stored CA"
     for marker, sentence in (
+        ("KEY_VALUES_MISMATCH", "TLS: the stored client certificate and key do not match"),
         ("tlsv13 alert certificate required", "TLS: the engine requires a client certificate"),
         ("certificate required", "TLS: the engine requires a client certificate"),
         ("unknown ca", "TLS: the engine does not trust our client certificate (unknown CA)"),

@@ -1,0 +1,123 @@
+"""The admin REST API, under `<service prefix>api/`.
+
+    POST/GET            servers
+    GET/PATCH/DELETE    servers/{id}                 ({id} is the numeric id or the name)
+    POST                servers/{id}/test            connect, ping, report facts or the error
+    POST                servers/{id}/drain | undrain
+    GET                 workspaces?user=&server=&state=
+    POST                workspaces/{user}/{name}/place   {"server", "restart", "confirm_data_loss"}
+    GET                 decisions?limit=
+
+Shapes are `registry.ServerModel` and `registry.PlacementModel`; secrets are accepted in
+`credential` on POST/PATCH and never returned (only fingerprints).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tornado import web
+
+from ...models import ServerState
+from ...probe import probe
+from .base import APIHandler
+
+
+class ServersHandler(APIHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        self.write_json(await self.run(self.registry.list_servers))
+
+    @web.authenticated
+    async def post(self) -> None:
+        self.write_json(await self.run(self.registry.add_server, self.get_json_body()), 201)
+
+
+class ServerHandler(APIHandler):
+    @web.authenticated
+    async def get(self, server_id: str) -> None:
+        self.write_json(await self.run(self.registry.get_server, server_id))
+
+    @web.authenticated
+    async def patch(self, server_id: str) -> None:
+        self.write_json(
+            await self.run(self.registry.update_server, server_id, self.get_json_body())
+        )
+
+    @web.authenticated
+    async def delete(self, server_id: str) -> None:
+        await self.run(self.registry.delete_server, server_id)
+        self.set_status(204)
+        self.finish()
+
+
+class ServerTestHandler(APIHandler):
+    @web.authenticated
+    async def post(self, server_id: str) -> None:
+        def test() -> dict[str, Any]:
+            endpoint, kind, secret = self.registry.connection(server_id)
+            result = probe(endpoint, kind, secret, timeout=self.ctx.probe_timeout)
+            sid = self.registry.get_server(server_id)["id"]
+            self.registry.record_probe(sid, result, details=True)
+            return result
+
+        result = await self.run(test)
+        server = await self.run(self.registry.get_server, server_id)
+        self.write_json({"server": server, "result": result})
+
+
+class ServerStateHandler(APIHandler):
+    @web.authenticated
+    async def post(self, server_id: str, action: str) -> None:
+        state = ServerState.draining if action == "drain" else ServerState.active
+        self.write_json(await self.run(self.registry.set_state, server_id, state))
+
+
+class WorkspacesHandler(APIHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        filters = {k: self.get_argument(k, None) for k in ("user", "server", "state")}
+        self.write_json(await self.run(self.registry.list_placements, **filters))
+
+
+class WorkspacePlaceHandler(APIHandler):
+    """Pin a workspace to a host; it moves at its next start, or now with `restart`."""
+
+    @web.authenticated
+    async def post(self, user: str, name: str) -> None:
+        body = self.get_json_body()
+        if "server" not in body:
+            raise web.HTTPError(400, "'server' (id or name) is required")
+        restart = bool(body.get("restart", False))
+        view = await self.run(
+            self.registry.pin,
+            user,
+            name,
+            body["server"],
+            restart=restart,
+            confirm_data_loss=bool(body.get("confirm_data_loss", False)),
+        )
+        result: dict[str, Any] = {"placement": view, "restart": None}
+        if restart:
+            result["restart"] = await self.ctx.restart_workspace(user, name)
+        self.write_json(result)
+
+
+class DecisionsHandler(APIHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        limit = int(self.get_argument("limit", "100"))
+        self.write_json(await self.run(self.registry.decisions, min(max(limit, 1), 1000)))
+
+
+def api_handlers(prefix: str) -> list[tuple[str, type, dict[str, Any]] | tuple[str, type]]:
+    api = prefix + "api/"
+    return [
+        (api + "servers", ServersHandler),
+        (api + r"servers/([^/]+)", ServerHandler),
+        (api + r"servers/([^/]+)/test", ServerTestHandler),
+        (api + r"servers/([^/]+)/(drain|undrain)", ServerStateHandler),
+        (api + "workspaces", WorkspacesHandler),
+        (api + r"workspaces/([^/]+)/([^/]*)/place", WorkspacePlaceHandler),
+        (api + "decisions", DecisionsHandler),
+    ]

@@ -1,0 +1,65 @@
+"""Register the placement service with JupyterHub.
+
+From jupyterhub_config.py::
+
+    from codeyard.placement.service.hubconfig import configure_placement_service
+    configure_placement_service(c, admin_users=["alice"])
+
+Adds the managed service `codeyard-placement` (the Hub starts it), the custom scope
+`custom:codeyard-admin`, a role granting that scope to the given admins (and groups), the
+service's own role (it may stop/start servers for `restart`), and OAuth scopes so the
+service's login cookie carries the admin scope.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .config import ADMIN_SCOPE
+
+SERVICE_NAME = "codeyard-placement"
+
+
+def configure_placement_service(
+    c: Any,
+    *,
+    name: str = SERVICE_NAME,
+    ip: str = "127.0.0.1",
+    port: int = 10101,
+    admin_users: list[str] | None = None,
+    admin_groups: list[str] | None = None,
+    environment: dict[str, str] | None = None,
+    python: str = sys.executable,
+) -> dict[str, Any]:
+    hub = c.JupyterHub
+    service = {
+        "name": name,
+        "url": f"http://{ip}:{port}",
+        "command": [python, "-m", "codeyard.placement", "serve"],
+        "environment": dict(environment or {}),
+        "oauth_client_allowed_scopes": [ADMIN_SCOPE],
+        "display": True,
+    }
+    hub.services = [*(hub.services if "services" in hub else []), service]
+    scopes = dict(hub.custom_scopes if "custom_scopes" in hub else {})
+    scopes[ADMIN_SCOPE] = {"description": "Administer Codeyard's Docker hosts and placement."}
+    hub.custom_scopes = scopes
+    roles = list(hub.load_roles if "load_roles" in hub else [])
+    roles.append(
+        {
+            "name": "codeyard-admin",
+            "scopes": [ADMIN_SCOPE, f"access:services!service={name}"],
+            "users": list(admin_users or []),
+            "groups": list(admin_groups or []),
+        }
+    )
+    roles.append(
+        {
+            "name": f"{name}-service",
+            "scopes": ["servers", "read:users", "read:groups"],
+            "services": [name],
+        }
+    )
+    hub.load_roles = roles
+    return service

@@ -1,0 +1,75 @@
+"""The admin REST API, authenticated by a real Hub: admin scope required, secrets never out."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_users_without_the_admin_scope_get_403(api) -> None:  # type: ignore[no-untyped-def]
+    for method, path in (("GET", "servers"), ("POST", "servers"), ("GET", "workspaces")):
+        status, body = await api(method, path, token="dev", body={} if method == "POST" else None)
+        assert status == 403, (method, path, body)
+        assert "custom:codeyard-admin" in body["message"]
+    status, _ = await api("GET", "servers", token=None)
+    assert status == 403
+    status, _ = await api("GET", "servers", token="admin")
+    assert status == 200
+
+
+async def test_register_list_patch_delete(api, ca) -> None:  # type: ignore[no-untyped-def]
+    bundle = ca.bundle()
+    spec = {
+        "name": "hs9",
+        "endpoint": "tcp://127.0.0.9:2376",
+        "region": "eu",
+        "labels": {"disk": "ssd"},
+        "storage_root": "/srv/homes",
+        "storage_shared": True,
+        "max_workspaces": 20,
+        "cpu_capacity": 8,
+        "mem_capacity": 32768,
+        "credential": bundle,
+    }
+    status, created = await api("POST", "servers", body=spec)
+    assert status == 201, created
+    assert "BEGIN" not in repr(created)
+    assert created["credential"]["fingerprints"]["cert"].startswith("SHA256:")
+    status, listed = await api("GET", "servers")
+    assert [s["name"] for s in listed] == ["hs9"]
+    status, patched = await api("PATCH", f"servers/{created['id']}", body={"region": "us"})
+    assert (status, patched["region"]) == (200, "us")
+    status, body = await api("POST", "servers", body=spec)
+    assert status == 409
+    status, body = await api("POST", "servers", body={"name": "x", "endpoint": "http://x"})
+    assert status == 400 and "endpoint" in body["message"]
+    status, _ = await api("DELETE", "servers/hs9")
+    assert status == 204
+    status, _ = await api("GET", "servers/hs9")
+    assert status == 404
+
+
+async def test_drain_undrain_and_pin_through_the_api(api, registry) -> None:  # type: ignore[no-untyped-def]
+    for name in ("hs1", "hs2"):
+        await api("POST", "servers", body={"name": name, "endpoint": f"unix:///run/{name}.sock"})
+    registry.place("alice")
+    status, drained = await api("POST", "servers/hs1/drain")
+    assert (status, drained["state"]) == (200, "draining")
+    assert registry.place("bob").server_name == "hs2"
+    status, placements = await api("GET", "workspaces")
+    assert {(p["user"], p["server"]) for p in placements} == {("alice", "hs1"), ("bob", "hs2")}
+    status, filtered = await api("GET", "workspaces?server=hs2")
+    assert [p["user"] for p in filtered] == ["bob"]
+
+    status, body = await api("POST", "workspaces/bob//place", body={"server": "hs1"})
+    assert status == 409 and "data stays on hs2" in body["message"]
+    status, body = await api(
+        "POST", "workspaces/bob//place", body={"server": "hs1", "confirm_data_loss": True}
+    )
+    assert status == 200 and body["placement"]["pinned_server"] == "hs1"
+    assert registry.place("bob").server_name == "hs1"
+    status, undrained = await api("POST", "servers/hs1/undrain")
+    assert undrained["state"] == "active"
+    status, decisions = await api("GET", "decisions?limit=5")
+    assert decisions[0]["policy"] == "pin"
