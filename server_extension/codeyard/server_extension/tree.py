@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import pathspec
@@ -17,6 +18,7 @@ from .errors import bad_request, not_found
 from .paths import STATE_DIRNAME, WorkspacePaths
 
 ALWAYS_HIDDEN = frozenset({".git", STATE_DIRNAME})
+_BY_NAME = attrgetter("name")
 
 
 @dataclass
@@ -27,6 +29,8 @@ class _Ignore:
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
         # The innermost .gitignore with a matching pattern decides, as in git.
+        if not self.specs:
+            return False
         for base, spec in reversed(self.specs):
             sub = rel[len(base) + 1 :] if base else rel
             result = spec.check_file(sub + "/" if is_dir else sub)
@@ -77,22 +81,26 @@ class TreeLister:
     ) -> list[dict[str, Any]]:
         try:
             with os.scandir(dir_abs) as it:
-                items = sorted(it, key=lambda e: e.name)
+                items = sorted(it, key=_BY_NAME)
         except (PermissionError, FileNotFoundError, NotADirectoryError):
             return []
         out: list[dict[str, Any]] = []
+        append = out.append
+        ignored = ignore.ignored
+        hide_dotfiles = not self.allow_hidden
+        prefix = f"{dir_rel}/" if dir_rel else ""
         for item in items:
             name = item.name
-            if name in ALWAYS_HIDDEN or (not self.allow_hidden and name.startswith(".")):
+            if name in ALWAYS_HIDDEN or (hide_dotfiles and name[0] == "."):
                 continue
-            rel = f"{dir_rel}/{name}" if dir_rel else name
+            rel = prefix + name
             try:
                 st = item.stat(follow_symlinks=False)
             except OSError:
                 continue
-            is_link = stat.S_ISLNK(st.st_mode)
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if ignore.ignored(rel, is_dir):
+            fmt = stat.S_IFMT(st.st_mode)
+            is_dir = fmt == stat.S_IFDIR
+            if ignored(rel, is_dir):
                 continue
             if budget[0] <= 0:
                 budget[0] = -1
@@ -101,11 +109,11 @@ class TreeLister:
             entry: dict[str, Any] = {
                 "name": name,
                 "path": rel,
-                "type": "symlink" if is_link else "directory" if is_dir else "file",
+                "type": "directory" if is_dir else "symlink" if fmt == stat.S_IFLNK else "file",
                 "size": st.st_size,
                 "mtime": st.st_mtime,
             }
-            out.append(entry)
+            append(entry)
             if is_dir and depth > 1:
                 sub_abs = os.path.join(dir_abs, name)
                 entry["children"] = self._walk(
