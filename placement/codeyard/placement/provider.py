@@ -1,0 +1,198 @@
+"""`RegistryHostProvider`: the registry behind `PlacementSpawner`'s `HostProvider` seam.
+
+    c.PlacementSpawner.host_provider_class = "codeyard.placement.provider.RegistryHostProvider"
+    c.RegistryHostProvider.db_url = "sqlite:////srv/codeyard/placement.sqlite"
+
+`choose()` runs the registry's `place()` (pins, sticky placement, drain and failover rules,
+then the policy) and records the decision; `get()` looks a host up by name without deciding
+anything. Docker's TLS client needs files, so each host's decrypted bundle is written once
+to `runtime_dir/<host>-<cert fingerprint>/` (mode 0700/0600); a new credential gets a new
+folder, hence a new cached client in the spawner.
+
+Optional hooks the spawner may call: `started(spawner)` and `stopped(spawner)` keep the
+placement's state (running/stopped), which least-loaded counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from tornado import web
+from traitlets import Dict, Float, Integer, Unicode, default
+
+from .crypto import CredentialCipher
+from .database import open_db
+from .hosts import DockerHost, DockerTLS, HostProvider, UnknownHost
+from .models import PlacementState
+from .policies import NoHostAvailable
+from .registry import NeedsConfirmation, NotFound, PlacementSettings, Registry
+
+if TYPE_CHECKING:
+    from jupyterhub.spawner import Spawner
+
+
+class RegistryHostProvider(HostProvider):
+    """Hosts from the placement registry; see the module docstring."""
+
+    db_url = Unicode(
+        help="""SQLAlchemy URL of the placement registry (the service's database).
+
+        Defaults to `$CODEYARD_PLACEMENT_DB_URL`.
+        """
+    ).tag(config=True)
+
+    @default("db_url")
+    def _default_db_url(self) -> str:
+        return os.environ.get("CODEYARD_PLACEMENT_DB_URL", "sqlite:///codeyard_placement.sqlite")
+
+    runtime_dir = Unicode(
+        help="""Private folder for decrypted TLS files docker-py reads (mode 0700).
+
+        Defaults to `$XDG_RUNTIME_DIR/codeyard-placement`, else `placement-tls` in
+        `$CODEYARD_STATE`. Prefer a tmpfs.
+        """
+    ).tag(config=True)
+
+    @default("runtime_dir")
+    def _default_runtime_dir(self) -> str:
+        if os.environ.get("XDG_RUNTIME_DIR"):
+            return os.path.join(os.environ["XDG_RUNTIME_DIR"], "codeyard-placement")
+        state = os.environ.get("CODEYARD_STATE") or os.path.expanduser("~/.cache/codeyard/state")
+        return os.path.join(state, "placement-tls")
+
+    default_policy = Unicode("least-loaded", help="See PlacementService.default_policy").tag(
+        config=True
+    )
+    group_policies = Dict(help="See PlacementService.group_policies").tag(config=True)
+    policy_options = Dict(help="See PlacementService.policy_options").tag(config=True)
+
+    cache_seconds = Float(
+        5.0, help="""How long `get()` may answer from memory before re-reading the registry."""
+    ).tag(config=True)
+
+    default_storage_root = Unicode(
+        "/var/lib/codeyard/homes",
+        help="""Storage root for hosts registered without one.""",
+    ).tag(config=True)
+
+    workers = Integer(4, help="""Threads for registry calls (SQLAlchemy is blocking).""").tag(
+        config=True
+    )
+
+    _registry: Registry | None = None
+    _executor: ThreadPoolExecutor | None = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cache: dict[str, tuple[float, DockerHost]] = {}
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            settings = PlacementSettings(
+                default_policy=self.default_policy,
+                group_policies=dict(self.group_policies),
+                policy_options=dict(self.policy_options),
+            )
+            self._registry = Registry(open_db(self.db_url), CredentialCipher(), settings)
+        return self._registry
+
+    @registry.setter
+    def registry(self, value: Registry) -> None:
+        self._registry = value
+
+    async def _blocking(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="codeyard-hosts")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    # ---- the seam ----------------------------------------------------------------------
+
+    async def choose(self, spawner: Spawner) -> DockerHost:
+        user = spawner.user
+        groups = [g.name for g in getattr(user, "groups", [])]
+        mem = int((getattr(spawner, "mem_limit", None) or 0) // (1024 * 1024))
+        try:
+            result = await self._blocking(
+                self.registry.place, user.name, spawner.name or "", groups, mem
+            )
+        except NoHostAvailable as e:
+            raise web.HTTPError(503, str(e).replace("%", "%%")) from None
+        except NeedsConfirmation as e:
+            raise web.HTTPError(409, str(e).replace("%", "%%")) from None
+        self.log.info("placement %s/%s: %s", user.name, spawner.name, result.reason)
+        self._cache.pop(result.server_name, None)
+        return await self._blocking(self.get, result.server_name)
+
+    def get(self, name: str) -> DockerHost:
+        hit = self._cache.get(name)
+        if hit and time.monotonic() - hit[0] < self.cache_seconds:
+            return hit[1]
+        try:
+            server = self.registry.get_server(name)
+            _endpoint, kind, secret = self.registry.connection(name)
+        except NotFound:
+            self._cache.pop(name, None)
+            raise UnknownHost(name) from None
+        host = self._host(server, kind, secret)
+        self._cache[name] = (time.monotonic(), host)
+        return host
+
+    async def started(self, spawner: Spawner) -> None:
+        await self._mark(spawner, PlacementState.running)
+
+    async def stopped(self, spawner: Spawner) -> None:
+        await self._mark(spawner, PlacementState.stopped)
+
+    async def _mark(self, spawner: Spawner, state: PlacementState) -> None:
+        with contextlib.suppress(NotFound):
+            await self._blocking(self.registry.mark, spawner.user.name, spawner.name or "", state)
+
+    # ---- building hosts ----------------------------------------------------------------
+
+    def _host(self, server: Any, kind: str | None, secret: dict[str, Any] | None) -> DockerHost:
+        endpoint = server["endpoint"]
+        parts = urlsplit(endpoint)
+        tls = None
+        base_url = endpoint
+        if parts.scheme == "tcp" and kind == "tls" and secret:
+            tls = self._tls_files(server, secret)
+        host_ip = server["labels"].get("host_ip") or (
+            parts.hostname if parts.scheme == "tcp" and parts.hostname else "127.0.0.1"
+        )
+        return DockerHost(
+            name=server["name"],
+            base_url=base_url,
+            storage_root=server["storage_root"] or self.default_storage_root,
+            host_ip=host_ip,
+            region=server["region"],
+            tls=tls,
+            storage_is_local=parts.scheme == "unix",
+            labels=dict(server["labels"]),
+        )
+
+    def _tls_files(self, server: Any, secret: dict[str, Any]) -> DockerTLS:
+        fp = server["credential"]["fingerprints"]["cert"].split(":", 1)[1][:16]
+        folder = Path(self.runtime_dir) / f"{server['name']}-{fp}"
+        paths = {part: folder / f"{part}.pem" for part in ("ca", "cert", "key")}
+        if not all(p.exists() for p in paths.values()):
+            Path(self.runtime_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, exist_ok=True)
+            for part, path in paths.items():
+                tmp = path.with_suffix(".tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secret[part])
+                os.replace(tmp, path)
+        return DockerTLS(
+            ca_cert=str(paths["ca"]), client_cert=str(paths["cert"]), client_key=str(paths["key"])
+        )
