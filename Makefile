@@ -25,16 +25,17 @@ help:
 venv: $(BIN)/.codeyard-$(VENV_KEY)
 
 $(BIN)/.codeyard-$(VENV_KEY):
-	@if [ ! -x "$(VENV_DIR)/bin/python" ]; then \
+	@if [ ! -f "$(VENV_DIR)/.complete" ]; then \
 	  echo "==> creating the virtual environment $(VENV_DIR)"; \
-	  $(PYTHON) -m venv "$(VENV_DIR).tmp" && \
-	  "$(VENV_DIR).tmp/bin/pip" install -q -c .ci/constraints.txt ".[hub,test]" && \
-	  rm -rf "$(VENV_DIR)" && mv "$(VENV_DIR).tmp" "$(VENV_DIR)"; \
+	  rm -rf "$(VENV_DIR)" && $(PYTHON) -m venv "$(VENV_DIR)" && \
+	  "$(VENV_DIR)/bin/pip" install -q -c .ci/constraints.txt ".[hub,test]" 2>&1 \
+	    | { grep -v "^WARNING: Location" || true; } && \
+	  touch "$(VENV_DIR)/.complete"; \
 	fi
 	@if [ -d $(VENV) ] && [ ! -L $(VENV) ]; then rm -rf $(VENV); fi
 	@ln -sfn "$(VENV_DIR)" $(VENV)
 	@echo "==> installing codeyard (editable) into $(VENV)"
-	@$(BIN)/pip install -q --no-deps -e .
+	@$(BIN)/pip install -q --no-deps -e . 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@rm -f $(BIN)/.codeyard-* && touch $@
 
 lint: venv
