@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import stat
 import threading
 import uuid
@@ -50,14 +49,23 @@ def sha256_of(path: Path) -> str | None:
         return None
 
 
-def _copy_entry(src: Path, dst: Path) -> None:
-    """Copy a file with its mode, or recreate a symlink as a symlink."""
+def _copy_entry(src: Path, dst: Path) -> str:
+    """Copy a file with its mode, or recreate a symlink as a symlink; return its sha256."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if os.path.islink(src):
-        os.symlink(os.readlink(src), dst)
-    else:
-        shutil.copyfile(src, dst)
-        os.chmod(dst, stat.S_IMODE(os.lstat(src).st_mode))
+        target = os.readlink(src)
+        os.symlink(target, dst)
+        return hashlib.sha256(os.fsencode(target)).hexdigest()
+    digest = hashlib.sha256()
+    with open(src, "rb") as fin:
+        mode = stat.S_IMODE(os.fstat(fin.fileno()).st_mode)
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "wb") as fout:
+            while chunk := fin.read(1 << 20):
+                digest.update(chunk)
+                fout.write(chunk)
+            os.fchmod(fout.fileno(), mode)
+    return digest.hexdigest()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -133,21 +141,30 @@ class PatchManager:
             raise bad_request("diff is not encodable text") from None
         return data, parse_diff(data)
 
-    def _check_path(self, rel: str) -> str:
+    def _check_path(self, rel: str, linked: dict[str, bool] | None = None) -> str:
+        """`WorkspacePaths.resolve` for writing, plus git's rule against symlinked folders.
+
+        `linked` caches per-folder answers across the files of one patch.
+        """
         resolved = self.paths.resolve(rel, for_write=True)
-        # Like git: a patch may not write through a symlinked folder, even one inside.
+        cache = {} if linked is None else linked
         parts = resolved.rel.split("/")
         for depth in range(1, len(parts)):
-            if os.path.islink(self.paths.root.joinpath(*parts[:depth])):
+            prefix = "/".join(parts[:depth])
+            if prefix not in cache:
+                cache[prefix] = os.path.islink(os.path.join(self.paths.root, prefix))
+            if cache[prefix]:
                 raise forbidden_path(f"path runs through a symlink: {resolved.rel}")
         return resolved.rel
 
     def _check_files(self, files: list[FilePatch]) -> None:
+        linked: dict[str, bool] = {}
         for fp in files:
             if fp.old_path is not None:
-                fp.old_path = self._check_path(fp.old_path)
+                fp.old_path = self._check_path(fp.old_path, linked)
             if fp.new_path is not None:
-                fp.new_path = self._check_path(fp.new_path)
+                same = fp.new_path == fp.old_path
+                fp.new_path = fp.old_path if same else self._check_path(fp.new_path, linked)
 
     def _check_base(self, base: Any) -> dict[str, str | None]:
         if base is None:
@@ -204,10 +221,8 @@ class PatchManager:
         before: dict[str, str] = {}
         for fp in files:
             if fp.old_path is not None:
-                _copy_entry(self.paths.root / fp.old_path, work / fp.old_path)
-                digest = sha256_of(work / fp.old_path)
-                assert digest is not None
-                before[fp.old_path] = digest
+                src, dst = self.paths.root / fp.old_path, work / fp.old_path
+                before[fp.old_path] = _copy_entry(src, dst)
         return self.run_engine(work, files), before
 
     def _check_result(self, work: Path, files: list[FilePatch]) -> None:
@@ -363,8 +378,6 @@ class PatchManager:
                 after[fp.old_path] = None
             if fp.new_path is not None:
                 staged = tx_dir / "work" / fp.new_path
-                if not staged.is_symlink():
-                    tx.fsync_path(staged)
                 entries.append({"path": fp.new_path, "staged": f"work/{fp.new_path}"})
                 after[fp.new_path] = sha256_of(staged)
             if fp.old_path is not None:
@@ -396,9 +409,11 @@ class PatchManager:
             "files": results,
             "reverted": False,
         }
-        tx.write_atomic(store / "meta.json", json.dumps(meta, sort_keys=True).encode())
-        if (store / "old").exists():
-            tx.fsync_path(store / "old")
+        tx.write_atomic(
+            store / "meta.json", json.dumps(meta, sort_keys=True).encode(), durable=False
+        )
+        # Staged files, revert links and meta must be on disk before the commit point.
+        tx.flush(tx_dir, [tx_dir / e["staged"] for e in entries if e["staged"]])
         self.fault("staged")
         tx.commit(tx_dir, {"kind": "apply", "patch_id": patch_id, "entries": entries})
         self.fault("committed")
@@ -467,6 +482,7 @@ class PatchManager:
         self, patch_id: str, store: Path, tx_dir: Path, meta: dict[str, Any], user: str
     ) -> dict[str, Any]:
         entries: list[tx.Entry] = []
+        tx_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for item in meta["touched"]:
             rel = self._check_path(item["path"])
             current = sha256_of(self.paths.root / rel)
@@ -487,6 +503,7 @@ class PatchManager:
             staged = tx_dir / "work" / rel
             _link_or_copy(keep, staged)
             entries.append({"path": rel, "staged": f"work/{rel}"})
+        tx.flush(tx_dir, [tx_dir / e["staged"] for e in entries if e["staged"]])
         self.fault("staged")
         tx.commit(
             tx_dir, {"kind": "revert", "patch_id": patch_id, "entries": entries, "user": user}

@@ -10,10 +10,12 @@ files or all of the new ones.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -36,17 +38,49 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` via a fsynced temporary file and a rename."""
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func: Callable[[int], int] = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    return func
+
+
+_SYNCFS = _load_syncfs()
+
+
+def flush(anchor: Path, paths: Iterable[Path] = ()) -> None:
+    """Make every write so far on `anchor`'s file system durable.
+
+    One `syncfs(2)` costs about as much as one or two fsyncs, where a 100-file patch
+    would need a hundred (the benchmark showed fsync dominating). Where syncfs is missing
+    each of `paths` and `anchor` is fsynced instead, in a small thread pool.
+    """
+    if _SYNCFS is not None:
+        fd = os.open(anchor, os.O_RDONLY)
+        try:
+            if _SYNCFS(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(fsync_path, [p for p in (*paths, anchor) if not p.is_symlink()]))
+
+
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace `path` with `data` via a temporary file and a rename, then flush."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_path(path.parent)
+    if durable:
+        fsync_path(path.parent)
 
 
 def commit(tx_dir: Path, journal: dict[str, Any]) -> None:
@@ -106,9 +140,7 @@ def swap(
                 touched_dirs.add(target.parent)
         if after_step is not None:
             after_step(step)
-    for folder in touched_dirs:
-        if folder.is_dir():
-            fsync_path(folder)
+    flush(tx_dir, [d for d in touched_dirs if d.is_dir()])
 
 
 def discard(tx_dir: Path) -> None:
