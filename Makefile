@@ -57,5 +57,7 @@ up: venv
 	@mkdir -p "$(CODEYARD_STATE)/demo-workspace"
 	$(BIN)/jupyter server --ip=127.0.0.1 --port=8888 --ServerApp.root_dir="$(CODEYARD_STATE)/demo-workspace"
 
+# Benchmarks print ratios against a baseline measured in the same run; they are not tests.
+BENCHES ?= bench_tree bench_patch_apply
 bench: venv
-	@echo "benchmarks are added per issue"
+	@for b in $(BENCHES); do echo "==> $$b"; $(BIN)/python tests/bench/$$b.py; done
