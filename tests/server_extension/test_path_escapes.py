@@ -58,6 +58,11 @@ CASES = [
     ("new-symlink-relative", symlink("evil", "../..")),
     ("new-symlink-nested", symlink("sub/evil", "../../x")),
     ("new-symlink-then-write-through", symlink("hop", "sub") + create("hop/x.txt")),
+    (
+        "existing-symlink-retargeted-outside",
+        "diff --git a/inlink b/inlink\n--- a/inlink\n+++ b/inlink\n@@ -1 +1 @@\n-sub\n"
+        "\\ No newline at end of file\n+../..\n\\ No newline at end of file\n",
+    ),
     ("git-dir", create(".git/hooks/pre-commit")),
     ("git-config-modify", modify(".git/config")),
     ("nested-git-dir", create("sub/.git/config")),

@@ -378,11 +378,11 @@ def parse_diff(data: bytes) -> list[FilePatch]:
             r.i += 1
     if not files:
         raise bad_request("diff contains no file changes")
-    seen: set[str] = set()
-    for fp in files:
-        for p in {fp.old_path, fp.new_path} - {None}:
-            assert p is not None
-            if p in seen:
-                raise bad_request(f"diff touches {p} more than once")
-            seen.add(p)
+    # Each path at most once as a source and once as a result: a path may leave in one
+    # section and return in another (git writes a type change as delete plus create).
+    for side in ("old_path", "new_path"):
+        names = [getattr(fp, side) for fp in files if getattr(fp, side) is not None]
+        if len(names) != len(set(names)):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise bad_request(f"diff touches {dup} more than once")
     return files

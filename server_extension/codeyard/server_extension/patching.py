@@ -369,25 +369,21 @@ class PatchManager:
     ) -> dict[str, Any]:
         store = self.store_root / patch_id
         store.mkdir(mode=0o700)
-        entries: list[tx.Entry] = []
-        touched: list[dict[str, Any]] = []
-        after: dict[str, str | None] = {}
+        # A path may leave in one section and come back in another (git's type changes).
+        olds = [fp.old_path for fp in files if fp.old_path is not None]
+        news = [fp.new_path for fp in files if fp.new_path is not None]
+        keep: dict[str, str] = {}
         for n, fp in enumerate(files):
-            if fp.old_path is not None and fp.old_path != fp.new_path:
-                entries.append({"path": fp.old_path, "staged": None})
-                after[fp.old_path] = None
-            if fp.new_path is not None:
-                staged = tx_dir / "work" / fp.new_path
-                entries.append({"path": fp.new_path, "staged": f"work/{fp.new_path}"})
-                after[fp.new_path] = sha256_of(staged)
             if fp.old_path is not None:
                 _link_or_copy(self.paths.root / fp.old_path, store / "old" / str(n))
-        for n, fp in enumerate(files):
-            for rel in dict.fromkeys(p for p in (fp.old_path, fp.new_path) if p is not None):
-                keep = f"old/{n}" if rel == fp.old_path else None
-                touched.append(
-                    {"path": rel, "before": before.get(rel), "after": after[rel], "keep": keep}
-                )
+                keep[fp.old_path] = f"old/{n}"
+        after: dict[str, str | None] = {p: sha256_of(tx_dir / "work" / p) for p in news}
+        entries: list[tx.Entry] = [{"path": p, "staged": None} for p in olds if p not in after]
+        entries += [{"path": p, "staged": f"work/{p}"} for p in news]
+        touched = [
+            {"path": p, "before": before.get(p), "after": after.get(p), "keep": keep.get(p)}
+            for p in dict.fromkeys(olds + news)
+        ]
         results = []
         for fp, entry in zip(files, report, strict=True):
             item = {
