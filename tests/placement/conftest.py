@@ -16,7 +16,8 @@ engines
     `.stop()`/`.start()`/`.kill()`; skipped with a reason when this machine cannot run dockerd.
 hub
     A real JupyterHub process (session scope; `placement_hub.Hub`) that knows the placement
-    service, the `custom:codeyard-admin` scope (granted to `admin1`, not to `dev1`).
+    service, the `custom:codeyard-admin` scope (granted to `admin1`, not to `dev1`), behind
+    configurable-http-proxy when `hub_config/bin/install-proxy.sh` provides one.
 hub_tokens
     `{"admin": <admin1's token>, "dev": <dev1's token>}`, created through the Hub API.
 service
@@ -73,11 +74,23 @@ def engines(ca: CA) -> Iterator[list]:
         yield running
 
 
+def _proxy_command() -> str:
+    """configurable-http-proxy from the project's installer, or "" if it cannot be had."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "hub_config" / "bin" / "install-proxy.sh"
+    if not script.exists():
+        return ""
+    out = subprocess.run([str(script)], capture_output=True, text=True, check=False)
+    return out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else ""
+
+
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     from placement_hub import Hub
 
-    h = Hub(tmp_path_factory.mktemp("hub"))
+    h = Hub(tmp_path_factory.mktemp("hub"), proxy_command=_proxy_command())
     h.start()
     yield h
     h.stop()

@@ -3,7 +3,8 @@
 The Hub knows the placement service as an external service (the test runs it in-process),
 declares the `custom:codeyard-admin` scope through `configure_placement_service`, and has a
 `tester` service token allowed to create users and their tokens. Only the Hub API is used,
-so a no-op proxy class stands in for configurable-http-proxy.
+so a no-op proxy class stands in for configurable-http-proxy unless `proxy_command` names
+one (the browser test needs the Hub and the service on one origin).
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class NoopProxy(Proxy):
         return {{}}
 
 
-c.JupyterHub.proxy_class = NoopProxy
+if {proxy_command!r}:
+    c.ConfigurableHTTPProxy.command = [{proxy_command!r}]
+    c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
+else:
+    c.JupyterHub.proxy_class = NoopProxy
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {port}
 c.JupyterHub.hub_ip = "127.0.0.1"
@@ -76,7 +81,14 @@ class Hub:
     service_port: int = field(default_factory=_free_port)
     service_token: str = field(default_factory=lambda: secrets.token_hex(16))
     tester_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    proxy_command: str = ""  # configurable-http-proxy; "" = no proxy (API tests only)
+    proxy_api_port: int = field(default_factory=_free_port)
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def public_url(self) -> str:
+        """The proxy's URL (only with `proxy_command`): Hub and service on one origin."""
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -85,6 +97,7 @@ class Hub:
     def start(self, wait: float = 60) -> None:
         cfg = self.state / "jupyterhub_config.py"
         keys = ("port", "hub_port", "service_port", "service_token", "tester_token", "state")
+        keys += ("proxy_command", "proxy_api_port")
         cfg.write_text(CONFIG.format(**{k: getattr(self, k) for k in keys}))
         log = (self.state / "hub.log").open("ab")
         self.proc = subprocess.Popen(

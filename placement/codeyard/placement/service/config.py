@@ -67,28 +67,32 @@ class ServiceContext:
         return "not restarted: the old server did not stop in time"
 
 
+class OAuthCallbackHandler(HubOAuthCallbackHandler):
+    """The Hub's callback, with this app's HubOAuth instead of the global singleton."""
+
+    @property
+    def hub_auth(self):  # type: ignore[no-untyped-def,override]
+        return self.settings["hub_auth"]
+
+
 def make_app(ctx: ServiceContext, prefix: str = "/", **settings: Any) -> web.Application:
     from .handlers.api import api_handlers
 
     handlers: list[Any] = [
-        (prefix + "oauth_callback", HubOAuthCallbackHandler),
+        (prefix + "oauth_callback", OAuthCallbackHandler),
         *api_handlers(prefix),
     ]
-    try:
-        from .handlers.pages import page_handlers
-    except ImportError:  # pages are optional
-        pass
-    else:
-        handlers += page_handlers(prefix)
+    from .handlers.pages import jinja_env, page_handlers
+
+    handlers += page_handlers(prefix)
     return web.Application(
         handlers,
         codeyard_placement=ctx,
+        codeyard_prefix=prefix,
+        codeyard_jinja=jinja_env(os.path.join(os.path.dirname(__file__), "templates")),
         hub_auth=ctx.hub_auth,
         cookie_secret=os.urandom(32),
-        xsrf_cookies=False,
-        static_path=os.path.join(os.path.dirname(__file__), "static"),
-        static_url_prefix=prefix + "static/",
-        template_path=os.path.join(os.path.dirname(__file__), "templates"),
+        xsrf_cookies=True,
         **settings,
     )
 

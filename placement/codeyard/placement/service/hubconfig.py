@@ -40,6 +40,7 @@ def configure_placement_service(
         "environment": dict(environment or {}),
         "oauth_client_allowed_scopes": [ADMIN_SCOPE],
         "display": True,
+        "oauth_no_confirm": True,  # an internal admin tool: no consent page
     }
     hub.services = [*(hub.services if "services" in hub else []), service]
     scopes = dict(hub.custom_scopes if "custom_scopes" in hub else {})

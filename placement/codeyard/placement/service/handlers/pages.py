@@ -1,0 +1,190 @@
+"""Admin pages in the Hub's look: dashboard, servers (test/drain), registration, placements.
+
+Server-rendered with Jinja and plain HTML forms (with the Hub's XSRF token), so they work
+without a JavaScript build. The Hub's own stylesheet is served from the installed
+jupyterhub package under `<prefix>hub-static/`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jupyterhub._data import DATA_FILES_PATH
+from tornado import web
+
+from ...models import ServerState
+from ...probe import probe
+from ...registry import RegistryError
+from .base import BaseHandler
+
+STATE_CLASS = {
+    "active": "cy-state-active",
+    "draining": "cy-state-draining",
+    "down": "cy-state-down",
+}
+
+
+class PageHandler(BaseHandler):
+    def render_page(self, template: str, **ns: Any) -> None:
+        env: Environment = self.settings["codeyard_jinja"]
+        html = env.get_template(template).render(
+            prefix=self.settings["codeyard_prefix"],
+            hub_prefix=self.hub_auth.hub_prefix,
+            user=self.current_user,
+            xsrf=self.xsrf_token.decode()
+            if isinstance(self.xsrf_token, bytes)
+            else self.xsrf_token,
+            state_class=STATE_CLASS,
+            message=self.get_argument("message", None),
+            message_kind=self.get_argument("kind", "info"),
+            **ns,
+        )
+        self.finish(html)
+
+    def back(self, page: str, message: str, kind: str = "info") -> None:
+        from urllib.parse import urlencode
+
+        self.redirect(
+            self.settings["codeyard_prefix"]
+            + page
+            + "?"
+            + urlencode({"message": message, "kind": kind})
+        )
+
+
+class DashboardPage(PageHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        servers = await self.blocking(self.registry.list_servers)
+        totals = {
+            "hosts": len(servers),
+            "active": sum(s["state"] == "active" for s in servers),
+            "draining": sum(s["state"] == "draining" for s in servers),
+            "down": sum(s["state"] == "down" for s in servers),
+            "running": sum(s["load"]["running"] for s in servers),
+            "capacity": sum(s["max_workspaces"] for s in servers)
+            if all(s["max_workspaces"] for s in servers)
+            else 0,
+        }
+        self.render_page("dashboard.html", page="dashboard", servers=servers, totals=totals)
+
+
+class ServersPage(PageHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        servers = await self.blocking(self.registry.list_servers)
+        self.render_page("servers.html", page="servers", servers=servers)
+
+
+class ServerActionPage(PageHandler):
+    @web.authenticated
+    async def post(self, server_id: str, action: str) -> None:
+        try:
+            if action == "test":
+
+                def test() -> dict[str, Any]:
+                    endpoint, kind, secret = self.registry.connection(server_id)
+                    result = probe(endpoint, kind, secret, timeout=self.ctx.probe_timeout)
+                    self.registry.record_probe(int(server_id), result, details=True)
+                    return result
+
+                result = await self.blocking(test)
+                name = (await self.blocking(self.registry.get_server, server_id))["name"]
+                if result["ok"]:
+                    self.back("servers", f"{name}: OK in {result['latency_ms']} ms", "success")
+                else:
+                    self.back("servers", f"{name}: {result['error']}", "danger")
+                return
+            state = ServerState.draining if action == "drain" else ServerState.active
+            server = await self.blocking(self.registry.set_state, server_id, state)
+            self.back("servers", f"{server['name']} is now {server['state']}", "success")
+        except RegistryError as e:
+            self.back("servers", str(e), "danger")
+
+
+class RegisterPage(PageHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        self.render_page("register.html", page="register", form={})
+
+    def _file_or_field(self, name: str) -> str:
+        files = self.request.files.get(name)
+        if files and files[0]["body"]:
+            return files[0]["body"].decode("utf-8", "replace")
+        return self.get_body_argument(name, "")
+
+    @web.authenticated
+    async def post(self) -> None:
+        arg = self.get_body_argument
+        form = {k: arg(k, "") for k in ("name", "endpoint", "region", "storage_root")}
+        try:
+            data: dict[str, Any] = {
+                **{k: v.strip() for k, v in form.items()},
+                "storage_shared": bool(arg("storage_shared", "")),
+                "max_workspaces": int(arg("max_workspaces", "0") or 0),
+                "cpu_capacity": float(arg("cpu_capacity", "0") or 0),
+                "mem_capacity": int(arg("mem_capacity", "0") or 0),
+            }
+        except ValueError:
+            self.render_page(
+                "register.html",
+                page="register",
+                form=form,
+                message="Capacity must be numbers",
+                message_kind="danger",
+            )
+            return
+        kind = arg("kind", "none")
+        if kind == "tls":
+            data["credential"] = {
+                "kind": "tls",
+                **{p: self._file_or_field(p) for p in ("ca", "cert", "key")},
+            }
+        elif kind == "ssh":
+            data["credential"] = {"kind": "ssh", "key": self._file_or_field("key")}
+        elif kind == "token":
+            data["credential"] = {"kind": "token", "token": arg("token", "")}
+        try:
+            server = await self.blocking(self.registry.add_server, data)
+        except RegistryError as e:
+            self.set_status(e.status)
+            self.render_page(
+                "register.html", page="register", form=form, message=str(e), message_kind="danger"
+            )
+            return
+        self.back(
+            "servers", f"Registered {server['name']}. Test it to check the connection.", "success"
+        )
+
+
+class PlacementsPage(PageHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        filters = {k: self.get_argument(k, "") or None for k in ("user", "server", "state")}
+        placements = await self.blocking(self.registry.list_placements, **filters)
+        servers = await self.blocking(self.registry.list_servers)
+        self.render_page(
+            "placements.html",
+            page="placements",
+            placements=placements,
+            servers=servers,
+            filters=filters,
+        )
+
+
+def page_handlers(prefix: str) -> list[Any]:
+    return [
+        (prefix, DashboardPage),
+        (prefix + "servers", ServersPage),
+        (prefix + "servers/new", RegisterPage),
+        (prefix + r"servers/(\d+)/(test|drain|undrain)", ServerActionPage),
+        (prefix + "workspaces", PlacementsPage),
+        (prefix + "hub-static/(.*)", web.StaticFileHandler, {"path": f"{DATA_FILES_PATH}/static"}),
+    ]
+
+
+def jinja_env(template_path: str) -> Environment:
+    return Environment(
+        loader=FileSystemLoader(template_path), autoescape=select_autoescape(["html"])
+    )
