@@ -224,3 +224,34 @@ def test_sigkill_at_random_moments_never_leaves_a_mix(tmp_path: Path, big_diff: 
         assert_clean_state(ws)
         outcomes.append("new" if state == NEW else "old")
     print("random kills ended in:", outcomes)
+
+
+@pytest.fixture
+def interrupted(jp_root_dir: Path) -> Path:
+    """A workspace left by a server that died after committing a patch, before swapping it.
+
+    Built before `jp_serverapp` starts (fixture order), so the real server's start-up
+    `recover()` is what has to finish the job.
+    """
+    root = Path(jp_root_dir)
+    build(root, {"a.txt": b"old\n", "b.txt": b"old\n"})
+    manager = manager_for(root)
+    manager.fault = lambda at: _raise_if(at == "swapped:0")  # type: ignore[method-assign]
+    diff = (
+        "--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-old\n+new\n"
+        "--- a/b.txt\n+++ b/b.txt\n@@ -1 +1 @@\n-old\n+new\n"
+    )
+    with pytest.raises(InjectedFault):
+        manager.apply(diff)
+    assert sorted(tree(root).values()) == [b"new\n", b"old\n"]  # the mix a crash leaves
+    return root
+
+
+async def test_server_start_finishes_an_interrupted_apply(interrupted: Path, api) -> None:
+    assert tree(interrupted) == {"a.txt": b"new\n", "b.txt": b"new\n"}
+    status, body = await api("audit")
+    assert status == 200 and body["chain_ok"] is True
+    assert [r["action"] for r in body["records"]] == ["patch.apply"]
+    status, undone = await api(f"patch/{body['records'][0]['patch_id']}/revert", body={})
+    assert status == 200, undone
+    assert tree(interrupted) == {"a.txt": b"old\n", "b.txt": b"old\n"}
