@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Bring Codeyard up on this machine and run the Hub in the foreground (`make up`).
+#
+# Steps (each idempotent): Docker engine, single-user image, local proxy, secrets,
+# model services (hooks), then the Hub with its logs on this terminal.
+# Ctrl-C stops exactly what this script started: the Hub (which stops its proxy), hook
+# services, and dockerd if this script had to start it. Workspaces keep their files.
+#
+# Env: CODEYARD_STATE (default ~/.cache/codeyard/state), CODEYARD_ADMIN (default admin),
+#      CODEYARD_BIND_URL (default http://127.0.0.1:8000), any other CODEYARD_* setting
+#      from hub_config/codeyard_hub.py, and CODEYARD_SITE_CONFIG for a site config file.
+#
+# Hooks: every executable hub_config/up.d/*.sh runs before the Hub starts (vLLM and the
+# model gateway go there). A hook starts its service in the background and prints
+# "pid <PID>" lines for the processes it started; up.sh stops those on exit, in
+# reverse order. Hooks see CODEYARD_STATE and must be idempotent; a background service
+# must not keep the hook's stdout open (redirect it to a log file).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+export CODEYARD_STATE="${CODEYARD_STATE:-$HOME/.cache/codeyard/state}"
+VENV_BIN="${CODEYARD_VENV_BIN:-$REPO/.venv/bin}"
+log() { echo "[up] $*" >&2; }
+
+mkdir -p "$CODEYARD_STATE"
+chmod 700 "$CODEYARD_STATE"
+
+STARTED_PIDS=()   # what we started, stopped in reverse order on exit
+DOCKERD_PIDFILE=""
+HUB_PID=""
+
+cleanup() {
+    trap - INT TERM EXIT
+    if [ -n "$HUB_PID" ] && kill -0 "$HUB_PID" 2>/dev/null; then
+        log "stopping the Hub (pid $HUB_PID)..."
+        kill -TERM "$HUB_PID" 2>/dev/null || true
+        wait "$HUB_PID" 2>/dev/null || true
+    fi
+    for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
+        pid="${STARTED_PIDS[$i]}"
+        if kill -0 "$pid" 2>/dev/null; then
+            log "stopping pid $pid..."
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+    done
+    if [ -n "$DOCKERD_PIDFILE" ] && [ -s "$DOCKERD_PIDFILE" ]; then
+        pid="$(cat "$DOCKERD_PIDFILE")"
+        log "stopping dockerd (pid $pid), which this script started..."
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        rm -f "$DOCKERD_PIDFILE"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# 1. Docker engine.
+out="$("$REPO/images/bin/ensure-docker.sh" "$CODEYARD_STATE" | tail -n 1)"
+[ "$out" != already-running ] && DOCKERD_PIDFILE="$out"
+
+# 2. The single-user image (rebuilt only when its inputs change).
+IMAGE="$("$REPO/images/bin/build-images.sh" | tail -n 1)"
+export CODEYARD_IMAGE="${CODEYARD_IMAGE:-$IMAGE}"
+log "single-user image: $CODEYARD_IMAGE"
+
+# 3. configurable-http-proxy in a project-local folder.
+PROXY="$("$HERE/install-proxy.sh" | tail -n 1)"
+export CODEYARD_PROXY_DIR="${CODEYARD_PROXY_DIR:-$(dirname "$(dirname "$(dirname "$PROXY")")")}"
+
+# 4. Secrets: made once, mode 0600, in the state folder.
+"$VENV_BIN/python" "$HERE/../codeyard_hub.py" >/dev/null
+
+# 5. Model services (vLLM, gateway): hooks in hub_config/up.d/.
+if [ -d "$HERE/../up.d" ]; then
+    for hook in "$HERE"/../up.d/*.sh; do
+        [ -x "$hook" ] || continue
+        log "hook $(basename "$hook")"
+        while read -r word pid; do
+            [ "$word" = pid ] && STARTED_PIDS+=("$pid")
+        done < <("$hook")
+    done
+fi
+
+# 6. The Hub, in the foreground.
+ADMIN="${CODEYARD_ADMIN:-admin}"
+URL="${CODEYARD_BIND_URL:-http://127.0.0.1:8000}"
+cat >&2 <<MSG
+
+  Codeyard is starting on $URL
+  To become admin: open $URL/hub/signup and sign up as "$ADMIN"
+  (change the name with CODEYARD_ADMIN). Others sign up there too.
+  State (database, secrets, homes): $CODEYARD_STATE
+  Stop with Ctrl-C.
+
+MSG
+cd "$CODEYARD_STATE"
+"$VENV_BIN/jupyterhub" -f "$REPO/hub_config/jupyterhub_config.py" &
+HUB_PID=$!
+wait "$HUB_PID"

@@ -1,0 +1,119 @@
+"""Codeyard's JupyterHub configuration.
+
+Start with `jupyterhub -f hub_config/jupyterhub_config.py` (`make up` does this).
+
+Order: the site config file (`CodeyardHub.site_config`, default
+`<state>/site_config.py`) is loaded first, then every value below is applied only where the
+site config left it unset. So OAuth, LDAP, another database or other limits are switched on
+by config alone (docs/hub.md), without editing this file.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from codeyard_hub import CodeyardHub, ensure_secret
+
+from codeyard.spawner import handlers as workspace_handlers
+
+c = get_config()  # provided by traitlets when it loads this file
+
+_site = CodeyardHub().site_config
+if os.path.exists(_site):
+    load_subconfig(_site)
+
+settings = CodeyardHub(config=c)
+os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
+
+
+def setdefault(section, name, value):
+    """Set `section.name` unless the site config set it."""
+    if name not in section:
+        section[name] = value
+
+
+# ---- Network: public proxy on loopback, Hub API on the docker bridge -------------------
+setdefault(c.JupyterHub, "bind_url", settings.bind_url)
+setdefault(c.JupyterHub, "hub_ip", settings.hub_ip)
+setdefault(c.JupyterHub, "hub_port", settings.hub_port)
+setdefault(c.ConfigurableHTTPProxy, "api_url", f"http://127.0.0.1:{settings.proxy_api_port}")
+setdefault(c.ConfigurableHTTPProxy, "command", [settings.proxy_command])
+setdefault(c.ConfigurableHTTPProxy, "pid_file", settings.state_path("proxy.pid"))
+
+# ---- State: database and secrets (made once, 0600) --------------------------------------
+setdefault(c.JupyterHub, "db_url", settings.database_url)
+setdefault(c.JupyterHub, "cookie_secret_file", settings.state_path("jupyterhub_cookie_secret"))
+ensure_secret(c.JupyterHub.cookie_secret_file)
+setdefault(c.JupyterHub, "pid_file", settings.state_path("jupyterhub.pid"))
+setdefault(
+    c.CryptKeeper,
+    "keys",
+    ensure_secret(settings.state_path("crypt_key")).split(";"),
+)
+setdefault(c.ConfigurableHTTPProxy, "auth_token", ensure_secret(settings.state_path("proxy_token")))
+
+# ---- Hub restart keeps workspaces running ----------------------------------------------
+setdefault(c.JupyterHub, "cleanup_servers", False)
+
+# ---- Login: NativeAuthenticator sign-up ------------------------------------------------
+setdefault(c.JupyterHub, "authenticator_class", "native")
+setdefault(c.Authenticator, "admin_users", {settings.admin_user})
+setdefault(c.NativeAuthenticator, "open_signup", not settings.require_approval)
+if c.JupyterHub.authenticator_class in ("native", "nativeauthenticator.NativeAuthenticator"):
+    # NativeAuthenticator itself refuses users an admin has not approved; JupyterHub 5's
+    # own allow list would refuse everyone else. Other authenticators keep JupyterHub's
+    # default (nobody) until the site config says who is allowed.
+    setdefault(c.Authenticator, "allow_all", True)
+setdefault(c.NativeAuthenticator, "minimum_password_length", 8)
+setdefault(c.NativeAuthenticator, "check_common_password", True)
+
+# ---- Workspaces: named servers in PlacementSpawner containers -------------------------
+setdefault(c.JupyterHub, "spawner_class", "codeyard.spawner.PlacementSpawner")
+setdefault(c.JupyterHub, "allow_named_servers", True)
+setdefault(c.JupyterHub, "named_server_limit_per_user", settings.workspaces_per_user)
+setdefault(c.JupyterHub, "default_url", "/hub/home")
+setdefault(c.Spawner, "default_url", "/lab")
+setdefault(c.Spawner, "start_timeout", int(settings.spawn_timeout))
+setdefault(c.Spawner, "http_timeout", int(settings.spawn_timeout))
+setdefault(c.DockerSpawner, "image", settings.image)
+setdefault(c.DockerSpawner, "allowed_images", settings.images)
+setdefault(c.DockerSpawner, "remove", False)
+if settings.profiles:
+    setdefault(c.PlacementSpawner, "profiles", settings.profiles)
+setdefault(c.LocalHostProvider, "storage_root", settings.state_path("homes"))
+setdefault(c.JupyterHub, "extra_handlers", list(workspace_handlers.handlers))
+
+# ---- Services: idle culler and a metrics scraper --------------------------------------
+services = list(c.JupyterHub.get("services", []))
+roles = list(c.JupyterHub.get("load_roles", []))
+if settings.cull_idle_timeout > 0:
+    services.append(
+        {
+            "name": "idle-culler",
+            "command": [
+                sys.executable,
+                "-m",
+                "jupyterhub_idle_culler",
+                f"--timeout={settings.cull_idle_timeout}",
+                f"--cull-every={settings.cull_every}",
+            ],
+        }
+    )
+    roles.append(
+        {
+            "name": "idle-culler",
+            "description": "Stop idle workspaces; their files stay.",
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+            "services": ["idle-culler"],
+        }
+    )
+# /hub/metrics answers only tokens with read:metrics (admins, and this service's token,
+# which a Prometheus scrape job reads from <state>/metrics_token).
+setdefault(c.JupyterHub, "authenticate_prometheus", True)
+services.append(
+    {"name": "metrics", "api_token": ensure_secret(settings.state_path("metrics_token"))}
+)
+roles.append({"name": "metrics", "scopes": ["read:metrics"], "services": ["metrics"]})
+c.JupyterHub.services = services
+c.JupyterHub.load_roles = roles

@@ -1,0 +1,173 @@
+"""Docker hosts, and the seam through which `PlacementSpawner` asks where a workspace runs.
+
+`PlacementSpawner` never decides placement itself. It holds one `HostProvider` (chosen by
+`PlacementSpawner.host_provider_class`) and asks it two questions:
+
+- `await provider.choose(spawner)`: where should this new workspace run? Called once, on a
+  workspace's first start (or when its old host is gone). The answer is saved in the
+  spawner's state by host *name*.
+- `provider.get(name)`: give me the host called `name` again. Called after a Hub restart,
+  on every poll/stop, so it must be cheap and must not re-run the placement policy.
+
+`LocalHostProvider` is the single local engine. The registry-backed provider (the rest of
+`codeyard.placement`) implements the same two methods over the database of registered hosts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from traitlets import Bool, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
+
+if TYPE_CHECKING:
+    from jupyterhub.spawner import Spawner
+
+__all__ = ["DockerHost", "DockerTLS", "HostProvider", "LocalHostProvider", "UnknownHost"]
+
+
+class UnknownHost(LookupError):
+    """The host a workspace was placed on is no longer known to the provider."""
+
+
+@dataclass(frozen=True)
+class DockerTLS:
+    """Client-certificate TLS material for a remote engine (paths on the Hub's machine)."""
+
+    ca_cert: str
+    client_cert: str
+    client_key: str
+
+
+@dataclass(frozen=True)
+class DockerHost:
+    """One Docker engine that can run workspaces.
+
+    `host_ip` is the address on which the engine publishes workspace ports and the proxy
+    reaches them. `storage_root` is a folder *on that engine's machine* under which homes
+    live as `<storage_root>/<user>/<workspace>`. `storage_is_local` says the Hub shares that
+    file system (the local engine), which lets the spawner create empty homes without a
+    helper container.
+    """
+
+    name: str
+    base_url: str = "unix:///var/run/docker.sock"
+    storage_root: str = "/var/lib/codeyard/homes"
+    host_ip: str = "127.0.0.1"
+    region: str = "local"
+    tls: DockerTLS | None = None
+    storage_is_local: bool = False
+    labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def client_key(self) -> tuple[Any, ...]:
+        """What identifies a distinct Docker client: same URL and TLS means same client."""
+        return (self.base_url, self.tls)
+
+
+class HostProvider(LoggingConfigurable):
+    """Chooses and finds Docker hosts for `PlacementSpawner`.
+
+    Subclasses override:
+
+    - `async choose(spawner) -> DockerHost`: pick a host for a workspace starting for the
+      first time. `spawner.user.name`, `spawner.name` and `spawner.user_options` (size
+      profile, image key) are available to a policy.
+    - `get(name) -> DockerHost`: look a host up by name; raise `UnknownHost` if it is gone.
+
+    One provider instance is shared by every spawner of a Hub, so it may keep caches.
+    It is built with the Hub's config, so its own traitlets are configurable as
+    `c.<ProviderClass>.<trait>`.
+    """
+
+    async def choose(self, spawner: Spawner) -> DockerHost:
+        raise NotImplementedError
+
+    def get(self, name: str) -> DockerHost:
+        raise NotImplementedError
+
+
+def _default_state_dir() -> Path:
+    return Path(os.environ.get("CODEYARD_STATE") or Path.home() / ".cache" / "codeyard" / "state")
+
+
+class LocalHostProvider(HostProvider):
+    """The one Docker engine on the Hub's own machine."""
+
+    host_name = Unicode(
+        "local",
+        help="""Name of the local host, as saved in each workspace's state.
+
+        Changing it makes running workspaces unfindable after a restart; leave it.
+        """,
+    ).tag(config=True)
+
+    base_url = Unicode(
+        help="""Docker API URL of the local engine.
+
+        Defaults to `$DOCKER_HOST` when set, else the standard socket.
+        """,
+    ).tag(config=True)
+
+    @default("base_url")
+    def _default_base_url(self) -> str:
+        return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+    host_ip = Unicode(
+        "127.0.0.1",
+        help="""Address the engine publishes workspace ports on.
+
+        Loopback keeps workspaces reachable only through the Hub's proxy.
+        """,
+    ).tag(config=True)
+
+    storage_root = Unicode(
+        help="""Folder holding workspace homes, as `<storage_root>/<user>/<workspace>`.
+
+        Defaults to `homes/` in the Codeyard state folder (`$CODEYARD_STATE`).
+        """,
+    ).tag(config=True)
+
+    @default("storage_root")
+    def _default_storage_root(self) -> str:
+        return str(_default_state_dir() / "homes")
+
+    @validate("storage_root")
+    def _check_storage_root(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"])
+        if not os.path.isabs(value):
+            raise ValueError(f"storage_root must be an absolute path, got {value!r}")
+        return value
+
+    storage_is_local = Bool(
+        True,
+        help="""Whether `storage_root` is on the Hub's own file system.
+
+        True for the local engine unless the Hub itself runs in a container without that
+        folder mounted; then set False and homes are made by a helper container.
+        """,
+    ).tag(config=True)
+
+    region = Unicode("local", help="""Region label of the local host.""").tag(config=True)
+
+    @property
+    def host(self) -> DockerHost:
+        return DockerHost(
+            name=self.host_name,
+            base_url=self.base_url,
+            storage_root=self.storage_root,
+            host_ip=self.host_ip,
+            region=self.region,
+            storage_is_local=self.storage_is_local,
+        )
+
+    async def choose(self, spawner: Spawner) -> DockerHost:
+        return self.host
+
+    def get(self, name: str) -> DockerHost:
+        if name != self.host_name:
+            raise UnknownHost(name)
+        return self.host

@@ -1,0 +1,120 @@
+"""Make a workspace home on its Docker host with a short-lived helper container.
+
+Why a container and not `git` on the Hub: the home lives on the workspace's host, which
+may be a remote engine; the helper runs there through the same Docker API as the
+workspace. It uses the workspace image (so the same git, CA certificates and proxy
+settings), the workspace's CPU and memory limits, and sees only the user's folder, so
+a hostile repository or URL never runs code on the Hub.
+
+The clone goes to a hidden `.<name>.partial` folder that is renamed into place only when
+git succeeded, so a failed clone leaves no half-made workspace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from docker.errors import APIError, NotFound
+
+# $1 mode (prepare|remove), $2 home folder name, $3 git URL or "", $4 branch or "", $5 uid
+HELPER_SCRIPT = r"""
+set -u
+mode="$1"; ws="$2"; url="$3"; branch="$4"; uid="$5"
+tmp=".$ws.partial"
+cd /homes || exit 2
+if [ "$mode" = remove ]; then
+    rm -rf -- "$ws" "$tmp"
+    exit 0
+fi
+if [ -e "$ws" ]; then
+    echo "codeyard: home $ws exists, keeping it"
+    exit 0
+fi
+rm -rf -- "$tmp"
+if [ -n "$url" ]; then
+    if [ -n "$branch" ]; then set -- --branch "$branch"; else set --; fi
+    if ! git clone --quiet "$@" -- "$url" "$tmp" 2>/tmp/git.err; then
+        cat /tmp/git.err >&2
+        rm -rf -- "$tmp"
+        exit 3
+    fi
+else
+    mkdir -- "$tmp"
+fi
+chown -R "$uid:$uid" -- "$tmp" && mv -T -- "$tmp" "$ws"
+"""
+
+CLONE_FAILED_EXIT = 3
+
+DockerCall = Callable[..., Awaitable[Any]]
+
+
+class HomeSetupFailed(RuntimeError):
+    """The helper could not make the home; the message carries git's own error."""
+
+
+@dataclass(frozen=True)
+class HelperJob:
+    mode: str  # "prepare" or "remove"
+    user_dir: str  # <storage_root>/<user> on the Docker host
+    home_name: str
+    image: str
+    name: str  # container name
+    repo_url: str = ""
+    branch: str = ""
+    uid: int = 1000
+    mem_limit: int | None = None
+    cpu_limit: float | None = None
+    labels: dict[str, str] | None = None
+
+
+def last_lines(text: str, n: int = 6) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(lines[-n:])
+
+
+async def run_helper(docker: DockerCall, client: Any, job: HelperJob, time_limit: float) -> str:
+    """Run the helper to completion on the job's host; return its output or raise."""
+    with contextlib.suppress(NotFound):
+        await docker("remove_container", job.name, force=True)
+    host_config: dict[str, Any] = {"binds": {job.user_dir: {"bind": "/homes", "mode": "rw"}}}
+    if job.mem_limit:
+        host_config["mem_limit"] = job.mem_limit
+    if job.cpu_limit:
+        host_config["cpu_period"] = 100_000
+        host_config["cpu_quota"] = int(job.cpu_limit * 100_000)
+    obj = await docker(
+        "create_container",
+        image=job.image,
+        name=job.name,
+        user="0",
+        entrypoint=["/bin/sh", "-c", HELPER_SCRIPT, "codeyard-home"],
+        command=[job.mode, job.home_name, job.repo_url, job.branch, str(job.uid)],
+        environment={"GIT_TERMINAL_PROMPT": "0", "HOME": "/tmp"},  # noqa: S108 - inside the helper
+        working_dir="/homes",
+        labels=job.labels or {},
+        host_config=client.create_host_config(**host_config),
+    )
+    cid = obj["Id"]
+    try:
+        await docker("start", cid)
+        try:
+            result = await asyncio.wait_for(docker("wait", cid), time_limit)
+        except TimeoutError:
+            await docker("kill", cid)
+            raise HomeSetupFailed(
+                f"git clone took longer than {time_limit:.0f}s and was stopped"
+            ) from None
+        output = (await docker("logs", cid, stdout=True, stderr=True)).decode("utf-8", "replace")
+        code = result.get("StatusCode", -1)
+        if code != 0:
+            what = "git clone failed" if code == CLONE_FAILED_EXIT else "home setup failed"
+            raise HomeSetupFailed(f"{what}: {last_lines(output) or f'exit code {code}'}")
+        return output
+    finally:
+        with contextlib.suppress(APIError):
+            await docker("remove_container", cid, force=True)

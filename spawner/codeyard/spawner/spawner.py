@@ -1,0 +1,561 @@
+"""`PlacementSpawner`: DockerSpawner that places each workspace on a Docker host.
+
+A workspace is a JupyterHub named server. Its container runs on a host chosen by the
+host provider (`codeyard.placement.hosts`), its files live in a persistent home on that
+host, and it is created with the CPU and memory of its size profile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+
+import docker
+from docker.errors import APIError, NotFound
+from dockerspawner import DockerSpawner
+from jupyterhub.traitlets import EntryPointType
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient
+from traitlets import Bool, Dict, Float, Integer, Set, Unicode, default, validate
+
+from codeyard.placement.hosts import DockerHost, HostProvider, LocalHostProvider, UnknownHost
+
+from . import clients, homes
+from .clone import HelperJob, HomeSetupFailed, last_lines, run_helper
+from .profiles import InvalidOptions, SizeProfile, WorkspaceOptions
+
+DEFAULT_PROFILES = {
+    "small": {"display_name": "Small (1 CPU, 2 GB)", "cpu": 1, "mem": "2G"},
+    "medium": {"display_name": "Medium (2 CPU, 4 GB)", "cpu": 2, "mem": "4G"},
+    "large": {"display_name": "Large (4 CPU, 8 GB)", "cpu": 4, "mem": "8G"},
+}
+
+# Exit codes of a container we stopped ourselves (clean exit, SIGTERM, SIGKILL after grace).
+_STOPPED_EXIT_CODES = {0, 137, 143}
+
+
+class PlacementSpawner(DockerSpawner):
+    """Spawns each workspace in its own container on a host chosen by a `HostProvider`.
+
+    On top of DockerSpawner's hooks (`create_object`, `start_object`, `stop_object`,
+    `get_ip_and_port`, `poll`), a subclass or provider can change:
+
+    - `host_provider_class`: where workspaces run (`choose`) and how a saved host name is
+      found again (`get`). Docker calls go through a client and thread pool cached per
+      host (`client`, `executor`), never DockerSpawner's class-wide single ones.
+    - `prepare_home()`: how the home is made on first start (empty, or a git clone).
+    - `workspace_status()` / `container_logs()`: what the status and logs API report.
+
+    State (`get_state`) holds the container id and name, the host name, and whether the
+    home was made. The host survives `clear_state()` on purpose: the workspace's files are
+    on that host, so a stopped workspace starts again there.
+    """
+
+    # ---- configuration -------------------------------------------------------------
+
+    host_provider_class = EntryPointType(
+        default_value=LocalHostProvider,
+        klass=HostProvider,
+        entry_point_group="codeyard.host_providers",
+        help="""Class that chooses a Docker host for new workspaces and finds saved ones.
+
+        A `codeyard.placement.hosts.HostProvider` subclass, given as a class, an import
+        string, or the name of an entry point in the `codeyard.host_providers` group.
+        One instance is shared by all spawners of the Hub.
+        """,
+    ).tag(config=True)
+
+    docker_workers_per_host = Integer(
+        16,
+        help="""Threads issuing blocking Docker API calls, per Docker host.
+
+        Bounds concurrent Docker calls to one engine (including a clone waiting to
+        finish), so it also bounds concurrent first-start clones per host.
+        """,
+    ).tag(config=True)
+
+    @validate("docker_workers_per_host")
+    def _check_workers(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] < 1:
+            raise ValueError("docker_workers_per_host must be at least 1")
+        return int(proposal["value"])
+
+    profiles = Dict(
+        help="""Size profiles users pick from: name -> {"display_name", "cpu", "mem"}.
+
+        `cpu` is a number of cores (a CFS quota), `mem` a hard memory limit such as
+        "2G". The container is created with exactly these limits.
+        """,
+    ).tag(config=True)
+
+    @default("profiles")
+    def _default_profiles(self) -> dict[str, Any]:
+        return dict(DEFAULT_PROFILES)
+
+    @validate("profiles")
+    def _check_profiles(self, proposal: dict[str, Any]) -> dict[str, Any]:
+        value = proposal["value"]
+        if not value:
+            raise ValueError("At least one size profile is needed")
+        for name, spec in value.items():
+            SizeProfile.from_config(name, spec)
+        return value
+
+    default_profile = Unicode(
+        help="""Profile used when none is asked for. Defaults to the first profile.""",
+    ).tag(config=True)
+
+    @default("default_profile")
+    def _default_default_profile(self) -> str:
+        return next(iter(self.profiles))
+
+    git_schemes = Set(
+        {"https", "http", "git", "ssh"},
+        help="""URL schemes users may clone from. `file` is never a good idea here.""",
+    ).tag(config=True)
+
+    home_mount = Unicode(
+        "/home/jovyan/work",
+        help="""Path in the container where the workspace home is mounted.""",
+    ).tag(config=True)
+
+    home_uid = Integer(
+        1000,
+        help="""Owner (uid and gid) of new homes: the image's non-root user.""",
+    ).tag(config=True)
+
+    delete_data_on_remove = Bool(
+        False,
+        help="""Whether deleting a workspace also deletes its home folder.
+
+        Off by default: the container is removed, the files are kept under
+        `<storage_root>/<user>/<workspace>` for an admin to archive or restore.
+        """,
+    ).tag(config=True)
+
+    clone_timeout = Float(
+        600,
+        help="""Seconds a first-start git clone may take before the spawn fails.""",
+    ).tag(config=True)
+
+    # DockerSpawner defaults that fit workspaces.
+
+    @default("prefix")
+    def _default_prefix(self) -> str:
+        return "codeyard"
+
+    @default("notebook_dir")
+    def _default_notebook_dir(self) -> str:
+        return self.home_mount
+
+    @default("extra_create_kwargs")
+    def _default_extra_create_kwargs(self) -> dict[str, Any]:
+        # Rendered by DockerSpawner's templates at create time.
+        return {
+            "labels": {
+                "codeyard.user": "{raw_username}",
+                "codeyard.workspace": "{servername}",
+            }
+        }
+
+    @default("extra_host_config")
+    def _default_extra_host_config(self) -> dict[str, Any]:
+        # Docker turns IPv6 off in containers when the engine has none, which removes ::1
+        # from `lo` while /etc/hosts still maps localhost to it. Servers binding
+        # "localhost" (jupyter-ai's MCP server) then die at start-up. Give loopback back.
+        return {"sysctls": {"net.ipv6.conf.lo.disable_ipv6": "0"}}
+
+    ready_poll_interval = Float(
+        0.2,
+        help="""Seconds between checks that the new server answers or its container died.
+
+        The spawner waits for the server itself (instead of leaving it to the Hub's HTTP
+        wait) so a container that exits during start-up fails the spawn at once, with
+        the container's last log lines, rather than after `http_timeout`.
+        """,
+    ).tag(config=True)
+
+    @validate("allowed_images")
+    def _validate_allowed_images(self, proposal: dict[str, Any]) -> Any:
+        value = super()._validate_allowed_images(proposal)
+        if value == "*":
+            raise ValueError("PlacementSpawner only runs images from an explicit allow-list")
+        return value
+
+    # ---- state ---------------------------------------------------------------------
+
+    host_name = Unicode("", help="Name of the host this workspace lives on (from state).")
+    home_ready = Bool(False, help="Whether the home was made (from state).")
+    last_error = Unicode("", help="Why the last start failed, for the status API.")
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self.host_name = state.get("host", "")
+        self.home_ready = bool(state.get("home_ready", False))
+        self.last_error = state.get("last_error", "")
+        self._host = None
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if self.host_name:
+            state["host"] = self.host_name
+        if self.home_ready:
+            state["home_ready"] = True
+        if self.last_error:
+            state["last_error"] = self.last_error
+        return state
+
+    def clear_state(self) -> None:
+        # Keep host and home_ready: the files stay on that host across stop/start.
+        super().clear_state()
+        self._progress_events = []
+
+    # ---- hosts, clients, executors -------------------------------------------------
+
+    _providers: ClassVar[dict[type, HostProvider]] = {}
+    _host: DockerHost | None = None
+
+    @property
+    def host_provider(self) -> HostProvider:
+        cls = self.host_provider_class
+        provider = PlacementSpawner._providers.get(cls)
+        if provider is None:
+            provider = cls(config=self.config, log=self.log)
+            PlacementSpawner._providers[cls] = provider
+        return provider
+
+    @property
+    def host(self) -> DockerHost:
+        """The workspace's host; raises `UnknownHost` before placement or if it is gone."""
+        if self._host is None:
+            if not self.host_name:
+                raise UnknownHost("workspace not placed yet")
+            self._host = self.host_provider.get(self.host_name)
+        return self._host
+
+    @property
+    def client(self) -> docker.APIClient:
+        return clients.client_for(self.host)
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        return clients.executor_for(self.host, self.docker_workers_per_host)
+
+    async def place(self) -> DockerHost:
+        """Find this workspace's host: the saved one, else ask the provider to choose."""
+        if self.host_name:
+            try:
+                return self.host
+            except UnknownHost:
+                raise web.HTTPError(
+                    503,
+                    f"Workspace host {self.host_name!r} is not available;"
+                    " its files are on that host. Ask an admin.",
+                ) from None
+        host = await self.host_provider.choose(self)
+        self.host_name, self._host = host.name, host
+        return host
+
+    # ---- options -------------------------------------------------------------------
+
+    @property
+    def size_profiles(self) -> dict[str, SizeProfile]:
+        return {n: SizeProfile.from_config(n, s) for n, s in self.profiles.items()}
+
+    def image_choices(self) -> dict[str, str]:
+        """The admin allow-list as display key -> image; the configured image if empty."""
+        allowed = self._get_allowed_images()
+        return dict(allowed) if allowed else {self.image: self.image}
+
+    def parse_options(self, user_options: dict[str, Any]) -> WorkspaceOptions:
+        images = self.image_choices()
+        return WorkspaceOptions.parse(
+            user_options,
+            profiles=self.size_profiles,
+            default_profile=self.default_profile,
+            images=images,
+            default_image=next(iter(images)),
+            git_schemes=set(self.git_schemes),
+        )
+
+    @default("options_form")
+    def _default_options_form(self) -> Any:
+        return self._render_options_form
+
+    def _render_options_form(self, spawner: PlacementSpawner) -> str:
+        esc = html.escape
+        profiles = "".join(
+            f'<option value="{esc(p.name)}"{" selected" if p.name == self.default_profile else ""}>'
+            f"{esc(p.display_name)}</option>"
+            for p in self.size_profiles.values()
+        )
+        images = "".join(
+            f'<option value="{esc(key)}">{esc(key)}</option>' for key in self.image_choices()
+        )
+        return f"""
+<div class="form-group mb-3">
+  <label for="cy-repo" class="form-label">
+    Git repository (leave empty for an empty workspace)</label>
+  <input id="cy-repo" class="form-control" name="repo_url" type="text"
+         placeholder="https://git.example.com/team/project.git">
+</div>
+<div class="form-group mb-3">
+  <label for="cy-branch" class="form-label">Branch (optional)</label>
+  <input id="cy-branch" class="form-control" name="branch" type="text" placeholder="main">
+</div>
+<div class="form-group mb-3">
+  <label for="cy-profile" class="form-label">Size</label>
+  <select id="cy-profile" class="form-select form-control" name="profile">{profiles}</select>
+</div>
+<div class="form-group mb-3">
+  <label for="cy-image" class="form-label">Environment</label>
+  <select id="cy-image" class="form-select form-control" name="image">{images}</select>
+</div>
+"""
+
+    @default("options_from_form")
+    def _default_options_from_form(self) -> Any:
+        def options_from_form(formdata: dict[str, list[str]]) -> dict[str, str]:
+            raw = {
+                k: formdata[k][0]
+                for k in ("repo_url", "branch", "profile", "image")
+                if k in formdata
+            }
+            return self.parse_options(raw).to_user_options()
+
+        return options_from_form
+
+    # ---- progress ------------------------------------------------------------------
+
+    _progress_events: list[dict[str, Any]]
+    _start_done: asyncio.Event | None = None
+
+    def emit(self, progress: int, message: str) -> None:
+        """Record a progress event for the spawn page."""
+        self.log.info("%s: %s", self._log_name, message)
+        self._progress_events.append({"progress": progress, "message": message})
+
+    async def progress(self):  # type: ignore[override]
+        sent = 0
+        while True:
+            events = getattr(self, "_progress_events", [])
+            while sent < len(events):
+                yield events[sent]
+                sent += 1
+            if self._start_done is None or self._start_done.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._start_done.wait(), 0.5)
+        for event in getattr(self, "_progress_events", [])[sent:]:
+            yield event
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def home_location(self, host: DockerHost) -> homes.HomeLocation:
+        home_name = self._escape(self.name) if self.name else homes.DEFAULT_SERVER_DIR
+        return homes.HomeLocation(host, self.escaped_name, home_name)
+
+    async def prepare_home(self, host: DockerHost, opts: WorkspaceOptions) -> None:
+        """Make the home on first start: an empty folder, or a clone of the repository."""
+        home = self.home_location(host)
+        if not opts.repo_url and homes.can_prepare_locally(host, self.home_uid):
+            self.emit(20, "Creating workspace home")
+            await asyncio.wrap_future(
+                self.executor.submit(homes.make_empty_home, home, self.home_uid)
+            )
+            return
+        if opts.repo_url:
+            branch = f" (branch {opts.branch})" if opts.branch else ""
+            self.emit(20, f"Cloning {opts.repo_url}{branch}")
+        else:
+            self.emit(20, "Creating workspace home")
+        job = HelperJob(
+            mode="prepare",
+            user_dir=home.user_dir,
+            home_name=home.home_name,
+            image=self.image,
+            name=f"{self.object_name}-home",
+            repo_url=opts.repo_url,
+            branch=opts.branch,
+            uid=self.home_uid,
+            mem_limit=opts.profile.mem_bytes,
+            cpu_limit=opts.profile.cpu,
+            labels={"codeyard.user": self.user.name, "codeyard.helper": "home"},
+        )
+        await run_helper(self.docker, self.client, job, self.clone_timeout)
+
+    async def start(self) -> tuple[str, int]:
+        self._progress_events = []
+        self._start_done = asyncio.Event()
+        started = time.monotonic()
+        try:
+            try:
+                opts = self.parse_options(self.user_options or {})
+            except InvalidOptions as e:
+                raise web.HTTPError(400, str(e)) from None
+            self.user_options = opts.to_user_options()
+            self.emit(5, "Placing workspace")
+            host = await self.place()
+            self.emit(10, f"Placed on host {host.name}")
+            self.host_ip = host.host_ip
+            self.image = await self.check_allowed(opts.image_key)
+            self.cpu_limit = opts.profile.cpu
+            self.mem_limit = opts.profile.mem_bytes
+            home = self.home_location(host)
+            self.volumes = {home.path: {"bind": self.home_mount, "mode": "rw"}}
+            await self.pull_image(self.image)
+            if not self.home_ready:
+                await self.prepare_home(host, opts)
+                self.home_ready = True
+            # A container left from the previous run is replaced, so the new one gets the
+            # current token, image and limits. Its logs were readable until now.
+            if await self.get_object() is not None:
+                await self.remove_object()
+                self.object_id = ""
+            ip, port = await super().start()
+            await self.wait_for_server(ip, port)
+            self.last_error = ""
+            self.log.info(
+                "%s: container up on %s in %.1fs",
+                self._log_name,
+                host.name,
+                time.monotonic() - started,
+            )
+            return ip, port
+        except HomeSetupFailed as e:
+            self.last_error = str(e)
+            self.emit(100, str(e))
+            raise
+        except Exception as e:
+            self.last_error = str(e)
+            raise
+        finally:
+            self._start_done.set()
+
+    async def wait_for_server(self, ip: str, port: int) -> None:
+        """Return when the server answers HTTP; raise with its logs if the container exits."""
+        base_url = self.server.base_url if self.server else "/"
+        url = f"http://{ip}:{port}{base_url}api"
+        client = AsyncHTTPClient()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            try:
+                resp = await client.fetch(url, raise_error=False, request_timeout=5)
+                if resp.code < 500 and resp.code != 599:
+                    self.emit(90, "Jupyter server is up")
+                    return
+            except Exception:  # noqa: S110 - not answering yet (refused, reset, timeout)
+                pass
+            container = await self.get_object()
+            if container is None or not container["State"]["Running"]:
+                state = container["State"] if container else {}
+                logs = await self.container_logs(tail=10, timestamps=False)
+                raise RuntimeError(
+                    f"Workspace container exited during start-up"
+                    f" (code {state.get('ExitCode', '?')}): {last_lines(logs)}"
+                )
+            await asyncio.sleep(self.ready_poll_interval)
+
+    async def create_object(self) -> dict[str, Any]:
+        self.emit(40, "Creating container")
+        return await super().create_object()
+
+    async def start_object(self) -> None:
+        self.emit(60, "Starting Jupyter server")
+        await super().start_object()
+
+    async def stop(self, now: bool = False) -> None:
+        if not self.host_name or not self.object_id:
+            # Never got a container (e.g. the clone failed): nothing to stop.
+            self.clear_state()
+            return
+        await super().stop(now=now)
+
+    async def poll(self) -> int | str | None:
+        if not self.host_name:
+            return 0
+        try:
+            return await super().poll()
+        except UnknownHost:
+            return f"host {self.host_name!r} is gone"
+
+    async def delete_forever(self) -> None:
+        """Remove the container; remove the home too if `delete_data_on_remove`."""
+        if not self.host_name:
+            return
+        try:
+            host = self.host
+        except UnknownHost:
+            self.log.warning("%s: host %s gone, nothing to delete", self._log_name, self.host_name)
+            return
+        with contextlib.suppress(NotFound):
+            await self.docker("remove_container", self.object_name, force=True, v=True)
+        if self.delete_data_on_remove and self.home_ready:
+            home = self.home_location(host)
+            if homes.can_prepare_locally(host, self.home_uid):
+                await asyncio.wrap_future(self.executor.submit(homes.remove_home, home))
+            else:
+                job = HelperJob(
+                    mode="remove",
+                    user_dir=home.user_dir,
+                    home_name=home.home_name,
+                    image=self.image,
+                    name=f"{self.object_name}-home",
+                )
+                await run_helper(self.docker, self.client, job, self.clone_timeout)
+            self.log.info("%s: removed home %s", self._log_name, home.path)
+
+    # ---- status and logs -----------------------------------------------------------
+
+    async def workspace_status(self) -> dict[str, Any]:
+        """RUNNING, STOPPED or ERROR (with `reason`), from the container itself."""
+        status: dict[str, Any] = {
+            "user": self.user.name,
+            "workspace": self.name,
+            "host": self.host_name or None,
+            "user_options": self.user_options or {},
+        }
+        container = None
+        if self.host_name:
+            try:
+                container = await self.docker("inspect_container", self.object_name)
+            except (NotFound, UnknownHost):
+                container = None
+            except APIError as e:
+                return {**status, "state": "ERROR", "reason": f"Docker host error: {e}"}
+        if container is None:
+            if self.last_error:
+                return {**status, "state": "ERROR", "reason": self.last_error}
+            return {**status, "state": "STOPPED", "reason": None, "container": None}
+        st = container["State"]
+        status["container"] = {"id": container["Id"][:12], "name": self.object_name}
+        if st.get("Running"):
+            return {**status, "state": "RUNNING", "reason": None, "started_at": st["StartedAt"]}
+        if st.get("OOMKilled"):
+            reason = f"out of memory (limit {self.size_profile_name() or 'profile'})"
+            return {**status, "state": "ERROR", "reason": reason}
+        if st.get("ExitCode") not in _STOPPED_EXIT_CODES or self.active:
+            reason = f"exited with code {st.get('ExitCode')}"
+            if st.get("Error"):
+                reason += f": {st['Error']}"
+            return {**status, "state": "ERROR", "reason": reason}
+        return {**status, "state": "STOPPED", "reason": None, "finished_at": st["FinishedAt"]}
+
+    def size_profile_name(self) -> str:
+        return str((self.user_options or {}).get("profile", ""))
+
+    async def container_logs(self, tail: int = 200, timestamps: bool = True) -> str:
+        """The container's stdout and stderr, last `tail` lines; empty if no container."""
+        if not self.host_name:
+            return ""
+        try:
+            raw = await self.docker(
+                "logs", self.object_name, stdout=True, stderr=True, tail=tail, timestamps=timestamps
+            )
+        except NotFound:
+            return ""
+        return raw.decode("utf-8", "replace")

@@ -1,0 +1,159 @@
+"""Fixtures for the Hub end-to-end tests: a real JupyterHub process and the real dockerd.
+
+Run on their own: `.venv/bin/pytest tests/hub`. They need root (or docker access), the
+docker bridge at 172.17.0.1, and npm; the image is built by `images/bin/build-images.sh`
+(cached by content hash, so only the first run is slow).
+
+Fixtures
+--------
+image (session)
+    Tag of the single-user image; starts dockerd and builds the image if needed.
+proxy_command (session)
+    Path of configurable-http-proxy, installed by `hub_config/bin/install-proxy.sh`.
+git_server (module)
+    `GitServer` with a bare repository `project.git` (README.md, src/app.py; branch
+    `feature` adds FEATURE.md) served by `git daemon` on the docker bridge, so workspace
+    containers clone it over the network. `.url(name)` gives `git://172.17.0.1:<port>/name`.
+hub (module)
+    A started `HubProcess` with its own state folder, on free loopback ports, with an
+    admin service token (`hub.api(...)`). At the end it is stopped and every container
+    labelled with one of this module's users is removed.
+users (module)
+    Unique user names for this run, `users.alice` / `users.bob`, so runs never collide.
+docker_client (session)
+    A plain `docker.APIClient` for reading what really runs (inspect, exec, logs).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+from hubprocess import DOCKER_BRIDGE_IP, HubProcess, ensure_images, ensure_proxy, free_port
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    return ensure_images()
+
+
+@pytest.fixture(scope="session")
+def proxy_command() -> str:
+    return ensure_proxy()
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.APIClient]:
+    client = docker.APIClient(base_url="unix:///var/run/docker.sock", version="1.41")
+    yield client
+    client.close()
+
+
+@dataclass
+class GitServer:
+    root: Path
+    port: int
+
+    def url(self, name: str) -> str:
+        return f"git://{DOCKER_BRIDGE_IP}:{self.port}/{name}"
+
+
+def _git(*args: str, cwd: Path) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+    base = tmp_path_factory.mktemp("git")
+    work = base / "work"
+    (work / "src").mkdir(parents=True)
+    (work / "README.md").write_text("# Project\n")
+    (work / "src" / "app.py").write_text("print('hello')\n")
+    _git("init", "-q", "-b", "main", cwd=work)
+    _git("add", ".", cwd=work)
+    _git("commit", "-q", "-m", "initial", cwd=work)
+    _git("checkout", "-q", "-b", "feature", cwd=work)
+    (work / "FEATURE.md").write_text("feature branch\n")
+    _git("add", ".", cwd=work)
+    _git("commit", "-q", "-m", "feature", cwd=work)
+    root = base / "srv"
+    root.mkdir()
+    _git("clone", "-q", "--bare", str(work), str(root / "project.git"), cwd=base)
+    port = free_port(DOCKER_BRIDGE_IP)
+    proc = subprocess.Popen(
+        [
+            "git",
+            "daemon",
+            "--export-all",
+            "--reuseaddr",
+            f"--base-path={root}",
+            f"--listen={DOCKER_BRIDGE_IP}",
+            f"--port={port}",
+            str(root),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            probe = subprocess.run(
+                ["git", "ls-remote", f"git://{DOCKER_BRIDGE_IP}:{port}/project.git"],
+                capture_output=True,
+            )
+            if probe.returncode == 0:
+                break
+            time.sleep(0.2)
+        yield GitServer(root, port)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@dataclass
+class Users:
+    alice: str
+    bob: str
+
+    def all(self) -> list[str]:
+        return [self.alice, self.bob]
+
+
+@pytest.fixture(scope="module")
+def users() -> Users:
+    tag = secrets.token_hex(3)
+    return Users(alice=f"alice{tag}", bob=f"bob{tag}")
+
+
+@pytest.fixture(scope="module")
+def hub(
+    tmp_path_factory: pytest.TempPathFactory,
+    image: str,
+    proxy_command: str,
+    users: Users,
+    docker_client: docker.APIClient,
+) -> Iterator[HubProcess]:
+    state = tmp_path_factory.mktemp("hubstate")
+    proc = HubProcess(state_dir=state, image=image, proxy_command=proxy_command)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        for name in users.all():
+            for c in docker_client.containers(all=True, filters={"label": f"codeyard.user={name}"}):
+                docker_client.remove_container(c["Id"], force=True)
+        # Homes are owned by the workspace uid; remove them so tmp cleanup can.
+        shutil.rmtree(state / "homes", ignore_errors=True)
