@@ -14,6 +14,9 @@ engines
     Two real dockerd engines with TLS on 127.0.0.2 and 127.0.0.3 (session scope; see
     `placement_engines.py`), each `Engine(name, ip, port, endpoint, pid, ...)` with
     `.stop()`/`.start()`/`.kill()`; skipped with a reason when this machine cannot run dockerd.
+sshd
+    An OpenSSH server on 127.0.0.4 with key authentication only (session scope;
+    `placement_sshd.SSHServer`: `.endpoint(remote_socket)`, `.client_key`, `.known_hosts`).
 hub
     A real JupyterHub process (session scope; `placement_hub.Hub`) that knows the placement
     service, the `custom:codeyard-admin` scope (granted to `admin1`, not to `dev1`), behind
@@ -72,6 +75,20 @@ def engines(ca: CA) -> Iterator[list]:
         pytest.skip(f"extra Docker engines unavailable: {why}")
     with start_engines(ca, ["127.0.0.2", "127.0.0.3"]) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    import shutil
+
+    from placement_sshd import SSHServer
+
+    if os.geteuid() != 0 or not shutil.which("ssh"):
+        pytest.skip("needs root and the OpenSSH client")
+    server = SSHServer("127.0.0.4", tmp_path_factory.mktemp("sshd"))
+    server.start()
+    yield server
+    server.stop()
 
 
 def _proxy_command() -> str:

@@ -115,6 +115,16 @@ def _public_fingerprint(public_key: Any) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
+def known_hosts_fingerprint(lines: str) -> str:
+    """SHA256 fingerprint of the first host key in known_hosts lines (as `ssh-keygen -l`)."""
+    for line in lines.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and not line.startswith("#"):
+            blob = base64.b64decode(fields[2])
+            return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    raise ValueError("known_hosts has no host key line")
+
+
 def fingerprints(kind: str, secret: dict[str, Any]) -> dict[str, str]:
     """Public fingerprints for a credential; validates the material on the way (ValueError)."""
     if kind == "tls":
@@ -133,7 +143,10 @@ def fingerprints(kind: str, secret: dict[str, Any]) -> dict[str, str]:
     if kind == "ssh":
         if not secret.get("key"):
             raise ValueError("an SSH credential needs a private 'key'")
-        return {"key": private_key_fingerprint(secret["key"])}
+        prints = {"key": private_key_fingerprint(secret["key"])}
+        if secret.get("known_hosts"):
+            prints["host"] = known_hosts_fingerprint(secret["known_hosts"])
+        return prints
     if kind == "token":
         if not secret.get("token"):
             raise ValueError("a token credential needs a 'token'")

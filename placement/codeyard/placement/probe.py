@@ -13,7 +13,7 @@ from typing import Any
 import requests
 from docker.errors import APIError, DockerException
 
-from .connect import HostClient
+from .connect import HostClient, SSHTunnelError
 
 
 def describe_error(exc: BaseException) -> str:
@@ -88,7 +88,7 @@ def probe(
                 except (APIError, requests.RequestException):
                     result["disk_used"] = None
             result["ok"] = True
-    except NotImplementedError as e:
+    except SSHTunnelError as e:
         result["error"] = str(e)
     except (DockerException, requests.RequestException, OSError, ValueError) as e:
         result["error"] = describe_error(e)

@@ -7,7 +7,8 @@
 then the policy) and records the decision; `get()` looks a host up by name without deciding
 anything. Docker's TLS client needs files, so each host's decrypted bundle is written once
 to `runtime_dir/<host>-<cert fingerprint>/` (mode 0700/0600); a new credential gets a new
-folder, hence a new cached client in the spawner.
+folder, hence a new cached client in the spawner. `ssh://` hosts get a long-lived
+`connect.SSHTunnel` and reach the spawner as a `unix://` URL of the forwarded socket.
 
 Optional hooks the spawner may call: `started(spawner)` and `stopped(spawner)` keep the
 placement's state (running/stopped), which least-loaded counts.
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 from tornado import web
 from traitlets import Dict, Float, Integer, Unicode, default
 
+from .connect import SSHTunnel
 from .crypto import CredentialCipher
 from .database import open_db
 from .hosts import DockerHost, DockerTLS, HostProvider, UnknownHost
@@ -93,6 +95,7 @@ class RegistryHostProvider(HostProvider):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._cache: dict[str, tuple[float, DockerHost]] = {}
+        self._tunnels: dict[tuple[str, str], SSHTunnel] = {}
 
     @property
     def registry(self) -> Registry:
@@ -166,8 +169,10 @@ class RegistryHostProvider(HostProvider):
         base_url = endpoint
         if parts.scheme == "tcp" and kind == "tls" and secret:
             tls = self._tls_files(server, secret)
+        elif parts.scheme == "ssh" and kind == "ssh" and secret:
+            base_url = self._tunnel(server, secret).base_url
         host_ip = server["labels"].get("host_ip") or (
-            parts.hostname if parts.scheme == "tcp" and parts.hostname else "127.0.0.1"
+            parts.hostname if parts.scheme in ("tcp", "ssh") and parts.hostname else "127.0.0.1"
         )
         return DockerHost(
             name=server["name"],
@@ -179,6 +184,25 @@ class RegistryHostProvider(HostProvider):
             storage_is_local=parts.scheme == "unix",
             labels=dict(server["labels"]),
         )
+
+    def _tunnel(self, server: Any, secret: dict[str, Any]) -> SSHTunnel:
+        """The host's SSH tunnel, reopened if it died (ssh exits when the link drops)."""
+        key = (server["name"], server["credential"]["fingerprints"]["key"])
+        tunnel = self._tunnels.get(key)
+        if tunnel is None or not tunnel.alive():
+            if tunnel is not None:
+                tunnel.close()
+            Path(self.runtime_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            tunnel = self._tunnels[key] = SSHTunnel(
+                server["endpoint"], secret, runtime_dir=self.runtime_dir
+            )
+        return tunnel
+
+    def close(self) -> None:
+        """Close every SSH tunnel (the Hub calls nothing at exit; tunnels die with it too)."""
+        for tunnel in self._tunnels.values():
+            tunnel.close()
+        self._tunnels.clear()
 
     def _tls_files(self, server: Any, secret: dict[str, Any]) -> DockerTLS:
         fp = server["credential"]["fingerprints"]["cert"].split(":", 1)[1][:16]
