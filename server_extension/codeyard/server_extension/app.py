@@ -9,13 +9,19 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Int, Unicode, default, validate
 
 from .audit import AuditLog
+from .context import ContextBuilder, TokenCounter
+from .explain import Explainer
 from .files import FileReader
 from .handlers.audit import AuditHandler
+from .handlers.explain import ExplainHandler
 from .handlers.files import FilesHandler
 from .handlers.patch import PatchApplyHandler, PatchRevertHandler, PatchValidateHandler
+from .handlers.rewrite import RewriteHandler
 from .handlers.tree import TreeHandler
+from .llm_client import CodeyardLLM
 from .patching import PatchManager
 from .paths import STATE_DIRNAME, WorkspacePaths
+from .rewrite import Rewriter
 from .tree import TreeLister
 
 
@@ -83,6 +89,14 @@ class CodeyardApp(ExtensionApp):
         allow_hidden = bool(getattr(contents_manager, "allow_hidden", False))
         patches = PatchManager(paths, state, audit, allow_offset=self.allow_offset, log=self.log)
         patches.recover()
+        llm = CodeyardLLM(parent=self)
+        builder = ContextBuilder(
+            paths,
+            TokenCounter(llm.tokenizer_file),
+            budget=llm.context_token_budget,
+            surrounding_lines=llm.surrounding_lines,
+        )
+        llm_files = FileReader(paths, max_size=self.max_file_size)
         self.settings.update(
             codeyard_paths=paths,
             codeyard_audit=audit,
@@ -90,6 +104,8 @@ class CodeyardApp(ExtensionApp):
             codeyard_files=FileReader(paths, max_size=self.max_file_size),
             codeyard_patches=patches,
             codeyard_tree_max=self.tree_max_entries,
+            codeyard_explainer=Explainer(llm_files, builder, llm),
+            codeyard_rewriter=Rewriter(llm_files, builder, llm, patches),
         )
 
     def initialize_handlers(self) -> None:
@@ -102,5 +118,7 @@ class CodeyardApp(ExtensionApp):
                 (rf"{api}/patch/apply", PatchApplyHandler),
                 (rf"{api}/patch/(?P<patch_id>[A-Za-z0-9_-]+)/revert", PatchRevertHandler),
                 (rf"{api}/audit", AuditHandler),
+                (rf"{api}/explain", ExplainHandler),
+                (rf"{api}/rewrite", RewriteHandler),
             ]
         )

@@ -1,0 +1,517 @@
+"""The context builder: what the model sees about a selection, inside a token budget.
+
+A prompt is assembled from, in order of priority:
+
+1. the selected lines (required: if they alone do not fit, the request is refused);
+2. up to N lines around them;
+3. the file's header: leading comments/docstring and its import lines;
+4. definitions of names the selection uses that live elsewhere in the file or workspace.
+
+Each part is added only while the total stays under the budget, counted with the model's
+own tokenizer (`tokenizer.json` of the served model, read with the `tokenizers` library).
+Without that file or library, `TokenCounter` falls back to one token per 3 bytes of UTF-8:
+BPE tokenizers average 3.5-4 bytes per token on code, so the estimate errs on the safe side.
+
+Before anything is counted, obvious secrets are replaced by numbered placeholders
+(`Redactor`), so they never leave the container. `Redactor.restore` puts them back into a
+model's answer, locally, so a rewrite does not replace a real value with a placeholder.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import keyword
+import logging
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CodeyardError, bad_request
+from .paths import STATE_DIRNAME, WorkspacePaths
+
+log = logging.getLogger(__name__)
+
+# ---- secrets ---------------------------------------------------------------------------
+
+_PEM = re.compile(
+    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
+    re.DOTALL,
+)
+_TOKENS = re.compile(
+    r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}\b"  # AWS access key ids
+    r"|\bgh[pousr]_[A-Za-z0-9]{36,}\b"  # GitHub tokens
+    r"|\bxox[abprs]-[A-Za-z0-9-]{10,}\b"  # Slack tokens
+    r"|\bAIza[0-9A-Za-z_-]{35}\b"  # Google API keys
+    r"|\bsk-[A-Za-z0-9_-]{20,}\b"  # OpenAI-style keys
+)
+_ASSIGNMENT = re.compile(
+    r"""(?P<key>\b[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|"""
+    r"""private[_-]?key|credentials?|auth)[\w.-]*["']?\s*(?::=|=|:)\s*)"""
+    r"""(?P<quote>["']?)(?P<value>[^\s"',;]+)""",
+    re.IGNORECASE,
+)
+_ENV_LINE = re.compile(r"^(?P<key>\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_]*\s*=\s*)(?P<value>.+)$")
+
+
+def is_env_file(path: str) -> bool:
+    name = Path(path).name
+    return name == ".env" or name.startswith(".env.") or name.endswith(".env")
+
+
+class Redactor:
+    """Replaces secrets with `<redacted-N>` and remembers them to restore an answer."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[str, str] = {}
+
+    def _hide(self, value: str) -> str:
+        for placeholder, known in self.secrets.items():
+            if known == value:
+                return placeholder
+        placeholder = f"<redacted-{len(self.secrets) + 1}>"
+        self.secrets[placeholder] = value
+        return placeholder
+
+    def redact(self, text: str, path: str = "") -> str:
+        text = _PEM.sub(lambda m: self._hide(m.group(0)), text)
+        text = _TOKENS.sub(lambda m: self._hide(m.group(0)), text)
+
+        def assignment(m: re.Match[str]) -> str:
+            value = m.group("value")
+            if value.startswith("<redacted-") or not _looks_secret(value):
+                return m.group(0)
+            return m.group("key") + m.group("quote") + self._hide(value)
+
+        text = _ASSIGNMENT.sub(assignment, text)
+        if is_env_file(path):
+            lines = []
+            for line in text.splitlines(keepends=True):
+                body = line.rstrip("\r\n")
+                m = _ENV_LINE.match(body)
+                if m and not body.lstrip().startswith("#") and "<redacted-" not in body:
+                    line = m.group("key") + self._hide(m.group("value")) + line[len(body) :]
+                lines.append(line)
+            text = "".join(lines)
+        return text
+
+    def restore(self, text: str) -> str:
+        for placeholder, value in self.secrets.items():
+            text = text.replace(placeholder, value)
+        return text
+
+
+def _looks_secret(value: str) -> bool:
+    # Skip code like `password=password` or `token=get_token()`: only literal-looking values.
+    if value.isidentifier() and not any(c.isdigit() for c in value) and len(value) < 12:
+        return False
+    return not (value.endswith(")") or value.startswith(("self.", "os.", "$")))
+
+
+# ---- tokens ----------------------------------------------------------------------------
+
+
+class TokenCounter:
+    """Counts tokens with the served model's tokenizer, or estimates them (see module doc)."""
+
+    def __init__(self, tokenizer_file: str | None = None) -> None:
+        self.tokenizer_file = tokenizer_file
+        self._tok: Any = None
+        self._loaded = False
+
+    @property
+    def exact(self) -> bool:
+        """True when counts come from the model's tokenizer (loaded on first use)."""
+        self._load()
+        return self._tok is not None
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        path = self.tokenizer_file
+        if not path or not os.path.isfile(path):
+            log.info("codeyard: no tokenizer file at %s; estimating token counts", path)
+            return
+        try:
+            from tokenizers import Tokenizer
+
+            self._tok = Tokenizer.from_file(path)
+        except Exception as exc:  # ImportError, or a file of another format
+            log.warning("codeyard: cannot load tokenizer %s (%s); estimating", path, exc)
+
+    def count(self, text: str) -> int:
+        if not text:
+            return 0
+        self._load()
+        if self._tok is not None:
+            return len(self._tok.encode(text, add_special_tokens=False).ids)
+        return -(-len(text.encode("utf-8")) // 3)
+
+
+# ---- context ---------------------------------------------------------------------------
+
+
+@dataclass
+class Definition:
+    name: str
+    path: str
+    start_line: int
+    text: str
+
+
+@dataclass
+class Context:
+    path: str
+    start_line: int
+    end_line: int
+    selection: str
+    before: str = ""
+    before_start: int = 0
+    after: str = ""
+    header: str = ""
+    definitions: list[Definition] = field(default_factory=list)
+    tokens: int = 0
+    dropped: list[str] = field(default_factory=list)
+    redactor: Redactor = field(default_factory=Redactor)
+    language: str = ""
+
+
+_LANGS = {
+    ".py": "python",
+    ".js": "javascript",
+    ".ts": "typescript",
+    ".go": "go",
+    ".rs": "rust",
+    ".java": "java",
+    ".c": "c",
+    ".h": "c",
+    ".cpp": "cpp",
+    ".sh": "bash",
+    ".rb": "ruby",
+    ".sql": "sql",
+}
+_IMPORT = re.compile(
+    r"^\s*(?:import\s|from\s+\S+\s+import\s|#include\s|using\s|require\(|package\s|use\s)"
+    r"|^\s*(?:const|let|var)\s+\w+\s*=\s*require\("
+)
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SKIP_DIRS = {
+    ".git",
+    STATE_DIRNAME,
+    "node_modules",
+    ".venv",
+    "venv",
+    "__pycache__",
+    ".ipynb_checkpoints",
+}
+_IGNORED_NAMES = set(keyword.kwlist) | set(dir(builtins)) | {"self", "cls"}
+
+
+def split_lines(text: str) -> list[str]:
+    return text.splitlines(keepends=True)
+
+
+def check_range(lines: list[str], start: int | None, end: int | None) -> tuple[int, int]:
+    """Validate 1-based inclusive line numbers; missing ones mean the whole file."""
+    total = len(lines)
+    start = 1 if start is None else start
+    end = total if end is None else end
+    for name, value in (("start_line", start), ("end_line", end)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise bad_request(f"{name} must be an integer")
+    if total == 0:
+        raise bad_request("the file is empty")
+    if not 1 <= start <= end <= total:
+        raise bad_request(f"lines must satisfy 1 <= start_line <= end_line <= {total}")
+    return start, end
+
+
+def file_header(lines: list[str], language: str, limit: int = 40) -> str:
+    """Leading comments/docstring plus the import lines anywhere at top level."""
+    head: list[str] = []
+    i = 0
+    if language == "python":
+        text = "".join(lines)
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            tree = None
+        if tree and tree.body and isinstance(tree.body[0], ast.Expr):
+            value = tree.body[0].value
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                i = tree.body[0].end_lineno or 0
+                head.extend(lines[:i])
+    while i < len(lines) and lines[i].lstrip().startswith(("#", "//", "/*", " *")):
+        head.append(lines[i])
+        i += 1
+    imports = [
+        line for line in lines[i:] if _IMPORT.match(line) and not line.startswith((" ", "\t"))
+    ]
+    return "".join((head + imports)[:limit])
+
+
+def used_names(selection: str) -> list[str]:
+    """Identifiers the selection uses but does not define itself, in order of first use."""
+    defined: set[str] = set(re.findall(r"\b(?:def|class|function|func|fn)\s+(\w+)", selection))
+    seen: dict[str, None] = {}
+    for name in _IDENT.findall(selection):
+        if name not in _IGNORED_NAMES and name not in defined and len(name) > 1:
+            seen.setdefault(name, None)
+    return list(seen)
+
+
+def python_definitions(text: str) -> dict[str, tuple[int, int]]:
+    """Top-level and class-level `def`/`class`/assignment names -> (first, last) line."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return {}
+    found: dict[str, tuple[int, int]] = {}
+
+    def visit(body: Iterable[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                found.setdefault(node.name, (first, node.end_lineno or node.lineno))
+                if isinstance(node, ast.ClassDef):
+                    visit(node.body)
+            elif isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    if isinstance(target, ast.Name):
+                        found.setdefault(target.id, (node.lineno, node.end_lineno or node.lineno))
+
+    visit(tree.body)
+    return found
+
+
+_OTHER_DEF = r"^\s*(?:export\s+)?(?:async\s+)?(?:def|class|function|func|fn|type|struct)\s+{name}\b"
+
+
+def other_definition(lines: list[str], name: str, max_lines: int) -> tuple[int, int] | None:
+    """Regex fallback for non-Python files: the definition line plus its indented block."""
+    pattern = re.compile(_OTHER_DEF.format(name=re.escape(name)))
+    for i, line in enumerate(lines):
+        if pattern.match(line):
+            indent = len(line) - len(line.lstrip())
+            j = i + 1
+            while j < len(lines) and j - i < max_lines:
+                stripped = lines[j].strip()
+                if stripped and len(lines[j]) - len(lines[j].lstrip()) <= indent:
+                    if stripped in ("}", "};", "end"):
+                        j += 1
+                    break
+                j += 1
+            return i + 1, j
+    return None
+
+
+class ContextBuilder:
+    """Builds a `Context` for a file region. Pure logic over the workspace; no HTTP."""
+
+    def __init__(
+        self,
+        paths: WorkspacePaths,
+        counter: TokenCounter,
+        *,
+        budget: int = 1500,
+        surrounding_lines: int = 20,
+        max_definition_lines: int = 40,
+        max_workspace_files: int = 2000,
+        max_workspace_file_bytes: int = 512 * 1024,
+    ) -> None:
+        self.paths = paths
+        self.counter = counter
+        self.budget = budget
+        self.surrounding_lines = surrounding_lines
+        self.max_definition_lines = max_definition_lines
+        self.max_workspace_files = max_workspace_files
+        self.max_workspace_file_bytes = max_workspace_file_bytes
+
+    def build(
+        self, rel: str, text: str, start: int | None, end: int | None, *, overhead: int = 0
+    ) -> Context:
+        lines = split_lines(text)
+        start, end = check_range(lines, start, end)
+        language = _LANGS.get(Path(rel).suffix.lower(), "")
+        redactor = Redactor()
+        selection = redactor.redact("".join(lines[start - 1 : end]), rel)
+        ctx = Context(rel, start, end, selection, redactor=redactor, language=language)
+        used = overhead + self.counter.count(selection)
+        if used > self.budget:
+            raise CodeyardError(
+                413,
+                "selection_too_large",
+                f"the selection is about {used} tokens; the context budget is {self.budget}",
+                tokens=used,
+                budget=self.budget,
+            )
+
+        # Surrounding lines: shrink N until it fits.
+        n = self.surrounding_lines
+        while n > 0:
+            before_start = max(1, start - n)
+            before = redactor.redact("".join(lines[before_start - 1 : start - 1]), rel)
+            after = redactor.redact("".join(lines[end : end + n]), rel)
+            cost = self.counter.count(before) + self.counter.count(after)
+            if used + cost <= self.budget:
+                ctx.before, ctx.before_start, ctx.after = before, before_start, after
+                used += cost
+                break
+            n //= 2
+        if n < self.surrounding_lines:
+            ctx.dropped.append(f"surrounding lines reduced to {n}")
+
+        # The header is taken from above the visible window: what is shown is not repeated.
+        above = lines[: (ctx.before_start or start) - 1]
+        header = redactor.redact(file_header(above, language), rel)
+        if header.strip():
+            cost = self.counter.count(header)
+            if used + cost <= self.budget:
+                ctx.header = header
+                used += cost
+            else:
+                ctx.dropped.append("file header")
+
+        shown = (ctx.before_start or start, end + (ctx.after.count("\n") if ctx.after else 0))
+        for definition in self._definitions(rel, text, lines, used_names(selection), shown):
+            definition.text = redactor.redact(definition.text, definition.path)
+            cost = self.counter.count(definition.text) + 10
+            if used + cost > self.budget:
+                ctx.dropped.append(f"definition of {definition.name}")
+                continue
+            ctx.definitions.append(definition)
+            used += cost
+        ctx.tokens = used
+        return ctx
+
+    def _definitions(
+        self, rel: str, text: str, lines: list[str], names: list[str], shown: tuple[int, int]
+    ) -> list[Definition]:
+        found: list[Definition] = []
+        missing: list[str] = []
+        local = python_definitions(text) if rel.endswith(".py") else {}
+        for name in names:
+            span = (
+                local.get(name)
+                if local
+                else other_definition(lines, name, self.max_definition_lines)
+            )
+            if span is None:
+                missing.append(name)
+                continue
+            first, last = span
+            if first >= shown[0] and last <= shown[1]:
+                continue  # already visible in the selection or around it
+            last = min(last, first + self.max_definition_lines - 1)
+            found.append(Definition(name, rel, first, "".join(lines[first - 1 : last])))
+        if missing:
+            found.extend(self._workspace_definitions(rel, missing))
+        return found
+
+    def _workspace_definitions(self, rel: str, names: list[str]) -> list[Definition]:
+        """Search other files of the same kind for top-level definitions of `names`."""
+        suffix = Path(rel).suffix
+        if not suffix:
+            return []
+        wanted = set(names)
+        pattern = re.compile(
+            r"^(?:export\s+)?(?:async\s+)?(?:def|class|function|func|fn)\s+("
+            + "|".join(re.escape(n) for n in names)
+            + r")\b|^("
+            + "|".join(re.escape(n) for n in names)
+            + r")\s*=",
+            re.MULTILINE,
+        )
+        results: list[Definition] = []
+        seen = 0
+        root = self.paths.root
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(
+                d for d in dirnames if d not in _SKIP_DIRS and not d.startswith(".")
+            )
+            for filename in sorted(filenames):
+                if not filename.endswith(suffix):
+                    continue
+                full = Path(dirpath) / filename
+                other = full.relative_to(root).as_posix()
+                if other == rel:
+                    continue
+                seen += 1
+                if seen > self.max_workspace_files or not wanted:
+                    return results
+                try:
+                    if full.stat().st_size > self.max_workspace_file_bytes or full.is_symlink():
+                        continue
+                    content = full.read_text("utf-8")
+                except (OSError, UnicodeDecodeError):
+                    continue
+                if not pattern.search(content):
+                    continue
+                other_lines = split_lines(content)
+                spans = python_definitions(content) if suffix == ".py" else {}
+                for name in sorted(wanted):
+                    span = (
+                        spans.get(name)
+                        if spans
+                        else other_definition(other_lines, name, self.max_definition_lines)
+                    )
+                    if span is None:
+                        continue
+                    first, last = span
+                    last = min(last, first + self.max_definition_lines - 1)
+                    results.append(
+                        Definition(name, other, first, "".join(other_lines[first - 1 : last]))
+                    )
+                    wanted.discard(name)
+        return results
+
+
+# ---- prompt text -----------------------------------------------------------------------
+
+
+def _fence(text: str) -> str:
+    # A fence longer than any backtick run inside, so quoted code cannot close it.
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _block(title: str, text: str, language: str) -> str:
+    fence = _fence(text)
+    return f"{title}\n{fence}{language}\n{text.rstrip(chr(10))}\n{fence}\n"
+
+
+def render_context(ctx: Context) -> str:
+    """The code parts of a prompt, as quoted data with paths and line numbers."""
+    parts: list[str] = []
+    if ctx.header:
+        parts.append(_block(f"File header of {ctx.path}:", ctx.header, ctx.language))
+    for d in ctx.definitions:
+        parts.append(
+            _block(
+                f"Definition of `{d.name}` ({d.path}, line {d.start_line}):", d.text, ctx.language
+            )
+        )
+    if ctx.before:
+        parts.append(
+            _block(
+                f"Lines {ctx.before_start}-{ctx.start_line - 1} (before):", ctx.before, ctx.language
+            )
+        )
+    parts.append(
+        _block(
+            f"SELECTED lines {ctx.start_line}-{ctx.end_line} of {ctx.path}:",
+            ctx.selection,
+            ctx.language,
+        )
+    )
+    if ctx.after:
+        after_end = ctx.end_line + ctx.after.count("\n")
+        parts.append(
+            _block(f"Lines {ctx.end_line + 1}-{after_end} (after):", ctx.after, ctx.language)
+        )
+    return "\n".join(parts)

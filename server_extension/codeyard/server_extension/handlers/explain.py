@@ -1,0 +1,63 @@
+"""`POST codeyard/api/explain`: Server-Sent Events with `Accept: text/event-stream`, else JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from ..errors import CodeyardError
+from ..explain import Explainer, ExplainRequest, parse_request
+from ..llm_client import Usage
+from .base import CodeyardHandler
+
+
+class ExplainHandler(CodeyardHandler):
+    auth_resource = "codeyard:explain"
+
+    @property
+    def explainer(self) -> Explainer:
+        explainer: Explainer = self.settings["codeyard_explainer"]
+        return explainer
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        request = parse_request(self.get_json_body_dict())
+        if "text/event-stream" in self.request.headers.get("Accept", ""):
+            await self._stream(request)
+        else:
+            self.write_json(await self.explainer.answer(request))
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        self.write(f"data: {json.dumps(event)}\n\n")
+        await self.flush()
+
+    async def _stream(self, request: ExplainRequest) -> None:
+        # Headers go out with the first delta, so errors before it keep their HTTP status.
+        events = self.explainer.stream(request)
+        started = False
+        try:
+            async for item in events:
+                if not started:
+                    self.set_status(200)
+                    self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+                    self.set_header("Cache-Control", "no-cache")
+                    self.set_header("X-Accel-Buffering", "no")
+                    started = True
+                if isinstance(item, Usage):
+                    await self._send({"done": True, "usage": item.to_json()})
+                else:
+                    await self._send({"delta": item})
+        except CodeyardError as err:
+            if not started:
+                raise
+            await self._send({"error": err.code, "message": err.message})
+        except StreamClosedError:
+            return  # the client went away; closing the generator stops the model call
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        self.finish(set_content_type="text/event-stream; charset=utf-8")

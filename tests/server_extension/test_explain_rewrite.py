@@ -1,0 +1,332 @@
+"""explain and rewrite against a real jupyter-server, through the real gateway to real vLLM.
+
+The model stack (vLLM + JupyterHub + gateway) starts once per session as subprocesses from a
+sync fixture (pytest-jupyter's event loop must not own them); see tests/gateway/llm_stack.py.
+The pure parts (redaction, context, diff building) are tested directly as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codeyard.server_extension.context import (
+    ContextBuilder,
+    Redactor,
+    TokenCounter,
+    render_context,
+)
+from codeyard.server_extension.files import FileReader
+from codeyard.server_extension.llm_client import CodeyardLLM
+from codeyard.server_extension.paths import WorkspacePaths
+from codeyard.server_extension.rewrite import Rewriter, extract_code, unified_diff
+
+_spec = importlib.util.spec_from_file_location(
+    "llm_stack", Path(__file__).resolve().parents[1] / "gateway" / "llm_stack.py"
+)
+assert _spec and _spec.loader
+llm_stack = importlib.util.module_from_spec(_spec)
+sys.modules["llm_stack"] = llm_stack  # dataclasses look their module up there
+_spec.loader.exec_module(llm_stack)
+
+TOKENIZER = Path.home() / ".cache" / "codeyard" / "models" / "smollm2" / "tokenizer.json"
+
+CALC = '''"""Small helpers for arithmetic."""
+
+import math
+
+RATE = 0.2
+
+
+def add_numbers(a, b):
+    """Return the sum of a and b."""
+    return a + b
+
+
+def apply_rate(total):
+    result = total * RATE
+    return math.floor(result)
+
+
+def area(radius):
+    return math.pi * radius * radius
+'''
+
+
+@pytest.fixture(scope="session")
+def model_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    vllm = llm_stack.start_vllm(tmp_path_factory.mktemp("vllm"))
+    hub = llm_stack.start_hub(tmp_path_factory.mktemp("hub"), vllm, {"codeyard-llm": []})
+    try:
+        yield {
+            "url": hub.gateways["codeyard-llm"].url,
+            "token": hub.user_token("ws-user", ["custom:codeyard-llm"]),
+        }
+    finally:
+        hub.stop()
+        vllm.stop()
+
+
+@pytest.fixture
+def jp_server_config(model_stack: dict[str, str]) -> dict[str, Any]:
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {"codeyard.server_extension": True},
+            "allow_unauthenticated_access": False,
+        },
+        "CodeyardLLM": {
+            "url": model_stack["url"],
+            "token": model_stack["token"],
+            "tokenizer_file": str(TOKENIZER),
+            "explain_max_tokens": 64,
+            "explain_temperature": 0.0,
+            "rewrite_max_tokens": 96,
+        },
+    }
+
+
+def sse(body: bytes) -> list[dict[str, Any]]:
+    return [
+        json.loads(line[5:])
+        for line in body.decode().splitlines()
+        if line.startswith("data:") and line[5:].strip()
+    ]
+
+
+# ---- through the real server and the real model ------------------------------------------
+
+
+async def test_explain_streams_several_events_and_ends_with_done(
+    jp_fetch: Any, workspace: Path
+) -> None:
+    (workspace / "calc.py").write_text(CALC)
+    chunks: list[bytes] = []
+    resp = await jp_fetch(
+        "codeyard",
+        "api",
+        "explain",
+        method="POST",
+        body=json.dumps({"path": "calc.py", "start_line": 8, "end_line": 10}),
+        headers={"Accept": "text/event-stream"},
+        streaming_callback=chunks.append,
+        request_timeout=180,
+    )
+    assert resp.code == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    events = sse(b"".join(chunks))
+    deltas = [e["delta"] for e in events if "delta" in e]
+    assert len(deltas) > 3
+    assert "".join(deltas).strip()
+    assert events[-1]["done"] is True
+    usage = events[-1]["usage"]
+    assert usage["completion_tokens"] > 0 and usage["context_tokens"] > 0
+    assert len(chunks) > 1, "the events were buffered into one chunk"
+
+
+async def test_explain_json_says_what_a_small_function_does(api: Any, workspace: Path) -> None:
+    (workspace / "calc.py").write_text(CALC)
+    status, body = await api("explain", body={"path": "calc.py", "start_line": 8, "end_line": 10})
+    assert status == 200, body
+    text = body["text"].lower()
+    assert text.strip()
+    # Loose: a 135M model, but it should talk about adding/summing.
+    assert re.search(r"add|sum|plus|\+|total|two numbers", text), text
+    assert body["usage"]["completion_tokens"] > 0
+
+
+async def test_rewrite_gives_a_diff_that_applies_and_touches_only_the_selection(
+    api: Any, workspace: Path
+) -> None:
+    (workspace / "calc.py").write_text(CALC)
+    before = (workspace / "calc.py").read_bytes()
+    status, body = await api(
+        "rewrite",
+        body={
+            "path": "calc.py",
+            "start_line": 13,
+            "end_line": 15,
+            "instruction": "Rename the variable result to value.",
+        },
+    )
+    assert status == 200, body
+    assert body["base"] == {"calc.py": hashlib.sha256(before).hexdigest()}
+    assert body["usage"]["completion_tokens"] > 0
+    assert (workspace / "calc.py").read_bytes() == before, "rewrite must not write"
+    if body["unchanged"]:
+        assert body["diff"] == ""
+        return
+    status, applied = await api("patch/apply", body={"diff": body["diff"], "base": body["base"]})
+    assert status == 200, applied
+    after = (workspace / "calc.py").read_text().splitlines(keepends=True)
+    old = CALC.splitlines(keepends=True)
+    assert after[:12] == old[:12]
+    tail = len(old) - 15
+    assert after[len(after) - tail :] == old[15:]
+
+
+async def test_explain_bad_range_gives_400(api: Any, workspace: Path) -> None:
+    (workspace / "calc.py").write_text(CALC)
+    status, body = await api("explain", body={"path": "calc.py", "start_line": 5, "end_line": 99})
+    assert status == 400
+    assert "end_line" in body["message"]
+
+
+async def test_gateway_down_gives_503_with_a_clear_message(
+    api: Any, workspace: Path, jp_serverapp: Any
+) -> None:
+    (workspace / "calc.py").write_text(CALC)
+    llm = jp_serverapp.web_app.settings["codeyard_explainer"].llm
+    llm.url = f"http://127.0.0.1:{llm_stack.free_port()}"
+    status, body = await api("explain", body={"path": "calc.py"})
+    assert status == 503
+    assert body["error"] == "llm_unavailable"
+    assert "not reachable" in body["message"]
+    status, body = await api(
+        "rewrite", body={"path": "calc.py", "start_line": 1, "end_line": 1, "instruction": "x"}
+    )
+    assert status == 503
+
+
+async def test_rewrite_rejects_a_missing_instruction(api: Any, workspace: Path) -> None:
+    (workspace / "calc.py").write_text(CALC)
+    status, body = await api("rewrite", body={"path": "calc.py", "start_line": 1, "end_line": 2})
+    assert status == 400
+    assert "instruction" in body["message"]
+
+
+# ---- the pure parts ---------------------------------------------------------------------
+
+PEM = (
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAuniquepemmaterial\n"
+    "-----END RSA PRIVATE KEY-----"
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "text", "secret"),
+    [
+        ("k.py", f'KEY = """{PEM}"""\n', "uniquepemmaterial"),
+        ("aws.py", "key_id = 'AKIAIOSFODNN7EXAMPLE'\n", "AKIAIOSFODNN7EXAMPLE"),
+        ("aws.cfg", "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n", "wJalr"),
+        ("db.py", 'connect(password="hunter2-very-secret")\n', "hunter2"),
+        ("settings.yaml", "api_key: 9f8e7d6c5b4a39281706\n", "9f8e7d6c5b4a"),
+        ("gh.sh", "export T=ghp_" + "a1B2" * 9 + "\n", "ghp_a1B2"),
+        (".env", "DATABASE_URL=postgres://u:p@db/x\nDEBUG=1\n", "postgres://"),
+    ],
+)
+def test_obvious_secrets_are_redacted(path: str, text: str, secret: str) -> None:
+    redactor = Redactor()
+    out = redactor.redact(text, path)
+    assert secret not in out
+    assert "<redacted-1>" in out
+    assert redactor.restore(out) == text
+
+
+def test_code_that_only_names_a_password_is_kept() -> None:
+    text = "password = get_password()\nif token:\n    login(password=password)\n"
+    assert Redactor().redact(text, "a.py") == text
+
+
+def test_context_includes_definitions_from_the_file_and_the_workspace(tmp_path: Path) -> None:
+    (tmp_path / "helpers.py").write_text("def scale(x):\n    return x * 3\n")
+    lines = ["import helpers\n", "from helpers import scale\n", "\n", "LIMIT = 10\n"]
+    lines += [f"# filler {i}\n" for i in range(40)]
+    lines += ["def run(v):\n", "    return scale(v) + LIMIT\n"]
+    (tmp_path / "main.py").write_text("".join(lines))
+    builder = ContextBuilder(
+        WorkspacePaths(tmp_path), TokenCounter(str(TOKENIZER)), surrounding_lines=2
+    )
+    ctx = builder.build("main.py", "".join(lines), 45, 46)
+    names = {(d.name, d.path) for d in ctx.definitions}
+    assert ("LIMIT", "main.py") in names
+    assert ("scale", "helpers.py") in names
+    assert "from helpers import scale" in ctx.header
+    assert "SELECTED lines 45-46 of main.py" in render_context(ctx)
+
+
+@pytest.mark.skipif(not TOKENIZER.exists(), reason="setup.sh has not converted the model")
+def test_context_stays_inside_the_budget_counted_with_the_real_tokenizer(tmp_path: Path) -> None:
+    counter = TokenCounter(str(TOKENIZER))
+    assert counter.exact
+    assert counter.count("def add(a, b):\n    return a + b\n") == 13
+    text = "".join(f"value_{i} = compute({i}) * factor\n" for i in range(400))
+    (tmp_path / "big.py").write_text(text)
+    builder = ContextBuilder(WorkspacePaths(tmp_path), counter, budget=300, surrounding_lines=100)
+    ctx = builder.build("big.py", text, 200, 205)
+    assert ctx.tokens <= 300
+    assert ctx.dropped
+    shown = ctx.header + ctx.before + ctx.selection + ctx.after
+    assert counter.count(shown) <= 300
+    from codeyard.server_extension.errors import CodeyardError
+
+    with pytest.raises(CodeyardError) as err:
+        ContextBuilder(WorkspacePaths(tmp_path), counter, budget=50).build("big.py", text, 1, 300)
+    assert err.value.status == 413
+
+
+def test_secrets_are_redacted_from_the_prompt_and_restored_in_the_rewrite(
+    tmp_path: Path,
+) -> None:
+    text = 'def connect():\n    return db(password="s3cr3t-value-123")\n'
+    (tmp_path / "db.py").write_text(text)
+    paths = WorkspacePaths(tmp_path)
+    rewriter = Rewriter(
+        FileReader(paths, max_size=10_000),
+        ContextBuilder(paths, TokenCounter(None)),
+        CodeyardLLM(url="", token=""),
+    )
+    messages, ctx, current = rewriter.prepare(
+        {"path": "db.py", "start_line": 1, "end_line": 2, "instruction": "add a docstring"}
+    )
+    assert "s3cr3t" not in json.dumps(messages)
+    answer = (
+        "```python\ndef connect():\n"
+        '    """Open the database."""\n'
+        '    return db(password="<redacted-1>")\n```'
+    )
+    result = rewriter.build_result(ctx, current, answer)
+    assert '+    """Open the database."""' in result["diff"]
+    changed = [line for line in result["diff"].splitlines() if line.startswith(("+", "-"))]
+    assert not any("s3cr3t" in line for line in changed), "the secret line must stay as it was"
+    assert ' return db(password="s3cr3t-value-123")' in result["diff"]
+    assert "<redacted" not in result["diff"]
+
+
+def test_answer_without_code_gives_422_and_same_code_gives_unchanged(tmp_path: Path) -> None:
+    from codeyard.server_extension.errors import CodeyardError
+
+    (tmp_path / "calc.py").write_text(CALC)
+    paths = WorkspacePaths(tmp_path)
+    rewriter = Rewriter(
+        FileReader(paths, max_size=10_000),
+        ContextBuilder(paths, TokenCounter(None)),
+        CodeyardLLM(url="", token=""),
+    )
+    _, ctx, current = rewriter.prepare(
+        {"path": "calc.py", "start_line": 13, "end_line": 15, "instruction": "x"}
+    )
+    with pytest.raises(CodeyardError) as err:
+        rewriter.build_result(ctx, current, "I am sorry, I cannot help with that.")
+    assert err.value.status == 422
+    same = "```python\n" + "".join(CALC.splitlines(keepends=True)[12:15]) + "```"
+    assert rewriter.build_result(ctx, current, same)["unchanged"] is True
+
+
+def test_extract_code_reindents_nothing_and_prefers_the_fence() -> None:
+    assert extract_code("Here:\n```python\nx = 1\n```\nDone.", "python") == "x = 1"
+    assert extract_code("x = compute(2)", "python") == "x = compute(2)"
+    assert extract_code("Sure! This sets x.", "python") is None
+
+
+def test_diff_marks_a_missing_final_newline() -> None:
+    diff = unified_diff("a.txt", "one\ntwo", "one\nTWO")
+    assert diff.endswith("+TWO\n\\ No newline at end of file\n")
+    assert "-two\n\\ No newline at end of file\n" in diff
