@@ -29,24 +29,15 @@ from typing import Any
 
 from . import transactions as tx
 from .audit import AuditLog
-from .diffparse import FilePatch, parse_diff
+from .diffparse import FilePatch
 from .errors import CodeyardError, bad_request, conflict, forbidden_path, not_found
 from .gitapply import FileOutcome, GitVerdict, run_git_apply
+from .patchchecks import PatchChecks, sha256_of
+from .patchreport import PatchResult, ValidateResult, describe, raise_first_problem
 from .paths import WorkspacePaths
 
 _PATCH_ID = re.compile(r"^[0-9a-f]{32}$")
 _INVERSE = {"create": "delete", "delete": "create", "modify": "modify", "rename": "rename"}
-
-
-def sha256_of(path: Path) -> str | None:
-    """Hash of a file's bytes, or of a symlink's target text (as git hashes links)."""
-    if os.path.islink(path):
-        return hashlib.sha256(os.fsencode(os.readlink(path))).hexdigest()
-    try:
-        with path.open("rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-    except FileNotFoundError:
-        return None
 
 
 def _copy_entry(src: Path, dst: Path) -> str:
@@ -95,6 +86,7 @@ class PatchManager:
         log: logging.Logger | Any | None = None,
     ) -> None:
         self.paths = paths
+        self.checks = PatchChecks(paths)
         self.state = Path(state_dir)
         self.audit = audit
         self.allow_offset = allow_offset
@@ -130,90 +122,7 @@ class PatchManager:
             finally:
                 os.close(fd)
 
-    # ---- checks ------------------------------------------------------------------------
-
-    def _parse(self, diff: Any) -> tuple[bytes, list[FilePatch]]:
-        if not isinstance(diff, str) or not diff:
-            raise bad_request("diff must be a non-empty string")
-        try:
-            data = diff.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            raise bad_request("diff is not encodable text") from None
-        return data, parse_diff(data)
-
-    def _check_path(self, rel: str, linked: dict[str, bool] | None = None) -> str:
-        """`WorkspacePaths.resolve` for writing, plus git's rule against symlinked folders.
-
-        `linked` caches per-folder answers across the files of one patch.
-        """
-        resolved = self.paths.resolve(rel, for_write=True)
-        cache = {} if linked is None else linked
-        parts = resolved.rel.split("/")
-        for depth in range(1, len(parts)):
-            prefix = "/".join(parts[:depth])
-            if prefix not in cache:
-                cache[prefix] = os.path.islink(os.path.join(self.paths.root, prefix))
-            if cache[prefix]:
-                raise forbidden_path(f"path runs through a symlink: {resolved.rel}")
-        return resolved.rel
-
-    def _check_files(self, files: list[FilePatch]) -> None:
-        linked: dict[str, bool] = {}
-        for fp in files:
-            if fp.old_path is not None:
-                fp.old_path = self._check_path(fp.old_path, linked)
-            if fp.new_path is not None:
-                same = fp.new_path == fp.old_path
-                fp.new_path = fp.old_path if same else self._check_path(fp.new_path, linked)
-
-    def _check_base(self, base: Any) -> dict[str, str | None]:
-        if base is None:
-            return {}
-        if not isinstance(base, dict):
-            raise bad_request("base must be an object of path: sha256")
-        checked: dict[str, str | None] = {}
-        for rel, digest in base.items():
-            if digest is not None and not (
-                isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)
-            ):
-                raise bad_request(f"base hash for {rel} must be a sha256 hex digest or null")
-            checked[self.paths.resolve(rel).rel] = digest
-        return checked
-
-    def _base_errors(self, base: dict[str, str | None]) -> dict[str, str | None]:
-        """Paths whose current hash differs from `base`, mapped to the current hash."""
-        wrong: dict[str, str | None] = {}
-        for rel, expected in base.items():
-            current = sha256_of(self.paths.root / rel)
-            if current != expected:
-                wrong[rel] = current
-        return wrong
-
-    def _state_errors(self, files: list[FilePatch]) -> dict[int, str]:
-        """Files the patch expects to exist that don't, and ones it creates that do."""
-        freed = {fp.old_path for fp in files if fp.op in ("delete", "rename")}
-        errors: dict[int, str] = {}
-        for i, fp in enumerate(files):
-            if fp.old_path is not None:
-                src = self.paths.root / fp.old_path
-                if not os.path.lexists(src) or (src.is_dir() and not src.is_symlink()):
-                    errors[i] = "file_missing"
-                    continue
-            if fp.op in ("create", "rename"):
-                assert fp.new_path is not None
-                parts = fp.new_path.split("/")
-                for depth in range(1, len(parts) + 1):
-                    prefix = "/".join(parts[:depth])
-                    full = self.paths.root / prefix
-                    last = depth == len(parts)
-                    if prefix in freed or not os.path.lexists(full):
-                        continue
-                    if last or not full.is_dir():
-                        errors[i] = "file_exists"
-                        break
-        return errors
-
-    # ---- staging -----------------------------------------------------------------------
+    # ---- staging and checking -----------------------------------------------------------
 
     def _stage(self, work: Path, files: list[FilePatch]) -> tuple[GitVerdict, dict[str, str]]:
         """Copy the files the patch reads into `work` and run the engine there."""
@@ -238,51 +147,18 @@ class PatchManager:
             if os.path.islink(work / rel):
                 self.paths.check_symlink_target(rel, os.readlink(work / rel))
 
-    def _describe(
-        self, fp: FilePatch, outcome: FileOutcome, state_error: str | None
-    ) -> dict[str, Any]:
-        entry: dict[str, Any] = {"path": fp.path, "op": fp.op, "hunks": len(fp.hunks)}
-        if fp.op == "rename":
-            entry["from"] = fp.old_path
-        if outcome.offsets:
-            entry["offsets"] = outcome.offsets
-        code = state_error or outcome.code
-        if code is None and outcome.offsets and not self.allow_offset:
-            code = "hunk_offset"
-            outcome.hunk = outcome.offsets[0]["hunk"]
-        entry["applies"] = code is None
-        if code is not None:
-            entry["error"] = code
-            entry["message"] = self._message(fp, code, outcome)
-            if outcome.hunk is not None and code in ("hunk_failed", "hunk_offset"):
-                entry["hunk"] = outcome.hunk
-        return entry
-
-    @staticmethod
-    def _message(fp: FilePatch, code: str, outcome: FileOutcome) -> str:
-        hunk = f"hunk #{outcome.hunk}" if outcome.hunk is not None else "a hunk"
-        return {
-            "hunk_failed": f"{hunk} of {fp.path} does not apply",
-            "hunk_offset": f"{hunk} of {fp.path} applies only at another line "
-            "(offsets are not allowed)",
-            "file_missing": f"{fp.old_path} does not exist",
-            "file_exists": f"{fp.new_path} already exists",
-            "file_type": f"{fp.path} has a different file type than the diff expects",
-            "path_forbidden": f"{fp.path} lies beyond a symlink",
-        }.get(code, f"{fp.path} does not apply")
-
     def _evaluate(
         self, diff: Any, base: Any, work: Path
     ) -> tuple[bytes, list[FilePatch], list[dict[str, Any]], dict[str, str], dict[str, Any]]:
         """Everything validate and apply share. Returns the per-file report and problems."""
-        data, files = self._parse(diff)
-        self._check_files(files)
-        checked_base = self._check_base(base)
+        data, files = self.checks.parse(diff)
+        self.checks.check_files(files)
+        checked_base = self.checks.check_base(base)
         problems: dict[str, Any] = {}
-        wrong_base = self._base_errors(checked_base)
+        wrong_base = self.checks.base_errors(checked_base)
         if wrong_base:
             problems["base"] = wrong_base
-        state_errors = self._state_errors(files)
+        state_errors = self.checks.state_errors(files)
         before: dict[str, str] = {}
         if state_errors:
             outcomes = [FileOutcome() for _ in files]
@@ -295,7 +171,7 @@ class PatchManager:
             if verdict.ok:
                 self._check_result(work, files)
         report = [
-            self._describe(fp, outcome, state_errors.get(i))
+            describe(fp, outcome, state_errors.get(i), allow_offset=self.allow_offset)
             for i, (fp, outcome) in enumerate(zip(files, outcomes, strict=True))
         ]
         for fp, entry in zip(files, report, strict=True):
@@ -306,7 +182,7 @@ class PatchManager:
 
     # ---- public API --------------------------------------------------------------------
 
-    def validate(self, diff: Any, base: Any = None) -> dict[str, Any]:
+    def validate(self, diff: Any, base: Any = None) -> ValidateResult:
         """Report whether and how each file of `diff` applies. Writes nothing in the workspace."""
         work = self.scratch_root / uuid.uuid4().hex / "work"
         try:
@@ -316,20 +192,20 @@ class PatchManager:
         for entry in report:
             if entry.get("error") == "path_forbidden":
                 raise forbidden_path(entry["message"], path=entry["path"])
-        result: dict[str, Any] = {"ok": all(f["applies"] for f in report), "files": report}
+        result: Any = {"ok": all(f["applies"] for f in report), "files": report}
         if problems.get("base"):
             result["ok"] = False
             result["base_mismatch"] = problems["base"]
         return result
 
-    def apply(self, diff: Any, base: Any = None, *, user: str = "anonymous") -> dict[str, Any]:
+    def apply(self, diff: Any, base: Any = None, *, user: str = "anonymous") -> PatchResult:
         """Apply all of `diff` or nothing; 409 on a stale base, a failing hunk or a clash."""
         patch_id = uuid.uuid4().hex
         tx_dir = self.tx_root / patch_id
         with self._locked():
             try:
                 data, files, report, before, problems = self._evaluate(diff, base, tx_dir / "work")
-                self._raise_first_problem(report, problems)
+                raise_first_problem(report, problems)
                 return self._commit_apply(patch_id, tx_dir, data, files, report, before, user)
             except BaseException:
                 if tx.read_journal(tx_dir) is None:
@@ -338,24 +214,6 @@ class PatchManager:
                 else:
                     self._needs_recovery = True
                 raise
-
-    @staticmethod
-    def _raise_first_problem(report: list[dict[str, Any]], problems: dict[str, Any]) -> None:
-        if problems.get("base"):
-            rel, current = next(iter(problems["base"].items()))
-            raise conflict(
-                "base_mismatch",
-                f"{rel} does not match the base hash",
-                path=rel,
-                current=current,
-                mismatches=problems["base"],
-            )
-        for entry in report:
-            if not entry["applies"]:
-                extra = {k: entry[k] for k in ("hunk", "offsets") if k in entry}
-                if entry["error"] == "path_forbidden":
-                    raise forbidden_path(entry["message"], path=entry["path"])
-                raise conflict(entry["error"], entry["message"], path=entry["path"], **extra)
 
     def _commit_apply(
         self,
@@ -366,7 +224,7 @@ class PatchManager:
         report: list[dict[str, Any]],
         before: dict[str, str],
         user: str,
-    ) -> dict[str, Any]:
+    ) -> PatchResult:
         store = self.store_root / patch_id
         store.mkdir(mode=0o700)
         # A path may leave in one section and come back in another (git's type changes).
@@ -452,7 +310,7 @@ class PatchManager:
             for r in self.audit.tail(1000)
         )
 
-    def revert(self, patch_id: str, *, user: str = "anonymous") -> dict[str, Any]:
+    def revert(self, patch_id: str, *, user: str = "anonymous") -> PatchResult:
         """Put back exactly the files as they were before `patch_id`; 409 if they changed."""
         if not _PATCH_ID.match(patch_id):
             raise not_found("no such patch")
@@ -476,11 +334,11 @@ class PatchManager:
 
     def _revert_locked(
         self, patch_id: str, store: Path, tx_dir: Path, meta: dict[str, Any], user: str
-    ) -> dict[str, Any]:
+    ) -> PatchResult:
         entries: list[tx.Entry] = []
         tx_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for item in meta["touched"]:
-            rel = self._check_path(item["path"])
+            rel = self.checks.check_path(item["path"])
             current = sha256_of(self.paths.root / rel)
             if current != item["after"]:
                 raise conflict(
