@@ -14,6 +14,7 @@ Placement rules, in the order `place()` applies them:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -166,6 +167,7 @@ class Registry:
         self._cipher = cipher
         self.settings = settings or PlacementSettings()
         self._policies: dict[tuple[str, str], PlacementPolicy] = {}
+        self._place_lock = threading.Lock()
 
     @property
     def cipher(self) -> CredentialCipher:
@@ -423,19 +425,31 @@ class Registry:
         if exclude is not None and exclude.server_id in loads and exclude.state in LOADED:
             n, mem = loads[exclude.server_id]
             loads[exclude.server_id] = (n - 1, mem - exclude.mem_reserved)
+        # plain rows, not ORM objects: this runs on every spawn over every host
+        rows = db.execute(
+            select(
+                Server.id,
+                Server.name,
+                Server.state,
+                Server.region,
+                Server.labels,
+                Server.max_workspaces,
+                Server.mem_capacity,
+            )
+        )
         return [
             HostLoad(
-                id=s.id,
-                name=s.name,
-                state=s.state.value,
-                region=s.region,
-                labels=s.labels or {},
-                max_workspaces=s.max_workspaces,
-                mem_capacity=s.mem_capacity,
-                running=loads.get(s.id, (0, 0))[0],
-                mem_reserved=loads.get(s.id, (0, 0))[1],
+                id=sid,
+                name=name,
+                state=state.value,
+                region=region,
+                labels=labels or {},
+                max_workspaces=max_ws,
+                mem_capacity=mem_cap,
+                running=loads.get(sid, (0, 0))[0],
+                mem_reserved=loads.get(sid, (0, 0))[1],
             )
-            for s in db.scalars(select(Server))
+            for sid, name, state, region, labels, max_ws, mem_cap in rows
         ]
 
     def place(
@@ -452,7 +466,8 @@ class Registry:
         """
         groups = tuple(groups)
         try:
-            return self._place(user, workspace, groups, mem_request, confirm_data_loss)
+            with self._place_lock:  # one decision at a time: each sees the previous one's load
+                return self._place(user, workspace, groups, mem_request, confirm_data_loss)
         except (NoHostAvailable, NeedsConfirmation) as e:
             # the failed decision is recorded too, in its own transaction
             with self.sessions.begin() as db:
