@@ -106,3 +106,25 @@ async def test_browser_registers_a_server_and_sees_it_go_green(  # type: ignore[
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         finally:
             await browser.close()
+
+
+def _hub_page(hub, user: str, path: str) -> str:  # type: ignore[no-untyped-def]
+    import requests
+
+    s = requests.Session()
+    root = f"http://127.0.0.1:{hub.hub_port}/hub/"
+    s.get(root + "login", timeout=10)
+    r = s.post(
+        root + "login",
+        data={"username": user, "password": "x", "_xsrf": s.cookies.get("_xsrf", "")},
+        timeout=10,
+        allow_redirects=False,  # the default next URL would spawn a server
+    )
+    assert r.status_code == 302, r.status_code
+    return s.get(root + path, timeout=10).text
+
+
+async def test_hub_navigation_links_placement_for_admins_only(hub) -> None:  # type: ignore[no-untyped-def]
+    for path in ("home", "token"):
+        assert 'id="codeyard-placement-link"' in _hub_page(hub, "admin1", path)
+        assert "codeyard-placement-link" not in _hub_page(hub, "dev1", path)

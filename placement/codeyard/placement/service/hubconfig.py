@@ -7,18 +7,21 @@ From jupyterhub_config.py::
 
 Adds the managed service `codeyard-placement` (the Hub starts it), the custom scope
 `custom:codeyard-admin`, a role granting that scope to the given admins (and groups), the
-service's own role (it may stop/start servers for `restart`), and OAuth scopes so the
-service's login cookie carries the admin scope.
+service's own role (it may stop/start servers for `restart`), OAuth scopes so the
+service's login cookie carries the admin scope, and (`nav_link`) a "Placement" link in the
+Hub's navigation bar for admins (`hub_templates/page.html`).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from .config import ADMIN_SCOPE
 
 SERVICE_NAME = "codeyard-placement"
+HUB_TEMPLATES = str(Path(__file__).with_name("hub_templates"))
 
 
 def configure_placement_service(
@@ -31,8 +34,13 @@ def configure_placement_service(
     admin_groups: list[str] | None = None,
     environment: dict[str, str] | None = None,
     python: str = sys.executable,
+    nav_link: bool = True,
 ) -> dict[str, Any]:
     hub = c.JupyterHub
+    if nav_link:
+        # appended, so a deployment's own page.html wins (it can copy hub_templates/page.html)
+        paths = list(hub.template_paths if "template_paths" in hub else [])
+        hub.template_paths = [*paths, HUB_TEMPLATES]
     service = {
         "name": name,
         "url": f"http://{ip}:{port}",
