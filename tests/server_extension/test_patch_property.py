@@ -68,7 +68,8 @@ def tree_pairs(draw: st.DrawFn) -> tuple[dict[str, bytes], dict[str, bytes]]:
             long = data + b"".join(b"shared line %d\n" % i for i in range(12))
             before[name] = long
             after[target] = long if draw(st.booleans()) else long + b"tail\n"
-    for name in draw(st.lists(st.sampled_from(free), max_size=2, unique=True)):
+    created = draw(st.lists(st.sampled_from(free), max_size=2, unique=True)) if free else []
+    for name in created:
         after[name] = draw(contents())
     if after == before:
         after[NEW_NAMES[0] if NEW_NAMES[0] not in before else "extra.txt"] = b"extra\n"

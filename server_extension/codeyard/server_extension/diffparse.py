@@ -220,6 +220,10 @@ def _read_hunks(r: _Reader, out: list[bytes], hunks: list[Hunk]) -> None:
         while (tail := r.peek()) is not None and tail.startswith(b"\\"):
             out.append(tail)
             r.i += 1
+    # A stray +/- line right after a hunk would be dropped silently by git; refuse it.
+    after = r.peek()
+    if after is not None and after[:1] in (b"+", b"-") and not after.startswith(b"--- "):
+        raise _malformed(r.lineno, "hunk longer than its header says")
 
 
 def _parse_git(r: _Reader) -> FilePatch:
