@@ -36,8 +36,21 @@ def test_db_dump_holds_no_pem_and_no_key_material(registry: Registry, ca: CA, db
             "credential": {"kind": "token", "token": "s3cr3t-token-value"},
         }
     )
+    from placement_sshd import _keypair
+
+    ssh_key = _keypair()[0]
+    registry.add_server(
+        {
+            "name": "viassh",
+            "endpoint": "ssh://root@127.0.0.4",
+            "credential": {"kind": "ssh", "key": ssh_key},
+        }
+    )
     dump = _dump(db_url)
     assert "-----BEGIN" not in dump
+    assert "OPENSSH" not in dump
+    for chunk in _key_body(ssh_key):
+        assert chunk not in dump
     assert "PRIVATE" not in dump
     assert "s3cr3t-token-value" not in dump
     for chunk in _key_body(bundle["key"]) + _key_body(bundle["cert"]):

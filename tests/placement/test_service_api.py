@@ -73,3 +73,45 @@ async def test_drain_undrain_and_pin_through_the_api(api, registry) -> None:  # 
     assert undrained["state"] == "active"
     status, decisions = await api("GET", "decisions?limit=5")
     assert decisions[0]["policy"] == "pin"
+
+
+async def test_policy_settings_per_group(api, registry) -> None:  # type: ignore[no-untyped-def]
+    for name, region in (("eu1", "eu"), ("us1", "us")):
+        await api(
+            "POST",
+            "servers",
+            body={"name": name, "endpoint": f"unix:///{name}.sock", "region": region},
+        )
+    status, policies = await api("GET", "policies")
+    assert status == 200
+    assert {"least-loaded", "round-robin", "region"} <= set(policies["available"])
+    assert policies["default"]["policy"] == "least-loaded"
+    status, body = await api("PUT", "policies", body={"policy": "best-fit"})
+    assert status == 400 and "codeyard.placement_policies" in body["message"]
+    status, body = await api("PUT", "policies", body={"policy": "region", "options": {"bogus": 1}})
+    assert status == 400
+
+    body = {"group": "berlin", "policy": "region", "options": {"group_regions": {"berlin": "eu"}}}
+    status, policies = await api("PUT", "policies", body=body)
+    assert policies["groups"]["berlin"]["source"] == "admin"
+    assert registry.place("bea", groups=["berlin"]).server_name == "eu1"
+    status, _ = await api("DELETE", "policies/berlin")
+    assert status == 204
+    _, policies = await api("GET", "policies")
+    assert "berlin" not in policies["groups"]
+
+
+async def test_confirm_move_off_a_dead_local_host(api, registry) -> None:  # type: ignore[no-untyped-def]
+    from codeyard.placement.registry import NeedsConfirmation
+
+    for name in ("hs1", "hs2"):
+        await api("POST", "servers", body={"name": name, "endpoint": f"unix:///{name}.sock"})
+    registry.place("alice")
+    await api("PATCH", "servers/hs1", body={"state": "down"})
+    _, [view] = await api("GET", "workspaces?user=alice")
+    assert "data stays on hs1" in view["note"]
+    with pytest.raises(NeedsConfirmation):
+        registry.place("alice")
+    status, _ = await api("POST", "workspaces/alice//confirm-move")
+    assert status == 200
+    assert registry.place("alice").server_name == "hs2"

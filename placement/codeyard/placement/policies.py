@@ -93,8 +93,13 @@ class PlacementPolicy:
     """Base class; see the module docstring for what a subclass overrides."""
 
     name: ClassVar[str] = ""
+    # the options a policy understands; None accepts any (for policies that validate later)
+    option_names: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, **options: Any) -> None:
+        if self.option_names is not None and (unknown := set(options) - self.option_names):
+            known = ", ".join(sorted(self.option_names)) or "none"
+            raise TypeError(f"unknown options {sorted(unknown)}; known: {known}")
         self.options = options
 
     def eligible(
@@ -142,6 +147,7 @@ class LeastLoaded(PlacementPolicy):
     """The host with the lowest utilisation (workspaces and reserved memory vs capacity)."""
 
     name = "least-loaded"
+    option_names = frozenset()
 
     def choose(
         self, hosts: Sequence[HostLoad], request: PlacementRequest, state: PolicyState
@@ -158,6 +164,7 @@ class RoundRobin(PlacementPolicy):
     """The next eligible host after the last one chosen, in host-name order."""
 
     name = "round-robin"
+    option_names = frozenset()
 
     def choose(
         self, hosts: Sequence[HostLoad], request: PlacementRequest, state: PolicyState
@@ -183,6 +190,7 @@ class Region(PlacementPolicy):
     """
 
     name = "region"
+    option_names = frozenset({"group_regions", "fallback"})
 
     def choose(
         self, hosts: Sequence[HostLoad], request: PlacementRequest, state: PolicyState

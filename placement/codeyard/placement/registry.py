@@ -392,13 +392,46 @@ class Registry:
     def set_policy(
         self, policy: str, group: str = "", options: Mapping[str, Any] | None = None
     ) -> None:
-        load_policy(policy)  # refuse unknown names now, not at the next spawn
+        try:
+            load_policy(policy, **dict(options or {}))  # refuse bad settings now, not at a spawn
+        except KeyError as e:
+            raise RegistryError(str(e.args[0])) from None
+        except TypeError as e:
+            raise RegistryError(f"options for {policy}: {e}") from None
         with self.sessions.begin() as db:
             row = db.scalar(select(PolicySetting).where(PolicySetting.group == group))
             if row is None:
                 row = PolicySetting(group=group, policy=policy, options=dict(options or {}))
                 db.add(row)
             row.policy, row.options = policy, dict(options or {})
+        self._policies.clear()
+
+    def policies(self) -> dict[str, Any]:
+        """The active settings: DB rows (admin overrides) over the deployment's config."""
+        from .policies import available_policies
+
+        with self.sessions() as db:
+            rows = {
+                r.group: {"policy": r.policy, "options": r.options}
+                for r in db.scalars(select(PolicySetting))
+            }
+        default = rows.pop("", None) or {
+            "policy": self.settings.default_policy,
+            "options": self.settings.policy_options.get(self.settings.default_policy, {}),
+        }
+        groups = {
+            g: {"policy": p, "options": {}, "source": "config"}
+            for g, p in self.settings.group_policies.items()
+        }
+        groups.update({g: {**v, "source": "admin"} for g, v in rows.items()})
+        return {"available": sorted(available_policies()), "default": default, "groups": groups}
+
+    def clear_policy(self, group: str) -> None:
+        with self.sessions.begin() as db:
+            row = db.scalar(select(PolicySetting).where(PolicySetting.group == group))
+            if row is None:
+                raise NotFound(f"no admin policy override for group {group!r}")
+            db.delete(row)
         self._policies.clear()
 
     def _policy_for(self, db: Session, groups: Iterable[str]) -> tuple[str, PlacementPolicy]:

@@ -6,7 +6,11 @@
     POST                servers/{id}/drain | undrain
     GET                 workspaces?user=&server=&state=
     POST                workspaces/{user}/{name}/place   {"server", "restart", "confirm_data_loss"}
+    POST                workspaces/{user}/{name}/confirm-move   (data stays on the dead host)
     GET                 decisions?limit=
+    GET                 policies                     available, default, per-group overrides
+    PUT                 policies                     {"group" ("" = default), "policy", "options"}
+    DELETE              policies/{group}             drop an admin's group override
 
 Shapes are `registry.ServerModel` and `registry.PlacementModel`; secrets are accepted in
 `credential` on POST/PATCH and never returned (only fingerprints).
@@ -103,6 +107,42 @@ class WorkspacePlaceHandler(APIHandler):
         self.write_json(result)
 
 
+class WorkspaceConfirmMoveHandler(APIHandler):
+    """The admin accepts that the workspace's data stays on its dead, non-shared host."""
+
+    @web.authenticated
+    async def post(self, user: str, name: str) -> None:
+        await self.run(self.registry.confirm_replacement, user, name)
+        self.write_json(await self.run(self.registry.get_placement, user, name))
+
+
+class PoliciesHandler(APIHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        self.write_json(await self.run(self.registry.policies))
+
+    @web.authenticated
+    async def put(self) -> None:
+        body = self.get_json_body()
+        if not isinstance(body.get("policy"), str) or not isinstance(body.get("options", {}), dict):
+            raise web.HTTPError(400, "'policy' (a name) is required; 'options' must be an object")
+        await self.run(
+            self.registry.set_policy,
+            body["policy"],
+            str(body.get("group", "")),
+            body.get("options"),
+        )
+        self.write_json(await self.run(self.registry.policies))
+
+
+class PolicyHandler(APIHandler):
+    @web.authenticated
+    async def delete(self, group: str) -> None:
+        await self.run(self.registry.clear_policy, group)
+        self.set_status(204)
+        self.finish()
+
+
 class DecisionsHandler(APIHandler):
     @web.authenticated
     async def get(self) -> None:
@@ -119,5 +159,8 @@ def api_handlers(prefix: str) -> list[tuple[str, type, dict[str, Any]] | tuple[s
         (api + r"servers/([^/]+)/(drain|undrain)", ServerStateHandler),
         (api + "workspaces", WorkspacesHandler),
         (api + r"workspaces/([^/]+)/([^/]*)/place", WorkspacePlaceHandler),
+        (api + r"workspaces/([^/]+)/([^/]*)/confirm-move", WorkspaceConfirmMoveHandler),
+        (api + "policies", PoliciesHandler),
+        (api + r"policies/([^/]+)", PolicyHandler),
         (api + "decisions", DecisionsHandler),
     ]
