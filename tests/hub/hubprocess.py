@@ -163,7 +163,14 @@ class Browser:
         m = re.search(r'name="_xsrf" value="([^"]+)"', r.text)
         if m:
             return m.group(1)
-        return self.s.cookies.get("_xsrf", "")
+        return self.hub_xsrf()
+
+    def hub_xsrf(self) -> str:
+        # Single-user servers set their own _xsrf under /user/...; the Hub's is under /hub/.
+        for c in self.s.cookies:
+            if c.name == "_xsrf" and c.path == "/hub/":
+                return str(c.value)
+        return ""
 
     def signup(self, username: str, password: str) -> requests.Response:
         data = {
@@ -181,7 +188,7 @@ class Browser:
     def api(self, method: str, path: str, **kw: Any) -> requests.Response:
         """Hub REST API with the login cookie (as the Hub's own pages call it)."""
         headers = kw.pop("headers", {})
-        headers["X-XSRFToken"] = self.s.cookies.get("_xsrf", "")
+        headers["X-XSRFToken"] = self.hub_xsrf()
         return self.s.request(
             method, f"{self.hub_url}/hub/api{path}", headers=headers, timeout=30, **kw
         )
