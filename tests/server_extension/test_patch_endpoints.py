@@ -395,3 +395,28 @@ async def test_binary_change_without_data_gives_400(api, workspace) -> None:
     )
     status, body = await api("patch/apply", body={"diff": diff})
     assert status == 400 and "binary" in body["message"]
+
+
+def git_init_commit(root: Path) -> None:
+    git = ["git", "-C", str(root), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], check=True)
+
+
+def git_status(root: Path) -> str:
+    out = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True)
+    return out.stdout.decode()
+
+
+async def test_workspace_that_is_a_git_repo_is_patched_in_place_not_via_its_repo(
+    api, workspace, git_diff
+) -> None:
+    """Staging sits under the workspace; git must not discover the workspace's own repo."""
+    put(workspace, {"src/a.txt": LINES, ".gitignore": b".codeyard/\n"})
+    git_init_commit(workspace)
+    diff = git_diff({"src/a.txt": LINES}, {"src/a.txt": LINES + b"added\n"})
+    status, body = await api("patch/apply", body={"diff": diff})
+    assert status == 200, body
+    assert (workspace / "src/a.txt").read_bytes() == LINES + b"added\n"
+    assert git_status(workspace) == " M src/a.txt\n"  # worktree changed, index untouched
