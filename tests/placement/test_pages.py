@@ -128,3 +128,39 @@ async def test_hub_navigation_links_placement_for_admins_only(hub) -> None:  # t
     for path in ("home", "token"):
         assert 'id="codeyard-placement-link"' in _hub_page(hub, "admin1", path)
         assert "codeyard-placement-link" not in _hub_page(hub, "dev1", path)
+
+
+async def test_placements_page_pins_and_confirms_moves(service, hub_tokens, registry) -> None:  # type: ignore[no-untyped-def]
+    from urllib.parse import urlencode
+
+    hs1 = registry.add_server({"name": "hs1", "endpoint": "unix:///run/hs1.sock"})["id"]
+    hs2 = registry.add_server({"name": "hs2", "endpoint": "unix:///run/hs2.sock"})["id"]
+    registry.place("alice")
+    headers = {"Authorization": f"token {hub_tokens['admin']}"}
+
+    async def post(path: str, form: dict) -> str:  # type: ignore[type-arg]
+        resp = await AsyncHTTPClient().fetch(
+            service.url + path,
+            method="POST",
+            body=urlencode(form),
+            headers=headers,
+            raise_error=False,
+            follow_redirects=False,
+        )
+        assert resp.code == 302, resp.code
+        return resp.headers["Location"]
+
+    location = await post("workspaces/alice//place", {"server": str(hs2)})
+    assert "kind=danger" in location and "data+stays+on+hs1" in location
+    location = await post("workspaces/alice//place", {"server": str(hs2), "confirm_data_loss": "1"})
+    assert "kind=success" in location
+    assert registry.get_placement("alice")["pinned_server"] == "hs2"
+    assert registry.place("alice").server_name == "hs2"
+
+    registry.update_server(hs2, {"state": "down"})
+    page = (await _get(service, "workspaces", hub_tokens["admin"])).body.decode()
+    assert "its data stays on hs2 until an admin confirms" in page
+    assert 'name="confirm-move"' in page
+    await post("workspaces/alice//confirm-move", {})
+    assert registry.place("alice").server_name == "hs1"
+    assert hs1

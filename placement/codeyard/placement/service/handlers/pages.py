@@ -173,6 +173,34 @@ class PlacementsPage(PageHandler):
         )
 
 
+class WorkspaceActionPage(PageHandler):
+    """Pin (optionally restarting now) or confirm a move off a dead local-storage host."""
+
+    @web.authenticated
+    async def post(self, user: str, name: str, action: str) -> None:
+        arg = self.get_body_argument
+        try:
+            if action == "confirm-move":
+                await self.blocking(self.registry.confirm_replacement, user, name)
+                self.back("workspaces", f"{user}/{name} will be placed again at its next start")
+                return
+            view = await self.blocking(
+                self.registry.pin,
+                user,
+                name,
+                arg("server", ""),
+                restart=bool(arg("restart", "")),
+                confirm_data_loss=bool(arg("confirm_data_loss", "")),
+            )
+        except RegistryError as e:
+            self.back("workspaces", str(e), "danger")
+            return
+        note = ""
+        if view["restart_requested"]:
+            note = "; " + await self.ctx.restart_workspace(user, name)
+        self.back("workspaces", f"{user}/{name} pinned to {view['pinned_server']}{note}", "success")
+
+
 def page_handlers(prefix: str) -> list[Any]:
     return [
         (prefix, DashboardPage),
@@ -180,6 +208,7 @@ def page_handlers(prefix: str) -> list[Any]:
         (prefix + "servers/new", RegisterPage),
         (prefix + r"servers/(\d+)/(test|drain|undrain)", ServerActionPage),
         (prefix + "workspaces", PlacementsPage),
+        (prefix + r"workspaces/([^/]+)/([^/]*)/(place|confirm-move)", WorkspaceActionPage),
         (prefix + "hub-static/(.*)", web.StaticFileHandler, {"path": f"{DATA_FILES_PATH}/static"}),
     ]
 
