@@ -14,7 +14,7 @@ PYTEST := $(BIN)/pytest -p no:cacheprovider
 VENV_KEY := $(shell cat pyproject.toml .ci/constraints.txt 2>/dev/null | sha256sum | cut -c1-16)
 VENV_DIR := $(CODEYARD_CACHE)/venvs/$(VENV_KEY)
 
-.PHONY: help venv lint format up test test-ext bench
+.PHONY: help venv lint format up test bench system-deps
 
 help:
 	@echo "make up     - bring Codeyard up on http://127.0.0.1:8000 (embedded defaults)"
@@ -46,16 +46,31 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The server-extension suite runs alone: pytest-jupyter's event loop clashes with the Hub's.
-test-ext: venv
-	$(PYTEST) tests/server_extension
+# Debian packages the suites drive for real: dockerd, debootstrap (offline base image),
+# Chromium (browser tests), OpenSSH (ssh:// Docker hosts), git.
+SYSTEM_PACKAGES := docker.io debootstrap chromium openssh-server openssh-client git
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
-test: lint test-ext
+# Each suite runs in its own pytest process: pytest-jupyter's event loop clashes with the
+# Hub suites' loops. Every fixture starts the real part it needs (dockerd, images, vLLM,
+# JupyterHub, Chromium) and caches what it builds under $(CODEYARD_CACHE).
+SUITES := server_extension images hub placement gateway ui
+test-%: venv system-deps
+	$(PYTEST) tests/$*
 
-up: venv
-	@echo "==> starting a JupyterLab on a demo workspace with the Codeyard extension"
-	@mkdir -p "$(CODEYARD_STATE)/demo-workspace"
-	$(BIN)/jupyter server --ip=127.0.0.1 --port=8888 --ServerApp.root_dir="$(CODEYARD_STATE)/demo-workspace"
+test: lint $(addprefix test-,$(SUITES))
+
+# Docker engine, single-user image, proxy, secrets, model services, then the Hub in the
+# foreground on http://127.0.0.1:8000. Ctrl-C stops what it started.
+up: venv system-deps
+	hub_config/bin/up.sh
 
 # Benchmarks print ratios against a baseline measured in the same run; they are not tests.
 BENCHES ?= bench_tree bench_patch_apply
