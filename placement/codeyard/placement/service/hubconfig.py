@@ -14,11 +14,15 @@ Hub's navigation bar for admins (`hub_templates/page.html`).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from ..crypto import KEY_ENV
 from .config import ADMIN_SCOPE
+
+DB_ENV = "CODEYARD_PLACEMENT_DB_URL"
 
 SERVICE_NAME = "codeyard-placement"
 HUB_TEMPLATES = str(Path(__file__).with_name("hub_templates"))
@@ -45,7 +49,11 @@ def configure_placement_service(
         "name": name,
         "url": f"http://{ip}:{port}",
         "command": [python, "-m", "codeyard.placement", "serve"],
-        "environment": dict(environment or {}),
+        # the Hub passes managed services only a few variables: forward the key and DB URL
+        "environment": {
+            **{k: os.environ[k] for k in (KEY_ENV, DB_ENV) if k in os.environ},
+            **(environment or {}),
+        },
         "oauth_client_allowed_scopes": [ADMIN_SCOPE],
         "display": True,
         "oauth_no_confirm": True,  # an internal admin tool: no consent page
