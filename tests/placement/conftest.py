@@ -45,6 +45,24 @@ from codeyard.placement.database import open_db
 from codeyard.placement.registry import Registry
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Other suites run pytest on this machine at the same time, and pytest prunes all but
+    # the newest three /tmp/pytest-of-<user>/pytest-N folders: a private basetemp keeps
+    # our session fixtures' state (Hub, sshd) from being deleted under them.
+    if not config.option.basetemp:
+        import tempfile
+
+        config.option.basetemp = tempfile.mkdtemp(prefix="codeyard-placement-pytest-")
+        config._codeyard_basetemp = config.option.basetemp  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    if path := getattr(config, "_codeyard_basetemp", None):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
 def crypt_keys(monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
     new, old = Fernet.generate_key().decode(), Fernet.generate_key().decode()

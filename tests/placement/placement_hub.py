@@ -53,6 +53,9 @@ c.JupyterHub.db_url = "sqlite:///{state}/hub.sqlite"
 c.JupyterHub.cookie_secret_file = "{state}/cookie_secret"
 c.JupyterHub.pid_file = "{state}/hub.pid"
 c.JupyterHub.authenticator_class = "dummy"
+# a tiny stand-in single-user server (jupyterhub's own test spawner), for restart tests
+c.JupyterHub.spawner_class = "jupyterhub.tests.mocking.MockSpawner"
+c.JupyterHub.default_url = "/hub/home"
 c.Authenticator.allowed_users = {{"admin1", "dev1"}}
 c.JupyterHub.check_running_interval = 3600
 c.JupyterHub.last_activity_interval = 3600
@@ -62,7 +65,11 @@ del service["command"]
 service["api_token"] = "{service_token}"
 c.JupyterHub.services.append({{"name": "tester", "api_token": "{tester_token}"}})
 c.JupyterHub.load_roles.append(
-    {{"name": "tester", "scopes": ["admin:users", "tokens", "read:users"], "services": ["tester"]}}
+    {{
+        "name": "tester",
+        "scopes": ["admin:users", "tokens", "read:users", "servers"],
+        "services": ["tester"],
+    }}
 )
 '''
 

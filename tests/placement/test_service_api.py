@@ -115,3 +115,36 @@ async def test_confirm_move_off_a_dead_local_host(api, registry) -> None:  # typ
     status, _ = await api("POST", "workspaces/alice//confirm-move")
     assert status == 200
     assert registry.place("alice").server_name == "hs2"
+
+
+async def test_pin_with_restart_restarts_through_the_hub(api, hub, registry) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    for name in ("hs1", "hs2"):
+        await api(
+            "POST",
+            "servers",
+            body={"name": name, "endpoint": f"unix:///{name}.sock", "storage_shared": True},
+        )
+    registry.place("dev1")
+    hub.api("POST", "/users/dev1/server")
+    try:
+        for _ in range(100):
+            if hub.api("GET", "/users/dev1")["servers"].get("", {}).get("ready"):
+                break
+            await asyncio.sleep(0.1)
+        started = hub.api("GET", "/users/dev1")["servers"][""]["started"]
+        status, body = await api(
+            "POST", "workspaces/dev1//place", body={"server": "hs2", "restart": True}
+        )
+        assert status == 200, body
+        assert body["restart"] == "restarted"
+        assert body["placement"]["pinned_server"] == "hs2"
+        for _ in range(100):
+            server = hub.api("GET", "/users/dev1")["servers"].get("", {})
+            if server.get("ready"):
+                break
+            await asyncio.sleep(0.1)
+        assert server["started"] != started  # a new start, which is when the pin applies
+    finally:
+        hub.api("DELETE", "/users/dev1/server")
