@@ -10,8 +10,11 @@ to `runtime_dir/<host>-<cert fingerprint>/` (mode 0700/0600); a new credential g
 folder, hence a new cached client in the spawner. `ssh://` hosts get a long-lived
 `connect.SSHTunnel` and reach the spawner as a `unix://` URL of the forwarded socket.
 
-Optional hooks the spawner may call: `started(spawner)` and `stopped(spawner)` keep the
-placement's state (running/stopped), which least-loaded counts.
+What the spawner should do with it (beyond the two seam methods): call `choose()` at every
+start when the provider has `decides_every_start` (a changed host name means the workspace
+moved: forget the old container), and await the optional hooks `started(spawner)` /
+`stopped(spawner)`, which keep the placement's state (running/stopped) that least-loaded
+counts.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ if TYPE_CHECKING:
 
 class RegistryHostProvider(HostProvider):
     """Hosts from the placement registry; see the module docstring."""
+
+    # Ask choose() at every start, not only the first: it is sticky while the host is
+    # active, and it is where pins, drains and failover take effect.
+    decides_every_start = True
 
     db_url = Unicode(
         help="""SQLAlchemy URL of the placement registry (the service's database).
