@@ -112,10 +112,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const hasCode = () => tracker.current !== null;
     app.commands.addCommand(CommandIDs.open, {
       label: 'Codeyard AI: Open Panel',
-      execute: () => {
-        show();
-        void panel.checkGateway();
-      }
+      execute: show
     });
     app.commands.addCommand(CommandIDs.explain, {
       label: 'Codeyard AI: Explain Selection',
@@ -157,7 +154,6 @@ const plugin: JupyterFrontEndPlugin<void> = {
     for (const command of Object.values(CommandIDs)) {
       palette?.addItem({ command, category: 'Codeyard AI' });
     }
-    app.restored.then(() => void panel.checkGateway());
   }
 };
 

@@ -14,7 +14,6 @@ import { Widget } from '@lumino/widgets';
 import { api, IModelOptions, IUsage } from './api';
 import { createDiffView } from './diffview';
 import { ApiError, describeError, isConflict } from './errors';
-import { requestAPI } from './request';
 import { decideApply, FlowState, historyFromAudit, makeReview, StaleBaseError } from './state';
 import { ActiveCodeTracker, ISnapshot } from './tracker';
 
@@ -52,6 +51,14 @@ function el<K extends keyof HTMLElementTagNameMap>(
   }
   node.append(...children);
   return node;
+}
+
+function conflictDetail(error: unknown): string {
+  if (error instanceof StaleBaseError) {
+    return error.message;
+  }
+  const message = error instanceof ApiError ? error.body?.message : undefined;
+  return (message ?? 'it no longer matches the proposal').replace(/\.$/, '');
 }
 
 function button(label: string, className: string, onClick: () => void): HTMLButtonElement {
@@ -223,25 +230,28 @@ export class CodeyardPanel extends Widget {
         );
       }
     }
-    const model = this.lastUsage?.model ?? 'not used yet';
-    box.append(el('div', { className: 'cy-context-model', text: `Model: ${model}` }));
+    const u = this.lastUsage;
+    const model = u?.model ?? (u ? 'workspace default (not named by the server)' : 'not used yet');
+    const tokens = u ? ` · last call ${u.total_tokens ?? '?'} tokens` : '';
+    box.append(el('div', { className: 'cy-context-model', text: `Model: ${model}${tokens}` }));
     box.append(el('div', { className: 'cy-context-gateway', text: `Gateway: ${this.gatewayText}` }));
   }
 
-  private gatewayText = 'not checked yet';
-  /** There is no health endpoint in the server contract yet; report that instead of guessing. */
-  async checkGateway(): Promise<void> {
-    try {
-      const health = await requestAPI<{ ok?: boolean; status?: string; model?: string }>('health');
-      this.gatewayText = health?.ok === false ? `unhealthy (${health.status ?? 'no detail'})` : 'healthy';
-      if (health?.model) {
-        this.lastUsage = { ...(this.lastUsage ?? {}), model: health.model };
-      }
-    } catch (error) {
-      this.gatewayText =
-        error instanceof ApiError && error.status === 404
-          ? 'unknown (the server has no codeyard/api/health endpoint)'
-          : `unhealthy: ${describeError(error)}`;
+  /**
+   * There is no health endpoint in the server contract yet, so the gateway's state is what
+   * the last model call showed; probing a missing endpoint on every page load would only
+   * add 404s.
+   */
+  private gatewayText = 'not checked yet (checked on the first explain or rewrite)';
+
+  private noteGateway(error: unknown | null): void {
+    const time = new Date().toLocaleTimeString();
+    if (error === null) {
+      this.gatewayText = `healthy (answered at ${time})`;
+    } else if (error instanceof ApiError && [502, 503, 504].includes(error.status)) {
+      this.gatewayText = `unavailable at ${time}: ${describeError(error)}`;
+    } else {
+      return;
     }
     this.renderContext();
   }
@@ -306,6 +316,7 @@ export class CodeyardPanel extends Widget {
         },
         ctrl.signal
       );
+      this.noteGateway(null);
       if (failed) {
         this.say(`The explanation stopped with an error: ${failed}`, 'error');
       } else if (ctrl.signal.aborted) {
@@ -314,6 +325,7 @@ export class CodeyardPanel extends Widget {
         this.say(this.usageText('Explained'), 'ok');
       }
     } catch (error) {
+      this.noteGateway(error);
       this.say(ctrl.signal.aborted ? 'Stopped.' : describeError(error), ctrl.signal.aborted ? 'info' : 'error');
     } finally {
       this.explainAbort = null;
@@ -399,6 +411,7 @@ export class CodeyardPanel extends Widget {
     this.rewriteAbort = ctrl;
     try {
       const result = await api.rewrite(range, instruction, this.options(), ctrl.signal);
+      this.noteGateway(null);
       this.lastUsage = result.usage ?? this.lastUsage;
       if (result.unchanged || !result.diff) {
         this.flow.move('idle');
@@ -412,17 +425,19 @@ export class CodeyardPanel extends Widget {
       const current = await api.readFile(range.path);
       const review = makeReview(range, instruction, result, current);
       this.flow.propose(review);
-      this.reviewSummary.textContent = `${review.path}: +${review.stats.added} −${review.stats.removed} (${this.usageText('proposed').replace(/\.$/, '')})`;
+      const tokens = this.lastUsage?.total_tokens;
+      this.reviewSummary.textContent = `${review.path}: +${review.stats.added} −${review.stats.removed}${tokens ? ` · ${tokens} tokens` : ''}`;
       this.review.hidden = false;
       this.diffView = await createDiffView(this.diffBox, review.path, review.before, review.after, this.languages);
       this.say('Review the proposed change, then Apply or Discard.');
     } catch (error) {
       if (error instanceof StaleBaseError || isConflict(error)) {
-        this.showConflict(error instanceof StaleBaseError ? error.message : describeError(error));
+        this.showConflict(conflictDetail(error));
       } else if (ctrl.signal.aborted) {
         this.flow.move('idle');
         this.say('Stopped.');
       } else {
+        this.noteGateway(error);
         this.flow.move('error');
         this.say(describeError(error), 'error');
       }
@@ -469,7 +484,7 @@ export class CodeyardPanel extends Widget {
     this.conflictBox.replaceChildren(
       el('div', {
         className: 'cy-conflict-text',
-        text: `File changed: ${detail}. The proposal was not applied.`
+        text: `File changed on disk: ${detail}. Nothing was written; rewrite again to get a proposal for the current file.`
       }),
       button('Rewrite again', 'jp-mod-accept cy-rerun', () => void this.rewrite(true))
     );
@@ -515,7 +530,7 @@ export class CodeyardPanel extends Widget {
       void this.refreshHistory();
     } catch (error) {
       if (isConflict(error)) {
-        this.showConflict(describeError(error));
+        this.showConflict(conflictDetail(error));
       } else {
         this.flow.move('error');
         this.clearReview();
@@ -577,8 +592,8 @@ export class CodeyardPanel extends Widget {
             el('span', { className: 'cy-history-seq', text: `#${entry.seq}` }),
             el('span', {
               className: 'cy-history-what',
-              text: `${entry.isRevert ? 'revert of ' + entry.patchId.slice(0, 8) : entry.action} · ${entry.paths.join(', ')}`,
-              title: `${entry.user} · ${entry.when.toLocaleString()} · patch ${entry.patchId}`
+              text: `${entry.isRevert ? '↶ ' : ''}${entry.paths.join(', ')}`,
+              title: `${entry.isRevert ? 'revert of' : 'patch'} ${entry.patchId} · ${entry.user} · ${entry.when.toLocaleString()}`
             }),
             el('span', { className: 'cy-history-when', text: entry.when.toLocaleTimeString() })
           );

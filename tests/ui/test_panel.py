@@ -1,0 +1,288 @@
+"""The Codeyard AI panel in a real JupyterLab, driven through Chromium.
+
+Each test reads as what a user does and sees. The model is the real SmolLM2 behind the real
+gateway, so tests assert on what arrives (text, a diff, files on disk), never on its wording.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+from typing import Any
+
+import pytest
+from conftest import CodeyardPanel, Lab
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+SOURCE = """def area(width, height):
+    return width*height
+
+
+def perimeter(width, height):
+    return 2*(width+height)
+"""
+
+SOURCE_JS = """function add(a, b) {
+  return a + b;
+}
+"""
+
+
+DASH = "\u2013"  # the panel writes line ranges with an en dash
+MINUS = "\u2212"  # and removed-line counts with a minus sign
+OUTPUT = "#codeyard-ai-panel .cy-explain-output"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fresh_file(lab: Lab, name: str, text: str = SOURCE) -> str:
+    lab.write(name, text)
+    return name
+
+
+FALLBACK_INSTRUCTIONS = (
+    "Add type hints.",
+    "Add a docstring.",
+    "Add a one-line docstring to this function.",
+)
+
+
+def rewrite_until_diff(panel: CodeyardPanel, instruction: str, tries: int = 4) -> str:
+    """Ask for a rewrite; a 135M-parameter model often proposes nothing usable, so ask again
+    with other instructions. The test is about the panel, not the model's judgement."""
+    status = ""
+    for attempt in range(tries):
+        text = instruction if attempt == 0 else FALLBACK_INSTRUCTIONS[(attempt - 1) % 3]
+        panel.instruction.fill(text)
+        panel.rewrite_button.click()
+        status = panel.wait_status("Review the proposed change", "no change", "could not", "failed")
+        if "Review the proposed change" in status:
+            return status
+    pytest.fail(f"the model gave no usable rewrite in {tries} tries; last status: {status}")
+
+
+def test_panel_opens_and_follows_the_active_file(
+    page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
+) -> None:
+    fresh_file(lab, "follow.py")
+    fresh_file(lab, "other.js", SOURCE_JS)
+    panel.open_file("follow.py")
+    panel.open()
+    ctx = panel.context
+    ctx.get_by_text("follow.py").wait_for()
+    assert f"whole file (lines 1{DASH}6)" in ctx.inner_text()
+
+    panel.select_lines(2, 2)
+    panel.wait_context(f"lines 2{DASH}2")
+    shot(page, "selection")
+
+    panel.open_file("other.js")
+    panel.open()
+    panel.context.get_by_text("other.js").wait_for()
+    assert "Gateway:" in ctx.inner_text()
+    assert not page.console_errors, (page.console_errors, page.failed_requests)
+
+
+def test_explain_streams_markdown_and_stop_cancels(
+    page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
+) -> None:
+    fresh_file(lab, "explain.py")
+    panel.open_file("explain.py")
+    panel.open()
+    panel.select_lines(1, 2)
+    panel.explain_button.click()
+    out = panel.explain_output
+    # Streamed: the text grows over several renders before the answer is done.
+    lengths: list[int] = []
+    page.wait_for_function(
+        f"() => document.querySelector('{OUTPUT}').textContent.length > 0", timeout=120_000
+    )
+    while out.get_attribute("data-state") == "streaming" and len(lengths) < 400:
+        lengths.append(len(out.inner_text()))
+        page.wait_for_timeout(100)
+    status = panel.wait_status("Explained", "error", "failed", "unavailable")
+    shot(page, "explained")
+    assert "Explained" in status, status
+    assert len(out.inner_text().strip()) > 20
+    assert len(set(lengths)) >= 2, f"no streaming seen: {lengths[:20]}"
+
+    # Stop: start again and stop as soon as text arrives.
+    panel.question.fill("Explain every line in great detail, please.")
+    panel.explain_button.click()
+    page.wait_for_function(
+        f"() => document.querySelector('{OUTPUT}').textContent.length > 0", timeout=120_000
+    )
+    panel.stop_button.click()
+    assert panel.wait_status("Stopped.", timeout=10_000) == "Stopped."
+    assert out.get_attribute("data-state") == "stopped"
+    shot(page, "stopped")
+
+
+def test_rewrite_shows_diff_apply_writes_file_and_audit_then_revert_restores(
+    page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
+) -> None:
+    name = fresh_file(lab, "rewrite_me.py")
+    panel.open_file(name)
+    panel.open()
+    panel.select_lines(1, 2)
+    rewrite_until_diff(panel, "Add a one-line docstring to this function.")
+    review = panel.review
+    assert review.is_visible()
+    assert panel.diff.locator(".cm-changedLine, .cm-deletedChunk").count() > 0
+    summary = review.locator(".cy-review-summary").inner_text()
+    assert re.search(rf"rewrite_me\.py: \+\d+ {MINUS}\d+", summary), summary
+    shot(page, "review")
+
+    panel.apply_button.click()
+    status = panel.wait_status("Applied patch", "changed", "failed", "Not allowed")
+    assert status.startswith("Applied patch"), status
+    after = lab.read(name)
+    assert after != SOURCE
+    # The open editor shows the new content without a manual reload.
+    panel.wait_editor_text(after)
+    code, audit = lab.api("GET", "audit?limit=5")
+    assert code == 200 and audit["chain_ok"] is True
+    patch_id = status.split()[2]
+    assert any(r.get("patch_id") == patch_id and name in r["paths"] for r in audit["records"])
+
+    item = panel.history.locator(f'li[data-patch-id="{patch_id}"]')
+    item.wait_for()
+    shot(page, "history")
+    item.locator(".cy-revert").click()
+    panel.wait_status(f"Reverted patch {patch_id}")
+    assert lab.read(name) == SOURCE
+    panel.wait_editor_text(SOURCE)
+    panel.history.locator(f'li[data-patch-id="{patch_id}"] .cy-history-reverted').first.wait_for()
+    shot(page, "reverted")
+
+
+def test_file_changed_on_disk_gives_409_message_and_rewrite_again(
+    page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
+) -> None:
+    name = fresh_file(lab, "conflict.py")
+    panel.open_file(name)
+    panel.open()
+    panel.select_lines(5, 6)
+    rewrite_until_diff(panel, "Add type hints.")
+    # Someone else changes the file after the proposal was made.
+    lab.write(name, SOURCE + "\n# changed elsewhere\n")
+    panel.apply_button.click()
+    panel.wait_status("file changed since the rewrite")
+    conflict = panel.conflict
+    assert conflict.is_visible()
+    assert "File changed" in conflict.inner_text()
+    assert conflict.locator(".cy-rerun").is_visible()
+    assert lab.read(name) == SOURCE + "\n# changed elsewhere\n"
+    shot(page, "conflict")
+
+
+def test_apply_is_refused_while_the_editor_has_unsaved_edits(
+    page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
+) -> None:
+    name = fresh_file(lab, "dirty.py")
+    editor = panel.open_file(name)
+    panel.open()
+    panel.select_lines(1, 2)
+    rewrite_until_diff(panel, "Rename the parameters to w and h.")
+    editor.locator(".cm-line").last.click()
+    page.keyboard.press("End")
+    page.keyboard.type("  # unsaved")
+    panel.apply_button.click()
+    assert "unsaved changes" in panel.wait_status("unsaved changes")
+    assert lab.read(name) == SOURCE
+    shot(page, "refused")
+    panel.discard_button.click()
+    assert not panel.review.is_visible()
+
+
+def test_history_lists_patches_applied_through_the_api_and_reverts_them(
+    page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
+) -> None:
+    name = fresh_file(lab, "history.txt", "one\ntwo\n")
+    diff = "--- a/history.txt\n+++ b/history.txt\n@@ -1,2 +1,2 @@\n one\n-two\n+TWO\n"
+    base = {name: sha("one\ntwo\n")}
+    code, applied = lab.api("POST", "patch/apply", {"diff": diff, "base": base})
+    assert code == 200, applied
+    patch_id = applied["patch_id"]
+    panel.open_file(name)
+    panel.open()
+    item = panel.history.locator(f'li[data-patch-id="{patch_id}"]')
+    item.wait_for()
+    assert name in item.inner_text()
+    assert "audit chain intact" in panel.history_status.inner_text()
+    shot(page, "history")
+    item.locator(".cy-revert").click()
+    panel.wait_status(f"Reverted patch {patch_id}")
+    assert lab.read(name) == "one\ntwo\n"
+    # A second revert of the same patch is refused in words, not silently.
+    code, _ = lab.api("POST", f"patch/{patch_id}/revert")
+    assert code == 409
+
+
+def test_panel_follows_the_active_notebook_cell(
+    page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
+) -> None:
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "id": "first-cell",
+                "metadata": {},
+                "execution_count": None,
+                "outputs": [],
+                "source": "x = 1",
+            },
+            {
+                "cell_type": "code",
+                "id": "second-cell",
+                "metadata": {},
+                "execution_count": None,
+                "outputs": [],
+                "source": "def f(a):\n    return a * 2",
+            },
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    lab.write("cells.ipynb", json.dumps(nb))
+    page.goto(lab.url(f"lab/workspaces/{page.workspace}/tree/cells.ipynb"))
+    page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=60_000)
+    # No kernel is needed to follow cells; answer the kernel picker if it opens.
+    no_kernel = page.locator(".jp-Dialog button", has_text="No Kernel")
+    with contextlib.suppress(PlaywrightTimeout):
+        no_kernel.click(timeout=5_000)
+    panel.open()
+    page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".cm-content").click()
+    panel.wait_context("cell 2")
+    assert "cells.ipynb" in panel.context.inner_text()
+    shot(page, "cell")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the server has no codeyard/api/complete endpoint yet (gateway /v1/completions "
+    "is not exposed to workspaces); the provider is registered and calls it",
+)
+def test_inline_suggestion_appears_while_typing(
+    page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
+) -> None:
+    name = fresh_file(lab, "inline.py", "def fibonacci(n):\n")
+    editor = panel.open_file(name)
+    editor.locator(".cm-line").last.click()
+    page.keyboard.press("End")
+    page.keyboard.press("Enter")
+    page.keyboard.type("    if n < 2:", delay=50)
+    # A real suggestion: ghost text with content, not the error marker the completer shows
+    # when the provider reports a failure.
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.jp-GhostText')].some(
+            g => g.textContent.trim().length > 0
+                && !g.querySelector('.jp-GhostText-errorIndicator'))""",
+        timeout=30_000,
+    )
+    shot(page, "ghost")
