@@ -9,16 +9,20 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Int, Unicode, default, validate
 
 from .audit import AuditLog
+from .completion import CodeyardCompleter
 from .context import ContextBuilder, TokenCounter
 from .explain import Explainer
 from .files import FileReader
 from .handlers.audit import AuditHandler
+from .handlers.cells import CellApplyHandler, CellValidateHandler
+from .handlers.complete import CompleteHandler
 from .handlers.explain import ExplainHandler
 from .handlers.files import FilesHandler
 from .handlers.patch import PatchApplyHandler, PatchRevertHandler, PatchValidateHandler
 from .handlers.rewrite import RewriteHandler
 from .handlers.tree import TreeHandler
 from .llm_client import CodeyardLLM
+from .notebook_cells import CellPatcher
 from .patching import PatchManager
 from .paths import STATE_DIRNAME, WorkspacePaths
 from .rewrite import Rewriter
@@ -106,6 +110,8 @@ class CodeyardApp(ExtensionApp):
             codeyard_tree_max=self.tree_max_entries,
             codeyard_explainer=Explainer(llm_files, builder, llm),
             codeyard_rewriter=Rewriter(llm_files, builder, llm, patches),
+            codeyard_cells=CellPatcher(llm_files, patches),
+            codeyard_completer=CodeyardCompleter(llm, paths, parent=self),
         )
 
     def initialize_handlers(self) -> None:
@@ -116,9 +122,12 @@ class CodeyardApp(ExtensionApp):
                 (rf"{api}/files", FilesHandler),
                 (rf"{api}/patch/validate", PatchValidateHandler),
                 (rf"{api}/patch/apply", PatchApplyHandler),
+                (rf"{api}/patch/cell/validate", CellValidateHandler),
+                (rf"{api}/patch/cell/apply", CellApplyHandler),
                 (rf"{api}/patch/(?P<patch_id>[A-Za-z0-9_-]+)/revert", PatchRevertHandler),
                 (rf"{api}/audit", AuditHandler),
                 (rf"{api}/explain", ExplainHandler),
                 (rf"{api}/rewrite", RewriteHandler),
+                (rf"{api}/complete", CompleteHandler),
             ]
         )
