@@ -37,7 +37,11 @@ CERTS=(/usr/local/share/ca-certificates/*.crt)
 [ -e "${CERTS[0]}" ] || CERTS=()
 mapfile -t SRC < <(cd "$REPO" && git ls-files -co --exclude-standard -- \
     pyproject.toml README.md server_extension spawner placement labextension | sort |
-    while read -r f; do [ -f "$f" ] && echo "$f"; done)
+    while read -r f; do if [ -f "$f" ]; then echo "$f"; fi; done)
+if [ ${#SRC[@]} -eq 0 ]; then
+    log "ERROR: no sources found with git ls-files in $REPO (needs git and a git checkout)."
+    exit 1
+fi
 HASH="$( {
     echo "base=$BASE ($("$DOCKER" image inspect -f '{{.Id}}' "$BASE"))"
     echo "INSTALL_JUPYTER_AI=$INSTALL_JUPYTER_AI"
@@ -56,6 +60,7 @@ else
     [ ${#CERTS[@]} -eq 0 ] || cp "${CERTS[@]}" "$CTX/certs/"
     log "Extra CA certificates: ${#CERTS[@]}"
     PY="$REPO/.venv/bin/python"; [ -x "$PY" ] || PY=python3
+    "$PY" -m pip --version >/dev/null 2>&1 || { log "ERROR: $PY has no pip (run make venv)."; exit 1; }
     log "Building the workspace wheel..."
     (cd "$REPO" && "$PY" -m pip wheel --quiet --no-deps . -w "$CTX/wheels" >&2)
     log "Building $TAG (docker build, a cold build takes several minutes)..."

@@ -38,7 +38,8 @@ if [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
     log "dockerd (pid $(cat "$PIDFILE")) from an earlier run is alive; waiting for it."
 else
     log "Starting dockerd (log: $LOGFILE)..."
-    nohup dockerd >>"$LOGFILE" 2>&1 &
+    # Own session: a Ctrl-C in the caller's terminal doesn't reach it; stop it by PID.
+    setsid nohup dockerd >>"$LOGFILE" 2>&1 &
     echo $! >"$PIDFILE"
 fi
 
