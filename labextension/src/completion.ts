@@ -6,19 +6,25 @@
  * answers; this provider also aborts the HTTP request of a superseded fetch, so the
  * gateway stops generating for text the user has typed past.
  */
-import {
+import type {
   CompletionHandler,
   IInlineCompletionContext,
   IInlineCompletionItem,
   IInlineCompletionList,
   IInlineCompletionProvider
 } from '@jupyterlab/completer';
-import { DocumentWidget } from '@jupyterlab/docregistry';
-import { NotebookPanel } from '@jupyterlab/notebook';
+import type { DocumentWidget } from '@jupyterlab/docregistry';
+import type { NotebookPanel } from '@jupyterlab/notebook';
 
-import { api } from './api';
+import type { ICompleteResult } from './api';
 import { ApiError, describeError } from './errors';
 import { prefixSuffix } from './completionText';
+
+/** The server call, injected so the provider's rules are testable without a server. */
+export type CompleteFn = (
+  body: { path: string; prefix: string; suffix: string; max_tokens?: number },
+  signal: AbortSignal
+) => Promise<ICompleteResult>;
 
 export class CodeyardInlineProvider implements IInlineCompletionProvider {
   readonly name = 'Codeyard';
@@ -32,6 +38,8 @@ export class CodeyardInlineProvider implements IInlineCompletionProvider {
   private inflight: AbortController | null = null;
   /** Set when the server lacks the endpoint, so we stop asking on every keystroke. */
   private missingEndpoint = false;
+
+  constructor(private complete: CompleteFn) {}
 
   async fetch(
     request: CompletionHandler.IRequest,
@@ -51,7 +59,7 @@ export class CodeyardInlineProvider implements IInlineCompletionProvider {
     const widget = context.widget as DocumentWidget | NotebookPanel;
     const path = (widget as DocumentWidget).context?.path ?? '';
     try {
-      const result = await api.complete(
+      const result = await this.complete(
         { path, prefix, suffix, max_tokens: this.maxTokens },
         ctrl.signal
       );

@@ -18,6 +18,7 @@ import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { LabIcon } from '@jupyterlab/ui-components';
 
+import { api } from './api';
 import { CodeyardInlineProvider } from './completion';
 import { CodeyardPanel, DEFAULT_SETTINGS, IPanelSettings } from './panel';
 import { ActiveCodeTracker } from './tracker';
@@ -90,7 +91,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     app.shell.add(panel, 'right', { rank: 600 });
     restorer?.add(panel, 'codeyard-ai');
 
-    const provider = new CodeyardInlineProvider();
+    const provider = new CodeyardInlineProvider(api.complete);
     completions?.registerInlineProvider(provider);
 
     const apply = (s: IPanelSettings) => {
