@@ -256,3 +256,23 @@ async def test_a_diff_that_changes_nothing_is_refused(api: Any, workspace: Path)
     )
     assert status == 400 and err["error"] == "cell_unchanged", err
     assert (workspace / "nb.ipynb").read_bytes() == original
+
+
+def test_read_cell_gives_the_source_the_language_and_the_notebook_hash(workspace: Path) -> None:
+    from codeyard.server_extension.files import FileReader
+    from codeyard.server_extension.notebook_cells import CellPatcher
+    from codeyard.server_extension.paths import WorkspacePaths
+
+    original = make_notebook(workspace)
+    reader = FileReader(WorkspacePaths(workspace), max_size=1 << 20)
+    cells = CellPatcher(reader, patches=None)  # type: ignore[arg-type]  # reading needs none
+    code = cells.read_cell("nb.ipynb", "calc")
+    assert code == {
+        "path": "nb.ipynb",
+        "cell_id": "calc",
+        "cell_type": "code",
+        "content": CALC,
+        "language": "python",
+        "sha256": sha(original),
+    }
+    assert cells.read_cell("nb.ipynb", "intro")["language"] == "markdown"

@@ -58,6 +58,17 @@ class CellPatchResult(TypedDict):
     files: list[AppliedFile]
 
 
+class CellText(TypedDict):
+    """One cell's source, for features that work on a cell (rewrite, explain, completion)."""
+
+    path: str
+    cell_id: str
+    cell_type: str  # code | markdown | raw
+    content: str
+    language: str  # the kernel's language for code cells, "markdown" or "" otherwise
+    sha256: str  # of the whole notebook file: the `base` of a later cell patch
+
+
 def parse_request(body: dict[str, Any]) -> CellPatchRequest:
     path, cell_id, diff = body.get("path"), body.get("cell_id"), body.get("diff")
     if not isinstance(path, str) or not path:
@@ -119,6 +130,27 @@ class CellPatcher:
             if cell.get("id") == cell_id:
                 return current, nb, index
         raise not_found(f"no cell {cell_id} in {rel}", path=rel, cell_id=cell_id)
+
+    def read_cell(self, path: str, cell_id: str) -> CellText:
+        """The source of one cell and the notebook's hash; 404/400 as for a cell patch."""
+        if not CELL_ID.match(cell_id):
+            raise bad_request("cell_id must be 1-64 letters, digits, '-' or '_'")
+        current, nb, index = self._load(path, cell_id)
+        cell = nb.cells[index]
+        kernel_language = (nb.metadata.get("language_info") or {}).get("name") or (
+            nb.metadata.get("kernelspec") or {}
+        ).get("language")
+        language = {"code": str(kernel_language or "python"), "markdown": "markdown"}.get(
+            cell.cell_type, ""
+        )
+        return {
+            "path": current["path"],
+            "cell_id": cell_id,
+            "cell_type": cell.cell_type,
+            "content": cell.source,
+            "language": language,
+            "sha256": current["sha256"],
+        }
 
     def prepare(
         self, request: CellPatchRequest
