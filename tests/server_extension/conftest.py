@@ -16,14 +16,20 @@ api
 git_diff
     `git_diff(before: dict[str, bytes|None], after: dict[str, bytes|None]) -> str`: a real
     `git diff -M --binary` between two trees built in a scratch repository.
+model_stack
+    Session-scoped: real vLLM + JupyterHub + the LLM gateway (tests/gateway/llm_stack.py),
+    started on first use only; `{"url": gateway URL, "token": a user token}`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -117,6 +123,37 @@ def git_diff(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
         return out.stdout.decode("utf-8", "surrogateescape")
 
     return make
+
+
+def load_llm_stack() -> ModuleType:
+    """tests/gateway/llm_stack.py, loaded once under the name its dataclasses expect."""
+    if "llm_stack" in sys.modules:
+        return sys.modules["llm_stack"]
+    spec = importlib.util.spec_from_file_location(
+        "llm_stack", Path(__file__).resolve().parents[1] / "gateway" / "llm_stack.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["llm_stack"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def model_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    # Sync and session-scoped: pytest-jupyter's per-test event loop must not own these
+    # processes, and vLLM takes about a minute to start on a loaded machine.
+    llm_stack = load_llm_stack()
+    vllm = llm_stack.start_vllm(tmp_path_factory.mktemp("vllm"))
+    hub = llm_stack.start_hub(tmp_path_factory.mktemp("hub"), vllm, {"codeyard-llm": []})
+    try:
+        yield {
+            "url": hub.gateways["codeyard-llm"].url,
+            "token": hub.user_token("ws-user", ["custom:codeyard-llm"]),
+        }
+    finally:
+        hub.stop()
+        vllm.stop()
 
 
 def pytest_configure(config: pytest.Config) -> None:
