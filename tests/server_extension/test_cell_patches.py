@@ -8,6 +8,7 @@ any file.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -276,3 +277,26 @@ def test_read_cell_gives_the_source_the_language_and_the_notebook_hash(workspace
         "sha256": sha(original),
     }
     assert cells.read_cell("nb.ipynb", "intro")["language"] == "markdown"
+
+
+@pytest.mark.parametrize("endpoint", ["patch/cell/validate", "patch/cell/apply"])
+async def test_requests_without_a_token_get_403(
+    http_server_client: Any, jp_base_url: str, jp_http_port: int, workspace: Path, endpoint: str
+) -> None:
+    from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+    original = make_notebook(workspace)
+    body = {"path": "nb.ipynb", "cell_id": "calc", "diff": cell_diff(CALC, CALC_NEW)}
+    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}codeyard/api/{endpoint}"
+    with pytest.raises(HTTPClientError) as info:
+        await AsyncHTTPClient().fetch(url, method="POST", body=json.dumps(body))
+    assert info.value.code == 403
+    assert (workspace / "nb.ipynb").read_bytes() == original
+
+
+def test_cell_handlers_are_authenticated_and_scoped(jp_serverapp: Any) -> None:
+    from codeyard.server_extension.handlers.cells import CellApplyHandler, CellValidateHandler
+
+    for handler in (CellValidateHandler, CellApplyHandler):
+        assert jp_serverapp.web_app._check_handler_auth("cells", handler) == []
+        assert handler.auth_resource == "codeyard:cells"

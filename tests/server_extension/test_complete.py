@@ -6,6 +6,7 @@ model override `jp_server_config` by parametrisation, so they never start it.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from pathlib import Path
@@ -189,3 +190,24 @@ def test_prompt_keeps_the_tail_of_a_long_prefix_and_redacts_secrets(tmp_path: Pa
 def test_max_tokens_setting_must_be_positive() -> None:
     with pytest.raises(Exception, match="positive"):
         CodeyardCompleter(CodeyardLLM(), WorkspacePaths("."), max_tokens=0)
+
+
+@pytest.mark.parametrize("jp_server_config", [GATEWAY_DOWN])
+async def test_a_request_without_a_token_gets_403(
+    http_server_client: Any, jp_base_url: str, jp_http_port: int
+) -> None:
+    from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}codeyard/api/complete"
+    with pytest.raises(HTTPClientError) as info:
+        body = json.dumps({"path": "a.py", "prefix": "x = "})
+        await AsyncHTTPClient().fetch(url, method="POST", body=body)
+    assert info.value.code == 403
+
+
+@pytest.mark.parametrize("jp_server_config", [GATEWAY_DOWN])
+def test_complete_handler_is_authenticated_and_scoped(jp_serverapp: Any) -> None:
+    from codeyard.server_extension.handlers.complete import CompleteHandler
+
+    assert jp_serverapp.web_app._check_handler_auth("complete", CompleteHandler) == []
+    assert CompleteHandler.auth_resource == "codeyard:complete"
