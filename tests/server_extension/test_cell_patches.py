@@ -7,6 +7,7 @@ any file.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from pathlib import Path
@@ -300,3 +301,51 @@ def test_cell_handlers_are_authenticated_and_scoped(jp_serverapp: Any) -> None:
     for handler in (CellValidateHandler, CellApplyHandler):
         assert jp_serverapp.web_app._check_handler_auth("cells", handler) == []
         assert handler.auth_resource == "codeyard:cells"
+
+
+async def test_a_notebook_not_saved_by_jupyter_still_patches_and_reverts_exactly(
+    api: Any, workspace: Path
+) -> None:
+    make_notebook(workspace)
+    raw = json.loads((workspace / "nb.ipynb").read_text())
+    # Another tool's layout: indent 2, ASCII escapes, no final newline.
+    odd = json.dumps(raw, indent=2, ensure_ascii=True).encode()
+    (workspace / "nb.ipynb").write_bytes(odd)
+    body = {"path": "nb.ipynb", "cell_id": "calc", "diff": cell_diff(CALC, CALC_NEW)}
+    status, applied = await api("patch/cell/apply", body={**body, "base": {"nb.ipynb": sha(odd)}})
+    assert status == 200, applied
+    assert cell_source(workspace, "calc") == CALC_NEW
+    assert cell_source(workspace, "intro") == "# Title\n\nSome prose."
+    status, _ = await api(f"patch/{applied['patch_id']}/revert", body={})
+    assert status == 200
+    assert (workspace / "nb.ipynb").read_bytes() == odd
+
+
+async def test_concurrent_cell_applies_never_lose_or_mix_an_edit(api: Any, workspace: Path) -> None:
+    make_notebook(workspace)
+    edits = {
+        "calc": cell_diff(CALC, CALC_NEW),
+        "tail-1": cell_diff("print('done')", "print('finished')"),
+        "intro": cell_diff("# Title\n\nSome prose.", "# Title\n\nBetter prose."),
+    }
+    calls = [
+        api("patch/cell/apply", body={"path": "nb.ipynb", "cell_id": cid, "diff": diff})
+        for cid, diff in edits.items()
+    ]
+    results = dict(zip(edits, await asyncio.gather(*calls), strict=True))
+    assert {status for status, _ in results.values()} <= {200, 409}, results
+    assert any(status == 200 for status, _ in results.values())
+    nb = nbformat.read(workspace / "nb.ipynb", as_version=4)
+    nbformat.validate(nb)
+    now = {c.id: c.source for c in nb.cells}
+    expected = {
+        "calc": CALC_NEW,
+        "tail-1": "print('finished')",
+        "intro": "# Title\n\nBetter prose.",
+    }
+    for cid, (status, err) in results.items():
+        if status == 200:
+            assert now[cid] == expected[cid]
+        else:
+            assert err["error"] == "base_mismatch", err
+            assert now[cid] != expected[cid]
