@@ -14,6 +14,9 @@
 #   CODEYARD_VLLM_MAX_MODEL_LEN context length (default 4096)
 #   CODEYARD_VLLM_KV_CACHE      KV cache size on CPU (default 256M)
 #   CODEYARD_VLLM_MIN_MEM_MB    refuse to start with less available memory (default 2500 on CPU)
+#   CODEYARD_VLLM_TOOL_PARSER   tool-call parser (default hermes; empty turns tool calls off).
+#                               jupyter-ai's Jupyternaut sends tools with tool_choice=auto,
+#                               which vLLM refuses unless auto tool choice is on.
 #   CODEYARD_VLLM_EXTRA_ARGS    more `vllm serve` flags, split on spaces
 #   CODEYARD_VLLM_LOG           log file (default $CODEYARD_CACHE/state/vllm-<port>.log)
 #   CODEYARD_VLLM_URL           external vLLM: this script does nothing and says so
@@ -60,6 +63,8 @@ if [[ "$VLLM_FLAVOR" == cpu ]]; then
     # Eager mode: torch.compile costs ~30 s of start-up on CPU for little gain.
     CMD+=(--dtype bfloat16 --enforce-eager --kv-cache-memory-bytes "$KV_CACHE")
 fi
+TOOL_PARSER="${CODEYARD_VLLM_TOOL_PARSER-hermes}"
+[[ -n "$TOOL_PARSER" ]] && CMD+=(--enable-auto-tool-choice --tool-call-parser "$TOOL_PARSER")
 # shellcheck disable=SC2206
 [[ -n "${CODEYARD_VLLM_EXTRA_ARGS:-}" ]] && CMD+=(${CODEYARD_VLLM_EXTRA_ARGS})
 

@@ -79,6 +79,9 @@ def test_gpu_serve_command_line_is_loopback_without_cpu_flags_or_key_in_argv() -
     assert argv[argv.index("--served-model-name") + 1] == "smollm2"
     assert "--enforce-eager" not in argv and "--kv-cache-memory-bytes" not in argv
     assert "--api-key" not in argv
+    # Jupyternaut sends tools with tool_choice=auto.
+    assert "--enable-auto-tool-choice" in argv
+    assert argv[argv.index("--tool-call-parser") + 1] == "hermes"
 
 
 def test_cpu_serve_command_line_keeps_eager_mode_and_a_fixed_kv_cache() -> None:
