@@ -230,6 +230,16 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
+# Other suites on this machine add and remove network links (Docker bridges); Chromium then
+# reports failed loads as ERR_NETWORK_CHANGED and retries. That is the host, not the page.
+HOST_NETWORK_NOISE = ("net::ERR_NETWORK_CHANGED",)
+
+
+def _note_console(pg: Any, message: Any) -> None:
+    if message.type == "error" and not any(n in message.text for n in HOST_NETWORK_NOISE):
+        pg.console_errors.append(message.text)
+
+
 @pytest.fixture
 def page(browser: Any, lab: Lab, request: pytest.FixtureRequest) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
@@ -237,10 +247,7 @@ def page(browser: Any, lab: Lab, request: pytest.FixtureRequest) -> Iterator[Any
     pg.set_default_timeout(30_000)
     pg.console_errors = []  # type: ignore[attr-defined]
     pg.failed_requests = []  # type: ignore[attr-defined]
-    pg.on(
-        "console",
-        lambda m: pg.console_errors.append(m.text) if m.type == "error" else None,  # type: ignore[attr-defined]
-    )
+    pg.on("console", lambda m: _note_console(pg, m))
     pg.on(
         "response",
         lambda r: (

@@ -286,3 +286,19 @@ def test_inline_suggestion_appears_while_typing(
         timeout=30_000,
     )
     shot(page, "ghost")
+
+
+def test_shortcuts_open_the_panel_explain_and_stop(
+    page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
+) -> None:
+    name = fresh_file(lab, "keys.py")
+    panel.open_file(name)
+    assert not panel.root.is_visible()
+    panel.select_lines(1, 2)
+    page.keyboard.press("Control+Alt+e")  # codeyard:explain, also opens the panel
+    panel.root.wait_for(state="visible")
+    panel.wait_status("Explaining keys.py lines 1")
+    page.keyboard.press("Control+Alt+s")  # codeyard:stop
+    status = panel.wait_status("Stopped.", "Explained", timeout=60_000)
+    assert status in ("Stopped.",) or status.startswith("Explained"), status
+    shot(page, "keys")
