@@ -302,3 +302,13 @@ def test_shortcuts_open_the_panel_explain_and_stop(
     status = panel.wait_status("Stopped.", "Explained", timeout=60_000)
     assert status in ("Stopped.",) or status.startswith("Explained"), status
     shot(page, "keys")
+
+
+def test_open_panel_comes_back_after_a_reload(page: Any, panel: CodeyardPanel, lab: Lab) -> None:
+    panel.open_file(fresh_file(lab, "restore.py"))
+    panel.open()
+    page.wait_for_timeout(1500)  # the workspace layout is saved on a short debounce
+    page.reload()
+    page.wait_for_selector("#jp-main-dock-panel", state="visible", timeout=60_000)
+    panel.root.wait_for(state="visible")
+    panel.wait_context("restore.py")
