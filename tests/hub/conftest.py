@@ -16,7 +16,8 @@ git_server (module)
     containers clone it over the network. `.url(name)` gives `git://172.17.0.1:<port>/name`.
 hub (module)
     A started `HubProcess` with its own state folder, on free loopback ports, with an
-    admin service token (`hub.api(...)`). At the end it is stopped and every container
+    admin service token (`hub.api(...)`) and a limit of `WORKSPACE_LIMIT` workspaces per
+    user. At the end it is stopped and every container
     labelled with one of this module's users is removed.
 users (module)
     Unique user names for this run, `users.alice` / `users.bob`, so runs never collide.
@@ -37,6 +38,8 @@ from pathlib import Path
 import docker
 import pytest
 from hubprocess import DOCKER_BRIDGE_IP, HubProcess, ensure_images, ensure_proxy, free_port
+
+WORKSPACE_LIMIT = 4
 
 
 @pytest.fixture(scope="session")
@@ -146,7 +149,12 @@ def hub(
     docker_client: docker.APIClient,
 ) -> Iterator[HubProcess]:
     state = tmp_path_factory.mktemp("hubstate")
-    proc = HubProcess(state_dir=state, image=image, proxy_command=proxy_command)
+    proc = HubProcess(
+        state_dir=state,
+        image=image,
+        proxy_command=proxy_command,
+        extra_env={"CODEYARD_WORKSPACES_PER_USER": str(WORKSPACE_LIMIT)},
+    )
     proc.start()
     try:
         yield proc

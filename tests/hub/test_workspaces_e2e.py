@@ -324,3 +324,20 @@ def test_metrics_answer_only_the_metrics_token_and_admins(
 def test_secrets_are_private_files_in_the_state_folder(hub: HubProcess) -> None:
     for name in ("jupyterhub_cookie_secret", "crypt_key", "proxy_token", "metrics_token"):
         assert (hub.state_dir / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_a_user_cannot_have_more_workspaces_than_the_limit(
+    hub: HubProcess, alice: Browser, users
+) -> None:
+    limit = int(hub.extra_env["CODEYARD_WORKSPACES_PER_USER"])
+    # Stopped and failed workspaces count too; add refused ones until the limit answers.
+    i = 0
+    while True:
+        r = alice.api("POST", f"/users/{users.alice}/servers/extra{i}", json={"profile": "huge"})
+        if "maximum" in r.text:
+            break
+        assert r.status_code == 400 and "Unknown size profile" in r.text, r.text
+        i += 1
+        assert i <= limit, "the limit was never enforced"
+    assert r.status_code == 400
+    assert f"maximum of {limit}" in r.json()["message"], r.text

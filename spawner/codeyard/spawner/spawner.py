@@ -440,25 +440,30 @@ class PlacementSpawner(DockerSpawner):
         """Return when the server answers HTTP; raise with its logs if the container exits."""
         base_url = self.server.base_url if self.server else "/"
         url = f"http://{ip}:{port}{base_url}api"
-        client = AsyncHTTPClient()
+        # Our own client: the shared one queues the Hub's proxy calls behind these probes.
+        client = AsyncHTTPClient(force_instance=True)
         deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            try:
-                resp = await client.fetch(url, raise_error=False, request_timeout=5)
-                if resp.code < 500 and resp.code != 599:
-                    self.emit(90, "Jupyter server is up")
-                    return
-            except Exception:  # noqa: S110 - not answering yet (refused, reset, timeout)
-                pass
-            container = await self.get_object()
-            if container is None or not container["State"]["Running"]:
-                state = container["State"] if container else {}
-                logs = await self.container_logs(tail=10, timestamps=False)
-                raise RuntimeError(
-                    f"Workspace container exited during start-up"
-                    f" (code {state.get('ExitCode', '?')}): {last_lines(logs)}"
-                )
-            await asyncio.sleep(self.ready_poll_interval)
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    resp = await client.fetch(url, raise_error=False, request_timeout=3)
+                    if resp.code < 500:
+                        self.emit(90, "Jupyter server is up")
+                        return
+                except Exception:  # noqa: S110 - not answering yet (refused, reset, timeout)
+                    pass
+                container = await self.get_object()
+                if container is None or not container["State"]["Running"]:
+                    state = container["State"] if container else {}
+                    logs = await self.container_logs(tail=10, timestamps=False)
+                    raise RuntimeError(
+                        f"Workspace container exited during start-up"
+                        f" (code {state.get('ExitCode', '?')}): {last_lines(logs)}"
+                    )
+                await asyncio.sleep(self.ready_poll_interval)
+            raise TimeoutError(f"Jupyter server did not answer within {self.start_timeout}s")
+        finally:
+            client.close()
 
     async def create_object(self) -> dict[str, Any]:
         self.emit(40, "Creating container")

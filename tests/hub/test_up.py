@@ -1,0 +1,85 @@
+"""`make up` (hub_config/bin/up.sh): it brings the Hub up, says how to become admin, and
+Ctrl-C stops exactly what it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from hubprocess import DOCKER_BRIDGE_IP, REPO, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_up_starts_the_hub_and_ctrl_c_stops_what_it_started(
+    tmp_path: Path, image: str, proxy_command: str
+) -> None:
+    port = free_port()
+    env = dict(
+        os.environ,
+        CODEYARD_STATE=str(tmp_path / "state"),
+        CODEYARD_BIND_URL=f"http://127.0.0.1:{port}",
+        CODEYARD_HUB_PORT=str(free_port(DOCKER_BRIDGE_IP)),
+        CODEYARD_PROXY_API_PORT=str(free_port()),
+        CODEYARD_ADMIN="root-admin",
+        CODEYARD_CULL_TIMEOUT="613",
+    )
+    out = tmp_path / "up.log"
+    with open(out, "wb") as log:
+        # Its own session, like a terminal: Ctrl-C goes to the whole foreground group.
+        proc = subprocess.Popen(
+            [str(REPO / "hub_config" / "bin" / "up.sh")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    state = tmp_path / "state"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert proc.poll() is None, out.read_text()[-3000:]
+            assert time.monotonic() < deadline, out.read_text()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/hub/api/", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        text = out.read_text()
+        assert f"http://127.0.0.1:{port}" in text
+        assert 'sign up as "root-admin"' in text
+        for name in ("jupyterhub_cookie_secret", "crypt_key", "proxy_token", "metrics_token"):
+            assert (state / name).stat().st_mode & 0o777 == 0o600
+        hub_pid = int((state / "jupyterhub.pid").read_text())
+        proxy_pid = int((state / "proxy.pid").read_text())
+        deadline = time.monotonic() + 30
+        while "idle-culler" not in out.read_text():
+            assert time.monotonic() < deadline, "idle culler service not started"
+            time.sleep(0.5)
+        culler = subprocess.run(
+            ["pgrep", "-f", "jupyterhub_idle_culler.*--timeout=613"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        assert culler, "idle culler is not running"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(60)
+    assert not alive(hub_pid) and not alive(proxy_pid)
+    assert not any(alive(int(p)) for p in culler)
+    # dockerd was already running, so up.sh left it alone.
+    assert subprocess.run(["/usr/bin/docker", "info"], capture_output=True).returncode == 0
