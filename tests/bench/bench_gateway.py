@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -144,6 +145,15 @@ def main() -> None:
             asyncio.run(proxy_overhead(vllm, hub.gateways["codeyard-llm"].url, tokens, 200))
             asyncio.run(
                 run(vllm, hub.gateways["codeyard-llm"].url, tokens, args.rounds, args.max_tokens)
+            )
+            rows = [
+                json.loads(line)
+                for line in (work / "hub" / "codeyard-llm-audit.jsonl").read_text().splitlines()
+            ]
+            forward = [r["forward_ms"] for r in rows if r.get("forward_ms") is not None]
+            print(
+                f"gateway's own time before forwarding (audit, {len(forward)} calls): "
+                f"p50 {statistics.median(forward):.2f} ms, max {max(forward):.2f} ms"
             )
         finally:
             hub.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -17,6 +18,7 @@ from urllib.parse import urlparse
 from jupyterhub.services.auth import HubAuth
 from tornado import httpclient, web
 from tornado.httpserver import HTTPServer
+from tornado.netutil import DefaultLoopResolver, Resolver, is_valid_ip
 from traitlets import Bool, Float, Instance, Int, List, Unicode, default, validate
 from traitlets.config import Application
 
@@ -27,6 +29,20 @@ from .metrics import GatewayMetrics
 
 DEFAULT_STATE = Path.home() / ".cache" / "codeyard" / "state"
 SCOPE = "custom:codeyard-llm"
+
+
+class LiteralResolver(Resolver):
+    """Answers IP literals (the usual 127.0.0.1 upstream) without a thread-pool hop."""
+
+    def initialize(self) -> None:
+        self._fallback = DefaultLoopResolver()
+
+    async def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[tuple[int, Any]]:
+        if is_valid_ip(host):
+            return [(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))]
+        return await self._fallback.resolve(host, port, family)
 
 
 class GatewayApp(Application):
@@ -180,7 +196,9 @@ class GatewayApp(Application):
         self.limiter = UserLimiter(self.max_concurrent_per_user, self.tokens_per_minute_per_user)
         self.audit = GatewayAudit(self.audit_log_path)
         # One client for all calls; max_clients bounds parallel upstream calls.
-        self.http_client = httpclient.AsyncHTTPClient(force_instance=True, max_clients=256)
+        self.http_client = httpclient.AsyncHTTPClient(
+            force_instance=True, max_clients=256, resolver=LiteralResolver()
+        )
 
     def make_handlers(self) -> list[Any]:
         routes: list[Any] = []

@@ -27,6 +27,8 @@ class AuditRow:
     completion_tokens: int
     latency_ms: float
     ttft_ms: float | None
+    # Time the gateway spent before forwarding (auth, limits, body checks): its own cost.
+    forward_ms: float | None
     prompt_sha256: str
     answer_sha256: str
     error: str | None = None

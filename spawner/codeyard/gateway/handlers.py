@@ -95,6 +95,7 @@ class ProxyHandler(BaseHandler):
 
     def initialize(self) -> None:
         self._client_gone = False
+        self._forwarded_after = 0.0
 
     def on_connection_close(self) -> None:
         self._client_gone = True
@@ -179,6 +180,7 @@ class ProxyHandler(BaseHandler):
                         completion_tokens=tally.completion_tokens,
                         latency_ms=round(elapsed * 1000, 2),
                         ttft_ms=None if ttft is None else round(ttft * 1000, 2),
+                        forward_ms=round(self._forwarded_after * 1000, 3),
                         prompt_sha256=prompt_digest(body),
                         answer_sha256=tally.answer_sha256,
                         error=error,
@@ -271,6 +273,8 @@ class ProxyHandler(BaseHandler):
             decompress_response=False,
         )
         ttft = None
+        self._forwarded_after = time.perf_counter() - started
+        gw.metrics.forward.observe(self._forwarded_after)
         try:
             await gw.http_client.fetch(request, raise_error=False)
         except _ClientGone:

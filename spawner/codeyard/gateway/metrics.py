@@ -44,6 +44,12 @@ class GatewayMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=self.registry,
         )
+        self.forward = Histogram(
+            "codeyard_llm_gateway_forward_seconds",
+            "The gateway's own time before forwarding a request (auth, limits, checks).",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "codeyard_llm_in_flight",
             "Requests being forwarded right now.",
