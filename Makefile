@@ -65,7 +65,11 @@ SUITES := server_extension images hub placement gateway ui
 test-%: venv system-deps
 	$(PYTEST) tests/$*
 
-test: lint $(addprefix test-,$(SUITES))
+# The labextension's TypeScript unit tests (node's test runner; Node 20 is on the machine).
+test-labextension: venv
+	cd labextension && ../$(BIN)/jlpm install --silent && ../$(BIN)/jlpm test
+
+test: lint test-labextension $(addprefix test-,$(SUITES))
 
 # Docker engine, single-user image, proxy, secrets, model services, then the Hub in the
 # foreground on http://127.0.0.1:8000. Ctrl-C stops what it started.
