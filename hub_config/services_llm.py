@@ -6,7 +6,9 @@ From jupyterhub_config.py:
     from services_llm import configure_llm_service
     configure_llm_service(c)
 
-This adds the managed service `codeyard-llm` (the Hub starts and restarts it), the custom scope
+This adds the managed service `codeyard-llm` (the gateway; the Hub starts and restarts it),
+the managed service `codeyard-vllm` (hub_config/vllm/serve.sh, unless an external vLLM is
+configured with CODEYARD_VLLM_URL or `start_vllm=False`), the custom scope
 `custom:codeyard-llm`, and grants that scope to every user and to every server's
 `JUPYTERHUB_API_TOKEN`, so a workspace can call the model with the token it already has.
 Everything can be overridden by keyword or by `CODEYARD_*` environment variables.
@@ -18,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 SERVICE_NAME = "codeyard-llm"
 SCOPE = "custom:codeyard-llm"
@@ -47,6 +50,7 @@ def configure_llm_service(
     python: str = sys.executable,
     extra_args: tuple[str, ...] = (),
     grant_to_users: bool = True,
+    start_vllm: bool | None = None,
 ) -> dict[str, Any]:
     """Add the gateway service, its scope and the role grants to the Hub config `c`.
 
@@ -70,7 +74,27 @@ def configure_llm_service(
         "display": False,
     }
     hub = c.JupyterHub
-    hub.services = [*(hub.services if "services" in hub else []), service]
+    services = [*(hub.services if "services" in hub else []), service]
+    if start_vllm is None:
+        start_vllm = upstream_url is None and "CODEYARD_VLLM_URL" not in os.environ
+    if start_vllm:
+        upstream_port = urlparse(environment["CODEYARD_VLLM_URL"]).port or 8001
+        services.append(
+            {
+                # No url: the Hub runs and restarts it but routes nothing to it.
+                "name": "codeyard-vllm",
+                "command": [str(Path(__file__).resolve().parent / "vllm" / "serve.sh")],
+                "environment": {
+                    # Model folder, flavor, KV cache etc. pass through from the Hub's env.
+                    **{k: v for k, v in os.environ.items() if k.startswith("CODEYARD_")},
+                    "HOME": str(Path.home()),
+                    "CODEYARD_CACHE": str(cache),
+                    "CODEYARD_VLLM_PORT": str(upstream_port),
+                    "CODEYARD_VLLM_KEY_FILE": environment["CODEYARD_VLLM_KEY_FILE"],
+                },
+            }
+        )
+    hub.services = services
     scopes = dict(hub.custom_scopes if "custom_scopes" in hub else {})
     scopes[SCOPE] = {"description": "Use the shared language model through the Codeyard gateway."}
     hub.custom_scopes = scopes

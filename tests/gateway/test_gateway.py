@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -229,3 +230,12 @@ def test_metrics_need_the_read_metrics_scope(gateway: str, token: str) -> None:
     r = requests.get(f"{gateway}/metrics", headers={"Authorization": f"token {token}"}, timeout=10)
     assert r.status_code == 403
     assert requests.get(f"{gateway}/metrics", timeout=10).status_code == 401
+
+
+def test_a_key_file_made_after_start_up_is_picked_up(llm: Any, hub: Any, vllm: Any) -> None:
+    late = hub.gateways["codeyard-llm-latekey"].url
+    r = llm("GET", "models", base=late)
+    assert r.status_code == 502
+    assert r.json()["error"]["code"] == "gateway_misconfigured"
+    (Path(hub.workdir) / "late.key").write_text(vllm.key)
+    assert llm("GET", "models", base=late).status_code == 200

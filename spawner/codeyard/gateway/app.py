@@ -181,17 +181,31 @@ class GatewayApp(Application):
     def _default_hub_auth(self) -> HubAuth:
         return HubAuth(parent=self)
 
-    upstream_api_key = ""
+    _api_key = ""
+
+    @property
+    def upstream_api_key(self) -> str:
+        """vLLM's key. Read lazily: the Hub may start the gateway before vLLM has made it."""
+        if not self._api_key:
+            self.reload_api_key()
+        return self._api_key
+
+    def reload_api_key(self) -> None:
+        key_file = Path(self.upstream_api_key_file).expanduser()
+        try:
+            self._api_key = key_file.read_text().strip()
+        except OSError:
+            self._api_key = ""
 
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)
         if self.config_file:
             self.load_config_file(self.config_file)
-        key_file = Path(self.upstream_api_key_file).expanduser()
-        if key_file.is_file():
-            self.upstream_api_key = key_file.read_text().strip()
-        else:
-            self.log.warning("no vLLM key file at %s: calling vLLM without a key", key_file)
+        if not self.upstream_api_key:
+            self.log.warning(
+                "no vLLM key at %s yet: will read it again on each call until it appears",
+                self.upstream_api_key_file,
+            )
         self.metrics = GatewayMetrics()
         self.limiter = UserLimiter(self.max_concurrent_per_user, self.tokens_per_minute_per_user)
         self.audit = GatewayAudit(self.audit_log_path)

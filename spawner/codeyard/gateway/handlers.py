@@ -308,6 +308,7 @@ class ProxyHandler(BaseHandler):
             return 503, None, "upstream_down"
         ttft = first[0] if first else None
         if upstream.get("misconfigured"):
+            gw.reload_api_key()  # vLLM may have been restarted with a new key
             self.send_gateway_error(
                 GatewayError(502, "gateway_misconfigured", "vLLM rejected the gateway's API key")
             )
