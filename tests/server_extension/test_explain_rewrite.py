@@ -252,7 +252,10 @@ def test_context_includes_definitions_from_the_file_and_the_workspace(tmp_path: 
     assert "SELECTED lines 45-46 of main.py" in render_context(ctx)
 
 
-@pytest.mark.skipif(not TOKENIZER.exists(), reason="setup.sh has not converted the model")
+@pytest.mark.skipif(
+    not TOKENIZER.exists() or importlib.util.find_spec("tokenizers") is None,
+    reason="needs the converted model (setup.sh) and the tokenizers library",
+)
 def test_context_stays_inside_the_budget_counted_with_the_real_tokenizer(tmp_path: Path) -> None:
     counter = TokenCounter(str(TOKENIZER))
     assert counter.exact
