@@ -14,6 +14,7 @@ from .context import Context, ContextBuilder, render_context
 from .errors import bad_request
 from .files import FileReader
 from .llm_client import CodeyardLLM, Usage
+from .rewrite import read_code
 
 
 class ExplainRequest(TypedDict):
@@ -21,6 +22,7 @@ class ExplainRequest(TypedDict):
     start_line: NotRequired[int]  # 1-based, inclusive; default: first line
     end_line: NotRequired[int]  # 1-based, inclusive; default: last line
     question: NotRequired[str]
+    cell_id: NotRequired[str]  # a notebook cell: lines count from the cell's first line
 
 
 class ExplainAnswer(TypedDict):
@@ -55,6 +57,11 @@ def parse_request(body: dict[str, Any]) -> ExplainRequest:
         if not isinstance(question, str) or len(question) > MAX_QUESTION_CHARS:
             raise bad_request(f"question must be a string of at most {MAX_QUESTION_CHARS} chars")
         request["question"] = question
+    cell_id = body.get("cell_id")
+    if cell_id is not None:
+        if not isinstance(cell_id, str) or not cell_id:
+            raise bad_request("cell_id must be a non-empty string")
+        request["cell_id"] = cell_id
     return request
 
 
@@ -64,10 +71,13 @@ class Explainer:
         self.builder = builder
         self.llm = llm
 
-    def prepare(self, request: ExplainRequest) -> tuple[list[dict[str, str]], Context]:
-        """Read the file and build the messages (blocking: run it off the event loop)."""
+    def prepare(
+        self, request: ExplainRequest, cells: Any = None
+    ) -> tuple[list[dict[str, str]], Context]:
+        """Read the file (or cell, through `cells`) and build the messages (blocking: run it
+        off the event loop)."""
         question = (request.get("question") or DEFAULT_QUESTION).strip()
-        current = self.files.read(request["path"])
+        current = read_code(self.files, cells, request["path"], request.get("cell_id"))
         overhead = self.builder.counter.count(SYSTEM_PROMPT + question) + 40
         ctx = self.builder.build(
             current["path"],
@@ -76,6 +86,8 @@ class Explainer:
             request.get("end_line"),
             overhead=overhead,
         )
+        if "cell_id" in current:
+            ctx.language = current["language"]
         user = f"{render_context(ctx)}\nQuestion: {ctx.redactor.redact(question)}"
         messages = [
             {"role": "system", "content": SYSTEM_PROMPT},
@@ -83,8 +95,10 @@ class Explainer:
         ]
         return messages, ctx
 
-    async def stream(self, request: ExplainRequest) -> AsyncIterator[str | Usage]:
-        messages, ctx = await asyncio.to_thread(self.prepare, request)
+    async def stream(
+        self, request: ExplainRequest, cells: Any = None
+    ) -> AsyncIterator[str | Usage]:
+        messages, ctx = await asyncio.to_thread(self.prepare, request, cells)
         async for item in self.llm.stream(
             messages, self.llm.explain_max_tokens, self.llm.explain_temperature
         ):
@@ -92,8 +106,8 @@ class Explainer:
                 item.context_tokens, item.dropped = ctx.tokens, ctx.dropped
             yield item
 
-    async def answer(self, request: ExplainRequest) -> ExplainAnswer:
-        messages, ctx = await asyncio.to_thread(self.prepare, request)
+    async def answer(self, request: ExplainRequest, cells: Any = None) -> ExplainAnswer:
+        messages, ctx = await asyncio.to_thread(self.prepare, request, cells)
         text, usage = await self.llm.complete(
             messages, self.llm.explain_max_tokens, self.llm.explain_temperature
         )

@@ -13,7 +13,7 @@ import asyncio
 import difflib
 import re
 import textwrap
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from .context import Context, ContextBuilder, render_context
 from .errors import CodeyardError, bad_request
@@ -26,13 +26,15 @@ class RewriteRequest(TypedDict):
     start_line: int  # 1-based, inclusive
     end_line: int  # 1-based, inclusive
     instruction: str
+    cell_id: NotRequired[str]  # a notebook cell: lines count from the cell's first line
 
 
 class RewriteResult(TypedDict):
-    diff: str
+    diff: str  # for a cell: a diff of the cell's source, for `patch/cell/apply`
     base: dict[str, str]  # path -> sha256 of the file the diff was built against
     unchanged: bool
     usage: dict[str, Any]
+    cell_id: NotRequired[str]
 
 
 SYSTEM_PROMPT = (
@@ -57,12 +59,18 @@ def parse_request(body: dict[str, Any]) -> RewriteRequest:
         raise bad_request("instruction is required")
     if len(instruction) > MAX_INSTRUCTION_CHARS:
         raise bad_request(f"instruction is longer than {MAX_INSTRUCTION_CHARS} characters")
-    return {
+    request: RewriteRequest = {
         "path": path,
         "start_line": body["start_line"],
         "end_line": body["end_line"],
         "instruction": instruction,
     }
+    cell_id = body.get("cell_id")
+    if cell_id is not None:
+        if not isinstance(cell_id, str) or not cell_id:
+            raise bad_request("cell_id must be a non-empty string")
+        request["cell_id"] = cell_id
+    return request
 
 
 def extract_code(answer: str, language: str) -> str | None:
@@ -121,6 +129,16 @@ def unified_diff(rel: str, before: str, after: str) -> str:
     return "".join(out)
 
 
+def read_code(files: FileReader, cells: Any, path: str, cell_id: str | None) -> dict[str, Any]:
+    """The text a request is about: a file, or one notebook cell (then with `cell_id` and
+    `language`, and `sha256` of the whole notebook, the base of a later cell patch)."""
+    if cell_id is None:
+        return dict(files.read(path))
+    if cells is None:
+        raise CodeyardError(501, "cells_unavailable", "notebook cells are not supported here")
+    return dict(cells.read_cell(path, cell_id))
+
+
 class Rewriter:
     def __init__(
         self,
@@ -135,9 +153,9 @@ class Rewriter:
         self.patches = patches
 
     def prepare(
-        self, request: RewriteRequest
+        self, request: RewriteRequest, cells: Any = None
     ) -> tuple[list[dict[str, str]], Context, dict[str, Any]]:
-        current = self.files.read(request["path"])
+        current = read_code(self.files, cells, request["path"], request.get("cell_id"))
         instruction = request["instruction"].strip()
         overhead = self.builder.counter.count(SYSTEM_PROMPT + instruction) + 40
         ctx = self.builder.build(
@@ -147,6 +165,8 @@ class Rewriter:
             request["end_line"],
             overhead=overhead,
         )
+        if "cell_id" in current:
+            ctx.language = current["language"]
         user = (
             f"{render_context(ctx)}\nInstruction: {ctx.redactor.redact(instruction)}\n"
             f"Reply with the new code for lines {ctx.start_line}-{ctx.end_line} only."
@@ -157,7 +177,9 @@ class Rewriter:
         ]
         return messages, ctx, current
 
-    def build_result(self, ctx: Context, current: dict[str, Any], answer: str) -> RewriteResult:
+    def build_result(
+        self, ctx: Context, current: dict[str, Any], answer: str, cells: Any = None
+    ) -> RewriteResult:
         code = extract_code(answer, ctx.language)
         if code is None:
             raise CodeyardError(
@@ -170,23 +192,34 @@ class Rewriter:
         region = "".join(lines[ctx.start_line - 1 : ctx.end_line])
         replacement = fit_replacement(region, ctx.redactor.restore(code))
         base = {current["path"]: current["sha256"]}
+        cell_id = current.get("cell_id")
+        result: RewriteResult = {"diff": "", "base": base, "unchanged": True, "usage": {}}
+        if cell_id:
+            result["cell_id"] = cell_id
         if replacement == region:
-            return {"diff": "", "base": base, "unchanged": True, "usage": {}}
+            return result
         after = "".join(lines[: ctx.start_line - 1]) + replacement + "".join(lines[ctx.end_line :])
-        diff = unified_diff(current["path"], text, after)
-        if self.patches is not None:
-            verdict = self.patches.validate(diff, base)
-            if not verdict.get("ok"):
-                raise CodeyardError(
-                    500, "diff_invalid", "the generated diff did not pass validation"
-                )
-        return {"diff": diff, "base": base, "unchanged": False, "usage": {}}
+        if cell_id:
+            # A diff of the cell's source alone; `patch/cell/apply` turns it into a notebook patch.
+            diff = unified_diff("cell", text, after)
+            request = {"path": current["path"], "cell_id": cell_id, "diff": diff, "base": base}
+            verdict = cells.validate(request)
+        else:
+            diff = unified_diff(current["path"], text, after)
+            verdict = (
+                self.patches.validate(diff, base) if self.patches is not None else {"ok": True}
+            )
+        if not verdict.get("ok"):
+            raise CodeyardError(500, "diff_invalid", "the generated diff did not pass validation")
+        result["diff"], result["unchanged"] = diff, False
+        return result
 
-    async def rewrite(self, request: RewriteRequest) -> RewriteResult:
-        messages, ctx, current = await asyncio.to_thread(self.prepare, request)
+    async def rewrite(self, request: RewriteRequest, cells: Any = None) -> RewriteResult:
+        """`cells` (the app's `CellPatcher`) is needed for requests with a `cell_id`."""
+        messages, ctx, current = await asyncio.to_thread(self.prepare, request, cells)
         # Temperature 0: an edit should be the model's most likely one, and repeatable.
         answer, usage = await self.llm.complete(messages, self.llm.rewrite_max_tokens, 0.0)
         usage.context_tokens, usage.dropped = ctx.tokens, ctx.dropped
-        result = await asyncio.to_thread(self.build_result, ctx, current, answer)
+        result = await asyncio.to_thread(self.build_result, ctx, current, answer, cells)
         result["usage"] = usage.to_json()
         return result

@@ -30,7 +30,8 @@ class ExplainHandler(CodeyardHandler):
         if "text/event-stream" in self.request.headers.get("Accept", ""):
             await self._stream(request)
         else:
-            self.write_json(await self.explainer.answer(request))
+            cells = self.settings.get("codeyard_cells")
+            self.write_json(await self.explainer.answer(request, cells))
 
     async def _send(self, event: dict[str, Any]) -> None:
         self.write(f"data: {json.dumps(event)}\n\n")
@@ -38,7 +39,7 @@ class ExplainHandler(CodeyardHandler):
 
     async def _stream(self, request: ExplainRequest) -> None:
         # Headers go out with the first delta, so errors before it keep their HTTP status.
-        events = self.explainer.stream(request)
+        events = self.explainer.stream(request, self.settings.get("codeyard_cells"))
         started = False
         try:
             async for item in events:

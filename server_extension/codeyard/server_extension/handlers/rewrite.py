@@ -17,4 +17,5 @@ class RewriteHandler(CodeyardHandler):
     async def post(self) -> None:
         request = parse_request(self.get_json_body_dict())
         rewriter: Rewriter = self.settings["codeyard_rewriter"]
-        self.write_json(await rewriter.rewrite(request))
+        cells = self.settings.get("codeyard_cells")
+        self.write_json(await rewriter.rewrite(request, cells))
