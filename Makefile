@@ -69,7 +69,10 @@ test-%: venv system-deps
 test-labextension: venv
 	cd labextension && ../$(BIN)/jlpm install --silent && ../$(BIN)/jlpm test
 
-test: lint test-labextension $(addprefix test-,$(SUITES))
+# One real vLLM (SmolLM2 on CPU) serves every suite that needs the model: with-vllm.sh starts
+# it once and the fixtures reuse it through CODEYARD_TEST_VLLM_URL.
+test: lint test-labextension
+	hub_config/vllm/with-vllm.sh $(MAKE) --no-print-directory $(addprefix test-,$(SUITES))
 
 # Docker engine, single-user image, proxy, secrets, model services, then the Hub in the
 # foreground on http://127.0.0.1:8000. Ctrl-C stops what it started.
@@ -77,6 +80,7 @@ up: venv system-deps
 	hub_config/bin/up.sh
 
 # Benchmarks print ratios against a baseline measured in the same run; they are not tests.
-BENCHES ?= bench_tree bench_patch_apply
-bench: venv
-	@for b in $(BENCHES); do echo "==> $$b"; $(BIN)/python tests/bench/$$b.py; done
+BENCHES ?= bench_tree bench_patch_apply bench_placement bench_gateway bench_spawn
+bench: venv system-deps
+	@hub_config/vllm/with-vllm.sh bash -c 'for b in $(BENCHES); do \
+	  echo "==> $$b"; $(BIN)/python tests/bench/$$b.py || exit 1; done'
