@@ -8,15 +8,14 @@ The pure parts (redaction, context, diff building) are tested directly as well.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
+import os
 import re
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import load_llm_stack
 
 from codeyard.server_extension.context import (
     ContextBuilder,
@@ -29,15 +28,10 @@ from codeyard.server_extension.llm_client import CodeyardLLM
 from codeyard.server_extension.paths import WorkspacePaths
 from codeyard.server_extension.rewrite import Rewriter, extract_code, unified_diff
 
-_spec = importlib.util.spec_from_file_location(
-    "llm_stack", Path(__file__).resolve().parents[1] / "gateway" / "llm_stack.py"
-)
-assert _spec and _spec.loader
-llm_stack = importlib.util.module_from_spec(_spec)
-sys.modules["llm_stack"] = llm_stack  # dataclasses look their module up there
-_spec.loader.exec_module(llm_stack)
-
-TOKENIZER = Path.home() / ".cache" / "codeyard" / "models" / "smollm2" / "tokenizer.json"
+# Where hub_config/vllm/setup.sh (run by the model_stack fixture) puts the converted model.
+CACHE = Path(os.environ.get("CODEYARD_CACHE", Path.home() / ".cache" / "codeyard"))
+TOKENIZER = CACHE / "models" / "smollm2" / "tokenizer.json"
+llm_stack = load_llm_stack()
 
 CALC = '''"""Small helpers for arithmetic."""
 
@@ -59,20 +53,6 @@ def apply_rate(total):
 def area(radius):
     return math.pi * radius * radius
 '''
-
-
-@pytest.fixture(scope="session")
-def model_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    vllm = llm_stack.start_vllm(tmp_path_factory.mktemp("vllm"))
-    hub = llm_stack.start_hub(tmp_path_factory.mktemp("hub"), vllm, {"codeyard-llm": []})
-    try:
-        yield {
-            "url": hub.gateways["codeyard-llm"].url,
-            "token": hub.user_token("ws-user", ["custom:codeyard-llm"]),
-        }
-    finally:
-        hub.stop()
-        vllm.stop()
 
 
 @pytest.fixture
@@ -252,11 +232,10 @@ def test_context_includes_definitions_from_the_file_and_the_workspace(tmp_path: 
     assert "SELECTED lines 45-46 of main.py" in render_context(ctx)
 
 
-@pytest.mark.skipif(
-    not TOKENIZER.exists() or importlib.util.find_spec("tokenizers") is None,
-    reason="needs the converted model (setup.sh) and the tokenizers library",
-)
-def test_context_stays_inside_the_budget_counted_with_the_real_tokenizer(tmp_path: Path) -> None:
+def test_context_stays_inside_the_budget_counted_with_the_real_tokenizer(
+    model_stack: dict[str, str], tmp_path: Path
+) -> None:
+    assert TOKENIZER.exists(), "setup.sh did not leave the converted model's tokenizer"
     counter = TokenCounter(str(TOKENIZER))
     assert counter.exact
     assert counter.count("def add(a, b):\n    return a + b\n") == 13
