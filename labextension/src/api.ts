@@ -61,10 +61,16 @@ export interface ICodeRange {
 }
 
 export interface IRewriteResult {
+  /** For a cell (`cell_id` set): a diff of the cell's source, for `patch/cell/apply`. */
   diff: string;
   base: Record<string, string>;
   unchanged: boolean;
   usage?: IUsage;
+  cell_id?: string;
+}
+
+export interface ICellPatchResult extends IPatchResult {
+  cell_id: string;
 }
 
 export interface IExplainEvent {
@@ -76,7 +82,7 @@ export interface IExplainEvent {
 }
 
 export interface ICompleteResult {
-  text: string;
+  completion: string;
   usage?: IUsage;
 }
 
@@ -97,6 +103,18 @@ export const api = {
   },
   applyPatch(diff: string, base: Record<string, string>): Promise<IPatchResult> {
     return requestAPI<IPatchResult>('patch/apply', json({ diff, base }));
+  },
+  /** A diff of one cell's source, applied by the server as a whole-notebook patch. */
+  applyCellPatch(
+    path: string,
+    cellId: string,
+    diff: string,
+    base: Record<string, string>
+  ): Promise<ICellPatchResult> {
+    return requestAPI<ICellPatchResult>(
+      'patch/cell/apply',
+      json({ path, cell_id: cellId, diff, base })
+    );
   },
   revertPatch(patchId: string): Promise<IPatchResult> {
     return requestAPI<IPatchResult>(`patch/${encodeURIComponent(patchId)}/revert`, {

@@ -63,7 +63,7 @@ export class CodeyardInlineProvider implements IInlineCompletionProvider {
         { path, prefix, suffix, max_tokens: this.maxTokens },
         ctrl.signal
       );
-      return { items: result.text ? [{ insertText: result.text }] : [] };
+      return { items: result.completion ? [{ insertText: result.completion }] : [] };
     } catch (error) {
       if (ctrl.signal.aborted) {
         return { items: [] };

@@ -14,7 +14,8 @@ export async function createDiffView(
   path: string,
   before: string,
   after: string,
-  languages: IEditorLanguageRegistry | null
+  languages: IEditorLanguageRegistry | null,
+  language?: string
 ): Promise<EditorView> {
   const extensions: Extension[] = [
     lineNumbers(),
@@ -30,7 +31,11 @@ export async function createDiffView(
       collapseUnchanged: { margin: 3, minSize: 6 }
     })
   ];
-  const found = languages?.findByFileName(path.split('/').pop() ?? path) ?? null;
+  // A notebook cell has no file name of its own: its language comes from the notebook.
+  const found =
+    (language
+      ? languages?.findBest(language)
+      : languages?.findByFileName(path.split('/').pop() ?? path)) ?? null;
   if (languages && found) {
     const language = await languages.getLanguage(found).catch(() => null);
     if (language?.support) {

@@ -11,10 +11,10 @@ import { IDocumentManager } from '@jupyterlab/docmanager';
 import { IRenderMimeRegistry, MimeModel } from '@jupyterlab/rendermime';
 import { Widget } from '@lumino/widgets';
 
-import { api, IModelOptions, IUsage } from './api';
+import { api, ICodeRange, IModelOptions, IRewriteResult, IUsage } from './api';
 import { createDiffView } from './diffview';
 import { ApiError, describeError, isConflict } from './errors';
-import { decideApply, FlowState, historyFromAudit, makeReview, StaleBaseError } from './state';
+import { decideApply, FlowState, historyFromAudit, makeReview, notebookCell, StaleBaseError } from './state';
 import { ActiveCodeTracker, ISnapshot } from './tracker';
 
 export interface IPanelSettings {
@@ -419,7 +419,7 @@ export class CodeyardPanel extends Widget {
         return;
       }
       if (range.cell_id) {
-        this.showRawReview(range.path, result.diff, result.base, instruction, range);
+        await this.showCellReview(range, instruction, result);
         return;
       }
       const current = await api.readFile(range.path);
@@ -448,34 +448,29 @@ export class CodeyardPanel extends Widget {
     }
   }
 
-  /** A cell rewrite cannot be previewed as file text; show the diff itself, read only. */
-  private showRawReview(
-    path: string,
-    diff: string,
-    base: Record<string, string>,
-    instruction: string,
-    range: NonNullable<FlowState['lastRequest']>['range']
-  ): void {
-    this.flow.propose({
-      range,
-      instruction,
-      diff,
-      base,
-      files: [],
-      path,
-      before: '',
-      after: '',
-      stats: { files: 1, added: 0, removed: 0 }
-    });
-    this.reviewSummary.textContent = `Proposed change to ${path} (cell ${range.cell_id})`;
-    const pre = el('pre', { className: 'cy-raw-diff' });
-    for (const line of diff.split('\n')) {
-      const kind = line.startsWith('+') ? 'add' : line.startsWith('-') ? 'del' : line.startsWith('@@') ? 'hunk' : 'ctx';
-      pre.append(el('span', { className: `cy-line cy-line-${kind}`, text: line + '\n' }));
+  /**
+   * A cell rewrite's diff is of the cell's source. The review shows it against that cell as
+   * saved in the notebook file, which is what the server's `base` hash describes.
+   */
+  private async showCellReview(range: ICodeRange, instruction: string, result: IRewriteResult): Promise<void> {
+    const notebook = await api.readFile(range.path);
+    if (result.base[range.path] && result.base[range.path] !== notebook.sha256) {
+      throw new StaleBaseError(range.path);
     }
-    this.diffBox.replaceChildren(pre);
+    const cell = notebookCell(notebook.content, range.cell_id ?? '');
+    if (!cell) {
+      throw new StaleBaseError(range.path);
+    }
+    const review = {
+      ...makeReview(range, instruction, result, { content: cell.source, sha256: notebook.sha256 }),
+      path: range.path
+    };
+    this.flow.propose(review);
+    const tokens = this.lastUsage?.total_tokens;
+    this.reviewSummary.textContent = `${range.path} · cell ${range.cell_id}: +${review.stats.added} −${review.stats.removed}${tokens ? ` · ${tokens} tokens` : ''}`;
     this.review.hidden = false;
-    this.say('Review the proposed change.');
+    this.diffView = await createDiffView(this.diffBox, range.path, review.before, review.after, this.languages, cell.language);
+    this.say('Review the proposed change to the cell, then Apply or Discard.');
   }
 
   private showConflict(detail: string): void {
@@ -522,11 +517,15 @@ export class CodeyardPanel extends Widget {
     this.updateButtons();
     this.say(`Applying to ${review.path}…`);
     try {
-      const result = await api.applyPatch(review.diff, review.base);
+      const cellId = review.range.cell_id;
+      const result = cellId
+        ? await api.applyCellPatch(review.path, cellId, review.diff, review.base)
+        : await api.applyPatch(review.diff, review.base);
       this.flow.move('applied');
       this.clearReview();
       await this.reloadUnlessDirty(result.files.map(f => f.path));
-      this.say(`Applied patch ${result.patch_id} to ${result.files.map(f => f.path).join(', ')}.`, 'ok');
+      const where = result.files.map(f => f.path).join(', ');
+      this.say(`Applied patch ${result.patch_id} to ${cellId ? `cell ${cellId} of ` : ''}${where}.`, 'ok');
       void this.refreshHistory();
     } catch (error) {
       if (isConflict(error)) {

@@ -118,24 +118,42 @@ export type ApplyDecision = { ok: true } | { ok: false; reason: string };
 
 /**
  * Applying writes the file on disk and then reloads the open editor from disk. Reloading
- * a document with unsaved edits would throw those edits away, so refuse instead.
+ * a document with unsaved edits would throw those edits away, so refuse instead. A cell
+ * patch rewrites the whole notebook file, so the notebook must be clean too.
  */
 export function decideApply(editor: { dirty: boolean } | null, isNotebookCell: boolean): ApplyDecision {
-  if (isNotebookCell) {
-    return {
-      ok: false,
-      reason:
-        'Applying a rewrite to a notebook cell needs the server to accept a patch addressed to a cell; this server does not support that yet. Copy the proposal by hand, or rewrite in a .py file.'
-    };
-  }
   if (editor?.dirty) {
     return {
       ok: false,
-      reason:
-        'This file has unsaved changes. Applying would reload it from disk and lose them. Save (or revert) the file, then rewrite again.'
+      reason: isNotebookCell
+        ? 'This notebook has unsaved changes. Applying would reload it from disk and lose them. Save the notebook, then rewrite the cell again.'
+        : 'This file has unsaved changes. Applying would reload it from disk and lose them. Save (or revert) the file, then rewrite again.'
     };
   }
   return { ok: true };
+}
+
+/** One cell of a notebook file's JSON, with the notebook's language; null if absent. */
+export function notebookCell(
+  notebookJson: string,
+  cellId: string
+): { source: string; language: string } | null {
+  let nb: {
+    cells?: { id?: string; source?: string | string[] }[];
+    metadata?: { language_info?: { name?: string }; kernelspec?: { language?: string } };
+  };
+  try {
+    nb = JSON.parse(notebookJson);
+  } catch {
+    return null;
+  }
+  const cell = nb.cells?.find(c => c.id === cellId);
+  if (!cell) {
+    return null;
+  }
+  const source = Array.isArray(cell.source) ? cell.source.join('') : (cell.source ?? '');
+  const language = nb.metadata?.language_info?.name ?? nb.metadata?.kernelspec?.language ?? 'python';
+  return { source, language };
 }
 
 export interface IHistoryEntry {

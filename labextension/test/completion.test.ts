@@ -15,7 +15,7 @@ function fakeServer(): { complete: CompleteFn; calls: Call[] } {
         err.name = 'AbortError';
         reject(err);
       });
-      calls.push({ prefix: body.prefix, signal, resolve: text => resolve({ text }) });
+      calls.push({ prefix: body.prefix, signal, resolve: text => resolve({ completion: text }) });
     });
   return { complete, calls };
 }

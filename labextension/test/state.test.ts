@@ -6,6 +6,7 @@ import {
   FlowState,
   historyFromAudit,
   makeReview,
+  notebookCell,
   selectionLines,
   StaleBaseError
 } from '../src/state';
@@ -53,13 +54,30 @@ test('a conflict can be followed by a new rewrite', () => {
   assert.equal(flow.canMove('applying'), false);
 });
 
-test('apply is refused for a document with unsaved edits, and for notebook cells', () => {
+test('apply is refused for a file or notebook with unsaved edits', () => {
   assert.deepEqual(decideApply(null, false), { ok: true });
   assert.deepEqual(decideApply({ dirty: false }, false), { ok: true });
   const dirty = decideApply({ dirty: true }, false);
   assert.equal(dirty.ok, false);
   assert.match((dirty as { reason: string }).reason, /unsaved changes/);
-  assert.equal(decideApply(null, true).ok, false);
+  assert.deepEqual(decideApply({ dirty: false }, true), { ok: true });
+  const dirtyNotebook = decideApply({ dirty: true }, true);
+  assert.equal(dirtyNotebook.ok, false);
+  assert.match((dirtyNotebook as { reason: string }).reason, /notebook has unsaved changes/);
+});
+
+test('notebookCell finds a cell by id, joining list sources, with the kernel language', () => {
+  const nb = JSON.stringify({
+    metadata: { kernelspec: { language: 'python' } },
+    cells: [
+      { id: 'a', source: ['x = 1\n', 'y = 2'] },
+      { id: 'b', source: 'print(x)' }
+    ]
+  });
+  assert.deepEqual(notebookCell(nb, 'a'), { source: 'x = 1\ny = 2', language: 'python' });
+  assert.deepEqual(notebookCell(nb, 'b'), { source: 'print(x)', language: 'python' });
+  assert.equal(notebookCell(nb, 'c'), null);
+  assert.equal(notebookCell('not json', 'a'), null);
 });
 
 function rec(seq: number, action: string, extra: Partial<IAuditRecord> = {}): IAuditRecord {
