@@ -210,9 +210,22 @@ class CodeyardHub(Configurable):
         return max(60, self.cull_idle_timeout // 10)
 
     spawn_timeout = Float(
-        300,
-        help="""Seconds a workspace may take from request to answering, clone included.""",
+        help="""Seconds a workspace may take from request to answering, clone included.
+
+        Sized for a loaded 2-core host starting many jupyter-ai servers at once (20
+        concurrent starts took about 300 s there). Env: CODEYARD_SPAWN_TIMEOUT. Default 600.
+        """,
     ).tag(config=True)
+
+    @default("spawn_timeout")
+    def _default_spawn_timeout(self) -> float:
+        return float(_env("CODEYARD_SPAWN_TIMEOUT", "600"))
+
+    @validate("spawn_timeout")
+    def _check_spawn_timeout(self, proposal: dict[str, Any]) -> float:
+        if proposal["value"] <= 0:
+            raise ValueError("spawn_timeout must be positive")
+        return float(proposal["value"])
 
     profiles = Dict(
         help="""Size profiles, name -> {"display_name", "cpu", "mem"}; see

@@ -261,7 +261,7 @@ def test_failed_clone_fails_the_spawn_with_gits_error_and_leaves_nothing(
         failure = " ".join(e["message"] for e in events)
     else:
         # Failed within the Hub's slow_spawn_timeout: the form answers with the error page.
-        assert r.status_code == 500, r.text[:300]
+        assert r.status_code == 400, r.text[:300]
         failure = html.unescape(r.text)
     assert "git clone failed" in failure and "fatal" in failure, failure[-2000:]
     homes = hub.state_dir / "homes" / users.alice

@@ -429,9 +429,15 @@ class PlacementSpawner(DockerSpawner):
         except HomeSetupFailed as e:
             self.last_error = str(e)
             self.emit(100, str(e))
+            # An HTTPError, so the Hub shows git's message on the spawn page too, not only
+            # in the progress stream. Nearly always the URL, branch or access is wrong.
+            raise web.HTTPError(400, "%s", str(e)) from e
+        except asyncio.CancelledError:
+            # The Hub gave up (start_timeout): say so in the status API.
+            self.last_error = f"did not start within {self.start_timeout}s (Spawner.start_timeout)"
             raise
         except Exception as e:
-            self.last_error = str(e)
+            self.last_error = str(e) or type(e).__name__
             raise
         finally:
             self._start_done.set()
