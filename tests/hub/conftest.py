@@ -78,7 +78,8 @@ def _git(*args: str, cwd: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+def git_server(tmp_path_factory: pytest.TempPathFactory, image: str) -> Iterator[GitServer]:
+    # `image` first: it starts dockerd, which creates the bridge address we listen on.
     base = tmp_path_factory.mktemp("git")
     work = base / "work"
     (work / "src").mkdir(parents=True)
