@@ -546,7 +546,14 @@ export class CodeyardPanel extends Widget {
       if (context.model.dirty) {
         skipped.push(context.path);
       } else {
+        // Reloading a notebook selects its first cell; keep the user on the cell they were in.
+        const widget = this.docManager?.findWidget(context.path) as { content?: { activeCellIndex?: unknown } } | undefined;
+        const notebook = widget?.content;
+        const active = typeof notebook?.activeCellIndex === 'number' ? notebook.activeCellIndex : null;
         await context.revert();
+        if (notebook && active !== null) {
+          notebook.activeCellIndex = active;
+        }
       }
     }
     return skipped;

@@ -385,6 +385,7 @@ def test_cell_rewrite_apply_changes_that_cell_only_and_revert_restores(
         arg=new["area-cell"],
         timeout=30_000,
     )
+    panel.wait_context("cell 2")  # the reload keeps the user on the rewritten cell
     patch_id = status.split()[2]
     code, audit = lab.api("GET", "audit?limit=10")
     assert code == 200 and audit["chain_ok"] is True
