@@ -262,6 +262,17 @@ def test_panel_follows_the_active_notebook_cell(
     assert "cells.ipynb" in panel.context.inner_text()
     shot(page, "cell")
 
+    # Explain is about that cell: the server reads the cell's source by its id.
+    with page.expect_request(
+        lambda r: r.url.split("?")[0].endswith("codeyard/api/explain")
+    ) as sent:
+        panel.explain_button.click()
+    assert json.loads(sent.value.post_data)["cell_id"] == "second-cell"
+    status = panel.wait_status("Explained", "error", "failed", "unavailable")
+    assert status.startswith("Explained"), status
+    assert panel.explain_output.inner_text().strip()
+    shot(page, "cell-explained")
+
 
 def test_inline_suggestion_appears_while_typing(
     page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
