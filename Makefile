@@ -14,7 +14,7 @@ PYTEST := $(BIN)/pytest -p no:cacheprovider
 VENV_KEY := $(shell cat pyproject.toml .ci/constraints.txt 2>/dev/null | sha256sum | cut -c1-16)
 VENV_DIR := $(CODEYARD_CACHE)/venvs/$(VENV_KEY)
 
-.PHONY: help venv lint format up test bench system-deps
+.PHONY: help venv lint format up test bench system-deps jai-venv test-gateway test-labextension
 
 help:
 	@echo "make up     - bring Codeyard up on http://127.0.0.1:8000 (embedded defaults)"
@@ -64,6 +64,23 @@ system-deps:
 SUITES := server_extension images hub placement gateway ui
 test-%: venv system-deps
 	$(PYTEST) tests/$*
+
+# jupyter-ai (Jupyternaut) in a venv of its own, pinned by the single-user image's constraints,
+# so the gateway suite can drive a real Jupyternaut chat against the shared model.
+JAI_KEY := $(shell cat images/singleuser/constraints.txt | sha256sum | cut -c1-16)
+JAI_VENV := $(CODEYARD_CACHE)/jai-venvs/$(JAI_KEY)
+jai-venv:
+	@if [ ! -f "$(JAI_VENV)/.complete" ]; then \
+	  echo "==> creating the jupyter-ai venv $(JAI_VENV)"; \
+	  rm -rf "$(JAI_VENV)" && $(PYTHON) -m venv "$(JAI_VENV)" && \
+	  "$(JAI_VENV)/bin/pip" install -q -c images/singleuser/constraints.txt \
+	    "jupyter-ai[jupyternaut]==3.2.0" "litellm<1.106" 2>&1 \
+	    | { grep -v "^WARNING: Location" || true; } && \
+	  touch "$(JAI_VENV)/.complete"; \
+	fi
+
+test-gateway: venv system-deps jai-venv
+	CODEYARD_JUPYTER_AI_PYTHON="$(JAI_VENV)/bin/python" $(PYTEST) tests/gateway
 
 # The labextension's TypeScript unit tests (node's test runner; Node 20 is on the machine).
 test-labextension: venv
