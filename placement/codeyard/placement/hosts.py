@@ -3,11 +3,14 @@
 `PlacementSpawner` never decides placement itself. It holds one `HostProvider` (chosen by
 `PlacementSpawner.host_provider_class`) and asks it two questions:
 
-- `await provider.choose(spawner)`: where should this new workspace run? Called once, on a
-  workspace's first start (or when its old host is gone). The answer is saved in the
-  spawner's state by host *name*.
+- `await provider.choose(spawner)`: where should this workspace run? Called on a
+  workspace's first start, or on every start when the provider sets
+  `decides_every_start`. The answer is saved in the spawner's state by host *name*.
 - `provider.get(name)`: give me the host called `name` again. Called after a Hub restart,
   on every poll/stop, so it must be cheap and must not re-run the placement policy.
+
+and tells it two things, `await provider.started(spawner)` after a successful start and
+`await provider.stopped(spawner)` after a stop, so a provider can count live load.
 
 `LocalHostProvider` is the single local engine. The registry-backed provider (the rest of
 `codeyard.placement`) implements the same two methods over the database of registered hosts.
@@ -77,17 +80,34 @@ class HostProvider(LoggingConfigurable):
       first time. `spawner.user.name`, `spawner.name` and `spawner.user_options` (size
       profile, image key) are available to a policy.
     - `get(name) -> DockerHost`: look a host up by name; raise `UnknownHost` if it is gone.
+    - `async started(spawner)` / `async stopped(spawner)`: the workspace's container is now
+      running / stopped. No-ops here; a provider whose policy counts running workspaces
+      (least-loaded) records them.
+
+    A provider that sets `decides_every_start = True` is asked to `choose()` on every start,
+    not only the first. Its `choose()` must then be sticky (return the saved host while that
+    host is usable), because a different answer means the workspace *moves*: the spawner
+    forgets its container and home flag and creates both on the new host. That is where
+    admin pins, drains and failover after a host went down take effect.
 
     One provider instance is shared by every spawner of a Hub, so it may keep caches.
     It is built with the Hub's config, so its own traitlets are configurable as
     `c.<ProviderClass>.<trait>`.
     """
 
+    decides_every_start = False
+
     async def choose(self, spawner: Spawner) -> DockerHost:
         raise NotImplementedError
 
     def get(self, name: str) -> DockerHost:
         raise NotImplementedError
+
+    async def started(self, spawner: Spawner) -> None:
+        """The workspace of `spawner` started on its host. Nothing to record by default."""
+
+    async def stopped(self, spawner: Spawner) -> None:
+        """The workspace of `spawner` stopped. Nothing to record by default."""
 
 
 def _default_state_dir() -> Path:

@@ -246,8 +246,18 @@ class PlacementSpawner(DockerSpawner):
         return clients.executor_for(self.host, self.docker_workers_per_host)
 
     async def place(self) -> DockerHost:
-        """Find this workspace's host: the saved one, else ask the provider to choose."""
-        if self.host_name:
+        """Find this workspace's host for this start.
+
+        Normally the saved host, and the provider chooses only on the first start. A
+        provider with `decides_every_start` (the registry) is asked on every start instead:
+        its answer is sticky while the host is usable, and it is where an admin's pin, a
+        drain or failover from a dead host take effect. A different answer than the saved
+        host means the workspace moved: the old container (on the old host) is forgotten and
+        the home is prepared again on the new host, which keeps an existing home there
+        (shared storage) and makes one otherwise.
+        """
+        provider = self.host_provider
+        if self.host_name and not getattr(provider, "decides_every_start", False):
             try:
                 return self.host
             except UnknownHost:
@@ -256,7 +266,12 @@ class PlacementSpawner(DockerSpawner):
                     f"Workspace host {self.host_name!r} is not available;"
                     " its files are on that host. Ask an admin.",
                 ) from None
-        host = await self.host_provider.choose(self)
+        host = await provider.choose(self)
+        if self.host_name and host.name != self.host_name:
+            self.log.info("%s: moves from host %s to %s", self._log_name, self.host_name, host.name)
+            self.object_id = ""
+            self.object_name = self._object_name_default()
+            self.home_ready = False
         self.host_name, self._host = host.name, host
         return host
 
@@ -419,6 +434,7 @@ class PlacementSpawner(DockerSpawner):
             ip, port = await super().start()
             await self.wait_for_server(ip, port)
             self.last_error = ""
+            await self._tell_provider("started")
             self.log.info(
                 "%s: container up on %s in %.1fs",
                 self._log_name,
@@ -485,6 +501,18 @@ class PlacementSpawner(DockerSpawner):
             self.clear_state()
             return
         await super().stop(now=now)
+        await self._tell_provider("stopped")
+
+    async def _tell_provider(self, event: str) -> None:
+        """Tell the provider the workspace `started` or `stopped` (least-loaded counts these).
+
+        Only bookkeeping: a failure is logged, not raised, so it never fails a start whose
+        container is already up (the Hub would lose track of it) or a stop that happened.
+        """
+        try:
+            await getattr(self.host_provider, event)(self)
+        except Exception:
+            self.log.exception("%s: host provider %s() failed", self._log_name, event)
 
     async def poll(self) -> int | str | None:
         if not self.host_name:
