@@ -10,11 +10,10 @@ to `runtime_dir/<host>-<cert fingerprint>/` (mode 0700/0600); a new credential g
 folder, hence a new cached client in the spawner. `ssh://` hosts get a long-lived
 `connect.SSHTunnel` and reach the spawner as a `unix://` URL of the forwarded socket.
 
-What the spawner should do with it (beyond the two seam methods): call `choose()` at every
-start when the provider has `decides_every_start` (a changed host name means the workspace
-moved: forget the old container), and await the optional hooks `started(spawner)` /
-`stopped(spawner)`, which keep the placement's state (running/stopped) that least-loaded
-counts.
+Because this provider sets `decides_every_start`, `PlacementSpawner` calls `choose()` at every
+start (a changed host name means the workspace moved, and the spawner forgets the old
+container), and it awaits `started(spawner)` / `stopped(spawner)`, which keep the placement's
+state (running/stopped) that least-loaded counts.
 """
 
 from __future__ import annotations
