@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+import pathspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codeyard.server_extension.tree import _Ignore, _prefilter
 
 
 def _names(entries: list[dict]) -> list[str]:
@@ -130,3 +137,60 @@ async def test_tree_errors(api, workspace: Path) -> None:
         got, body = await api("tree", params=params)
         assert (got, body["error"]) == (status, code), params
         assert body["message"]
+
+
+PATTERNS = st.lists(
+    st.sampled_from(
+        [
+            "*.log",
+            "build/",
+            "!keep.log",
+            "/root.txt",
+            "a/**/b",
+            "docs/*.md",
+            "!docs/x.md",
+            "*.py[co]",
+            "tmp",
+            "**/cache/",
+            "\\#x",
+            "sp ace",
+            "!build/keep/",
+            "[ab].txt",
+        ]
+    ),
+    max_size=6,
+)
+PATHS = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from(["a", "b", "build", "docs", "cache", "keep", "x"]), max_size=3),
+        st.sampled_from(
+            [
+                "keep.log",
+                "a.log",
+                "root.txt",
+                "b",
+                "x.md",
+                "m.pyc",
+                "tmp",
+                "a.txt",
+                "sp ace",
+                "#x",
+                "cache",
+            ]
+        ),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(PATTERNS, PATHS)
+def test_prefilter_never_changes_what_pathspec_decides(patterns, paths) -> None:
+    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
+    fast = _Ignore([("", spec, _prefilter(spec))])
+    plain = _Ignore([("", spec, re.compile(""))])  # matches everything: always asks pathspec
+    for folders, name, is_dir in paths:
+        rel = "/".join([*folders, name])
+        assert fast.ignored(rel, is_dir) == plain.ignored(rel, is_dir), (patterns, rel, is_dir)

@@ -7,6 +7,7 @@ The walk uses `os.scandir` (one `stat` per entry, reused from the directory read
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -21,19 +22,51 @@ ALWAYS_HIDDEN = frozenset({".git", STATE_DIRNAME})
 _BY_NAME = attrgetter("name")
 
 
+def _prefilter(spec: pathspec.GitIgnoreSpec) -> re.Pattern[str] | None:
+    """One regex that matches a path if any of the spec's own patterns could.
+
+    Built from pathspec's compiled patterns (named groups made anonymous so they can be
+    joined). Most paths match no pattern at all; for those one C-level regex call replaces
+    pathspec's per-pattern loop. A path that does match still goes through
+    `check_file`, so last-match and negation semantics stay pathspec's.
+    """
+    parts = [
+        _NAMED_GROUP.sub("(?:", p.regex.pattern)
+        for p in spec.patterns
+        if p.include is not None and p.regex is not None
+    ]
+    if not parts:
+        return None
+    try:
+        return re.compile("|".join(f"(?:{part})" for part in parts))
+    except re.error:  # pragma: no cover - pathspec's regexes always join; be safe anyway
+        return re.compile("")
+
+
+_NAMED_GROUP = re.compile(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>")
+
+
 @dataclass
 class _Ignore:
     """The .gitignore specs in force in one directory, innermost last."""
 
-    specs: list[tuple[str, pathspec.GitIgnoreSpec]] = field(default_factory=list)
+    specs: list[tuple[str, pathspec.GitIgnoreSpec, re.Pattern[str] | None]] = field(
+        default_factory=list
+    )
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
         # The innermost .gitignore with a matching pattern decides, as in git.
         if not self.specs:
             return False
-        for base, spec in reversed(self.specs):
+        for base, spec, quick in reversed(self.specs):
+            if quick is None:
+                continue
             sub = rel[len(base) + 1 :] if base else rel
-            result = spec.check_file(sub + "/" if is_dir else sub)
+            if is_dir:
+                sub += "/"
+            if quick.match(sub) is None:
+                continue
+            result = spec.check_file(sub)
             if result.include is not None:
                 return bool(result.include)
         return False
@@ -45,7 +78,7 @@ class _Ignore:
                 spec = pathspec.GitIgnoreSpec.from_lines(fh)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
             return self
-        return _Ignore([*self.specs, (dir_rel, spec)])
+        return _Ignore([*self.specs, (dir_rel, spec, _prefilter(spec))])
 
 
 class TreeLister:
