@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,17 +76,24 @@ class WorkspacePaths:
                 raise forbidden_path(f"writes under .git/ are refused: {rel}")
             if parts[0] == STATE_DIRNAME:
                 raise forbidden_path(f"writes under {STATE_DIRNAME}/ are refused: {rel}")
-        current = self.root
-        for part in parts:
-            candidate = current / part
-            if os.path.lexists(candidate):
+        current = str(self.root)
+        for i, part in enumerate(parts):
+            candidate = os.path.join(current, part)
+            try:
+                mode = os.lstat(candidate).st_mode
+            except OSError:
+                # Missing (or unreadable): nothing below it can be reached, so the rest is text.
+                current = os.path.join(candidate, *parts[i + 1 :])
+                break
+            if stat.S_ISLNK(mode):
                 real = Path(os.path.realpath(candidate))
                 if not self.contains(real):
                     raise forbidden_path(f"path leaves the workspace through a symlink: {rel}")
-                current = real
+                current = str(real)
             else:
+                # `current` is already real, and a non-link name under it stays real.
                 current = candidate
-        if not self.contains(current):
+        if not self.contains(Path(current)):
             raise forbidden_path(f"path leaves the workspace: {rel}")
         return ResolvedPath(rel=rel, abs=self.root / rel if rel else self.root)
 
