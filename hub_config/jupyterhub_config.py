@@ -14,6 +14,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from codeyard_hub import CodeyardHub, ensure_secret
+from services_llm import SERVICE_NAME as LLM_SERVICE
+from services_llm import configure_llm_service
 
 from codeyard.spawner import handlers as workspace_handlers
 
@@ -117,3 +119,29 @@ services.append(
 roles.append({"name": "metrics", "scopes": ["read:metrics"], "services": ["metrics"]})
 c.JupyterHub.services = services
 c.JupyterHub.load_roles = roles
+
+# ---- The shared model: the LLM gateway as a managed service ---------------------------
+# The gateway listens on the docker bridge (hub_ip) so workspace containers reach it, and
+# forwards to vLLM on loopback: the one `make up` starts (hub_config/up.d/10-vllm.sh) or
+# the external one in CODEYARD_VLLM_URL. The Hub never starts vLLM itself.
+if not any(s.get("name") == LLM_SERVICE for s in c.JupyterHub.services):
+    configure_llm_service(
+        c,
+        ip=settings.hub_ip,
+        port=settings.llm_port,
+        upstream_url=settings.vllm_upstream_url,
+        key_file=settings.vllm_key_file,
+        audit_log=settings.state_path("llm-audit.jsonl"),
+        start_vllm=False,
+    )
+# Workspaces call it with their own JUPYTERHUB_API_TOKEN (explain, rewrite, Jupyternaut).
+TOKENIZER_IN_WORKSPACE = "/opt/codeyard/tokenizer.json"
+workspace_env = dict(c.Spawner.environment) if "environment" in c.Spawner else {}
+workspace_env.setdefault("CODEYARD_LLM_URL", settings.llm_url)
+workspace_env.setdefault("CODEYARD_LLM_MODEL", settings.llm_model)
+if os.path.isfile(settings.tokenizer_file) and "extra_volumes" not in c.PlacementSpawner:
+    c.PlacementSpawner.extra_volumes = {
+        settings.tokenizer_file: {"bind": TOKENIZER_IN_WORKSPACE, "mode": "ro"}
+    }
+    workspace_env.setdefault("CODEYARD_TOKENIZER_FILE", TOKENIZER_IN_WORKSPACE)
+c.Spawner.environment = workspace_env

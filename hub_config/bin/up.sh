@@ -42,6 +42,8 @@ cleanup() {
         if kill -0 "$pid" 2>/dev/null; then
             log "stopping pid $pid..."
             kill -TERM "$pid" 2>/dev/null || true
+            # Not our child, so no `wait`: give it time to stop its own children (vLLM).
+            for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
         fi
     done
     if [ -n "$DOCKERD_PIDFILE" ] && [ -s "$DOCKERD_PIDFILE" ]; then

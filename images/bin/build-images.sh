@@ -42,10 +42,12 @@ if [ ${#SRC[@]} -eq 0 ]; then
     log "ERROR: no sources found with git ls-files in $REPO (needs git and a git checkout)."
     exit 1
 fi
+# jupyter-ai -> the LLM gateway; installed as /opt/venv/etc/jupyter/jupyter_server_config.py.
+JAI_CONFIG="$REPO/hub_config/jupyter_ai/jupyter_server_config.py"
 HASH="$( {
     echo "base=$BASE ($("$DOCKER" image inspect -f '{{.Id}}' "$BASE"))"
     echo "INSTALL_JUPYTER_AI=$INSTALL_JUPYTER_AI"
-    sha256sum "$HERE"/../singleuser/* "${CERTS[@]}" | sed 's|  .*/|  |'
+    sha256sum "$HERE"/../singleuser/* "$JAI_CONFIG" "${CERTS[@]}" | sed 's|  .*/|  |'
     (cd "$REPO" && sha256sum "${SRC[@]}")
 } | sha256sum | cut -c1-16)"
 TAG="codeyard/singleuser:$HASH"
@@ -57,6 +59,7 @@ else
     trap 'rm -rf "$CTX"' EXIT
     mkdir -p "$CTX/certs" "$CTX/wheels"
     cp "$HERE"/../singleuser/* "$CTX/"
+    cp "$JAI_CONFIG" "$CTX/jupyter_server_config.py"
     [ ${#CERTS[@]} -eq 0 ] || cp "${CERTS[@]}" "$CTX/certs/"
     log "Extra CA certificates: ${#CERTS[@]}"
     PY="$REPO/.venv/bin/python"; [ -x "$PY" ] || PY=python3

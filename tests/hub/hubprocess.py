@@ -30,6 +30,27 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def model_env() -> dict[str, str]:
+    """Where the Hubs of these tests send the model: never a vLLM of their own.
+
+    The vLLM of `hub_config/vllm/with-vllm.sh` (CODEYARD_TEST_VLLM_URL/KEY_FILE) when set,
+    else a closed loopback port (the gateway then answers 503). Either way CODEYARD_VLLM_URL
+    is set, so neither the Hub config nor up.sh's vLLM hook starts one.
+    """
+    if os.environ.get("CODEYARD_TEST_VLLM_URL"):
+        return {
+            "CODEYARD_VLLM_URL": os.environ["CODEYARD_TEST_VLLM_URL"],
+            "CODEYARD_VLLM_KEY_FILE": os.environ.get("CODEYARD_TEST_VLLM_KEY_FILE", ""),
+        }
+    return {"CODEYARD_VLLM_URL": os.environ.get("CODEYARD_VLLM_URL") or "http://127.0.0.1:9"}
+
+
+# Also for Hubs started through up.sh with this process's environment (test_up.py). Its
+# gateway port is picked on loopback: the docker bridge may not exist yet at import.
+os.environ.update(model_env())
+os.environ.setdefault("CODEYARD_LLM_PORT", str(free_port()))
+
+
 def run_last_line(cmd: list[str], env: dict[str, str] | None = None) -> str:
     """Run a project script and return its last stdout line (the scripts' output contract)."""
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
@@ -62,6 +83,7 @@ class HubProcess:
     port: int = field(default_factory=free_port)
     hub_port: int = field(default_factory=lambda: free_port(DOCKER_BRIDGE_IP))
     proxy_api_port: int = field(default_factory=free_port)
+    llm_port: int = field(default_factory=lambda: free_port(DOCKER_BRIDGE_IP))
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
     proc: subprocess.Popen[bytes] | None = None
 
@@ -95,7 +117,9 @@ c.JupyterHub.load_roles = [{{
             CODEYARD_HUB_PORT=str(self.hub_port),
             CODEYARD_PROXY_API_PORT=str(self.proxy_api_port),
             CODEYARD_CULL_TIMEOUT="0",
+            CODEYARD_LLM_PORT=str(self.llm_port),
         )
+        env.update(model_env())
         env.update(self.extra_env)
         return env
 

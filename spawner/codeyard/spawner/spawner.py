@@ -137,6 +137,13 @@ class PlacementSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    extra_volumes = Dict(
+        help="""More binds for every workspace container, as host path ->
+        {"bind": container path, "mode": "ro" or "rw"}; e.g. the model's tokenizer.json,
+        read-only. Added only on hosts that share the Hub's file system
+        (`storage_is_local`), where the host path exists. The home is always mounted.""",
+    ).tag(config=True)
+
     clone_timeout = Float(
         600,
         help="""Seconds a first-start git clone may take before the spawn fails.""",
@@ -421,7 +428,8 @@ class PlacementSpawner(DockerSpawner):
             self.cpu_limit = opts.profile.cpu
             self.mem_limit = opts.profile.mem_bytes
             home = self.home_location(host)
-            self.volumes = {home.path: {"bind": self.home_mount, "mode": "rw"}}
+            extra = dict(self.extra_volumes) if host.storage_is_local else {}
+            self.volumes = {**extra, home.path: {"bind": self.home_mount, "mode": "rw"}}
             await self.pull_image(self.image)
             if not self.home_ready:
                 await self.prepare_home(host, opts)

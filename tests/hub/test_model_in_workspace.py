@@ -1,0 +1,136 @@
+"""The shared model in a real workspace: a signed-up user's workspace answers explain through
+the Hub's proxy with text from the real model.
+
+container (its own JUPYTERHUB_API_TOKEN) -> gateway (managed Hub service on the docker
+bridge) -> vLLM. The vLLM is the one `hub_config/vllm/with-vllm.sh` started for this run
+(CODEYARD_TEST_VLLM_URL / CODEYARD_TEST_VLLM_KEY_FILE); the Hub starts none of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+from hubprocess import Browser, HubProcess
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "correct-horse-battery-7"
+WS = "model"
+CODE = '''def add(a, b):
+    """Return the sum of a and b."""
+    return a + b
+'''
+
+
+@pytest.fixture(scope="module")
+def test_vllm() -> str:
+    url = os.environ.get("CODEYARD_TEST_VLLM_URL")
+    key = os.environ.get("CODEYARD_TEST_VLLM_KEY_FILE")
+    if not url or not key:
+        pytest.fail(
+            "CODEYARD_TEST_VLLM_URL / CODEYARD_TEST_VLLM_KEY_FILE are not set: run the Hub "
+            "tests under one vLLM, `hub_config/vllm/with-vllm.sh .venv/bin/pytest tests/hub` "
+            "(`make test` does)."
+        )
+    return url
+
+
+@pytest.fixture(scope="module")
+def hub(
+    tmp_path_factory: pytest.TempPathFactory,
+    test_vllm: str,
+    image: str,
+    proxy_command: str,
+    users,
+    docker_client: docker.APIClient,
+) -> Iterator[HubProcess]:
+    state = tmp_path_factory.mktemp("hubstate-model")
+    proc = HubProcess(
+        state_dir=state,
+        image=image,
+        proxy_command=proxy_command,
+        # Short answers: the model runs on a loaded CPU.
+        site_config='c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=40"]',
+    )
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        for name in users.all():
+            for c in docker_client.containers(all=True, filters={"label": f"codeyard.user={name}"}):
+                docker_client.remove_container(c["Id"], force=True)
+        shutil.rmtree(state / "homes", ignore_errors=True)
+
+
+def test_workspace_explains_code_with_the_real_model(
+    hub: HubProcess, users, docker_client: docker.APIClient
+) -> None:
+    user = users.alice
+    b = Browser(hub.url)
+    assert "signup was successful" in b.signup(user, PASSWORD).text
+    assert b.login(user, PASSWORD).url.endswith("/hub/home")
+    r = b.api("POST", f"/users/{user}/tokens", json={"note": "model e2e"})
+    assert r.status_code == 201, r.text
+    auth = {"Authorization": f"token {r.json()['token']}"}
+
+    r = b.api("POST", f"/users/{user}/servers/{WS}", json={"profile": "small"})
+    assert r.status_code in (201, 202), r.text
+    deadline = time.monotonic() + 300
+    while not (hub.api("GET", f"/users/{user}").json()["servers"].get(WS) or {}).get("ready"):
+        assert time.monotonic() < deadline, f"workspace not ready\n{hub.log_tail()}"
+        time.sleep(0.5)
+
+    # The Hub handed the container the gateway and the tokenizer.
+    found = docker_client.containers(
+        filters={"label": [f"codeyard.user={user}", f"codeyard.workspace={WS}"]}
+    )
+    info = docker_client.inspect_container(found[0]["Id"])
+    env = dict(e.split("=", 1) for e in info["Config"]["Env"])
+    assert env["CODEYARD_LLM_URL"] == f"http://172.17.0.1:{hub.llm_port}", env
+    mounts = {m["Destination"]: m for m in info["Mounts"]}
+    if "CODEYARD_TOKENIZER_FILE" in env:
+        assert mounts[env["CODEYARD_TOKENIZER_FILE"]]["RW"] is False
+
+    base = f"{hub.url}/user/{user}/{WS}"
+    r = requests.put(
+        f"{base}/api/contents/calc.py",
+        json={"type": "file", "format": "text", "content": CODE},
+        headers=auth,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+
+    started = time.monotonic()
+    r = requests.post(
+        f"{base}/codeyard/api/explain",
+        json={"path": "calc.py", "start_line": 1, "end_line": 3},
+        headers=auth,
+        timeout=300,
+    )
+    elapsed = time.monotonic() - started
+    assert r.status_code == 200, f"{r.status_code} {r.text}\n{hub.log_tail()}"
+    body = r.json()
+    assert isinstance(body["text"], str) and body["text"].strip(), body
+    assert body["usage"]["completion_tokens"] > 0, body
+    assert body["usage"]["prompt_tokens"] > 0, body
+    print(f"explain via container -> gateway -> vLLM in {elapsed:.1f}s: {body['text'][:200]!r}")
+
+    # The call went through the gateway as this user (its audit log has the row).
+    audit = Path(hub.state_dir) / "llm-audit.jsonl"
+    deadline = time.monotonic() + 10
+    while True:
+        text = audit.read_text() if audit.exists() else ""
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if any(row.get("user") == user for row in rows):
+            break
+        assert time.monotonic() < deadline, f"no audit row for {user}: {rows[-3:]}"
+        time.sleep(0.2)
