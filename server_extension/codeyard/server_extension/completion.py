@@ -21,7 +21,7 @@ from traitlets.config import LoggingConfigurable
 
 from .context import Redactor
 from .errors import bad_request
-from .llm_client import CodeyardLLM, Usage, unavailable
+from .llm_client import CodeyardLLM, Usage
 from .paths import WorkspacePaths
 
 PYTHON_SUFFIXES = frozenset({".py", ".pyi", ".ipynb"})
@@ -175,21 +175,10 @@ class CodeyardCompleter(LoggingConfigurable):
         return redactor.redact(prefix, request["path"])
 
     def _http_request(self, body: dict[str, Any]) -> httpclient.HTTPRequest:
-        llm = self.llm
-        if not llm.url:
-            raise unavailable(
-                "no LLM gateway is configured for this workspace (set CODEYARD_LLM_URL or "
-                "c.CodeyardLLM.url)"
-            )
-        if not llm.token:
-            raise unavailable("no token for the LLM gateway (JUPYTERHUB_API_TOKEN is not set)")
-        return httpclient.HTTPRequest(
-            f"{llm.url.rstrip('/')}/v1/completions",
-            method="POST",
-            headers={"Authorization": f"Bearer {llm.token}", "Content-Type": "application/json"},
-            body=json.dumps({"model": llm.model, **body}),
-            connect_timeout=llm.connect_timeout,
-            request_timeout=min(self.request_timeout, llm.request_timeout),
+        return self.llm.request(
+            body,
+            endpoint="completions",
+            request_timeout=min(self.request_timeout, self.llm.request_timeout),
         )
 
     async def complete(self, request: CompletionRequest) -> CompletionResult:

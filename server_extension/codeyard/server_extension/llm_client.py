@@ -119,7 +119,15 @@ class CodeyardLLM(LoggingConfigurable):
         1024, help="""Longest replacement the model may write, in tokens."""
     ).tag(config=True)
 
-    def _request(self, body: dict[str, Any], **kw: Any) -> httpclient.HTTPRequest:
+    def request(
+        self,
+        body: dict[str, Any],
+        *,
+        endpoint: str = "chat/completions",
+        request_timeout: float | None = None,
+        **kw: Any,
+    ) -> httpclient.HTTPRequest:
+        """An authenticated POST to the gateway's `/v1/<endpoint>`; 503 when unconfigured."""
         if not self.url:
             raise unavailable(
                 "no LLM gateway is configured for this workspace (set CODEYARD_LLM_URL or "
@@ -128,12 +136,12 @@ class CodeyardLLM(LoggingConfigurable):
         if not self.token:
             raise unavailable("no token for the LLM gateway (JUPYTERHUB_API_TOKEN is not set)")
         return httpclient.HTTPRequest(
-            f"{self.url.rstrip('/')}/v1/chat/completions",
+            f"{self.url.rstrip('/')}/v1/{endpoint}",
             method="POST",
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
             body=json.dumps({"model": self.model, **body}),
             connect_timeout=self.connect_timeout,
-            request_timeout=self.request_timeout,
+            request_timeout=request_timeout or self.request_timeout,
             **kw,
         )
 
@@ -171,7 +179,7 @@ class CodeyardLLM(LoggingConfigurable):
         self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.2
     ) -> tuple[str, Usage]:
         """One non-streaming chat call: (text, usage)."""
-        request = self._request(
+        request = self.request(
             {"messages": messages, "max_tokens": max_tokens, "temperature": temperature}
         )
         try:
@@ -201,7 +209,7 @@ class CodeyardLLM(LoggingConfigurable):
             if line.startswith("HTTP/"):
                 status.append(int(line.split(" ", 2)[1]))
 
-        request = self._request(
+        request = self.request(
             {
                 "messages": messages,
                 "max_tokens": max_tokens,
