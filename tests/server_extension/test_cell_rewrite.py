@@ -106,7 +106,13 @@ async def test_cell_explain_streams_about_the_cell(api: Any, workspace: Path) ->
 async def test_cell_rewrite_from_a_canned_answer_is_validated_and_applies(
     api: Any, workspace: Path, jp_serverapp: Any
 ) -> None:
-    """The result building without the model: the diff and base go straight to apply."""
+    """The result building without the model: the diff and base go straight to apply.
+
+    A canned model answer stands in for the model here (the one substitute in this file):
+    the small CPU model cannot be steered to one exact edit, and this test asserts the exact
+    bytes that apply and revert produce. The real model path is covered by the two tests
+    above.
+    """
     before = write_notebook(workspace)
     settings = jp_serverapp.web_app.settings
     rewriter, cells = settings["codeyard_rewriter"], settings["codeyard_cells"]
