@@ -108,7 +108,7 @@ async def test_cell_rewrite_from_a_canned_answer_is_validated_and_applies(
 ) -> None:
     """The result building without the model: the diff and base go straight to apply.
 
-    A canned model answer stands in for the model here (the one substitute in this file):
+    A canned model answer stands in for the model here (and in the 409 test below):
     the small CPU model cannot be steered to one exact edit, and this test asserts the exact
     bytes that apply and revert produce. The real model path is covered by the two tests
     above.
@@ -183,6 +183,7 @@ async def test_cell_id_on_a_file_that_is_not_a_notebook_gives_400(
 async def test_stale_notebook_after_a_cell_rewrite_gives_409_on_apply(
     api: Any, workspace: Path, jp_serverapp: Any
 ) -> None:
+    # A canned model answer, as above: the 409 must not depend on what the model writes.
     write_notebook(workspace)
     settings = jp_serverapp.web_app.settings
     rewriter, cells = settings["codeyard_rewriter"], settings["codeyard_cells"]
