@@ -517,19 +517,7 @@ class Registry:
         confirm_data_loss: bool,
     ) -> PlacementResult:
         with self.sessions.begin() as db:
-            p = db.scalar(
-                select(Placement).where(Placement.user == user, Placement.workspace == workspace)
-            )
-            if p is None:
-                p = Placement(
-                    user=user,
-                    workspace=workspace,
-                    state=PlacementState.stopped,
-                    mem_reserved=0,
-                    restart_requested=False,
-                    data_loss_confirmed=False,
-                )
-                db.add(p)
+            p = self._placement(db, user, workspace, create=True)
             old = p.server
             target: Server | None = None
             reason, policy_name, n, took = "", "", 0, 0.0
@@ -619,12 +607,25 @@ class Registry:
             )
         )
 
-    def _placement(self, db: Session, user: str, workspace: str) -> Placement:
+    def _placement(
+        self, db: Session, user: str, workspace: str, *, create: bool = False
+    ) -> Placement:
+        """The workspace's placement; with `create`, a new stopped one where none exists."""
         p = db.scalar(
             select(Placement).where(Placement.user == user, Placement.workspace == workspace)
         )
         if p is None:
-            raise NotFound(f"no placement for {user}/{workspace}")
+            if not create:
+                raise NotFound(f"no placement for {user}/{workspace}")
+            p = Placement(
+                user=user,
+                workspace=workspace,
+                state=PlacementState.stopped,
+                mem_reserved=0,
+                restart_requested=False,
+                data_loss_confirmed=False,
+            )
+            db.add(p)
         return p
 
     def mark(self, user: str, workspace: str, state: PlacementState) -> None:
@@ -644,18 +645,7 @@ class Registry:
             server = self._server(db, server_id)
             if server.state == ServerState.down:
                 raise Conflict(f"{server.name} is down")
-            p = db.scalar(
-                select(Placement).where(Placement.user == user, Placement.workspace == workspace)
-            )
-            if p is None:
-                p = Placement(
-                    user=user,
-                    workspace=workspace,
-                    state=PlacementState.stopped,
-                    mem_reserved=0,
-                    data_loss_confirmed=False,
-                )
-                db.add(p)
+            p = self._placement(db, user, workspace, create=True)
             old = p.server
             if (
                 old is not None
