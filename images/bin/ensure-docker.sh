@@ -34,7 +34,8 @@ PIDFILE="$STATE/dockerd.pid"
 LOGFILE="$STATE/dockerd.log"
 
 # A dockerd we started earlier may still be starting up; don't start a second one.
-if [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+# After a reboot the PID may belong to another process: check it is really dockerd.
+if [ -s "$PIDFILE" ] && [ "$(cat "/proc/$(cat "$PIDFILE")/comm" 2>/dev/null)" = dockerd ]; then
     log "dockerd (pid $(cat "$PIDFILE")) from an earlier run is alive; waiting for it."
 else
     log "Starting dockerd (log: $LOGFILE)..."
