@@ -17,7 +17,7 @@ from codeyard.placement.database import (
     open_db,
     upgrade,
 )
-from codeyard.placement.models import Base, Placement
+from codeyard.placement.models import Base, Placement, Server
 
 
 def test_models_match_the_newest_migration(db_url: str) -> None:
@@ -40,6 +40,12 @@ def test_populated_first_revision_upgrades_and_keeps_rows(db_url: str) -> None:
             " '/srv', 1, 10, 4.0, 8192, 'active', 0, '2026-11-01 00:00:00')"
         )
         conn.execute(
+            "INSERT INTO servers (id, name, endpoint, region, labels, storage_root,"
+            " storage_shared, max_workspaces, cpu_capacity, mem_capacity, state,"
+            " consecutive_failures, created) VALUES (2, 'hs2', 'unix:///e.sock', 'eu', '{}',"
+            " '/srv', 1, 10, 4.0, 8192, 'draining', 0, '2026-11-01 00:00:00')"
+        )
+        conn.execute(
             "INSERT INTO placements (user, workspace, server_id, state, mem_reserved, updated)"
             " VALUES ('alice', '', 1, 'running', 512, '2026-11-01 00:00:00')"
         )
@@ -54,6 +60,8 @@ def test_populated_first_revision_upgrades_and_keeps_rows(db_url: str) -> None:
         p = db.query(Placement).one()
         assert (p.user, p.server.name, p.mem_reserved) == ("alice", "hs1", 512)
         assert p.pinned_server_id is None and p.restart_requested is False
+        drained = {s.name: s.drain_requested for s in db.query(Server)}
+        assert drained == {"hs1": False, "hs2": True}  # revision 3 keeps the drain intent
     engine = make_engine(db_url)
     with engine.connect() as conn:
         rev = MigrationContext.configure(conn).get_current_revision()

@@ -121,3 +121,50 @@ def test_health_threshold_marks_down_and_recovery_marks_active(registry: Registr
     assert registry.get_server(sid)["last_test"]["error"] == "refused"
     assert registry.record_probe(sid, {"ok": True}, details=False) == "active"
     assert registry.get_server(sid)["last_seen"] is not None
+
+
+def test_a_draining_host_that_dies_is_marked_down_and_returns_draining(
+    registry: Registry,
+) -> None:
+    sid = _add(registry, "hs1", storage_shared=True)
+    _add(registry, "hs2", storage_shared=True)
+    registry.settings.failure_threshold = 2
+    registry.place("alice")
+    registry.set_state(sid, ServerState.draining)
+    fail = {"ok": False, "error": "refused"}
+    assert [registry.record_probe(sid, fail, details=False) for _ in range(2)] == [
+        "draining",
+        "down",
+    ]
+    view = registry.get_server(sid)
+    assert (view["state"], view["drain_requested"]) == ("down", True)
+    assert "home survives" in registry.get_placement("alice")["note"]  # down, not draining
+    # drain/undrain on a down host change only the intent; it stays down
+    assert registry.set_state(sid, ServerState.active)["state"] == "down"
+    assert registry.set_state(sid, ServerState.draining)["state"] == "down"
+    # it answers again: draining, as the admin left it, and takes no new workspaces
+    assert registry.record_probe(sid, {"ok": True}, details=False) == "draining"
+    assert registry.place("bob").server_name == "hs2"
+    undrained = registry.set_state(sid, ServerState.active)
+    assert (undrained["state"], undrained["drain_requested"]) == ("active", False)
+    # without the intent, a dead host comes back active
+    for _ in range(2):
+        registry.record_probe(sid, fail, details=False)
+    assert registry.set_state(sid, ServerState.active)["state"] == "down"
+    assert registry.record_probe(sid, {"ok": True}, details=False) == "active"
+
+
+def test_least_loaded_reserves_the_requested_memory_on_the_first_placement(
+    registry: Registry,
+) -> None:
+    # equal and empty: without counting the request, the name would decide (a-small)
+    _add(registry, "b-big", mem_capacity=16384)
+    _add(registry, "a-small", mem_capacity=4096)
+    first = registry.place("alice", mem_request=2048)
+    assert first.server_name == "b-big"
+    assert "+ 2048 MiB requested" in first.reason
+    assert registry.get_server("b-big")["load"]["mem_reserved"] == 2048
+    # a-small would be at 50% with 2048 MiB, b-big at 25%: still b-big
+    assert registry.place("bob", mem_request=2048).server_name == "b-big"
+    # a request that does not fit the small host never goes there
+    assert registry.place("cy", mem_request=6000).server_name == "b-big"

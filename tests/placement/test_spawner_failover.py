@@ -1,4 +1,6 @@
-"""A real `PlacementSpawner` over `RegistryHostProvider` on the two TLS engines: drain, failover.
+"""A real `PlacementSpawner` over `RegistryHostProvider` on the two TLS engines: drain, a
+drained engine killed by its PID, failover with the files intact, the admin's view of the
+move, and the stale container removed when the engine comes back.
 
 The spawner runs its whole `start()`/`stop()` (placement, home helper, container create and
 start, the wait for HTTP, the provider's `started`/`stopped` hooks) against the engines. No
@@ -26,7 +28,6 @@ from traitlets.config import Config
 
 from codeyard.placement.connect import HostClient
 from codeyard.placement.health import HealthMonitor
-from codeyard.placement.models import ServerState
 from codeyard.placement.provider import RegistryHostProvider
 from codeyard.spawner import PlacementSpawner, clients
 
@@ -71,6 +72,13 @@ def _running(engine, name: str) -> list[dict]:  # type: ignore[no-untyped-def]
         return [x for x in c.api.containers(filters={"name": name}) if f"/{name}" in x["Names"]]
 
 
+def _containers(engine, name: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    """`docker ps -a --filter name=...` on `engine` (stopped ones too)."""
+    with HostClient(engine.endpoint, "tls", engine.client_bundle, timeout=30) as c:
+        found = c.api.containers(all=True, filters={"name": name})
+        return [x for x in found if f"/{name}" in x["Names"]]
+
+
 def _sh(engine, container: str, script: str) -> str:  # type: ignore[no-untyped-def]
     with HostClient(engine.endpoint, "tls", engine.client_bundle, timeout=30) as c:
         run = c.api.exec_create(container, ["/bin/sh", "-c", script])
@@ -83,9 +91,18 @@ def _remove_ours(engine) -> None:  # type: ignore[no-untyped-def]
             c.api.remove_container(x["Id"], force=True)
 
 
+async def _admin_page(service, path: str, token: str) -> str:  # type: ignore[no-untyped-def]
+    from tornado.httpclient import AsyncHTTPClient
+
+    resp = await AsyncHTTPClient().fetch(
+        service.url + path, headers={"Authorization": f"token {token}"}, follow_redirects=False
+    )
+    return resp.body.decode()
+
+
 @pytest.mark.asyncio
-async def test_spawner_stays_on_drained_host_and_moves_after_its_engine_dies(  # type: ignore[no-untyped-def]
-    engines, registry, db_url, busybox_sh, tmp_path, monkeypatch
+async def test_drained_host_dies_workspace_moves_admin_sees_it_and_stale_container_goes(  # type: ignore[no-untyped-def]
+    engines, registry, db_url, busybox_sh, tmp_path, monkeypatch, api, service, hub_tokens
 ) -> None:
     first, second = engines
     shared = tmp_path / "nfs"
@@ -98,6 +115,7 @@ async def test_spawner_stays_on_drained_host_and_moves_after_its_engine_dies(  #
                 "credential": engine.client_bundle,
                 "storage_root": str(shared),
                 "storage_shared": True,
+                "mem_capacity": 16384,
             }
         )
     registry.settings.failure_threshold = 2
@@ -114,6 +132,7 @@ async def test_spawner_stays_on_drained_host_and_moves_after_its_engine_dies(  #
         host_provider_class=RegistryHostProvider,
         allowed_images={"busybox": busybox_sh},
         image=busybox_sh,
+        profiles={"tiny": {"display_name": "Tiny", "cpu": 0.5, "mem": "512M"}},
         cmd=["/bin/sh", "-c", SERVE, "workspace"],  # Jupyter's arguments land in $1...
         start_timeout=60,
     )
@@ -124,12 +143,16 @@ async def test_spawner_stays_on_drained_host_and_moves_after_its_engine_dies(  #
         state = spawner.get_state()
         assert state["host"] == first.name and ip == first.ip
         name = spawner.object_name
-        assert [c["Id"] for c in _running(first, name)] == [state["object_id"]]
+        old_id = state["object_id"]
+        assert [c["Id"] for c in _running(first, name)] == [old_id]
         assert registry.get_placement(USER)["state"] == "running"  # the started() hook
+        # the profile's memory was reserved by the first placement already
+        assert registry.get_server(first.name)["load"]["mem_reserved"] == 512
         _sh(first, name, "echo 'written on the first engine' > /home/jovyan/work/notes.txt")
 
         # Drain: the running workspace stays where it is.
-        registry.set_state(first.name, ServerState.draining)
+        status, _ = await api("POST", f"servers/{first.name}/drain")
+        assert status == 200
         assert await spawner.poll() is None
         assert _running(first, name)
         placement = registry.get_placement(USER)
@@ -139,23 +162,48 @@ async def test_spawner_stays_on_drained_host_and_moves_after_its_engine_dies(  #
         assert not _running(first, name)
         assert registry.get_placement(USER)["state"] == "stopped"  # the stopped() hook
 
-        # The admin undrains it (the monitor never marks a draining host down); then the
-        # engine dies, the monitor marks it down, and the next start moves the workspace.
-        registry.set_state(first.name, ServerState.active)
+        # The drained engine dies: down wins over draining, and the drain intent is kept.
         first.kill()
         killed = True
         for _ in range(2):
             await monitor.check_once()
-        assert registry.get_server(first.name)["state"] == "down"
+        _, server = await api("GET", f"servers/{first.name}")
+        assert (server["state"], server["drain_requested"]) == ("down", True)
 
+        # The next start moves the workspace, files intact (shared storage).
         ip, _port = await spawner.start()
         state = spawner.get_state()
         assert state["host"] == second.name and ip == second.ip
         assert [c["Id"] for c in _running(second, name)] == [state["object_id"]]
         out = _sh(second, name, "cat /home/jovyan/work/notes.txt")
         assert out.strip() == "written on the first engine"
-        placement = registry.get_placement(USER)
-        assert (placement["server"], placement["state"]) == (second.name, "running")
+
+        # The admin view shows the move: the API and the placements page.
+        _, [view] = await api("GET", f"workspaces?user={USER}")
+        assert (view["server"], view["state"]) == (second.name, "running")
+        assert f"moved from {first.name} (down)" in view["reason"]
+        page = await _admin_page(service, f"workspaces?user={USER}", hub_tokens["admin"])
+        assert f'data-user="{USER}" data-server="{second.name}"' in page
+        assert f"moved from {first.name} (down)" in page
+
+        # The dead engine comes back, still holding the old container: the monitor brings
+        # the host back draining (the admin's intent) and removes the stale container.
+        first.stop()
+        first.start()
+        killed = False
+        assert [c["Id"] for c in _containers(first, name)] == [old_id]
+        sid = registry.get_server(first.name)["id"]
+        assert (await monitor.check_once())[sid] == "draining"
+        assert _containers(first, name) == []
+        assert [c["Id"] for c in _running(second, name)] == [state["object_id"]]
+        _, [view] = await api("GET", f"workspaces?user={USER}")
+        assert view["server"] == second.name
+        assert view["reason"].startswith(f"removed stale container {name}")
+        assert f"now runs on {second.name}" in view["reason"]
+        page = await _admin_page(service, f"workspaces?user={USER}", hub_tokens["admin"])
+        assert f"removed stale container {name}" in page
+        status, undrained = await api("POST", f"servers/{first.name}/undrain")
+        assert (status, undrained["state"]) == (200, "active")
         await spawner.stop()
     finally:
         if killed:

@@ -1,8 +1,11 @@
 """The health monitor: ping every registered host on an interval.
 
-A host is marked down after `failure_threshold` consecutive failed pings and back to active
-after one success (`Registry.record_probe`); placement then avoids or uses it again. Pings
-run in a thread pool (docker-py blocks), all hosts at once, each bounded by `timeout`.
+A host is marked down after `failure_threshold` consecutive failed pings, even while
+draining, and comes back after one success (`Registry.record_probe`: draining again if an
+admin drained it, else active); placement then avoids or uses it again. A host that comes
+back is cleared of containers whose workspaces were placed elsewhere meanwhile
+(`cleanup.remove_stale_containers`). Pings run in a thread pool (docker-py blocks), all
+hosts at once, each bounded by `timeout`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .cleanup import remove_stale_containers
 from .probe import probe
 from .registry import Registry
 
@@ -55,7 +59,16 @@ class HealthMonitor:
                 log.warning(
                     "host %s: %s -> %s (%s)", sid, before[sid], state, result.get("error", "ok")
                 )
+        returned = [sid for sid, _, st in results if before[sid] == "down" and st != "down"]
+        for sid in returned:
+            await loop.run_in_executor(self.executor, self._clean_up, sid)
         return {sid: state for sid, _, state in results}
+
+    def _clean_up(self, server_id: int) -> None:
+        try:
+            remove_stale_containers(self.registry, server_id, timeout=self.timeout * 4)
+        except Exception:  # the host may flap again; the next return tries again
+            log.exception("host %s: removing stale containers failed", server_id)
 
     async def _run(self) -> None:
         while True:

@@ -75,6 +75,9 @@ class Server(Base):
         Enum(ServerState, native_enum=False, length=16), default=ServerState.active
     )
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # Revision 3: an admin drained the host. Kept while the host is down, so when it answers
+    # again it returns as draining (not active); undrain clears it.
+    drain_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     last_test: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

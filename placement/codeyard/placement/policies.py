@@ -56,8 +56,15 @@ class HostLoad:
         mem = self.mem_reserved / self.mem_capacity if self.mem_capacity else 0.0
         return max(ws, mem)
 
-    def sort_key(self) -> tuple[float, int, str]:
-        return (self.load, self.running, self.name)
+    def load_with(self, mem_request: int = 0) -> float:
+        """`load` once a workspace reserving `mem_request` MiB is placed here: the request
+        counts against this host's memory, so a small host fills before a big one."""
+        ws = self.running / self.max_workspaces if self.max_workspaces else 0.0
+        mem = (self.mem_reserved + mem_request) / self.mem_capacity if self.mem_capacity else 0.0
+        return max(ws, mem)
+
+    def sort_key(self, mem_request: int = 0) -> tuple[float, int, str]:
+        return (self.load_with(mem_request), self.running, self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +150,11 @@ class PlacementPolicy:
         raise NotImplementedError
 
 
+def least_loaded(hosts: Sequence[HostLoad], request: PlacementRequest) -> HostLoad:
+    """The host with the lowest load once `request` is placed on it (ties: running, name)."""
+    return min(hosts, key=lambda h: h.sort_key(request.mem_request))
+
+
 class LeastLoaded(PlacementPolicy):
     """The host with the lowest utilisation (workspaces and reserved memory vs capacity)."""
 
@@ -152,11 +164,12 @@ class LeastLoaded(PlacementPolicy):
     def choose(
         self, hosts: Sequence[HostLoad], request: PlacementRequest, state: PolicyState
     ) -> Choice:
-        best = min(self.eligible(hosts, request), key=HostLoad.sort_key)
+        best = least_loaded(self.eligible(hosts, request), request)
         return Choice(
             best,
-            f"least-loaded: {best.name} at {best.load:.0%} "
-            f"({best.running} workspaces, {best.mem_reserved} MiB reserved)",
+            f"least-loaded: {best.name} at {best.load_with(request.mem_request):.0%} with this "
+            f"workspace ({best.running} workspaces, {best.mem_reserved} MiB reserved"
+            f" + {request.mem_request} MiB requested)",
         )
 
 
@@ -209,13 +222,11 @@ class Region(PlacementPolicy):
                     "region and the region fallback is 'deny'"
                 )
             if fallback == "any":
-                best = min(self.eligible(hosts, request), key=HostLoad.sort_key)
+                best = least_loaded(self.eligible(hosts, request), request)
                 return Choice(best, f"region: no group mapped, fallback 'any': {best.name}")
             region, why = fallback, "fallback region"
         in_region = [h for h in hosts if h.region == region]
-        best = min(
-            self.eligible(in_region, request, scope=f"region {region!r}"), key=HostLoad.sort_key
-        )
+        best = least_loaded(self.eligible(in_region, request, scope=f"region {region!r}"), request)
         return Choice(best, f"region: {why} {region!r}; least-loaded there is {best.name}")
 
 

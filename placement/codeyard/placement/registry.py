@@ -104,6 +104,7 @@ class ServerModel(TypedDict):
     cpu_capacity: float
     mem_capacity: int
     state: str
+    drain_requested: bool
     consecutive_failures: int
     last_seen: str | None
     last_test: dict[str, Any] | None
@@ -123,6 +124,8 @@ class PlacementModel(TypedDict):
     restart_requested: bool
     updated: str
     note: str
+    reason: str  # the newest decision about this workspace (placement, move or clean-up)
+    decided: str | None
 
 
 @dataclass
@@ -236,6 +239,8 @@ class Registry:
                 server.state = ServerState(data["state"])
             except ValueError:
                 raise RegistryError("state must be active, draining or down") from None
+            if server.state != ServerState.down:
+                server.drain_requested = server.state == ServerState.draining
         if data.get("credential"):
             self._set_credential(server, data["credential"])
         if server.endpoint.startswith("tcp://") and not any(
@@ -261,6 +266,7 @@ class Registry:
                 mem_capacity=0,
                 state=ServerState.active,
                 consecutive_failures=0,
+                drain_requested=False,
             )
             self._apply(server, data)
             db.add(server)
@@ -287,11 +293,20 @@ class Registry:
             db.delete(server)
 
     def set_state(self, server_id: int | str, state: ServerState) -> ServerModel:
+        """An admin's drain (`draining`), undrain (`active`) or mark `down`.
+
+        Drain and undrain set or clear the drain intent. On a host that is down they change
+        only the intent: the host stays down until the monitor reaches it, and then returns
+        draining or active as the intent says.
+        """
         with self.sessions.begin() as db:
             server = self._server(db, server_id)
-            server.state = state
-            if state == ServerState.active:
-                server.consecutive_failures = 0
+            if state != ServerState.down:
+                server.drain_requested = state == ServerState.draining
+            if server.state != ServerState.down or state == ServerState.down:
+                server.state = state
+                if state == ServerState.active:
+                    server.consecutive_failures = 0
             return self._view(server, self._loads(db))
 
     def get_server(self, server_id: int | str) -> ServerModel:
@@ -336,6 +351,7 @@ class Registry:
             cpu_capacity=server.cpu_capacity,
             mem_capacity=server.mem_capacity,
             state=server.state.value,
+            drain_requested=server.drain_requested,
             consecutive_failures=server.consecutive_failures,
             last_seen=_iso(server.last_seen),
             last_test=server.last_test,
@@ -355,8 +371,9 @@ class Registry:
     def record_probe(self, server_id: int, result: Mapping[str, Any], details: bool) -> str:
         """Store a probe's outcome; returns the server's state afterwards.
 
-        `failure_threshold` consecutive failures mark an active host down; one success
-        brings a down host back to active. Draining hosts stay draining either way.
+        `failure_threshold` consecutive failures mark an active or draining host down (down
+        wins: a dead host must not look usable); one success brings a down host back, as
+        draining if an admin drained it (the intent survives), else active.
         """
         with self.sessions.begin() as db:
             server = self._server(db, server_id)
@@ -364,11 +381,13 @@ class Registry:
                 server.consecutive_failures = 0
                 server.last_seen = utcnow()
                 if server.state == ServerState.down:
-                    server.state = ServerState.active
+                    server.state = (
+                        ServerState.draining if server.drain_requested else ServerState.active
+                    )
             else:
                 server.consecutive_failures += 1
                 if (
-                    server.state == ServerState.active
+                    server.state != ServerState.down
                     and server.consecutive_failures >= self.settings.failure_threshold
                 ):
                     server.state = ServerState.down
@@ -662,7 +681,8 @@ class Registry:
             p.data_loss_confirmed = confirm_data_loss
             db.flush()
             db.refresh(p)
-            return self._placement_view(p)
+            last = self._last_decisions(db, user, workspace).get((user, workspace))
+            return self._placement_view(p, last)
 
     def confirm_replacement(self, user: str, workspace: str) -> None:
         with self.sessions.begin() as db:
@@ -674,7 +694,8 @@ class Registry:
 
     def get_placement(self, user: str, workspace: str = "") -> PlacementModel:
         with self.sessions() as db:
-            return self._placement_view(self._placement(db, user, workspace))
+            last = self._last_decisions(db, user, workspace).get((user, workspace))
+            return self._placement_view(self._placement(db, user, workspace), last)
 
     def list_placements(
         self, user: str | None = None, server: str | None = None, state: str | None = None
@@ -687,7 +708,8 @@ class Registry:
                 q = q.where(Placement.state == PlacementState(state))
             if server:
                 q = q.join(Placement.server).where(Server.name == server)
-            return [self._placement_view(p) for p in db.scalars(q)]
+            last = self._last_decisions(db, user)
+            return [self._placement_view(p, last.get((p.user, p.workspace))) for p in db.scalars(q)]
 
     def decisions(self, limit: int = 100) -> list[dict[str, Any]]:
         with self.sessions() as db:
@@ -707,7 +729,27 @@ class Registry:
             ]
 
     @staticmethod
-    def _placement_view(p: Placement) -> PlacementModel:
+    def _last_decisions(
+        db: Session, user: str | None = None, workspace: str | None = None
+    ) -> dict[tuple[str, str], Decision]:
+        """The newest decision per (user, workspace), optionally for one user/workspace."""
+        newest = select(func.max(Decision.id)).group_by(Decision.user, Decision.workspace)
+        if user is not None:
+            newest = newest.where(Decision.user == user)
+        if workspace is not None:
+            newest = newest.where(Decision.workspace == workspace)
+        rows = db.scalars(select(Decision).where(Decision.id.in_(newest.scalar_subquery())))
+        return {(d.user, d.workspace): d for d in rows}
+
+    def record_event(
+        self, user: str, workspace: str, server: int | str, policy: str, reason: str
+    ) -> None:
+        """Record something done to a workspace outside a placement (e.g. a clean-up)."""
+        with self.sessions.begin() as db:
+            self._record(db, user, workspace, policy, self._server(db, server), reason, 0, 0.0)
+
+    @staticmethod
+    def _placement_view(p: Placement, last: Decision | None = None) -> PlacementModel:
         s = p.server
         note = ""
         if s is not None and s.state == ServerState.down:
@@ -728,4 +770,6 @@ class Registry:
             restart_requested=p.restart_requested,
             updated=_iso(p.updated) or "",
             note=note,
+            reason=last.reason if last else "",
+            decided=_iso(last.at) if last else None,
         )

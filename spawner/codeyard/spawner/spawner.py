@@ -420,13 +420,14 @@ class PlacementSpawner(DockerSpawner):
             except InvalidOptions as e:
                 raise web.HTTPError(400, str(e)) from None
             self.user_options = opts.to_user_options()
+            # The limits before placing: the provider reserves the profile's memory.
+            self.cpu_limit = opts.profile.cpu
+            self.mem_limit = opts.profile.mem_bytes
             self.emit(5, "Placing workspace")
             host = await self.place()
             self.emit(10, f"Placed on host {host.name}")
             self.host_ip = host.host_ip
             self.image = await self.check_allowed(opts.image_key)
-            self.cpu_limit = opts.profile.cpu
-            self.mem_limit = opts.profile.mem_bytes
             home = self.home_location(host)
             extra = dict(self.extra_volumes) if host.storage_is_local else {}
             self.volumes = {**extra, home.path: {"bind": self.home_mount, "mode": "rw"}}
