@@ -20,6 +20,7 @@ from .handlers.explain import ExplainHandler
 from .handlers.files import FilesHandler
 from .handlers.patch import PatchApplyHandler, PatchRevertHandler, PatchValidateHandler
 from .handlers.rewrite import RewriteHandler
+from .handlers.status import StatusHandler
 from .handlers.tree import TreeHandler
 from .llm_client import CodeyardLLM
 from .notebook_cells import CellPatcher
@@ -129,5 +130,6 @@ class CodeyardApp(ExtensionApp):
                 (rf"{api}/explain", ExplainHandler),
                 (rf"{api}/rewrite", RewriteHandler),
                 (rf"{api}/complete", CompleteHandler),
+                (rf"{api}/status", StatusHandler),
             ]
         )

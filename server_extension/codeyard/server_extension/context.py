@@ -178,6 +178,7 @@ class Context:
     dropped: list[str] = field(default_factory=list)
     redactor: Redactor = field(default_factory=Redactor)
     language: str = ""
+    surrounding: int = 0  # lines shown on each side of the selection (asked for, then fitted)
 
 
 _LANGS = {
@@ -333,8 +334,17 @@ class ContextBuilder:
         self.max_workspace_file_bytes = max_workspace_file_bytes
 
     def build(
-        self, rel: str, text: str, start: int | None, end: int | None, *, overhead: int = 0
+        self,
+        rel: str,
+        text: str,
+        start: int | None,
+        end: int | None,
+        *,
+        overhead: int = 0,
+        surrounding_lines: int | None = None,
     ) -> Context:
+        """`surrounding_lines` is the request's `context_lines` (None: the server default)."""
+        wanted = self.surrounding_lines if surrounding_lines is None else surrounding_lines
         lines = split_lines(text)
         start, end = check_range(lines, start, end)
         language = _LANGS.get(Path(rel).suffix.lower(), "")
@@ -352,7 +362,7 @@ class ContextBuilder:
             )
 
         # Surrounding lines: shrink N until it fits.
-        n = self.surrounding_lines
+        n = wanted
         while n > 0:
             before_start = max(1, start - n)
             before = redactor.redact("".join(lines[before_start - 1 : start - 1]), rel)
@@ -363,7 +373,8 @@ class ContextBuilder:
                 used += cost
                 break
             n //= 2
-        if n < self.surrounding_lines:
+        ctx.surrounding = n
+        if n < wanted:
             ctx.dropped.append(f"surrounding lines reduced to {n}")
 
         # The header is taken from above the visible window: what is shown is not repeated.

@@ -14,6 +14,7 @@ from .context import Context, ContextBuilder, render_context
 from .errors import bad_request
 from .files import FileReader
 from .llm_client import CodeyardLLM, Usage
+from .model_options import Limits, parse_model_options
 from .rewrite import read_code
 
 
@@ -23,6 +24,8 @@ class ExplainRequest(TypedDict):
     end_line: NotRequired[int]  # 1-based, inclusive; default: last line
     question: NotRequired[str]
     cell_id: NotRequired[str]  # a notebook cell: lines count from the cell's first line
+    max_tokens: NotRequired[int]  # default: CodeyardLLM.explain_max_tokens
+    context_lines: NotRequired[int]  # default: CodeyardLLM.surrounding_lines
 
 
 class ExplainAnswer(TypedDict):
@@ -42,7 +45,8 @@ DEFAULT_QUESTION = "Explain what the selected code does."
 MAX_QUESTION_CHARS = 2000
 
 
-def parse_request(body: dict[str, Any]) -> ExplainRequest:
+def parse_request(body: dict[str, Any], limits: Limits | None = None) -> ExplainRequest:
+    """Check the body's shape; with `limits`, also its `max_tokens` and `context_lines`."""
     path = body.get("path")
     if not isinstance(path, str) or not path:
         raise bad_request("path is required")
@@ -62,6 +66,8 @@ def parse_request(body: dict[str, Any]) -> ExplainRequest:
         if not isinstance(cell_id, str) or not cell_id:
             raise bad_request("cell_id must be a non-empty string")
         request["cell_id"] = cell_id
+    if limits is not None:
+        request.update(parse_model_options(body, limits))  # type: ignore[typeddict-item]
     return request
 
 
@@ -70,6 +76,12 @@ class Explainer:
         self.files = files
         self.builder = builder
         self.llm = llm
+
+    def parse_request(self, body: dict[str, Any]) -> ExplainRequest:
+        return parse_request(body, self.llm.limits())
+
+    def max_tokens(self, request: ExplainRequest) -> int:
+        return request.get("max_tokens") or self.llm.explain_max_tokens
 
     def prepare(
         self, request: ExplainRequest, cells: Any = None
@@ -85,6 +97,7 @@ class Explainer:
             request.get("start_line"),
             request.get("end_line"),
             overhead=overhead,
+            surrounding_lines=request.get("context_lines"),
         )
         if "cell_id" in current:
             ctx.language = current["language"]
@@ -100,16 +113,16 @@ class Explainer:
     ) -> AsyncIterator[str | Usage]:
         messages, ctx = await asyncio.to_thread(self.prepare, request, cells)
         async for item in self.llm.stream(
-            messages, self.llm.explain_max_tokens, self.llm.explain_temperature
+            messages, self.max_tokens(request), self.llm.explain_temperature
         ):
             if isinstance(item, Usage):
-                item.context_tokens, item.dropped = ctx.tokens, ctx.dropped
+                item.note_context(ctx)
             yield item
 
     async def answer(self, request: ExplainRequest, cells: Any = None) -> ExplainAnswer:
         messages, ctx = await asyncio.to_thread(self.prepare, request, cells)
         text, usage = await self.llm.complete(
-            messages, self.llm.explain_max_tokens, self.llm.explain_temperature
+            messages, self.max_tokens(request), self.llm.explain_temperature
         )
-        usage.context_tokens, usage.dropped = ctx.tokens, ctx.dropped
+        usage.note_context(ctx)
         return {"text": text, "usage": usage.to_json()}

@@ -17,18 +17,30 @@ from typing import Any
 
 from tornado import httpclient
 from tornado.simple_httpclient import HTTPTimeoutError
-from traitlets import Float, Int, Unicode, default
+from traitlets import Float, Int, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from .errors import CodeyardError
+from .model_options import Limits
 
 
 @dataclass
 class Usage:
+    """What one model call cost and which settings it ran with, shown to the user."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     context_tokens: int = 0
     dropped: list[str] = field(default_factory=list)
+    model: str = ""  # the model that answered, as the gateway names it
+    max_tokens: int = 0
+    finish_reason: str = ""  # "stop", or "length" when max_tokens cut the answer
+    context_lines: int = 0  # lines shown on each side of the selection, after the budget
+
+    def note_context(self, ctx: Any) -> None:
+        """Copy what the context builder did (a `context.Context`) into the usage."""
+        self.context_tokens, self.dropped = ctx.tokens, ctx.dropped
+        self.context_lines = ctx.surrounding
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -37,6 +49,10 @@ class Usage:
             "total_tokens": self.prompt_tokens + self.completion_tokens,
             "context_tokens": self.context_tokens,
             "context_dropped": self.dropped,
+            "context_lines": self.context_lines,
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "finish_reason": self.finish_reason,
         }
 
 
@@ -119,15 +135,48 @@ class CodeyardLLM(LoggingConfigurable):
         1024, help="""Longest replacement the model may write, in tokens."""
     ).tag(config=True)
 
+    max_tokens_limit = Int(
+        2048,
+        help="""Largest `max_tokens` an explain or rewrite request may ask for; a request
+        asking for more gets 400. Requests without `max_tokens` use `explain_max_tokens` or
+        `rewrite_max_tokens`. Keep it under the model's context length minus
+        `context_token_budget`, or vLLM refuses long prompts.""",
+    ).tag(config=True)
+
+    max_context_lines = Int(
+        200,
+        help="""Largest `context_lines` (lines shown on each side of the selection) a request
+        may ask for; more gets 400. Requests without it use `surrounding_lines`. The token
+        budget may still show fewer.""",
+    ).tag(config=True)
+
+    status_timeout = Float(
+        3.0,
+        help="""Seconds `GET codeyard/api/status` waits for the gateway's `/v1/models` before
+        it answers 503. Short: the panel asks it to show whether the model is up.""",
+    ).tag(config=True)
+
+    @validate("max_tokens_limit", "max_context_lines", "status_timeout")
+    def _positive(self, proposal: Any) -> Any:
+        if proposal["value"] <= 0:
+            raise ValueError(f"{proposal['trait'].name} must be positive")
+        return proposal["value"]
+
+    def limits(self) -> Limits:
+        """The bounds of a request's `max_tokens` and `context_lines`."""
+        return {"max_tokens": self.max_tokens_limit, "context_lines": self.max_context_lines}
+
     def request(
         self,
-        body: dict[str, Any],
+        body: dict[str, Any] | None,
         *,
         endpoint: str = "chat/completions",
         request_timeout: float | None = None,
+        connect_timeout: float | None = None,
         **kw: Any,
     ) -> httpclient.HTTPRequest:
-        """An authenticated POST to the gateway's `/v1/<endpoint>`; 503 when unconfigured."""
+        """An authenticated call to the gateway's `/v1/<endpoint>`: POST of `body`, or GET
+        when `body` is None; 503 when unconfigured."""
         if not self.url:
             raise unavailable(
                 "no LLM gateway is configured for this workspace (set CODEYARD_LLM_URL or "
@@ -137,10 +186,10 @@ class CodeyardLLM(LoggingConfigurable):
             raise unavailable("no token for the LLM gateway (JUPYTERHUB_API_TOKEN is not set)")
         return httpclient.HTTPRequest(
             f"{self.url.rstrip('/')}/v1/{endpoint}",
-            method="POST",
+            method="GET" if body is None else "POST",
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-            body=json.dumps({"model": self.model, **body}),
-            connect_timeout=self.connect_timeout,
+            body=None if body is None else json.dumps({"model": self.model, **body}),
+            connect_timeout=connect_timeout or self.connect_timeout,
             request_timeout=request_timeout or self.request_timeout,
             **kw,
         )
@@ -191,10 +240,15 @@ class CodeyardLLM(LoggingConfigurable):
         if resp.code != 200:
             raise self._error(resp.code, resp.body or b"")
         body = json.loads(resp.body)
-        text = body["choices"][0]["message"].get("content") or ""
+        choice = body["choices"][0]
+        text = choice["message"].get("content") or ""
         usage = body.get("usage") or {}
         return text, Usage(
-            int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+            int(usage.get("prompt_tokens", 0)),
+            int(usage.get("completion_tokens", 0)),
+            model=str(body.get("model") or self.model),
+            max_tokens=max_tokens,
+            finish_reason=str(choice.get("finish_reason") or ""),
         )
 
     async def stream(
@@ -224,7 +278,7 @@ class CodeyardLLM(LoggingConfigurable):
             httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
         )
         fetch.add_done_callback(lambda _: queue.put_nowait(None))
-        usage = Usage()
+        usage = Usage(model=self.model, max_tokens=max_tokens)
         error_body = b""
         try:
             while (chunk := await queue.get()) is not None:
@@ -240,7 +294,11 @@ class CodeyardLLM(LoggingConfigurable):
                     if not payload or payload == b"[DONE]":
                         continue
                     event = json.loads(payload)
+                    if event.get("model"):
+                        usage.model = str(event["model"])
                     for choice in event.get("choices") or ():
+                        if choice.get("finish_reason"):
+                            usage.finish_reason = str(choice["finish_reason"])
                         text = (choice.get("delta") or {}).get("content")
                         if text:
                             yield text

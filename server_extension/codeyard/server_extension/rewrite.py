@@ -18,7 +18,8 @@ from typing import Any, NotRequired, TypedDict
 from .context import Context, ContextBuilder, render_context
 from .errors import CodeyardError, bad_request
 from .files import FileReader
-from .llm_client import CodeyardLLM
+from .llm_client import CodeyardLLM, Usage
+from .model_options import Limits, parse_model_options
 
 
 class RewriteRequest(TypedDict):
@@ -27,6 +28,8 @@ class RewriteRequest(TypedDict):
     end_line: int  # 1-based, inclusive
     instruction: str
     cell_id: NotRequired[str]  # a notebook cell: lines count from the cell's first line
+    max_tokens: NotRequired[int]  # default: CodeyardLLM.rewrite_max_tokens
+    context_lines: NotRequired[int]  # default: CodeyardLLM.surrounding_lines
 
 
 class RewriteResult(TypedDict):
@@ -47,7 +50,8 @@ MAX_INSTRUCTION_CHARS = 2000
 _FENCED = re.compile(r"(`{3,})[^\n`]*\n(.*?)\n?\1", re.DOTALL)
 
 
-def parse_request(body: dict[str, Any]) -> RewriteRequest:
+def parse_request(body: dict[str, Any], limits: Limits | None = None) -> RewriteRequest:
+    """Check the body's shape; with `limits`, also its `max_tokens` and `context_lines`."""
     path = body.get("path")
     if not isinstance(path, str) or not path:
         raise bad_request("path is required")
@@ -70,6 +74,8 @@ def parse_request(body: dict[str, Any]) -> RewriteRequest:
         if not isinstance(cell_id, str) or not cell_id:
             raise bad_request("cell_id must be a non-empty string")
         request["cell_id"] = cell_id
+    if limits is not None:
+        request.update(parse_model_options(body, limits))  # type: ignore[typeddict-item]
     return request
 
 
@@ -152,6 +158,9 @@ class Rewriter:
         self.llm = llm
         self.patches = patches
 
+    def parse_request(self, body: dict[str, Any]) -> RewriteRequest:
+        return parse_request(body, self.llm.limits())
+
     def prepare(
         self, request: RewriteRequest, cells: Any = None
     ) -> tuple[list[dict[str, str]], Context, dict[str, Any]]:
@@ -164,6 +173,7 @@ class Rewriter:
             request["start_line"],
             request["end_line"],
             overhead=overhead,
+            surrounding_lines=request.get("context_lines"),
         )
         if "cell_id" in current:
             ctx.language = current["language"]
@@ -178,14 +188,29 @@ class Rewriter:
         return messages, ctx, current
 
     def build_result(
-        self, ctx: Context, current: dict[str, Any], answer: str, cells: Any = None
+        self,
+        ctx: Context,
+        current: dict[str, Any],
+        answer: str,
+        cells: Any = None,
+        usage: Usage | None = None,
     ) -> RewriteResult:
         code = extract_code(answer, ctx.language)
         if code is None:
+            extra = {"usage": usage.to_json()} if usage else {}
+            if usage and usage.finish_reason == "length":
+                raise CodeyardError(
+                    422,
+                    "answer_truncated",
+                    f"the model's answer was cut off at max_tokens={usage.max_tokens} before "
+                    "it held usable code; allow more tokens",
+                    **extra,
+                )
             raise CodeyardError(
                 422,
                 "no_code_in_answer",
                 "the model's answer contains no usable code; try rephrasing the instruction",
+                **extra,
             )
         text: str = current["content"]
         lines = text.splitlines(keepends=True)
@@ -218,8 +243,9 @@ class Rewriter:
         """`cells` (the app's `CellPatcher`) is needed for requests with a `cell_id`."""
         messages, ctx, current = await asyncio.to_thread(self.prepare, request, cells)
         # Temperature 0: an edit should be the model's most likely one, and repeatable.
-        answer, usage = await self.llm.complete(messages, self.llm.rewrite_max_tokens, 0.0)
-        usage.context_tokens, usage.dropped = ctx.tokens, ctx.dropped
-        result = await asyncio.to_thread(self.build_result, ctx, current, answer, cells)
+        max_tokens = request.get("max_tokens") or self.llm.rewrite_max_tokens
+        answer, usage = await self.llm.complete(messages, max_tokens, 0.0)
+        usage.note_context(ctx)
+        result = await asyncio.to_thread(self.build_result, ctx, current, answer, cells, usage)
         result["usage"] = usage.to_json()
         return result

@@ -10,7 +10,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..errors import CodeyardError
-from ..explain import Explainer, ExplainRequest, parse_request
+from ..explain import Explainer, ExplainRequest
 from ..llm_client import Usage
 from .base import CodeyardHandler
 
@@ -26,7 +26,7 @@ class ExplainHandler(CodeyardHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        request = parse_request(self.get_json_body_dict())
+        request = self.explainer.parse_request(self.get_json_body_dict())
         if "text/event-stream" in self.request.headers.get("Accept", ""):
             await self._stream(request)
         else:

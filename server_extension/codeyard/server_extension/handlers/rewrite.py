@@ -5,7 +5,7 @@ from __future__ import annotations
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..rewrite import Rewriter, parse_request
+from ..rewrite import Rewriter
 from .base import CodeyardHandler
 
 
@@ -15,7 +15,7 @@ class RewriteHandler(CodeyardHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        request = parse_request(self.get_json_body_dict())
         rewriter: Rewriter = self.settings["codeyard_rewriter"]
+        request = rewriter.parse_request(self.get_json_body_dict())
         cells = self.settings.get("codeyard_cells")
         self.write_json(await rewriter.rewrite(request, cells))
