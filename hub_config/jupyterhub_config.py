@@ -14,6 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from codeyard_hub import CodeyardHub, ensure_secret
+from placement_setup import PROVIDERS, configure_registry, uses_registry
 from services_llm import SERVICE_NAME as LLM_SERVICE
 from services_llm import configure_llm_service
 
@@ -84,6 +85,9 @@ setdefault(c.DockerSpawner, "remove", False)
 if settings.profiles:
     setdefault(c.PlacementSpawner, "profiles", settings.profiles)
 setdefault(c.LocalHostProvider, "storage_root", settings.state_path("homes"))
+# Where workspaces run: the placement registry by default (hub_config/placement_setup.py);
+# CODEYARD_HOST_PROVIDER=local, or a site config's host_provider_class, chooses otherwise.
+setdefault(c.PlacementSpawner, "host_provider_class", PROVIDERS[settings.host_provider])
 setdefault(c.JupyterHub, "extra_handlers", list(workspace_handlers.handlers))
 
 # ---- Services: idle culler and a metrics scraper --------------------------------------
@@ -119,6 +123,10 @@ services.append(
 roles.append({"name": "metrics", "scopes": ["read:metrics"], "services": ["metrics"]})
 c.JupyterHub.services = services
 c.JupyterHub.load_roles = roles
+
+# ---- Placement: the host registry's admin service, the local engine registered ---------
+if uses_registry(c):
+    configure_registry(c, settings)
 
 # ---- The shared model: the LLM gateway as a managed service ---------------------------
 # The gateway listens on the docker bridge (hub_ip) so workspace containers reach it, and

@@ -2,7 +2,9 @@
 # Bring Codeyard up on this machine and run the Hub in the foreground (`make up`).
 #
 # Steps (each idempotent): Docker engine, single-user image, local proxy, secrets,
-# model services (hooks), then the Hub with its logs on this terminal.
+# model services (hooks), then the Hub with its logs on this terminal. The Hub registers
+# this machine's engine as host "local" in the placement registry and runs the placement
+# admin service (CODEYARD_HOST_PROVIDER=local: no registry).
 # Ctrl-C stops exactly what this script started: the Hub (which stops its proxy), hook
 # services, and dockerd if this script had to start it. Workspaces keep their files.
 #
@@ -93,6 +95,8 @@ cat >&2 <<MSG
   Codeyard is starting on $URL
   To become admin: open $URL/hub/signup and sign up as "$ADMIN"
   (change the name with CODEYARD_ADMIN). Others sign up there too.
+  Docker hosts and placement (admins): $URL/services/codeyard-placement/
+  (this machine's engine is registered there as "local"; add more hosts there).
   State (database, secrets, homes): $CODEYARD_STATE
   Stop with Ctrl-C.
 

@@ -84,6 +84,7 @@ class HubProcess:
     hub_port: int = field(default_factory=lambda: free_port(DOCKER_BRIDGE_IP))
     proxy_api_port: int = field(default_factory=free_port)
     llm_port: int = field(default_factory=lambda: free_port(DOCKER_BRIDGE_IP))
+    placement_port: int = field(default_factory=free_port)
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
     proc: subprocess.Popen[bytes] | None = None
 
@@ -118,6 +119,7 @@ c.JupyterHub.load_roles = [{{
             CODEYARD_PROXY_API_PORT=str(self.proxy_api_port),
             CODEYARD_CULL_TIMEOUT="0",
             CODEYARD_LLM_PORT=str(self.llm_port),
+            CODEYARD_PLACEMENT_PORT=str(self.placement_port),
         )
         env.update(model_env())
         env.update(self.extra_env)
@@ -158,6 +160,17 @@ c.JupyterHub.load_roles = [{{
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    def placements(self) -> list[dict[str, Any]]:
+        """The placement registry's view, read from its database in the state folder."""
+        from codeyard.placement.database import open_db
+        from codeyard.placement.registry import Registry
+
+        sessions = open_db(f"sqlite:///{self.state_dir / 'placement.sqlite'}")
+        try:
+            return list(Registry(sessions).list_placements())
+        finally:
+            sessions.kw["bind"].dispose()
 
     def log_tail(self, n: int = 60) -> str:
         try:

@@ -13,6 +13,9 @@ import pytest
 import requests
 from hubprocess import DOCKER_BRIDGE_IP, REPO, free_port
 
+from codeyard.placement.database import open_db
+from codeyard.placement.registry import Registry
+
 pytestmark = pytest.mark.slow
 
 
@@ -36,6 +39,7 @@ def test_up_starts_the_hub_and_ctrl_c_stops_what_it_started(
         CODEYARD_PROXY_API_PORT=str(free_port()),
         CODEYARD_ADMIN="root-admin",
         CODEYARD_CULL_TIMEOUT="613",
+        CODEYARD_PLACEMENT_PORT=str(free_port()),
     )
     out = tmp_path / "up.log"
     with open(out, "wb") as log:
@@ -62,8 +66,21 @@ def test_up_starts_the_hub_and_ctrl_c_stops_what_it_started(
         text = out.read_text()
         assert f"http://127.0.0.1:{port}" in text
         assert 'sign up as "root-admin"' in text
-        for name in ("jupyterhub_cookie_secret", "crypt_key", "proxy_token", "metrics_token"):
+        secrets = ("jupyterhub_cookie_secret", "crypt_key", "proxy_token", "metrics_token")
+        for name in (*secrets, "placement_crypt_key"):
             assert (state / name).stat().st_mode & 0o777 == 0o600
+        # the placement registry is the default, with this machine's engine in it, and its
+        # admin service answers behind the Hub's proxy (sending a browser to log in first)
+        registry = Registry(open_db(f"sqlite:///{state / 'placement.sqlite'}"))
+        [local] = registry.list_servers()
+        assert (local["name"], local["endpoint"]) == ("local", "unix:///var/run/docker.sock")
+        assert local["storage_root"] == str(state / "homes") and local["state"] == "active"
+        r = requests.get(
+            f"http://127.0.0.1:{port}/services/codeyard-placement/",
+            allow_redirects=False,
+            timeout=10,
+        )
+        assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["Location"]
         hub_pid = int((state / "jupyterhub.pid").read_text())
         proxy_pid = int((state / "proxy.pid").read_text())
         deadline = time.monotonic() + 30

@@ -236,9 +236,15 @@ def test_hub_restart_leaves_the_workspace_running_and_reachable(
     hub: HubProcess, alice_token: str, docker_client, users
 ) -> None:
     before = container_of(docker_client, users.alice, WS)
+    placed = [(p["user"], p["workspace"], p["server"], p["state"]) for p in hub.placements()]
+    assert (users.alice, WS, "local", "running") in placed  # the default: the registry
     hub.stop()
     assert docker_client.inspect_container(before["Id"])["State"]["Running"]
     hub.start()
+    # every placement is still known after the restart, unchanged
+    assert [(p["user"], p["workspace"], p["server"], p["state"]) for p in hub.placements()] == (
+        placed
+    )
     r = tree(hub, users.alice, WS, alice_token)
     assert r.status_code == 200, f"{r.text}\n{hub.log_tail()}"
     after = container_of(docker_client, users.alice, WS)

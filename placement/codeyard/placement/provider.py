@@ -32,7 +32,7 @@ from tornado import web
 from traitlets import Dict, Float, Integer, Unicode, default
 
 from .connect import SSHTunnel
-from .crypto import CredentialCipher
+from .crypto import KEY_ENV, CredentialCipher
 from .database import open_db
 from .hosts import DockerHost, DockerTLS, HostProvider, UnknownHost
 from .models import PlacementState
@@ -60,6 +60,17 @@ class RegistryHostProvider(HostProvider):
     @default("db_url")
     def _default_db_url(self) -> str:
         return os.environ.get("CODEYARD_PLACEMENT_DB_URL", "sqlite:///codeyard_placement.sqlite")
+
+    crypt_key = Unicode(
+        help="""Keys that decrypt host credentials, `;`-separated (the first encrypts).
+
+        Defaults to `$CODEYARD_PLACEMENT_CRYPT_KEY`; must match the placement service's.
+        """
+    ).tag(config=True)
+
+    @default("crypt_key")
+    def _default_crypt_key(self) -> str:
+        return os.environ.get(KEY_ENV, "")
 
     runtime_dir = Unicode(
         help="""Private folder for decrypted TLS files docker-py reads (mode 0700).
@@ -111,7 +122,8 @@ class RegistryHostProvider(HostProvider):
                 group_policies=dict(self.group_policies),
                 policy_options=dict(self.policy_options),
             )
-            self._registry = Registry(open_db(self.db_url), CredentialCipher(), settings)
+            cipher = CredentialCipher(self.crypt_key or None)
+            self._registry = Registry(open_db(self.db_url), cipher, settings)
         return self._registry
 
     @registry.setter
