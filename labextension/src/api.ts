@@ -2,6 +2,7 @@
  * The server contracts this extension uses, declared once. Shapes follow the server
  * extension (issue 2: files, patch, audit) and the model endpoints (explain, rewrite).
  */
+import { ApiError } from './errors';
 import { requestAPI, requestStream } from './request';
 
 export interface IFileRead {
@@ -86,6 +87,15 @@ export interface ICompleteResult {
   usage?: IUsage;
 }
 
+/** `GET status`: 200 when healthy, else a 503 whose body has the same fields. */
+export interface IGatewayStatus {
+  healthy: boolean;
+  model: string;
+  latency_ms?: number;
+  error?: string;
+  message?: string;
+}
+
 export interface IModelOptions {
   max_tokens?: number;
   context_lines?: number;
@@ -147,6 +157,17 @@ export const api = {
       data => onEvent(data as IExplainEvent),
       signal
     );
+  },
+  /** The gateway's health; a 503 that carries a status body is an answer, not a failure. */
+  async status(): Promise<IGatewayStatus> {
+    try {
+      return await requestAPI<IGatewayStatus>('status');
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 503 && error.body && 'healthy' in error.body) {
+        return error.body as unknown as IGatewayStatus;
+      }
+      throw error;
+    }
   },
   complete(
     body: { path: string; prefix: string; suffix: string; max_tokens?: number },

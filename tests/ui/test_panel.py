@@ -83,7 +83,11 @@ def test_panel_opens_and_follows_the_active_file(
     panel.open_file("other.js")
     panel.open()
     panel.context.get_by_text("other.js").wait_for()
-    assert "Gateway:" in ctx.inner_text()
+    # The panel asks GET codeyard/api/status when shown: the served model and its health.
+    ctx.locator('.cy-context-gateway[data-state="healthy"]').wait_for(timeout=30_000)
+    assert "Gateway: healthy (answered in" in ctx.inner_text()
+    assert "Model: smollm2" in ctx.inner_text()
+    shot(page, "model-and-health")
     assert not page.console_errors, (page.console_errors, page.failed_requests)
 
 
@@ -412,3 +416,64 @@ def test_cell_rewrite_apply_changes_that_cell_only_and_revert_restores(
     assert lab.read("rewrite_cells.ipynb") == before
     shot(page, "reverted")
     assert not page.console_errors, (page.console_errors, page.failed_requests)
+
+
+def test_cell_changed_on_disk_gives_409_message_and_rewrite_again(
+    page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
+) -> None:
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "id": "stale-cell",
+                "metadata": {},
+                "execution_count": None,
+                "outputs": [],
+                "source": "def area(width, height):\n    return width*height",
+            },
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    lab.write("stale_cell.ipynb", json.dumps(nb, indent=1, sort_keys=True) + "\n")
+    page.goto(lab.url(f"lab/workspaces/{page.workspace}/tree/stale_cell.ipynb"))
+    page.wait_for_selector(".jp-Notebook .jp-CodeCell .cm-content", timeout=60_000)
+    no_kernel = page.locator(".jp-Dialog button", has_text="No Kernel")
+    with contextlib.suppress(PlaywrightTimeout):
+        no_kernel.click(timeout=5_000)
+    panel.open()
+    page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".cm-content").click()
+    panel.wait_context("cell 1")
+    page.keyboard.press("Control+s")
+    page.wait_for_selector(".lm-TabBar-tab.jp-mod-dirty", state="detached", timeout=30_000)
+    rewrite_until_diff(panel, "Add a one-line docstring to this function.")
+
+    # Someone else edits that cell on disk between the rewrite and Apply.
+    nb["cells"][0]["source"] = "def area(w, h):\n    return w * h"
+    changed = json.dumps(nb, indent=1, sort_keys=True) + "\n"
+    lab.write("stale_cell.ipynb", changed)
+    with page.expect_response(
+        lambda r: r.url.split("?")[0].endswith("codeyard/api/patch/cell/apply")
+    ) as answer:
+        panel.apply_button.click()
+    assert answer.value.status == 409
+    panel.wait_status("file changed since the rewrite")
+    conflict = panel.conflict
+    assert conflict.is_visible()
+    assert "File changed on disk" in conflict.inner_text()
+    assert "Nothing was written" in conflict.inner_text()
+    assert panel.review.is_hidden()
+    assert lab.read("stale_cell.ipynb") == changed  # all or nothing: the edit on disk stands
+    shot(page, "cell-conflict")
+
+    # The offer is real: Rewrite again asks the server again for that same cell.
+    rerun = conflict.locator(".cy-rerun")
+    assert rerun.is_visible()
+    with page.expect_request(
+        lambda r: r.url.split("?")[0].endswith("codeyard/api/rewrite")
+    ) as sent:
+        rerun.click()
+    assert json.loads(sent.value.post_data)["cell_id"] == "stale-cell"
+    panel.wait_status("Review the proposed change", "no change", "could not", "failed")
+    shot(page, "cell-rewritten-again")
