@@ -6,26 +6,20 @@ them raises `CodeyardError` or returns per-file error codes, never file content.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-from pathlib import Path
+import stat
 from typing import Any
 
 from .diffparse import FilePatch, parse_diff
 from .errors import bad_request, forbidden_path
 from .paths import WorkspacePaths
+from .staging import digest as _digest
 
 
-def sha256_of(path: Path) -> str | None:
+def sha256_of(path: str | os.PathLike[str]) -> str | None:
     """Hash of a file's bytes, or of a symlink's target text (as git hashes links)."""
-    if os.path.islink(path):
-        return hashlib.sha256(os.fsencode(os.readlink(path))).hexdigest()
-    try:
-        with path.open("rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-    except FileNotFoundError:
-        return None
+    return _digest(os.fspath(path))[0]
 
 
 class PatchChecks:
@@ -82,11 +76,21 @@ class PatchChecks:
             checked[self.paths.resolve(rel).rel] = digest
         return checked
 
-    def base_errors(self, base: dict[str, str | None]) -> dict[str, str | None]:
-        """Paths whose current hash differs from `base`, mapped to the current hash."""
+    def base_errors(
+        self, base: dict[str, str | None], known: dict[str, str] | None = None
+    ) -> dict[str, str | None]:
+        """Paths whose current hash differs from `base`, mapped to the current hash.
+
+        `known` holds hashes already taken of the staged files, so each is read once and
+        `base` is compared with exactly the bytes the patch was applied to.
+        """
         wrong: dict[str, str | None] = {}
+        root = str(self.paths.root)
         for rel, expected in base.items():
-            current = sha256_of(self.paths.root / rel)
+            if known is not None and rel in known:
+                current: str | None = known[rel]
+            else:
+                current = sha256_of(os.path.join(root, rel))
             if current != expected:
                 wrong[rel] = current
         return wrong
@@ -95,10 +99,14 @@ class PatchChecks:
         """Files the patch expects to exist that don't, and ones it creates that do."""
         freed = {fp.old_path for fp in files if fp.op in ("delete", "rename")}
         errors: dict[int, str] = {}
+        root = str(self.paths.root)
         for i, fp in enumerate(files):
             if fp.old_path is not None:
-                src = self.paths.root / fp.old_path
-                if not os.path.lexists(src) or (src.is_dir() and not src.is_symlink()):
+                try:
+                    missing = stat.S_ISDIR(os.lstat(os.path.join(root, fp.old_path)).st_mode)
+                except OSError:  # as os.path.lexists: any failure means "not there"
+                    missing = True
+                if missing:
                     errors[i] = "file_missing"
                     continue
             if fp.op in ("create", "rename"):
@@ -106,11 +114,11 @@ class PatchChecks:
                 parts = fp.new_path.split("/")
                 for depth in range(1, len(parts) + 1):
                     prefix = "/".join(parts[:depth])
-                    full = self.paths.root / prefix
+                    full = os.path.join(root, prefix)
                     last = depth == len(parts)
                     if prefix in freed or not os.path.lexists(full):
                         continue
-                    if last or not full.is_dir():
+                    if last or not os.path.isdir(full):
                         errors[i] = "file_exists"
                         break
         return errors

@@ -2,11 +2,13 @@
 
 Flow of an apply, all under one lock so two patches never interleave:
   1. parse the diff headers (`diffparse`) and check every path (`WorkspacePaths`);
-  2. re-check `base` hashes and that the files exist (or not) as the patch expects;
-  3. copy the affected files into a staging folder under the state dir and run
-     `git apply` there (`gitapply`), then check symlinks the result would contain;
-  4. hard-link the old files into the revert store, commit the journal and swap the new
-     files in with renames (`transactions`); 5. append an audit record (hashes only).
+  2. check that the files exist (or not) as the patch expects;
+  3. hard-link the old files into the revert store and from there into a staging folder
+     under the state dir, hashing each once (`staging`), re-check `base` against those
+     hashes, run `git apply` in the staging folder (`gitapply`), then check the names and
+     symlinks the result holds;
+  4. commit the journal and swap the new files in with renames (`transactions`);
+  5. append an audit record (hashes only).
 
 Revert data (the old files) lives in `state/patches/<id>/`, never in the audit log.
 """
@@ -20,13 +22,14 @@ import json
 import logging
 import os
 import re
-import stat
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import staging
 from . import transactions as tx
 from .audit import AuditLog
 from .diffparse import FilePatch
@@ -40,41 +43,30 @@ _PATCH_ID = re.compile(r"^[0-9a-f]{32}$")
 _INVERSE = {"create": "delete", "delete": "create", "modify": "modify", "rename": "rename"}
 
 
-def _copy_entry(src: Path, dst: Path) -> str:
-    """Copy a file with its mode, or recreate a symlink as a symlink; return its sha256."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if os.path.islink(src):
-        target = os.readlink(src)
-        os.symlink(target, dst)
-        return hashlib.sha256(os.fsencode(target)).hexdigest()
-    digest = hashlib.sha256()
-    with open(src, "rb") as fin:
-        mode = stat.S_IMODE(os.fstat(fin.fileno()).st_mode)
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with open(fd, "wb") as fout:
-            while chunk := fin.read(1 << 20):
-                digest.update(chunk)
-                fout.write(chunk)
-            os.fchmod(fout.fileno(), mode)
-    return digest.hexdigest()
+class _Staged:
+    """What staging learnt: hashes of the old files, their inodes, the folders it made."""
 
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Keep `src`'s current inode under `dst` without copying when the file system allows."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst, follow_symlinks=False)
-    except OSError:
-        _copy_entry(src, dst)
+    def __init__(self, work: str) -> None:
+        self.work = work
+        self.folders = staging.Folders(work)
+        self.before: dict[str, str] = {}
+        self.inodes: dict[str, staging.Inode] = {}
+        self.after: dict[str, str | None] = {}
 
 
 class PatchManager:
     """Validates, applies and reverts unified diffs in one workspace.
 
     Extension points, in the spirit of Spawner's: `run_engine` (swap `git apply` for
-    another engine), and `fault(point)`, a no-op called at the crash-relevant moments
-    (`staged`, `committed`, `swapped:<n>`) so tests can inject failures there.
+    another engine; set `stage_links = False` if it edits files in place), and
+    `fault(point)`, a no-op called at the crash-relevant moments (`staged`, `committed`,
+    `swapped:<n>`) so tests can inject failures there.
     """
+
+    #: Stage by hard link instead of copy. Safe because `git apply` replaces every file it
+    #: changes with a new inode (see `staging`); an apply whose engine wrote through a link
+    #: is refused before commit.
+    stage_links: bool = True
 
     def __init__(
         self,
@@ -91,6 +83,7 @@ class PatchManager:
         self.audit = audit
         self.allow_offset = allow_offset
         self.log = log or logging.getLogger(__name__)
+        self.root = str(paths.root)
         self.tx_root = self.state / "tx"
         self.scratch_root = self.state / "scratch"
         self.store_root = self.state / "patches"
@@ -124,52 +117,81 @@ class PatchManager:
 
     # ---- staging and checking -----------------------------------------------------------
 
-    def _stage(self, work: Path, files: list[FilePatch]) -> tuple[GitVerdict, dict[str, str]]:
-        """Copy the files the patch reads into `work` and run the engine there."""
-        work.mkdir(parents=True)
-        before: dict[str, str] = {}
-        for fp in files:
-            if fp.old_path is not None:
-                src, dst = self.paths.root / fp.old_path, work / fp.old_path
-                before[fp.old_path] = _copy_entry(src, dst)
-        return self.run_engine(work, files), before
+    def _stage(self, work: str, files: list[FilePatch], keep: str | None) -> _Staged:
+        """Link the files the patch reads into `work`, hashing each once.
 
-    def _check_result(self, work: Path, files: list[FilePatch]) -> None:
-        """The staged tree holds exactly the patch's new paths, and no escaping symlink."""
+        With `keep` (an apply), each old file is first linked to `keep/<n>`, the revert
+        store, and staged from there: the store, the hash and git all see one inode.
+        """
+        os.makedirs(work, mode=0o700)
+        staged = _Staged(work)
+        if keep is not None and any(fp.old_path is not None for fp in files):
+            os.makedirs(keep, mode=0o700)
+        place = staging.link_or_copy if self.stage_links else staging.copy_entry
+        for n, fp in enumerate(files):
+            if fp.old_path is None:
+                continue
+            src = os.path.join(self.root, fp.old_path)
+            if keep is not None:
+                kept = os.path.join(keep, str(n))
+                staging.link_or_copy(src, kept)
+                src = kept
+            digest, inode = staging.digest(src)
+            if digest is None:
+                raise conflict("file_missing", f"{fp.old_path} does not exist", path=fp.path)
+            staged.before[fp.old_path] = digest
+            if inode is not None:
+                staged.inodes[fp.old_path] = inode
+            staged.folders.ensure_parent(fp.old_path)
+            place(src, os.path.join(work, fp.old_path))
+        return staged
+
+    def _check_result(self, staged: _Staged, files: list[FilePatch]) -> None:
+        """The staged tree holds exactly the patch's new paths, and no escaping symlink.
+
+        Also hashes the new files, and refuses a result that shares an inode with the old
+        file it replaces: the engine would then have written through a staging link.
+        """
         expected = {fp.new_path for fp in files if fp.new_path is not None}
-        found = set()
-        for dirpath, dirnames, filenames in os.walk(work):
-            for name in filenames + [d for d in dirnames if os.path.islink(Path(dirpath, d))]:
-                found.add(Path(dirpath, name).relative_to(work).as_posix())
-        if found != expected:
+        found = staging.scan(staged.work)
+        if found.keys() != expected:
             raise bad_request("the diff's file names could not be read consistently")
-        for rel in expected:
-            if os.path.islink(work / rel):
-                self.paths.check_symlink_target(rel, os.readlink(work / rel))
+        for rel, is_link in found.items():
+            full = os.path.join(staged.work, rel)
+            if is_link:
+                self.paths.check_symlink_target(rel, os.readlink(full))
+            digest, inode = staging.digest(full)
+            if inode is not None and staged.inodes.get(rel) == inode:
+                raise CodeyardError(
+                    500, "engine_wrote_in_place", f"the patch engine edited {rel} in place"
+                )
+            staged.after[rel] = digest
 
     def _evaluate(
-        self, diff: Any, base: Any, work: Path
-    ) -> tuple[bytes, list[FilePatch], list[dict[str, Any]], dict[str, str], dict[str, Any]]:
+        self, diff: Any, base: Any, work: str, keep: str | None = None
+    ) -> tuple[bytes, list[FilePatch], list[dict[str, Any]], _Staged | None, dict[str, Any]]:
         """Everything validate and apply share. Returns the per-file report and problems."""
         data, files = self.checks.parse(diff)
         self.checks.check_files(files)
         checked_base = self.checks.check_base(base)
         problems: dict[str, Any] = {}
-        wrong_base = self.checks.base_errors(checked_base)
-        if wrong_base:
-            problems["base"] = wrong_base
         state_errors = self.checks.state_errors(files)
-        before: dict[str, str] = {}
+        staged: _Staged | None = None
         if state_errors:
             outcomes = [FileOutcome() for _ in files]
         else:
-            verdict, before = self._stage(work, files)
+            staged = self._stage(work, files, keep)
+            verdict = self.run_engine(Path(work), files)
             if verdict.malformed:
                 where = f" at line {verdict.malformed_line}" if verdict.malformed_line else ""
                 raise bad_request(f"git apply could not read the diff{where}")
             outcomes = verdict.files
             if verdict.ok:
-                self._check_result(work, files)
+                self._check_result(staged, files)
+        known = staged.before if staged is not None else None
+        wrong_base = self.checks.base_errors(checked_base, known)
+        if wrong_base:
+            problems["base"] = wrong_base
         report = [
             describe(fp, outcome, state_errors.get(i), allow_offset=self.allow_offset)
             for i, (fp, outcome) in enumerate(zip(files, outcomes, strict=True))
@@ -178,17 +200,17 @@ class PatchManager:
             if fp.new_path in wrong_base or fp.old_path in wrong_base:
                 entry.update(applies=False, error="base_mismatch")
                 entry["message"] = f"{fp.path} changed since the base hash"
-        return data, files, report, before, problems
+        return data, files, report, staged, problems
 
     # ---- public API --------------------------------------------------------------------
 
     def validate(self, diff: Any, base: Any = None) -> ValidateResult:
         """Report whether and how each file of `diff` applies. Writes nothing in the workspace."""
-        work = self.scratch_root / uuid.uuid4().hex / "work"
+        scratch = os.path.join(self.scratch_root, uuid.uuid4().hex)
         try:
-            _, _, report, _, problems = self._evaluate(diff, base, work)
+            _, _, report, _, problems = self._evaluate(diff, base, os.path.join(scratch, "work"))
         finally:
-            tx.discard(work.parent)
+            tx.discard(scratch)
         for entry in report:
             if entry.get("error") == "path_forbidden":
                 raise forbidden_path(entry["message"], path=entry["path"])
@@ -202,11 +224,15 @@ class PatchManager:
         """Apply all of `diff` or nothing; 409 on a stale base, a failing hunk or a clash."""
         patch_id = uuid.uuid4().hex
         tx_dir = self.tx_root / patch_id
+        keep = os.path.join(self.store_root, patch_id, "old")
         with self._locked():
             try:
-                data, files, report, before, problems = self._evaluate(diff, base, tx_dir / "work")
+                data, files, report, staged, problems = self._evaluate(
+                    diff, base, os.path.join(tx_dir, "work"), keep
+                )
                 raise_first_problem(report, problems)
-                return self._commit_apply(patch_id, tx_dir, data, files, report, before, user)
+                assert staged is not None  # no problems: the patch was staged
+                return self._commit_apply(patch_id, tx_dir, data, files, report, staged, user)
             except BaseException:
                 if tx.read_journal(tx_dir) is None:
                     tx.discard(tx_dir)
@@ -222,20 +248,16 @@ class PatchManager:
         data: bytes,
         files: list[FilePatch],
         report: list[dict[str, Any]],
-        before: dict[str, str],
+        staged: _Staged,
         user: str,
     ) -> PatchResult:
         store = self.store_root / patch_id
-        store.mkdir(mode=0o700)
+        os.makedirs(store, mode=0o700, exist_ok=True)
+        before, after = staged.before, staged.after
         # A path may leave in one section and come back in another (git's type changes).
         olds = [fp.old_path for fp in files if fp.old_path is not None]
         news = [fp.new_path for fp in files if fp.new_path is not None]
-        keep: dict[str, str] = {}
-        for n, fp in enumerate(files):
-            if fp.old_path is not None:
-                _link_or_copy(self.paths.root / fp.old_path, store / "old" / str(n))
-                keep[fp.old_path] = f"old/{n}"
-        after: dict[str, str | None] = {p: sha256_of(tx_dir / "work" / p) for p in news}
+        keep = {fp.old_path: f"old/{n}" for n, fp in enumerate(files) if fp.old_path is not None}
         entries: list[tx.Entry] = [{"path": p, "staged": None} for p in olds if p not in after]
         entries += [{"path": p, "staged": f"work/{p}"} for p in news]
         touched = [
@@ -267,22 +289,34 @@ class PatchManager:
             store / "meta.json", json.dumps(meta, sort_keys=True).encode(), durable=False
         )
         # Staged files, revert links and meta must be on disk before the commit point.
-        tx.flush(tx_dir, [tx_dir / e["staged"] for e in entries if e["staged"]])
+        tx.flush(tx_dir, [os.path.join(tx_dir, e["staged"]) for e in entries if e["staged"]])
         self.fault("staged")
-        tx.commit(tx_dir, {"kind": "apply", "patch_id": patch_id, "entries": entries})
+        journal = {"kind": "apply", "patch_id": patch_id, "entries": entries}
+        tx.commit(tx_dir, journal)
         self.fault("committed")
-        self._finish(tx_dir)
+        self._finish(tx_dir, journal, meta, staged.folders)
         self.log.info("codeyard patch %s applied to %d files", patch_id, len(files))
         return {"patch_id": patch_id, "files": results}
 
-    def _finish(self, tx_dir: Path) -> None:
-        """Swap a committed transaction in, record it, and drop its folder."""
-        journal = tx.read_journal(tx_dir)
+    def _finish(
+        self,
+        tx_dir: Path,
+        journal: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+        folders: staging.Folders | None = None,
+    ) -> None:
+        """Swap a committed transaction in, record it, and drop its folder.
+
+        A fresh apply passes what it holds in memory; recovery reads it back from disk.
+        """
+        if journal is None:
+            journal = tx.read_journal(tx_dir)
         assert journal is not None
         patch_id = journal["patch_id"]
-        tx.swap(self.paths.root, tx_dir, journal["entries"], lambda n: self.fault(f"swapped:{n}"))
+        tx.swap(self.root, tx_dir, journal["entries"], lambda n: self.fault(f"swapped:{n}"))
         store = self.store_root / patch_id
-        meta = json.loads((store / "meta.json").read_bytes())
+        if meta is None:
+            meta = json.loads((store / "meta.json").read_bytes())
         action = "patch.apply" if journal["kind"] == "apply" else "patch.revert"
         if journal["kind"] == "revert":
             meta["reverted"] = True
@@ -300,7 +334,29 @@ class PatchManager:
                 patch_sha256=meta["patch_sha256"],
                 patch_id=patch_id,
             )
-        tx.discard(tx_dir)
+        self._drop(tx_dir, folders)
+
+    def _drop(self, tx_dir: Path, folders: staging.Folders | None) -> None:
+        """Remove a finished transaction folder.
+
+        It is first renamed into scratch (which `recover()` empties): a half-removed folder
+        left in `tx/` without its journal would read as uncommitted, and recovery would
+        then throw away the revert data of a patch that was applied.
+        """
+        trash = os.path.join(self.scratch_root, uuid.uuid4().hex)
+        try:
+            os.rename(tx_dir, trash)
+        except OSError:
+            tx.discard(tx_dir)
+            return
+        work = os.path.join(trash, "work")
+        if folders is not None and folders.remove_all(work):
+            with contextlib.suppress(OSError):
+                os.rmdir(work)
+                os.unlink(os.path.join(trash, tx.JOURNAL))
+                os.rmdir(trash)
+                return
+        shutil.rmtree(trash, ignore_errors=True)
 
     def _audited(self, patch_id: str, action: str, recovering: bool) -> bool:
         if not recovering:
@@ -336,10 +392,12 @@ class PatchManager:
         self, patch_id: str, store: Path, tx_dir: Path, meta: dict[str, Any], user: str
     ) -> PatchResult:
         entries: list[tx.Entry] = []
-        tx_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        work = os.path.join(tx_dir, "work")
+        os.makedirs(work, mode=0o700, exist_ok=True)
+        folders = staging.Folders(work)
         for item in meta["touched"]:
             rel = self.checks.check_path(item["path"])
-            current = sha256_of(self.paths.root / rel)
+            current = sha256_of(os.path.join(self.root, rel))
             if current != item["after"]:
                 raise conflict(
                     "changed_since_patch",
@@ -351,19 +409,18 @@ class PatchManager:
             if item["before"] is None:
                 entries.append({"path": rel, "staged": None})
                 continue
-            keep = store / item["keep"]
+            keep = os.path.join(store, item["keep"])
             if sha256_of(keep) != item["before"]:
                 raise CodeyardError(500, "revert_data_damaged", f"revert data of {rel} is damaged")
-            staged = tx_dir / "work" / rel
-            _link_or_copy(keep, staged)
+            folders.ensure_parent(rel)
+            staging.link_or_copy(keep, os.path.join(work, rel))
             entries.append({"path": rel, "staged": f"work/{rel}"})
-        tx.flush(tx_dir, [tx_dir / e["staged"] for e in entries if e["staged"]])
+        tx.flush(tx_dir, [os.path.join(tx_dir, e["staged"]) for e in entries if e["staged"]])
         self.fault("staged")
-        tx.commit(
-            tx_dir, {"kind": "revert", "patch_id": patch_id, "entries": entries, "user": user}
-        )
+        journal = {"kind": "revert", "patch_id": patch_id, "entries": entries, "user": user}
+        tx.commit(tx_dir, journal)
         self.fault("committed")
-        self._finish(tx_dir)
+        self._finish(tx_dir, journal, meta, folders)
         files = []
         for item in meta["files"]:
             op = _INVERSE[item["op"]]

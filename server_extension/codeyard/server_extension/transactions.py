@@ -16,7 +16,6 @@ import os
 import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypedDict
 
 JOURNAL = "journal.json"
@@ -29,9 +28,9 @@ class Entry(TypedDict):
     staged: str | None
 
 
-def fsync_path(path: Path) -> None:
+def fsync_path(path: str | os.PathLike[str]) -> None:
     """fsync a file or folder (folders so that renames and new names are durable)."""
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0))
     try:
         os.fsync(fd)
     finally:
@@ -50,7 +49,7 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _SYNCFS = _load_syncfs()
 
 
-def flush(anchor: Path, paths: Iterable[Path] = ()) -> None:
+def flush(anchor: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]] = ()) -> None:
     """Make every write so far on `anchor`'s file system durable.
 
     One `syncfs(2)` costs about as much as one or two fsyncs, where a 100-file patch
@@ -65,52 +64,61 @@ def flush(anchor: Path, paths: Iterable[Path] = ()) -> None:
         finally:
             os.close(fd)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(fsync_path, [p for p in (*paths, anchor) if not p.is_symlink()]))
+        list(pool.map(fsync_path, [p for p in (*paths, anchor) if not os.path.islink(p)]))
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
     """Replace `path` with `data` via a temporary file and a rename, then flush."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    target = os.fspath(path)
+    tmp = target + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, data)
         if durable:
             os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    os.replace(tmp, target)
     if durable:
-        fsync_path(path.parent)
+        fsync_path(os.path.dirname(target))
 
 
-def commit(tx_dir: Path, journal: dict[str, Any]) -> None:
+def commit(tx_dir: str | os.PathLike[str], journal: dict[str, Any]) -> None:
     """The commit point. `journal["entries"]` is a list of `Entry`."""
-    tx_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_atomic(tx_dir / JOURNAL, json.dumps(journal, sort_keys=True).encode("utf-8"))
+    os.makedirs(tx_dir, mode=0o700, exist_ok=True)
+    write_atomic(os.path.join(tx_dir, JOURNAL), json.dumps(journal, sort_keys=True).encode("utf-8"))
 
 
-def read_journal(tx_dir: Path) -> dict[str, Any] | None:
+def read_journal(tx_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     try:
-        data = (tx_dir / JOURNAL).read_bytes()
-    except FileNotFoundError:
+        with open(os.path.join(tx_dir, JOURNAL), "rb") as fh:
+            data = fh.read()
+    except (FileNotFoundError, NotADirectoryError):
         return None
     journal: dict[str, Any] = json.loads(data)
     return journal
 
 
-def _prune_empty_parents(root: Path, path: Path) -> None:
-    parent = path.parent
-    while parent != root and root in parent.parents:
+def _prune_empty_parents(root: str, path: str) -> None:
+    parent = os.path.dirname(path)
+    while parent != root and parent.startswith(root + os.sep):
         try:
-            parent.rmdir()
+            os.rmdir(parent)
         except OSError:
             return
-        parent = parent.parent
+        parent = os.path.dirname(parent)
+
+
+def _ensure_parents(root: str, target: str) -> None:
+    """`mkdir -p` of `target`'s folder, only called when a rename found it missing."""
+    parent = os.path.dirname(target)
+    if parent != root:
+        os.makedirs(parent, exist_ok=True)
 
 
 def swap(
-    root: Path,
-    tx_dir: Path,
+    root: str | os.PathLike[str],
+    tx_dir: str | os.PathLike[str],
     entries: list[Entry],
     after_step: Callable[[int], None] | None = None,
 ) -> None:
@@ -118,30 +126,40 @@ def swap(
 
     Safe to run again after an interruption: a staged file that is gone was already
     renamed into place, a deletion of a missing file is done. Folders left empty by a
-    deletion are removed, as `git apply` does.
+    deletion are removed, as `git apply` does. The rename is tried first and its folder
+    made only if missing, so the common case costs one system call per file.
     """
+    base, tx_base = os.fspath(root), os.fspath(tx_dir)
     ordered = [e for e in entries if e["staged"] is None] + [
         e for e in entries if e["staged"] is not None
     ]
-    touched_dirs: set[Path] = set()
+    touched_dirs: set[str] = set()
     for step, entry in enumerate(ordered):
-        target = root / entry["path"]
+        target = os.path.join(base, entry["path"])
         staged = entry["staged"]
         if staged is None:
-            if os.path.lexists(target):
-                target.unlink()
-                touched_dirs.add(target.parent)
-                _prune_empty_parents(root, target)
+            try:
+                os.unlink(target)
+            except FileNotFoundError:
+                pass
+            else:
+                touched_dirs.add(os.path.dirname(target))
+                _prune_empty_parents(base, target)
         else:
-            source = tx_dir / staged
-            if os.path.lexists(source):
-                target.parent.mkdir(parents=True, exist_ok=True)
+            source = os.path.join(tx_base, staged)
+            try:
                 os.replace(source, target)
-                touched_dirs.add(target.parent)
+            except FileNotFoundError:
+                if not os.path.lexists(source):
+                    pass  # renamed into place before an interruption
+                else:
+                    _ensure_parents(base, target)
+                    os.replace(source, target)
+            touched_dirs.add(os.path.dirname(target))
         if after_step is not None:
             after_step(step)
-    flush(tx_dir, [d for d in touched_dirs if d.is_dir()])
+    flush(tx_base, [d for d in touched_dirs if os.path.isdir(d)])
 
 
-def discard(tx_dir: Path) -> None:
+def discard(tx_dir: str | os.PathLike[str]) -> None:
     shutil.rmtree(tx_dir, ignore_errors=True)
