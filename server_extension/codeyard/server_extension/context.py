@@ -8,13 +8,10 @@ A prompt is assembled from, in order of priority:
 4. definitions of names the selection uses that live elsewhere in the file or workspace.
 
 Each part is added only while the total stays under the budget, counted with the model's
-own tokenizer (`tokenizer.json` of the served model, read with the `tokenizers` library).
-Without that file or library, `TokenCounter` falls back to one token per 3 bytes of UTF-8:
-BPE tokenizers average 3.5-4 bytes per token on code, so the estimate errs on the safe side.
+own tokenizer (`TokenCounter`, tokens.py).
 
 Before anything is counted, obvious secrets are replaced by numbered placeholders
-(`Redactor`), so they never leave the container. `Redactor.restore` puts them back into a
-model's answer, locally, so a rewrite does not replace a real value with a placeholder.
+(`Redactor`, redaction.py), so they never leave the container.
 """
 
 from __future__ import annotations
@@ -22,135 +19,29 @@ from __future__ import annotations
 import ast
 import builtins
 import keyword
-import logging
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .errors import CodeyardError, bad_request
 from .paths import STATE_DIRNAME, WorkspacePaths
+from .prompt import render_context
+from .redaction import Redactor, is_env_file
+from .tokens import TokenCounter
 
-log = logging.getLogger(__name__)
-
-# ---- secrets ---------------------------------------------------------------------------
-
-_PEM = re.compile(
-    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
-    re.DOTALL,
-)
-_TOKENS = re.compile(
-    r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}\b"  # AWS access key ids
-    r"|\bgh[pousr]_[A-Za-z0-9]{36,}\b"  # GitHub tokens
-    r"|\bxox[abprs]-[A-Za-z0-9-]{10,}\b"  # Slack tokens
-    r"|\bAIza[0-9A-Za-z_-]{35}\b"  # Google API keys
-    r"|\bsk-[A-Za-z0-9_-]{20,}\b"  # OpenAI-style keys
-)
-_ASSIGNMENT = re.compile(
-    r"""(?P<key>\b[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|"""
-    r"""private[_-]?key|credentials?|auth)[\w.-]*["']?\s*(?::=|=|:)\s*)"""
-    r"""(?P<quote>["']?)(?P<value>[^\s"',;]+)""",
-    re.IGNORECASE,
-)
-_ENV_LINE = re.compile(r"^(?P<key>\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_]*\s*=\s*)(?P<value>.+)$")
-
-
-def is_env_file(path: str) -> bool:
-    name = Path(path).name
-    return name == ".env" or name.startswith(".env.") or name.endswith(".env")
-
-
-class Redactor:
-    """Replaces secrets with `<redacted-N>` and remembers them to restore an answer."""
-
-    def __init__(self) -> None:
-        self.secrets: dict[str, str] = {}
-
-    def _hide(self, value: str) -> str:
-        for placeholder, known in self.secrets.items():
-            if known == value:
-                return placeholder
-        placeholder = f"<redacted-{len(self.secrets) + 1}>"
-        self.secrets[placeholder] = value
-        return placeholder
-
-    def redact(self, text: str, path: str = "") -> str:
-        text = _PEM.sub(lambda m: self._hide(m.group(0)), text)
-        text = _TOKENS.sub(lambda m: self._hide(m.group(0)), text)
-
-        def assignment(m: re.Match[str]) -> str:
-            value = m.group("value")
-            if value.startswith("<redacted-") or not _looks_secret(value):
-                return m.group(0)
-            return m.group("key") + m.group("quote") + self._hide(value)
-
-        text = _ASSIGNMENT.sub(assignment, text)
-        if is_env_file(path):
-            lines = []
-            for line in text.splitlines(keepends=True):
-                body = line.rstrip("\r\n")
-                m = _ENV_LINE.match(body)
-                if m and not body.lstrip().startswith("#") and "<redacted-" not in body:
-                    line = m.group("key") + self._hide(m.group("value")) + line[len(body) :]
-                lines.append(line)
-            text = "".join(lines)
-        return text
-
-    def restore(self, text: str) -> str:
-        for placeholder, value in self.secrets.items():
-            text = text.replace(placeholder, value)
-        return text
-
-
-def _looks_secret(value: str) -> bool:
-    # Skip code like `password=password` or `token=get_token()`: only literal-looking values.
-    if value.isidentifier() and not any(c.isdigit() for c in value) and len(value) < 12:
-        return False
-    return not (value.endswith(")") or value.startswith(("self.", "os.", "$")))
-
-
-# ---- tokens ----------------------------------------------------------------------------
-
-
-class TokenCounter:
-    """Counts tokens with the served model's tokenizer, or estimates them (see module doc)."""
-
-    def __init__(self, tokenizer_file: str | None = None) -> None:
-        self.tokenizer_file = tokenizer_file
-        self._tok: Any = None
-        self._loaded = False
-
-    @property
-    def exact(self) -> bool:
-        """True when counts come from the model's tokenizer (loaded on first use)."""
-        self._load()
-        return self._tok is not None
-
-    def _load(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
-        path = self.tokenizer_file
-        if not path or not os.path.isfile(path):
-            log.info("codeyard: no tokenizer file at %s; estimating token counts", path)
-            return
-        try:
-            from tokenizers import Tokenizer
-
-            self._tok = Tokenizer.from_file(path)
-        except Exception as exc:  # ImportError, or a file of another format
-            log.warning("codeyard: cannot load tokenizer %s (%s); estimating", path, exc)
-
-    def count(self, text: str) -> int:
-        if not text:
-            return 0
-        self._load()
-        if self._tok is not None:
-            return len(self._tok.encode(text, add_special_tokens=False).ids)
-        return -(-len(text.encode("utf-8")) // 3)
-
+# Redactor, TokenCounter and render_context live in their own modules; importing them from
+# here still works.
+__all__ = [
+    "Context",
+    "ContextBuilder",
+    "Definition",
+    "Redactor",
+    "TokenCounter",
+    "is_env_file",
+    "render_context",
+]
 
 # ---- context ---------------------------------------------------------------------------
 
@@ -480,49 +371,3 @@ class ContextBuilder:
                     )
                     wanted.discard(name)
         return results
-
-
-# ---- prompt text -----------------------------------------------------------------------
-
-
-def _fence(text: str) -> str:
-    # A fence longer than any backtick run inside, so quoted code cannot close it.
-    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
-    return "`" * max(3, longest + 1)
-
-
-def _block(title: str, text: str, language: str) -> str:
-    fence = _fence(text)
-    return f"{title}\n{fence}{language}\n{text.rstrip(chr(10))}\n{fence}\n"
-
-
-def render_context(ctx: Context) -> str:
-    """The code parts of a prompt, as quoted data with paths and line numbers."""
-    parts: list[str] = []
-    if ctx.header:
-        parts.append(_block(f"File header of {ctx.path}:", ctx.header, ctx.language))
-    for d in ctx.definitions:
-        parts.append(
-            _block(
-                f"Definition of `{d.name}` ({d.path}, line {d.start_line}):", d.text, ctx.language
-            )
-        )
-    if ctx.before:
-        parts.append(
-            _block(
-                f"Lines {ctx.before_start}-{ctx.start_line - 1} (before):", ctx.before, ctx.language
-            )
-        )
-    parts.append(
-        _block(
-            f"SELECTED lines {ctx.start_line}-{ctx.end_line} of {ctx.path}:",
-            ctx.selection,
-            ctx.language,
-        )
-    )
-    if ctx.after:
-        after_end = ctx.end_line + ctx.after.count("\n")
-        parts.append(
-            _block(f"Lines {ctx.end_line + 1}-{after_end} (after):", ctx.after, ctx.language)
-        )
-    return "\n".join(parts)

@@ -1,0 +1,201 @@
+"""The Codeyard AI panel inside a real workspace, as `make up` gives one.
+
+A user signs up on the real Hub, a workspace container is spawned from the single-user image
+(which bundles the labextension from the wheel), and Debian's Chromium opens JupyterLab
+through the Hub's proxy, opens a file, selects lines and asks Explain. The answer streams
+from the real model: container -> LLM gateway (Hub service) -> the vLLM that
+`hub_config/vllm/with-vllm.sh` started for this run. Screenshots go to `.artifacts/hub/`.
+
+Run: `hub_config/vllm/with-vllm.sh .venv/bin/pytest -p no:cacheprovider
+tests/hub/test_panel_in_workspace.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import requests
+from hubprocess import REPO, Browser, HubProcess
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "correct-horse-battery-7"
+WS = "panel"
+CODE = '''def add(a, b):
+    """Return the sum of a and b."""
+    return a + b
+
+
+def twice(x):
+    return add(x, x)
+'''
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / ".artifacts" / "hub"
+
+
+@pytest.fixture(scope="module")
+def test_vllm() -> str:
+    url = os.environ.get("CODEYARD_TEST_VLLM_URL")
+    if not url or not os.environ.get("CODEYARD_TEST_VLLM_KEY_FILE"):
+        pytest.fail(
+            "CODEYARD_TEST_VLLM_URL / CODEYARD_TEST_VLLM_KEY_FILE are not set: run this under "
+            "one vLLM, `hub_config/vllm/with-vllm.sh .venv/bin/pytest "
+            "tests/hub/test_panel_in_workspace.py`."
+        )
+    return url
+
+
+@pytest.fixture(scope="module")
+def hub(
+    tmp_path_factory: pytest.TempPathFactory,
+    test_vllm: str,
+    image: str,
+    proxy_command: str,
+    users: Any,
+    docker_client: docker.APIClient,
+) -> Iterator[HubProcess]:
+    """A Hub of this module's own (conftest's `hub` has no model): same config as `make up`,
+    with short explanations because the model runs on a shared CPU."""
+    state = tmp_path_factory.mktemp("hubstate-panel")
+    proc = HubProcess(
+        state_dir=state,
+        image=image,
+        proxy_command=proxy_command,
+        site_config='c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]',
+    )
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        for name in users.all():
+            for c in docker_client.containers(all=True, filters={"label": f"codeyard.user={name}"}):
+                docker_client.remove_container(c["Id"], force=True)
+        shutil.rmtree(state / "homes", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian Chromium is missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"],
+        )
+        yield browser
+        browser.close()
+
+
+def _ready_workspace(hub: HubProcess, b: Browser, user: str) -> dict[str, str]:
+    """Spawn the user's workspace; return an auth header with a token of the user's."""
+    r = b.api("POST", f"/users/{user}/tokens", json={"note": "panel e2e"})
+    assert r.status_code == 201, r.text
+    auth = {"Authorization": f"token {r.json()['token']}"}
+    r = b.api("POST", f"/users/{user}/servers/{WS}", json={"profile": "small"})
+    assert r.status_code in (201, 202), r.text
+    deadline = time.monotonic() + 300
+    while not (hub.api("GET", f"/users/{user}").json()["servers"].get(WS) or {}).get("ready"):
+        assert time.monotonic() < deadline, f"workspace not ready\n{hub.log_tail()}"
+        time.sleep(0.5)
+    return auth
+
+
+def test_panel_explains_a_selection_in_a_spawned_workspace(
+    hub: HubProcess, users: Any, chromium: Any
+) -> None:
+    user = users.alice
+    b = Browser(hub.url)
+    assert "signup was successful" in b.signup(user, PASSWORD).text
+    assert b.login(user, PASSWORD).url.endswith("/hub/home")
+    auth = _ready_workspace(hub, b, user)
+    base = f"{hub.url}/user/{user}/{WS}"
+    r = requests.put(
+        f"{base}/api/contents/calc.py",
+        json={"type": "file", "format": "text", "content": CODE},
+        headers=auth,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = chromium.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    failed: list[str] = []
+    page.on(
+        "response",
+        lambda resp: failed.append(f"{resp.status} {resp.url}") if resp.status >= 400 else None,
+    )
+    try:
+        # Log in through the Hub's own form, as a person would.
+        page.goto(f"{hub.url}/hub/login")
+        page.fill("input[name=username]", user)
+        page.fill("input[name=password]", PASSWORD)
+        page.click("#login_submit")
+        page.wait_for_url("**/hub/**")
+        page.goto(f"{base}/lab/tree/calc.py")
+        editor = page.locator(".jp-FileEditor:visible .cm-content")
+        editor.wait_for(state="visible", timeout=120_000)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.jp-FileEditor .cm-content')]"
+            ".some(e => e.innerText.includes('def twice'))"
+        )
+
+        tab = page.locator('.jp-SideBar.jp-mod-right li[data-id="codeyard-ai-panel"]')
+        tab.wait_for()
+        root = page.locator("#codeyard-ai-panel")
+        if not root.is_visible():
+            tab.click()
+        root.wait_for(state="visible")
+        # The panel's health check went container -> gateway -> vLLM.
+        root.locator('.cy-context-gateway[data-state="healthy"]').wait_for(timeout=60_000)
+        assert "Model: smollm2" in root.locator(".cy-context").inner_text()
+
+        lines = page.locator(".jp-FileEditor:visible .cm-line")
+        lines.nth(0).click(position={"x": 1, "y": 5})
+        page.keyboard.press("Home")
+        for _ in range(2):
+            page.keyboard.press("Shift+ArrowDown")
+        page.keyboard.press("Shift+End")
+        page.wait_for_function(
+            "() => document.querySelector('#codeyard-ai-panel .cy-context')"
+            ".textContent.includes('lines 1\u20133')"
+        )
+        page.screenshot(path=str(ARTIFACTS / "panel-in-workspace-selection.png"))
+
+        root.locator(".cy-explain").click()
+        # Streamed: text is in the panel while the answer is still arriving.
+        page.wait_for_function(
+            """() => {
+                const out = document.querySelector('#codeyard-ai-panel .cy-explain-output');
+                return out && out.dataset.state === 'streaming'
+                    && out.textContent.trim().length > 0;
+            }""",
+            timeout=180_000,
+        )
+        page.screenshot(path=str(ARTIFACTS / "panel-in-workspace-streaming.png"))
+        page.wait_for_function(
+            """() => {
+                const s = document.querySelector('#codeyard-ai-panel .cy-status');
+                return s && /Explained|error|unavailable|failed/.test(s.textContent);
+            }""",
+            timeout=180_000,
+        )
+        status = root.locator(".cy-status").inner_text()
+        assert status.startswith("Explained"), status
+        answer = root.locator(".cy-explain-output").inner_text().strip()
+        assert answer, "no text in the panel"
+        page.screenshot(path=str(ARTIFACTS / "panel-in-workspace-explained.png"))
+        print(f"panel status: {status!r}; answer: {answer[:200]!r}; failed requests: {failed}")
+    finally:
+        context.close()
