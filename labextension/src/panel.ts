@@ -177,11 +177,14 @@ export class CodeyardPanel extends Widget {
   /** What a model call showed about the gateway, between status checks. */
   noteGateway(error: unknown | null): void {
     const at = new Date();
-    const model = this.lastUsage?.model ?? (this.gateway.kind === 'healthy' ? this.gateway.model : '');
+    const known = this.gateway.kind === 'healthy' || this.gateway.kind === 'down' ? this.gateway.model : null;
+    const model = this.lastUsage?.model || known || '';
     if (error === null) {
       this.gateway = { kind: 'healthy', model, latencyMs: null, at };
     } else if (error instanceof ApiError && [502, 503, 504].includes(error.status)) {
-      this.gateway = { kind: 'down', model: model || null, reason: describeError(error), at };
+      // The server's own words; the status line above already says "unavailable".
+      const reason = error.body?.message ?? describeError(error);
+      this.gateway = { kind: 'down', model: model || null, reason, at };
     } else {
       return;
     }

@@ -18,6 +18,8 @@ lab (session)
     `Lab`: a `jupyter lab` subprocess on a free port with a random token, its workspace folder
     (`lab.root`), `lab.url(path)`, `lab.api(method, endpoint, body=None)` for calling
     `codeyard/api/*` directly, and `lab.read(rel)` / `lab.write(rel, text)`.
+lab_without_model
+    A second `Lab` whose gateway URL is a closed loopback port (the gateway-down case).
 browser (session)
     A Playwright Chromium `Browser` launched from /usr/bin/chromium with the project's flags.
 page
@@ -144,14 +146,8 @@ class Lab:
         target.write_text(text)
 
 
-@pytest.fixture(scope="session")
-def lab(
-    labextension_dir: Path,
-    model_stack: tuple[str, str],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Lab]:
-    gateway_url, user_token = model_stack
-    base_dir = tmp_path_factory.mktemp("lab")
+def start_lab(base_dir: Path, labextension_dir: Path, gateway_url: str, user_token: str) -> Lab:
+    """A `jupyter lab` subprocess with the fresh bundle, its model calls sent to `gateway_url`."""
     root = base_dir / "workspace"
     root.mkdir()
     # The freshly built bundle comes first on JUPYTER_PATH, ahead of any installed copy.
@@ -213,8 +209,31 @@ def lab(
             _stop(proc)
             pytest.fail(f"jupyter lab did not start:\n{log.read_text()[-4000:]}")
         time.sleep(0.3)
+    return running
+
+
+@pytest.fixture(scope="session")
+def lab(
+    labextension_dir: Path,
+    model_stack: tuple[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Lab]:
+    gateway_url, user_token = model_stack
+    running = start_lab(tmp_path_factory.mktemp("lab"), labextension_dir, gateway_url, user_token)
     yield running
-    _stop(proc)
+    _stop(running.proc)
+
+
+@pytest.fixture
+def lab_without_model(
+    labextension_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Lab]:
+    """A second `jupyter lab` whose gateway URL is a closed loopback port: every model call
+    and status check meets a real refused connection."""
+    closed = f"http://127.0.0.1:{_free_port()}"
+    running = start_lab(tmp_path_factory.mktemp("lab-down"), labextension_dir, closed, "t")
+    yield running
+    _stop(running.proc)
 
 
 @pytest.fixture(scope="session")

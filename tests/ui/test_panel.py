@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import pytest
+import requests
 from conftest import CodeyardPanel, Lab
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -477,3 +478,71 @@ def test_cell_changed_on_disk_gives_409_message_and_rewrite_again(
     assert json.loads(sent.value.post_data)["cell_id"] == "stale-cell"
     panel.wait_status("Review the proposed change", "no change", "could not", "failed")
     shot(page, "cell-rewritten-again")
+
+
+SETTINGS = "lab/api/settings/codeyard-labextension:plugin"
+
+
+def put_settings(lab: Lab, raw: str) -> None:
+    r = requests.put(
+        f"{lab.base}/{SETTINGS}",
+        headers={"Authorization": f"token {lab.token}"},
+        data=json.dumps({"raw": raw}),
+        timeout=30,
+    )
+    assert r.status_code == 204, r.text
+
+
+def test_max_tokens_and_context_lines_settings_reach_the_model(
+    page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
+) -> None:
+    fresh_file(lab, "settings.py")
+    # Set as a user would in the Settings Editor (same REST call), before the page loads them.
+    put_settings(lab, '{"maxTokens": 1, "contextLines": 0}')
+    try:
+        panel.open_file("settings.py")
+        panel.open()
+        panel.select_lines(5, 6)
+        with page.expect_request(
+            lambda r: r.url.split("?")[0].endswith("codeyard/api/explain")
+        ) as sent:
+            panel.explain_button.click()
+        body = json.loads(sent.value.post_data)
+        assert body["max_tokens"] == 1 and body["context_lines"] == 0, body
+        status = panel.wait_status("Explained", "error", "failed", "unavailable")
+        assert status.startswith("Explained ("), status
+        # One token of answer: at most one word arrives.
+        assert len(panel.explain_output.inner_text().split()) <= 1
+        shot(page, "one-token")
+    finally:
+        put_settings(lab, "{}")
+
+
+def test_gateway_down_is_shown_in_words(browser: Any, lab_without_model: Lab, shot: Any) -> None:
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    pg.workspace = "gateway-down"
+    try:
+        lab_without_model.write("down.py", SOURCE)
+        down = CodeyardPanel(pg, lab_without_model)
+        down.open_file("down.py")
+        down.open()
+        gateway = down.context.locator(".cy-context-gateway")
+        down.context.locator('.cy-context-gateway[data-state="down"]').wait_for()
+        text = gateway.inner_text()
+        assert text.startswith("Gateway: unavailable at"), text
+        assert "is not reachable" in text, text
+        assert "Model: smollm2" in down.context.inner_text()
+        down.select_lines(1, 2)
+        down.explain_button.click()
+        status = down.wait_status("unavailable", timeout=30_000)
+        assert status.startswith("The model gateway is unavailable right now:"), status
+        assert "not reachable" in status
+        # The failed call keeps the gateway line in the server's words, and the model's name.
+        assert gateway.inner_text().startswith("Gateway: unavailable at"), gateway.inner_text()
+        assert "The model gateway is unavailable" not in gateway.inner_text()
+        assert "Model: smollm2" in down.context.inner_text()
+        shot(pg, "gateway-down")
+    finally:
+        context.close()
