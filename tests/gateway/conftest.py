@@ -12,7 +12,9 @@ hub (session)
     `llm_stack.Hub`: a JupyterHub subprocess with four managed gateway services
     (`hub.gateways[name].url`): `codeyard-llm` (defaults), `codeyard-llm-strict` (1 request
     at a time, 60 tokens/min, 2000-byte bodies, max_tokens 8), `codeyard-llm-down` (upstream is
-    a closed port) and `codeyard-llm-slow` (50 ms upstream timeout).
+    a closed port), `codeyard-llm-slow` (50 ms upstream timeout), `codeyard-llm-latekey`
+    (its vLLM key file appears after start-up) and `codeyard-llm-tuned` (token answers cached
+    1 s, idle vLLM connections kept 30 s).
     `hub.user_token(user, scopes=None)` creates a user and a token.
 gateway, strict_gateway, down_gateway, slow_gateway
     Base URLs (`http://127.0.0.1:<port>`) of those services.

@@ -220,6 +220,12 @@ GATEWAYS: dict[str, list[str]] = {
     "codeyard-llm-slow": ["--GatewayApp.upstream_timeout=0.05"],
     # Its key file appears only after start-up, as when the Hub starts it before vLLM.
     "codeyard-llm-latekey": [],
+    # Token answers cached for 1 s (revocation test); idle upstream connections kept past
+    # vLLM's own 5 s keep-alive, so vLLM closes them first (dead-connection test).
+    "codeyard-llm-tuned": [
+        "--GatewayApp.token_cache_seconds=1",
+        "--GatewayApp.upstream_keepalive_seconds=30",
+    ],
 }
 
 

@@ -27,8 +27,13 @@ class AuditRow:
     completion_tokens: int
     latency_ms: float
     ttft_ms: float | None
-    # Time the gateway spent before forwarding (auth, limits, body checks): its own cost.
+    # The gateway's own cost. forward_ms: from reading the request to having sent it to vLLM
+    # (parsing, auth, limits, body checks, connection). first_chunk_ms: from the HTTP client
+    # handing over vLLM's first chunk to having written it to the caller's socket.
     forward_ms: float | None
+    first_chunk_ms: float | None
+    # Whether this call had to open a new connection to vLLM (pooled ones are reused).
+    upstream_new_connection: bool
     prompt_sha256: str
     answer_sha256: str
     error: str | None = None

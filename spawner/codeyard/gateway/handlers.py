@@ -6,17 +6,20 @@ clients (openai, litellm) show the message to the user.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from tornado import httpclient, web
-from tornado.simple_httpclient import HTTPTimeoutError
+from tornado import httputil, web
+from tornado.iostream import StreamClosedError
 
 from .accounting import AnswerTally, prompt_digest
 from .audit import AuditRow
+from .upstream import Abort, UpstreamClosed, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from .app import GatewayApp
@@ -41,10 +44,6 @@ class GatewayError(Exception):
         self.code = code
         self.message = message
         self.retry_after = retry_after
-
-
-class _ClientGone(Exception):
-    """Raised inside the streaming callback to abort the upstream call (vLLM then stops)."""
 
 
 class BaseHandler(web.RequestHandler):
@@ -73,7 +72,9 @@ class BaseHandler(web.RequestHandler):
                 401, "unauthorized", "send your JupyterHub token as 'Authorization: Bearer <token>'"
             )
         try:
-            user = await self.gateway.hub_auth.user_for_token(match.group(1), sync=False)
+            user = await self.gateway.hub_auth.user_for_token(
+                match.group(1), use_cache=self.gateway.token_cache_seconds > 0, sync=False
+            )
         except web.HTTPError as exc:
             raise GatewayError(
                 503, "hub_unavailable", f"cannot check the token with JupyterHub: {exc.log_message}"
@@ -95,7 +96,10 @@ class ProxyHandler(BaseHandler):
 
     def initialize(self) -> None:
         self._client_gone = False
-        self._forwarded_after = 0.0
+        # The gateway's own cost, measured per request (see `_overhead`).
+        self._sent_upstream_at: float | None = None
+        self._first_chunk_s: float | None = None
+        self._new_connection = False
 
     def on_connection_close(self) -> None:
         self._client_gone = True
@@ -109,6 +113,8 @@ class ProxyHandler(BaseHandler):
     async def _handle(self, method: str, path: str) -> None:
         gw = self.gateway
         started = time.perf_counter()
+        # Time since tornado read the request line: header and body parsing, routing.
+        received = self.request.request_time()
         user_name, model = "-", "-"
         try:
             user = await self.authenticate()
@@ -154,6 +160,12 @@ class ProxyHandler(BaseHandler):
         try:
             status, ttft, error = await self._relay(method, path, body, tally, started)
         finally:
+            forward = None
+            if self._sent_upstream_at is not None:
+                forward = received + self._sent_upstream_at - started
+                gw.metrics.overhead.labels("forward").observe(forward)
+            if self._first_chunk_s is not None:
+                gw.metrics.overhead.labels("first_chunk").observe(self._first_chunk_s)
             tally.finish()
             gw.limiter.release(user_name, tally.total_tokens)
             gw.metrics.in_flight.labels(user_name).dec()
@@ -180,7 +192,11 @@ class ProxyHandler(BaseHandler):
                         completion_tokens=tally.completion_tokens,
                         latency_ms=round(elapsed * 1000, 2),
                         ttft_ms=None if ttft is None else round(ttft * 1000, 2),
-                        forward_ms=round(self._forwarded_after * 1000, 3),
+                        forward_ms=None if forward is None else round(forward * 1000, 3),
+                        first_chunk_ms=None
+                        if self._first_chunk_s is None
+                        else round(self._first_chunk_s * 1000, 3),
+                        upstream_new_connection=self._new_connection,
                         prompt_sha256=prompt_digest(body),
                         answer_sha256=tally.answer_sha256,
                         error=error,
@@ -228,86 +244,81 @@ class ProxyHandler(BaseHandler):
     ) -> tuple[int, float | None, str | None]:
         """Returns (status sent to the client, time to first byte, error reason or None)."""
         gw = self.gateway
-        upstream: dict[str, Any] = {"status": 0, "content_type": "application/json"}
-        first: list[float] = []
-
-        def on_header(line: str) -> None:
-            if line.startswith("HTTP/"):
-                upstream["status"] = int(line.split(" ", 2)[1])
-            elif line.lower().startswith("content-type:"):
-                upstream["content_type"] = line.split(":", 1)[1].strip()
-
-        def on_chunk(chunk: bytes) -> None:
-            if self._client_gone:
-                raise _ClientGone()
-            if not first:
-                first.append(time.perf_counter() - started)
-                if upstream["status"] == 401:
-                    # vLLM refused our key: a deployment fault, not the caller's.
-                    upstream["status"] = 502
-                    upstream["misconfigured"] = True
-                    return
-                self.set_status(upstream["status"] or 200)
-                self.set_header("Content-Type", upstream["content_type"])
-                if tally.streaming:
-                    self.set_header("Cache-Control", "no-cache")
-                    self.set_header("X-Accel-Buffering", "no")
-            if upstream.get("misconfigured"):
-                return
-            tally.feed(chunk)
-            self.write(chunk)
-            self.flush()
-
         headers = {"Content-Type": "application/json"}
         if gw.upstream_api_key:
             headers["Authorization"] = f"Bearer {gw.upstream_api_key}"
-        request = httpclient.HTTPRequest(
-            f"{gw.upstream_url.rstrip('/')}/v1/{path}",
-            method=method,
-            headers=headers,
-            body=None if body is None else json.dumps(body).encode("utf-8"),
-            connect_timeout=gw.connect_timeout,
-            request_timeout=gw.upstream_timeout,
-            streaming_callback=on_chunk,
-            header_callback=on_header,
-            decompress_response=False,
-        )
-        ttft = None
-        self._forwarded_after = time.perf_counter() - started
-        gw.metrics.forward.observe(self._forwarded_after)
+        upstream: dict[str, Any] = {"status": 0, "content_type": "application/json"}
+        first: list[float] = []
+
+        def on_headers(status: int, answer_headers: httputil.HTTPHeaders) -> None:
+            upstream["status"] = status
+            upstream["content_type"] = answer_headers.get("Content-Type", "application/json")
+
+        def on_chunk(chunk: bytes) -> Awaitable[None] | None:
+            got = time.perf_counter()
+            if self._client_gone:
+                raise Abort()
+            if not first:
+                first.append(got - started)
+                if upstream["status"] == 401:
+                    # vLLM refused our key: a deployment fault, not the caller's.
+                    upstream["misconfigured"] = True
+                if not upstream.get("misconfigured"):
+                    self._start_answer(upstream["status"], upstream["content_type"], tally)
+            if upstream.get("misconfigured"):
+                return None
+            self.write(chunk)
+            flushed = self.flush()
+            if self._first_chunk_s is None:
+                self._first_chunk_s = time.perf_counter() - got
+            # Counting tokens and hashing come after the client has the bytes.
+            tally.feed(chunk)
+            if flushed.done():
+                if flushed.exception() is not None:
+                    raise Abort()
+                return None
+            return _client_drained(flushed)
+
+        def on_sent(new_connection: bool) -> None:
+            self._sent_upstream_at = time.perf_counter()
+            if new_connection:
+                self._new_connection = True
+                gw.metrics.upstream_connections.inc()
+
+        content = None if body is None else json.dumps(body).encode("utf-8")
         try:
-            await gw.http_client.fetch(request, raise_error=False)
-        except _ClientGone:
-            return 499, first[0] if first else None, "client_gone"
-        except HTTPTimeoutError:
-            if first:
-                # Headers are out; all we can do is end the stream early.
-                self.finish()
-                return upstream["status"], first[0], "upstream_timeout"
-            self.send_gateway_error(
-                GatewayError(
-                    504,
-                    "upstream_timeout",
-                    f"the model server did not answer within {gw.upstream_timeout:g} s",
+            async with asyncio.timeout(gw.upstream_timeout):
+                await gw.upstream.request(
+                    method, f"/v1/{path}", headers, content, on_headers, on_chunk, on_sent
                 )
-            )
-            return 504, None, "upstream_timeout"
-        except (OSError, httpclient.HTTPClientError) as exc:
-            if first:
-                self.finish()
-                return upstream["status"], first[0], "upstream_broken"
+        except Abort:
+            return 499, first[0] if first else None, "client_gone"
+        except UpstreamUnavailable as exc:
             self.send_gateway_error(
                 GatewayError(
                     503,
                     "model_unavailable",
                     "the model server (vLLM) is not reachable: it is down or still starting "
-                    f"({exc.__class__.__name__}). Try again in a minute; if it persists, "
-                    "ask an administrator to check the codeyard-llm service.",
+                    f"({exc}). Try again in a minute; if it persists, ask an administrator to "
+                    "check the codeyard-llm service.",
                 )
             )
             return 503, None, "upstream_down"
+        except (TimeoutError, UpstreamClosed) as exc:
+            reason = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_broken"
+            if first:
+                # Headers are out; all we can do is end the stream early.
+                self.finish()
+                return upstream["status"], first[0], reason
+            if reason == "upstream_timeout":
+                message = f"the model server did not answer within {gw.upstream_timeout:g} s"
+                self.send_gateway_error(GatewayError(504, reason, message))
+                return 504, None, reason
+            message = "the model server closed the connection without answering"
+            self.send_gateway_error(GatewayError(502, reason, message))
+            return 502, None, reason
         ttft = first[0] if first else None
-        if upstream.get("misconfigured"):
+        if upstream.get("misconfigured") or upstream["status"] == 401:
             gw.reload_api_key()  # vLLM may have been restarted with a new key
             self.send_gateway_error(
                 GatewayError(502, "gateway_misconfigured", "vLLM rejected the gateway's API key")
@@ -318,6 +329,21 @@ class ProxyHandler(BaseHandler):
         self.finish()
         status = int(upstream["status"] or 200)
         return status, ttft, None if status < 400 else f"upstream_{status}"
+
+    def _start_answer(self, status: int, content_type: str, tally: AnswerTally) -> None:
+        self.set_status(status or 200)
+        self.set_header("Content-Type", content_type)
+        if tally.streaming:
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")
+
+
+async def _client_drained(flushed: Awaitable[None]) -> None:
+    """Wait for a slow caller's socket to take the last chunk (backpressure to vLLM)."""
+    try:
+        await flushed
+    except StreamClosedError:
+        raise Abort() from None
 
 
 class MetricsHandler(BaseHandler):

@@ -44,10 +44,19 @@ class GatewayMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=self.registry,
         )
-        self.forward = Histogram(
-            "codeyard_llm_gateway_forward_seconds",
-            "The gateway's own time before forwarding a request (auth, limits, checks).",
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+        self.overhead = Histogram(
+            "codeyard_llm_gateway_overhead_seconds",
+            "The gateway's own time per request, by stage: 'forward' from reading the request "
+            "to having sent it to vLLM, 'first_chunk' from receiving vLLM's first chunk to "
+            "having written it to the caller.",
+            ["stage"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=self.registry,
+        )
+        self.upstream_connections = Counter(
+            "codeyard_llm_upstream_connections",
+            "TCP connections opened to vLLM. Idle ones are reused, so this grows far slower "
+            "than the request count.",
             registry=self.registry,
         )
         self.in_flight = Gauge(
