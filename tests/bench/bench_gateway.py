@@ -129,6 +129,8 @@ async def one_stream(
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
+        # The gateway always asks for usage on streams; ask the same of vLLM when direct.
+        "stream_options": {"include_usage": True},
     }
     headers = {"Authorization": f"Bearer {token}"}
     start = time.perf_counter()

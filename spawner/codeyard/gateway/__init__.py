@@ -6,6 +6,20 @@ per-user limits, forwards an allow-list of OpenAI paths to vLLM with vLLM's priv
 and records metrics and an audit row with hashes, never text.
 
 Run it with `python -m codeyard.gateway` (see `GatewayApp` for the settings).
+
+Token cache: the Hub's answer about a token (owner, scopes) is reused for
+`GatewayApp.token_cache_seconds` (default 30 s; 0 asks the Hub on every call). That is also
+how long a revoked token, a deleted user or a withdrawn `custom:codeyard-llm` grant keeps
+working here. JupyterHub's own service default is 300 s; 30 s bounds that window to half a
+minute while the lookup (one Hub API call, a few ms) is paid at most twice a minute per
+active token, which does not show in any percentile.
+
+Overhead: calls to vLLM reuse kept-alive connections (`upstream.UpstreamPool`;
+`upstream_keepalive_seconds`, below vLLM's 5 s keep-alive). Each audit row and the histogram
+`codeyard_llm_gateway_overhead_seconds{stage}` record the gateway's own time per call:
+`forward` (request read to request sent to vLLM) and `first_chunk` (vLLM's first chunk
+handed over to it written to the caller). `codeyard_llm_upstream_connections_total` counts
+connections opened to vLLM. tests/bench/bench_gateway.py compares against direct calls.
 """
 
 from .app import GatewayApp

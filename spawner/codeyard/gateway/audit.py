@@ -12,7 +12,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -50,7 +50,9 @@ class GatewayAudit:
         self._lock = threading.Lock()
 
     def write(self, row: AuditRow) -> None:
-        record = {"ts": round(time.time(), 3), **asdict(row)}
+        # vars(), not asdict(): the fields are scalars, and asdict's deep copy costs ~13 us
+        # a row on the event loop that relays everyone's tokens.
+        record = {"ts": round(time.time(), 3), **vars(row)}
         line = json.dumps(record, separators=(",", ":"), sort_keys=True)
         with self._lock:
             self._fh.write(line + "\n")
