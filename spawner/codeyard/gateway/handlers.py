@@ -202,6 +202,9 @@ class ProxyHandler(BaseHandler):
                         error=error,
                     )
                 )
+        # Finish only now, so a call's audit row exists by the time its caller has the answer.
+        if not self._finished:
+            self.finish()
 
     def _checked_body(self, method: str) -> dict[str, Any] | None:
         if method != "POST":
@@ -307,8 +310,7 @@ class ProxyHandler(BaseHandler):
         except (TimeoutError, UpstreamClosed) as exc:
             reason = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_broken"
             if first:
-                # Headers are out; all we can do is end the stream early.
-                self.finish()
+                # Headers are out; all we can do is end the stream early (`_handle` finishes).
                 return upstream["status"], first[0], reason
             if reason == "upstream_timeout":
                 message = f"the model server did not answer within {gw.upstream_timeout:g} s"
@@ -326,7 +328,7 @@ class ProxyHandler(BaseHandler):
             return 502, ttft, "upstream_auth"
         if not first:
             self.set_status(upstream["status"] or 200)
-        self.finish()
+        # `_handle` finishes the answer once the audit row is written.
         status = int(upstream["status"] or 200)
         return status, ttft, None if status < 400 else f"upstream_{status}"
 
