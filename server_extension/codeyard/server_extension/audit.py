@@ -54,9 +54,14 @@ class AuditLog:
         sha256_before: dict[str, str | None] | None = None,
         sha256_after: dict[str, str | None] | None = None,
         patch_sha256: str | None = None,
+        durable: bool = True,
         **meta: Any,
     ) -> dict[str, Any]:
-        """Write one record. `meta` must be small metadata (ids, counts), never content."""
+        """Write one record. `meta` must be small metadata (ids, counts), never content.
+
+        `durable=False` skips the fsync for a caller that makes the file system durable
+        itself right after (the patch engine's one `syncfs` covers its swap and this).
+        """
         with self._lock:
             record: dict[str, Any] = {
                 "seq": self._seq + 1,
@@ -75,7 +80,8 @@ class AuditLog:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 os.write(fd, line.encode("utf-8"))
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             self._seq, self._prev = record["seq"], record["hash"]

@@ -14,6 +14,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .diffparse import FilePatch
 
@@ -66,21 +67,55 @@ def _classify(line: str) -> str:
     return "hunk_failed"
 
 
+class EngineRun(Protocol):
+    """A started patch engine: fed the patch once the files are staged, or cancelled."""
+
+    def result(self, files: list[FilePatch], text: bytes) -> GitVerdict: ...
+
+    def cancel(self) -> None: ...
+
+
+class GitApplyRun:
+    """A `git apply` started in `work` before the files are staged there.
+
+    git reads the whole patch from stdin before it looks at any file, so the process can
+    be spawned first and fed once staging is done: its start-up (exec, loading, config)
+    then overlaps our staging instead of adding to it.
+    """
+
+    def __init__(self, work: Path) -> None:
+        self.proc = subprocess.Popen(
+            ["git", "apply", "--verbose", "--whitespace=nowarn", "-p1", "-"],
+            cwd=work,
+            env=_env(work.parent),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,  # --verbose and errors go to stderr
+            stderr=subprocess.PIPE,
+        )
+
+    def result(self, files: list[FilePatch], text: bytes) -> GitVerdict:
+        """Feed `text` (the canonical git-form patch of `files`) and read git's verdict."""
+        _, stderr = self.proc.communicate(text)
+        return _verdict(files, self.proc.returncode, stderr)
+
+    def cancel(self) -> None:
+        """Stop a run that will not be fed (staging failed)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
 def run_git_apply(work: Path, files: list[FilePatch], text: bytes) -> GitVerdict:
     """Apply `text` (the canonical git-form patch of `files`) inside `work`."""
-    proc = subprocess.run(
-        ["git", "apply", "--verbose", "--whitespace=nowarn", "-p1", "-"],
-        cwd=work,
-        input=text,
-        env=_env(work.parent),
-        capture_output=True,
-        check=False,
-    )
+    return GitApplyRun(work).result(files, text)
+
+
+def _verdict(files: list[FilePatch], returncode: int, stderr: bytes) -> GitVerdict:
     outcomes = [FileOutcome() for _ in files]
     current = -1
     malformed_line: int | None = None
     malformed = False
-    for raw in proc.stderr.decode("utf-8", "replace").splitlines():
+    for raw in stderr.decode("utf-8", "replace").splitlines():
         if _CHECKING.match(raw):
             current += 1
             continue
@@ -103,6 +138,6 @@ def run_git_apply(work: Path, files: list[FilePatch], text: bytes) -> GitVerdict
                     break
         elif raw.startswith("error:") and outcome.applies:
             outcome.applies, outcome.code = False, _classify(raw)
-    if proc.returncode != 0 and all(o.applies for o in outcomes) and not malformed:
+    if returncode != 0 and all(o.applies for o in outcomes) and not malformed:
         malformed = True
-    return GitVerdict(proc.returncode == 0, outcomes, malformed_line, malformed)
+    return GitVerdict(returncode == 0, outcomes, malformed_line, malformed)

@@ -19,6 +19,10 @@ import hashlib
 import os
 import posixpath
 import stat
+from collections.abc import Callable
+
+from .diffparse import FilePatch
+from .errors import CodeyardError, bad_request, conflict
 
 Inode = tuple[int, int]  # (st_dev, st_ino)
 
@@ -131,3 +135,64 @@ def scan(top: str) -> dict[str, bool]:
                 else:
                     found[name] = entry.is_symlink()
     return found
+
+
+class Staged:
+    """One staging folder and what was learnt filling it.
+
+    `link_in` links each old file to `keep/<n>` (for an apply, the revert store) and
+    from there into `work`, so the store, the hashes and git all see one inode.
+    `hash_old` hashes the kept files; it may run while the engine works, which never
+    touches `keep`. `check_new` reads the engine's result.
+    """
+
+    def __init__(self, work: str, keep: str) -> None:
+        self.work = work
+        self.keep = keep
+        self.folders = Folders(work)
+        self.kept: list[tuple[str, str]] = []  # (workspace path, kept copy)
+        self.before: dict[str, str] = {}
+        self.inodes: dict[str, Inode] = {}
+        self.after: dict[str, str | None] = {}
+
+    def link_in(self, root: str, files: list[FilePatch], *, links: bool) -> None:
+        if any(fp.old_path is not None for fp in files):
+            os.makedirs(self.keep, mode=0o700)
+        place = link_or_copy if links else copy_entry
+        for n, fp in enumerate(files):
+            if fp.old_path is None:
+                continue
+            kept = os.path.join(self.keep, str(n))
+            link_or_copy(os.path.join(root, fp.old_path), kept)
+            self.kept.append((fp.old_path, kept))
+            self.folders.ensure_parent(fp.old_path)
+            place(kept, os.path.join(self.work, fp.old_path))
+
+    def hash_old(self) -> None:
+        for rel, kept in self.kept:
+            value, inode = digest(kept)
+            if value is None:
+                raise conflict("file_missing", f"{rel} does not exist", path=rel)
+            self.before[rel] = value
+            if inode is not None:
+                self.inodes[rel] = inode
+
+    def check_new(self, expected: set[str], check_link: Callable[[str, str], None]) -> None:
+        """The result holds exactly `expected`, links pass `check_link`; hash each file.
+
+        A result sharing an inode with the old file at its path is refused: the engine
+        would have written through a staging link into the workspace.
+        """
+        found = scan(self.work)
+        if found.keys() != expected:
+            raise bad_request("the diff's file names could not be read consistently")
+        for rel, is_link in found.items():
+            full = os.path.join(self.work, rel)
+            if is_link:
+                check_link(rel, os.readlink(full))
+            value, inode = digest(full)
+            if inode is not None and self.inodes.get(rel) == inode:
+                raise CodeyardError(
+                    500, "engine_wrote_in_place", f"the patch engine edited {rel} in place"
+                )
+            self.after[rel] = value

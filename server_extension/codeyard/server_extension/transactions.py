@@ -121,8 +121,13 @@ def swap(
     tx_dir: str | os.PathLike[str],
     entries: list[Entry],
     after_step: Callable[[int], None] | None = None,
-) -> None:
+    *,
+    durable: bool = True,
+) -> list[str]:
     """Apply the committed entries: deletions first, then renames of staged files.
+
+    Returns the folders it changed. With `durable=False` the caller must `flush` them
+    (it may first write more, e.g. the audit record, so one flush covers both).
 
     Safe to run again after an interruption: a staged file that is gone was already
     renamed into place, a deletion of a missing file is done. Folders left empty by a
@@ -158,7 +163,10 @@ def swap(
             touched_dirs.add(os.path.dirname(target))
         if after_step is not None:
             after_step(step)
-    flush(tx_base, [d for d in touched_dirs if os.path.isdir(d)])
+    changed = [d for d in touched_dirs if os.path.isdir(d)]
+    if durable:
+        flush(tx_base, changed)
+    return changed
 
 
 def discard(tx_dir: str | os.PathLike[str]) -> None:

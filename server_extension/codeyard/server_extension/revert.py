@@ -1,0 +1,119 @@
+"""Revert: put back exactly the files a patch replaced, from the patch's revert data.
+
+A mixin of `PatchManager`: it runs under the manager's lock and through the same staged,
+journaled swap as an apply (`transactions`), so a revert is all or nothing as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from . import staging
+from . import transactions as tx
+from .errors import CodeyardError, conflict, not_found
+from .patchchecks import PatchChecks, sha256_of
+from .patchreport import PatchResult
+
+PATCH_ID = re.compile(r"^[0-9a-f]{32}$")
+_INVERSE = {"create": "delete", "delete": "create", "modify": "modify", "rename": "rename"}
+
+
+class Reverting:
+    """`revert(patch_id)`; the attributes and methods below come from `PatchManager`."""
+
+    root: str
+    checks: PatchChecks
+    store_root: Path
+    tx_root: Path
+    log: Any
+    _needs_recovery: bool
+
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def _finish(
+        self,
+        tx_dir: Path,
+        journal: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+        folders: staging.Folders | None = None,
+    ) -> None:
+        raise NotImplementedError
+
+    def fault(self, point: str) -> None:
+        raise NotImplementedError
+
+    def revert(self, patch_id: str, *, user: str = "anonymous") -> PatchResult:
+        """Put back exactly the files as they were before `patch_id`; 409 if they changed."""
+        if not PATCH_ID.match(patch_id):
+            raise not_found("no such patch")
+        store = self.store_root / patch_id
+        tx_dir = self.tx_root / f"{patch_id}-revert"
+        with self._locked():
+            try:
+                meta = json.loads((store / "meta.json").read_bytes())
+            except FileNotFoundError:
+                raise not_found(f"no such patch: {patch_id}") from None
+            if meta["reverted"]:
+                raise conflict("already_reverted", f"patch {patch_id} was already reverted")
+            try:
+                return self._revert_locked(patch_id, store, tx_dir, meta, user)
+            except BaseException:
+                if tx.read_journal(tx_dir) is None:
+                    tx.discard(tx_dir)
+                else:
+                    self._needs_recovery = True
+                raise
+
+    def _revert_locked(
+        self, patch_id: str, store: Path, tx_dir: Path, meta: dict[str, Any], user: str
+    ) -> PatchResult:
+        entries: list[tx.Entry] = []
+        work = os.path.join(tx_dir, "work")
+        os.makedirs(work, mode=0o700, exist_ok=True)
+        folders = staging.Folders(work)
+        for item in meta["touched"]:
+            rel = self.checks.check_path(item["path"])
+            current = sha256_of(os.path.join(self.root, rel))
+            if current != item["after"]:
+                raise conflict(
+                    "changed_since_patch",
+                    f"{rel} changed since patch {patch_id}",
+                    path=rel,
+                    current=current,
+                    expected=item["after"],
+                )
+            if item["before"] is None:
+                entries.append({"path": rel, "staged": None})
+                continue
+            keep = os.path.join(store, item["keep"])
+            if sha256_of(keep) != item["before"]:
+                raise CodeyardError(500, "revert_data_damaged", f"revert data of {rel} is damaged")
+            folders.ensure_parent(rel)
+            staging.link_or_copy(keep, os.path.join(work, rel))
+            entries.append({"path": rel, "staged": f"work/{rel}"})
+        tx.flush(tx_dir, [os.path.join(tx_dir, e["staged"]) for e in entries if e["staged"]])
+        self.fault("staged")
+        journal = {"kind": "revert", "patch_id": patch_id, "entries": entries, "user": user}
+        tx.commit(tx_dir, journal)
+        self.fault("committed")
+        self._finish(tx_dir, journal, meta, folders)
+        files = []
+        for item in meta["files"]:
+            op = _INVERSE[item["op"]]
+            out = {
+                "path": item.get("from", item["path"]),
+                "op": op,
+                "sha256_before": item["sha256_after"],
+                "sha256_after": item["sha256_before"],
+            }
+            if op == "rename":
+                out["from"] = item["path"]
+            files.append(out)
+        self.log.info("codeyard patch %s reverted", patch_id)
+        return {"patch_id": patch_id, "files": files}
