@@ -1,0 +1,278 @@
+"""Registered hosts: their CRUD, credentials, state, health records and key rotation.
+
+`ServerRegistry` is the first half of `registry.Registry`; the placement half builds on it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from .crypto import CredentialCipher, fingerprints
+from .models import Credential, CredentialKind, Placement, Server, ServerState, utcnow
+from .policies import HostLoad, PlacementPolicy
+from .shapes import (
+    LOADED,
+    SERVER_FIELDS,
+    Conflict,
+    CredentialModel,
+    LoadModel,
+    NotFound,
+    PlacementSettings,
+    RegistryError,
+    ServerModel,
+    _iso,
+    _validate_endpoint,
+)
+
+
+class ServerRegistry:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        cipher: CredentialCipher | None = None,
+        settings: PlacementSettings | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self._cipher = cipher
+        self.settings = settings or PlacementSettings()
+        self._policies: dict[tuple[str, str], PlacementPolicy] = {}
+        self._place_lock = threading.Lock()
+
+    @property
+    def cipher(self) -> CredentialCipher:
+        if self._cipher is None:
+            self._cipher = CredentialCipher()
+        return self._cipher
+
+    # ---- servers ---------------------------------------------------------------------
+
+    def _server(self, db: Session, server_id: int | str) -> Server:
+        if isinstance(server_id, str) and not server_id.isdigit():
+            server = db.scalar(select(Server).where(Server.name == server_id))
+        else:
+            server = db.get(Server, int(server_id))
+        if server is None:
+            raise NotFound(f"no server {server_id}")
+        return server
+
+    def _loads(self, db: Session) -> dict[int, tuple[int, int]]:
+        rows = db.execute(
+            select(
+                Placement.server_id,
+                func.count(),
+                func.coalesce(func.sum(Placement.mem_reserved), 0),
+            )
+            .where(Placement.state.in_(LOADED), Placement.server_id.is_not(None))
+            .group_by(Placement.server_id)
+        )
+        return {sid: (n, int(mem)) for sid, n, mem in rows}
+
+    def _set_credential(self, server: Server, spec: Mapping[str, Any]) -> None:
+        kind = str(spec.get("kind", ""))
+        if kind not in CredentialKind.__members__:
+            raise RegistryError(
+                f"credential kind must be one of {list(CredentialKind.__members__)}"
+            )
+        secret = {k: v for k, v in spec.items() if k != "kind" and isinstance(v, str)}
+        try:
+            prints = fingerprints(kind, secret)
+        except ValueError as e:
+            raise RegistryError(f"credential: {e}") from None
+        server.credentials.clear()
+        server.credentials.append(
+            Credential(
+                kind=CredentialKind(kind),
+                encrypted=self.cipher.encrypt(secret),
+                fingerprints=prints,
+            )
+        )
+
+    def _apply(self, server: Server, data: Mapping[str, Any]) -> None:
+        for key, value in data.items():
+            if key in ("credential", "state"):
+                continue
+            if key not in SERVER_FIELDS:
+                raise RegistryError(f"unknown field {key!r}")
+            if not isinstance(value, SERVER_FIELDS[key]) or (
+                key != "storage_shared" and isinstance(value, bool)
+            ):
+                raise RegistryError(f"field {key!r} has the wrong type")
+            if key == "endpoint":
+                _validate_endpoint(value)
+            setattr(server, key, value)
+        if "state" in data:
+            try:
+                server.state = ServerState(data["state"])
+            except ValueError:
+                raise RegistryError("state must be active, draining or down") from None
+            if server.state != ServerState.down:
+                server.drain_requested = server.state == ServerState.draining
+        if data.get("credential"):
+            self._set_credential(server, data["credential"])
+        if server.endpoint.startswith("tcp://") and not any(
+            c.kind == CredentialKind.tls for c in server.credentials
+        ):
+            raise RegistryError("a tcp:// endpoint needs a TLS credential (ca, cert, key)")
+
+    def add_server(self, data: Mapping[str, Any]) -> ServerModel:
+        if not data.get("name") or not data.get("endpoint"):
+            raise RegistryError("name and endpoint are required")
+        with self.sessions.begin() as db:
+            if db.scalar(select(Server.id).where(Server.name == data["name"])):
+                raise Conflict(f"a server named {data['name']!r} exists")
+            server = Server(
+                name="",
+                endpoint="",
+                region="",
+                labels={},
+                storage_root="",
+                storage_shared=False,
+                max_workspaces=0,
+                cpu_capacity=0.0,
+                mem_capacity=0,
+                state=ServerState.active,
+                consecutive_failures=0,
+                drain_requested=False,
+            )
+            self._apply(server, data)
+            db.add(server)
+            db.flush()
+            return self._view(server, {})
+
+    def update_server(self, server_id: int | str, data: Mapping[str, Any]) -> ServerModel:
+        with self.sessions.begin() as db:
+            server = self._server(db, server_id)
+            self._apply(server, data)
+            db.flush()
+            return self._view(server, self._loads(db))
+
+    def delete_server(self, server_id: int | str) -> None:
+        with self.sessions.begin() as db:
+            server = self._server(db, server_id)
+            busy = db.scalar(
+                select(func.count())
+                .select_from(Placement)
+                .where(Placement.server_id == server.id, Placement.state.in_(LOADED))
+            )
+            if busy:
+                raise Conflict(f"{server.name} still has {busy} workspaces; drain it first")
+            db.delete(server)
+
+    def set_state(self, server_id: int | str, state: ServerState) -> ServerModel:
+        """An admin's drain (`draining`), undrain (`active`) or mark `down`.
+
+        Drain and undrain set or clear the drain intent. On a host that is down they change
+        only the intent: the host stays down until the monitor reaches it, and then returns
+        draining or active as the intent says.
+        """
+        with self.sessions.begin() as db:
+            server = self._server(db, server_id)
+            if state != ServerState.down:
+                server.drain_requested = state == ServerState.draining
+            if server.state != ServerState.down or state == ServerState.down:
+                server.state = state
+                if state == ServerState.active:
+                    server.consecutive_failures = 0
+            return self._view(server, self._loads(db))
+
+    def get_server(self, server_id: int | str) -> ServerModel:
+        with self.sessions() as db:
+            return self._view(self._server(db, server_id), self._loads(db))
+
+    def list_servers(self) -> list[ServerModel]:
+        with self.sessions() as db:
+            loads = self._loads(db)
+            return [self._view(s, loads) for s in db.scalars(select(Server).order_by(Server.name))]
+
+    def connection(self, server_id: int | str) -> tuple[str, str | None, dict[str, Any] | None]:
+        """(endpoint, credential kind, decrypted secret): for `connect.HostClient` only."""
+        with self.sessions() as db:
+            server = self._server(db, server_id)
+            if not server.credentials:
+                return server.endpoint, None, None
+            cred = server.credentials[0]
+            return server.endpoint, cred.kind.value, self.cipher.decrypt(cred.encrypted)
+
+    @staticmethod
+    def _view(server: Server, loads: Mapping[int, tuple[int, int]]) -> ServerModel:
+        running, mem = loads.get(server.id, (0, 0))
+        cred = server.credentials[0] if server.credentials else None
+        host = HostLoad(
+            id=server.id,
+            name=server.name,
+            max_workspaces=server.max_workspaces,
+            mem_capacity=server.mem_capacity,
+            running=running,
+            mem_reserved=mem,
+        )
+        return ServerModel(
+            id=server.id,
+            name=server.name,
+            endpoint=server.endpoint,
+            region=server.region,
+            labels=dict(server.labels or {}),
+            storage_root=server.storage_root,
+            storage_shared=server.storage_shared,
+            max_workspaces=server.max_workspaces,
+            cpu_capacity=server.cpu_capacity,
+            mem_capacity=server.mem_capacity,
+            state=server.state.value,
+            drain_requested=server.drain_requested,
+            consecutive_failures=server.consecutive_failures,
+            last_seen=_iso(server.last_seen),
+            last_test=server.last_test,
+            credential=CredentialModel(
+                kind=cred.kind.value,
+                fingerprints=dict(cred.fingerprints),
+                created=_iso(cred.created) or "",
+                rotated=_iso(cred.rotated),
+            )
+            if cred
+            else None,
+            load=LoadModel(running=running, mem_reserved=mem, load=round(host.load, 4)),
+        )
+
+    # ---- health ----------------------------------------------------------------------
+
+    def record_probe(self, server_id: int, result: Mapping[str, Any], details: bool) -> str:
+        """Store a probe's outcome; returns the server's state afterwards.
+
+        `failure_threshold` consecutive failures mark an active or draining host down (down
+        wins: a dead host must not look usable); one success brings a down host back, as
+        draining if an admin drained it (the intent survives), else active.
+        """
+        with self.sessions.begin() as db:
+            server = self._server(db, server_id)
+            if result.get("ok"):
+                server.consecutive_failures = 0
+                server.last_seen = utcnow()
+                if server.state == ServerState.down:
+                    server.state = (
+                        ServerState.draining if server.drain_requested else ServerState.active
+                    )
+            else:
+                server.consecutive_failures += 1
+                if (
+                    server.state != ServerState.down
+                    and server.consecutive_failures >= self.settings.failure_threshold
+                ):
+                    server.state = ServerState.down
+            if details or not result.get("ok"):
+                server.last_test = dict(result)
+            return server.state.value
+
+    # ---- keys ------------------------------------------------------------------------
+
+    def rotate_keys(self) -> int:
+        """Re-encrypt every credential under the first configured key."""
+        with self.sessions.begin() as db:
+            creds = list(db.scalars(select(Credential)))
+            for cred in creds:
+                cred.encrypted = self.cipher.rotate(cred.encrypted)
+                cred.rotated = utcnow()
+            return len(creds)

@@ -1,0 +1,121 @@
+"""The registry's API shapes, errors and settings (used by the handlers, pages and tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+from urllib.parse import urlsplit
+
+from .models import PlacementState
+
+LOADED = (PlacementState.placed, PlacementState.running)
+SERVER_FIELDS = {
+    "name": str,
+    "endpoint": str,
+    "region": str,
+    "labels": dict,
+    "storage_root": str,
+    "storage_shared": bool,
+    "max_workspaces": int,
+    "cpu_capacity": (int, float),
+    "mem_capacity": int,
+}
+
+
+class RegistryError(Exception):
+    status = 400
+
+
+class NotFound(RegistryError):
+    status = 404
+
+
+class Conflict(RegistryError):
+    status = 409
+
+
+class NeedsConfirmation(Conflict):
+    """Re-placing would leave the workspace's data behind on a dead host."""
+
+
+# ---- API shapes (used by the handlers, the pages and the tests) -------------------------
+
+
+class CredentialModel(TypedDict):
+    kind: str
+    fingerprints: dict[str, str]
+    created: str
+    rotated: str | None
+
+
+class LoadModel(TypedDict):
+    running: int
+    mem_reserved: int
+    load: float
+
+
+class ServerModel(TypedDict):
+    id: int
+    name: str
+    endpoint: str
+    region: str
+    labels: dict[str, str]
+    storage_root: str
+    storage_shared: bool
+    max_workspaces: int
+    cpu_capacity: float
+    mem_capacity: int
+    state: str
+    drain_requested: bool
+    consecutive_failures: int
+    last_seen: str | None
+    last_test: dict[str, Any] | None
+    credential: CredentialModel | None
+    load: LoadModel
+
+
+class PlacementModel(TypedDict):
+    user: str
+    workspace: str
+    server: str | None
+    server_id: int | None
+    server_state: str | None
+    storage_shared: bool | None
+    state: str
+    pinned_server: str | None
+    restart_requested: bool
+    updated: str
+    note: str
+    reason: str  # the newest decision about this workspace (placement, move or clean-up)
+    decided: str | None
+
+
+@dataclass
+class PlacementSettings:
+    """Deployment settings (the service's and the provider's config fills these)."""
+
+    default_policy: str = "least-loaded"
+    group_policies: dict[str, str] = field(default_factory=dict)
+    policy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failure_threshold: int = 3
+
+
+@dataclass(frozen=True)
+class PlacementResult:
+    user: str
+    workspace: str
+    server_id: int
+    server_name: str
+    endpoint: str
+    reason: str
+    moved_from: str | None = None
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() + "Z" if value is not None else None
+
+
+def _validate_endpoint(endpoint: str) -> None:
+    scheme = urlsplit(endpoint).scheme
+    if scheme not in ("tcp", "ssh", "unix"):
+        raise RegistryError(f"endpoint {endpoint!r}: use tcp://host:port, ssh://... or unix://")
