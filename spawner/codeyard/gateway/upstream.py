@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
 from tornado.iostream import IOStream, StreamClosedError
+from tornado.netutil import DefaultLoopResolver, Resolver, is_valid_ip
 from tornado.tcpclient import TCPClient
 
 # (status, headers) once they arrive; then each body chunk; both may return an awaitable
@@ -84,6 +85,21 @@ class _Delegate(httputil.HTTPMessageDelegate):
         self.finished = True
 
 
+class LiteralResolver(Resolver):
+    """Answers IP literals (the usual 127.0.0.1 upstream) without the default resolver's
+    thread-pool hop, which costs whole scheduler slices on a busy machine."""
+
+    def initialize(self) -> None:
+        self._fallback = DefaultLoopResolver()
+
+    async def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[tuple[int, Any]]:
+        if is_valid_ip(host):
+            return [(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))]
+        return await self._fallback.resolve(host, port, family)
+
+
 def _peer_closed(stream: IOStream) -> bool:
     """True if an idle connection was closed by the peer (EOF or stray bytes are waiting)."""
     sock = stream.socket
@@ -125,7 +141,7 @@ class UpstreamPool:
             no_keep_alive=False, decompress=False, max_body_size=max_body_size
         )
         self._ssl = ssl.create_default_context() if self.https else None
-        self._tcp = TCPClient()
+        self._tcp = TCPClient(resolver=LiteralResolver())
         self._idle: list[tuple[IOStream, float]] = []
         self.opened = 0
 
