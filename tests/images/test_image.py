@@ -116,3 +116,19 @@ def test_tools_in_the_image(image):
     )  # fmt: skip
     assert "git version" in out
     assert out.strip().splitlines()[-1] == "5.5.4", out
+
+
+def test_lab_does_not_phone_home(server):
+    """No news feed and no update check: on-prem workspaces make no requests to jupyter.org."""
+    auth = {"Authorization": f"token {server['token']}"}
+    page = requests.get(f"{server['url']}/lab", headers=auth, timeout=30)
+    assert page.status_code == 200
+    assert re.search(r'"news":\s*\{"disabled":\s*true\}', page.text), "LabApp.news_url is set"
+    setting = requests.get(
+        f"{server['url']}/lab/api/settings/@jupyterlab/apputils-extension:notification",
+        headers=auth,
+        timeout=30,
+    ).json()
+    defaults = {k: v.get("default") for k, v in setting["schema"]["properties"].items()}
+    assert defaults["fetchNews"] == "false", defaults
+    assert defaults["checkForUpdates"] is False, defaults
