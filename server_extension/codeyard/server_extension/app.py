@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Int, Unicode, default, validate
+from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 
 from .audit import AuditLog
 from .completion import CodeyardCompleter
@@ -69,6 +69,33 @@ class CodeyardApp(ExtensionApp):
         """,
     ).tag(config=True)
 
+    revert_keep = Int(
+        1000,
+        help="""How many of the newest applied patches keep their revert data.
+
+        Revert data is the old version of every file a patch replaced, kept (hard-linked
+        or copied) under `state_dir/patches/<id>/` so `patch/{id}/revert` can put it back.
+        After each apply, revert data beyond this count is pruned, oldest first; reverting
+        a pruned patch answers 410 `revert_data_pruned` (the audit log still records it).
+        0 keeps revert data of every patch.
+        """,
+    ).tag(config=True)
+
+    revert_max_age = Float(
+        30 * 24 * 3600.0,
+        help="""Seconds after its apply that a patch's revert data is kept.
+
+        Checked after each apply: older revert data is pruned, and reverting that patch
+        answers 410 `revert_data_pruned`. 0 keeps revert data regardless of age.
+        """,
+    ).tag(config=True)
+
+    @validate("revert_keep", "revert_max_age")
+    def _check_revert_limits(self, proposal: dict[str, Any]) -> Any:
+        if proposal["value"] < 0:
+            raise TraitError(f"{proposal['trait'].name} must be >= 0 (0 means no limit)")
+        return proposal["value"]
+
     state_dir = Unicode(
         help="""Folder for Codeyard's private state: the audit log, revert data, staging.
 
@@ -92,7 +119,15 @@ class CodeyardApp(ExtensionApp):
         audit = AuditLog(state / "audit.jsonl")
         contents_manager = self.serverapp.contents_manager if self.serverapp else None
         allow_hidden = bool(getattr(contents_manager, "allow_hidden", False))
-        patches = PatchManager(paths, state, audit, allow_offset=self.allow_offset, log=self.log)
+        patches = PatchManager(
+            paths,
+            state,
+            audit,
+            allow_offset=self.allow_offset,
+            revert_keep=self.revert_keep,
+            revert_max_age=self.revert_max_age,
+            log=self.log,
+        )
         patches.recover()
         llm = CodeyardLLM(parent=self)
         builder = ContextBuilder(

@@ -101,6 +101,15 @@ class AuditLog:
             newest = deque((line for line in fh if line.strip()), maxlen=limit)
         return [json.loads(line) for line in reversed(newest)]
 
+    def find(self, patch_id: str) -> list[dict[str, Any]]:
+        """Every record of one patch, oldest first (only lines naming it are parsed)."""
+        if not self.path.exists():
+            return []
+        needle = patch_id.encode("utf-8")
+        with self.path.open("rb") as fh:
+            found = (json.loads(line) for line in fh if needle in line)
+            return [r for r in found if r.get("patch_id") == patch_id]
+
     def verify(self) -> bool:
         """Walk the whole chain; False if any record was edited, dropped or reordered."""
         prev, seq = GENESIS, 0

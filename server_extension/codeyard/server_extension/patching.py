@@ -41,7 +41,8 @@ from .gitapply import EngineRun, FileOutcome, GitApplyRun, GitVerdict
 from .patchchecks import PatchChecks
 from .patchreport import PatchResult, ValidateResult, describe, raise_first_problem
 from .paths import WorkspacePaths
-from .revert import PATCH_ID, Reverting
+from .revert import Reverting
+from .revertstore import PATCH_ID, RevertStore
 from .staging import Staged
 
 
@@ -71,6 +72,8 @@ class PatchManager(Reverting):
         audit: AuditLog,
         *,
         allow_offset: bool = False,
+        revert_keep: int = 0,
+        revert_max_age: float = 0.0,
         log: logging.Logger | Any | None = None,
     ) -> None:
         self.paths = paths
@@ -85,6 +88,9 @@ class PatchManager(Reverting):
         self.store_root = self.state / "patches"
         for folder in (self.tx_root, self.scratch_root, self.store_root):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.revert_store = RevertStore(
+            self.store_root, self.scratch_root, keep=revert_keep, max_age=revert_max_age
+        )
         self._lock = threading.Lock()
         # One helper thread hashes the old files while git runs (2 cores: real overlap).
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codeyard-hash")
@@ -268,6 +274,7 @@ class PatchManager(Reverting):
             "touched": touched,
             "files": results,
             "reverted": False,
+            "created": time.time(),
         }
         tx.write_atomic(store / "meta.json", _dumps(meta), durable=False)
         # Staged files, revert links and meta must be on disk before the commit point.
@@ -280,6 +287,10 @@ class PatchManager(Reverting):
         self.fault("committed")
         self._finish(tx_dir, journal, meta, staged.folders)
         self._mark("swap")
+        self.revert_store.added(patch_id, meta["created"])
+        pruned = self.revert_store.prune()
+        if pruned:
+            self.log.info("codeyard pruned the revert data of %d patches", len(pruned))
         self.log.info("codeyard patch %s applied to %d files", patch_id, len(files))
         self.log.debug("codeyard patch %s phases (ms): %s", patch_id, self.timings)
         return {"patch_id": patch_id, "files": results}
@@ -384,4 +395,5 @@ class PatchManager(Reverting):
             finished.append(str(journal["patch_id"]))
             self.log.warning("codeyard finished interrupted transaction %s", tx_dir.name)
         self._needs_recovery = False
+        self.revert_store.forget()
         return finished

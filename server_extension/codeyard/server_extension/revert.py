@@ -9,17 +9,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from . import staging
 from . import transactions as tx
+from .audit import AuditLog
 from .errors import CodeyardError, conflict, not_found
 from .patchchecks import PatchChecks, sha256_of
 from .patchreport import PatchResult
+from .revertstore import PATCH_ID
 
-PATCH_ID = re.compile(r"^[0-9a-f]{32}$")
 _INVERSE = {"create": "delete", "delete": "create", "modify": "modify", "rename": "rename"}
 
 
@@ -27,6 +27,7 @@ class Reverting:
     """`revert(patch_id)`; the attributes and methods below come from `PatchManager`."""
 
     root: str
+    audit: AuditLog
     checks: PatchChecks
     store_root: Path
     tx_root: Path
@@ -58,7 +59,7 @@ class Reverting:
             try:
                 meta = json.loads((store / "meta.json").read_bytes())
             except FileNotFoundError:
-                raise not_found(f"no such patch: {patch_id}") from None
+                raise self._missing(patch_id) from None
             if meta["reverted"]:
                 raise conflict("already_reverted", f"patch {patch_id} was already reverted")
             try:
@@ -69,6 +70,21 @@ class Reverting:
                 else:
                     self._needs_recovery = True
                 raise
+
+    def _missing(self, patch_id: str) -> CodeyardError:
+        """Why a patch has no revert data: never applied (404), reverted or pruned."""
+        actions = {r.get("action") for r in self.audit.find(patch_id)}
+        if "patch.revert" in actions:
+            return conflict("already_reverted", f"patch {patch_id} was already reverted")
+        if "patch.apply" in actions:
+            return CodeyardError(
+                410,
+                "revert_data_pruned",
+                f"the revert data of patch {patch_id} was pruned (CodeyardApp.revert_keep, "
+                "CodeyardApp.revert_max_age); the audit log still records the patch",
+                patch_id=patch_id,
+            )
+        return not_found(f"no such patch: {patch_id}")
 
     def _revert_locked(
         self, patch_id: str, store: Path, tx_dir: Path, meta: dict[str, Any], user: str
