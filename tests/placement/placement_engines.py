@@ -1,4 +1,5 @@
-"""Extra real dockerd engines with TLS on loopback addresses (ENVIRONMENT.md §4).
+"""Extra real dockerd engines with TLS on loopback addresses (ENVIRONMENT.md §4), and the
+helpers the engine tests share: `Engine.client()`, `register()` and `fake_spawner()`.
 
 Each engine gets its own state folder, its own bridge (`br-hsN`, or `br-hsN-<k>` if another
 run holds that name), a free TCP port on its own 127.0.0.N, and a server certificate from the
@@ -19,9 +20,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from placement_pki import CA
 
+from codeyard.placement.connect import HostClient
 from codeyard.placement.probe import probe
 
 
@@ -79,6 +83,10 @@ class Engine:
     @property
     def log(self) -> Path:
         return self.root / "dockerd.log"
+
+    def client(self, timeout: float = 30.0) -> HostClient:
+        """A TLS Docker client for this engine (`with engine.client() as c: c.api...`)."""
+        return HostClient(self.endpoint, "tls", self.client_bundle, timeout=timeout)
 
     def setup(self) -> None:
         n = int(self.ip.rsplit(".", 1)[1])
@@ -207,3 +215,25 @@ def start_engines(ca: CA, ips: list[str]) -> Iterator[list[Engine]]:
     finally:
         for engine in engines:
             engine.teardown()
+
+
+async def register(api: Any, engines: list[Engine], **extra: Any) -> None:
+    """Register every engine (with its TLS bundle) through the service API, `extra` added."""
+    for engine in engines:
+        body = {
+            "name": engine.name,
+            "endpoint": engine.endpoint,
+            "credential": engine.client_bundle,
+            **extra,
+        }
+        status, answer = await api("POST", "servers", body=body)
+        assert status == 201, answer
+
+
+def fake_spawner(user: str, groups: tuple[str, ...] = ()) -> SimpleNamespace:
+    """What `RegistryHostProvider` reads of a spawner: user name and groups, server name, memory."""
+    return SimpleNamespace(
+        user=SimpleNamespace(name=user, groups=[SimpleNamespace(name=g) for g in groups]),
+        name="",
+        mem_limit=None,
+    )

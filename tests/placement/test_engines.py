@@ -10,7 +10,6 @@ import urllib.request
 import pytest
 from placement_pki import CA
 
-from codeyard.placement.connect import HostClient
 from codeyard.placement.probe import probe
 from codeyard.placement.registry import Registry
 
@@ -65,7 +64,7 @@ def test_client_ignores_requests_ca_bundle_env(engines, monkeypatch: pytest.Monk
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     monkeypatch.setenv("CURL_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     engine = engines[1]
-    with HostClient(engine.endpoint, "tls", engine.client_bundle) as client:
+    with engine.client() as client:
         assert client.api.ping()
         tls_dir = client._dir
         assert tls_dir is not None

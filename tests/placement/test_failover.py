@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 import pytest
+from placement_engines import fake_spawner, register
 
 from codeyard.placement.health import HealthMonitor
 from codeyard.placement.provider import RegistryHostProvider
@@ -13,24 +13,8 @@ from codeyard.placement.provider import RegistryHostProvider
 pytestmark = pytest.mark.asyncio
 
 
-async def _register(api, engines, **extra) -> None:  # type: ignore[no-untyped-def]
-    for engine in engines:
-        status, body = await api(
-            "POST",
-            "servers",
-            body={
-                "name": engine.name,
-                "endpoint": engine.endpoint,
-                "credential": engine.client_bundle,
-                "storage_shared": True,
-                **extra,
-            },
-        )
-        assert status == 201, body
-
-
 async def test_test_endpoint_reports_engine_facts(api, engines) -> None:  # type: ignore[no-untyped-def]
-    await _register(api, engines)
+    await register(api, engines, storage_shared=True)
     for engine in engines:
         status, body = await api("POST", f"servers/{engine.name}/test")
         assert status == 200
@@ -66,23 +50,15 @@ async def test_bad_certificate_gives_a_clear_error_in_test(api, engines, ca) -> 
     assert body["server"]["last_test"]["error"] == body["result"]["error"]
 
 
-def _spawner(user: str, groups: tuple[str, ...] = ()) -> SimpleNamespace:
-    return SimpleNamespace(
-        user=SimpleNamespace(name=user, groups=[SimpleNamespace(name=g) for g in groups]),
-        name="",
-        mem_limit=None,
-    )
-
-
 async def test_provider_gives_the_spawner_a_working_tls_host(  # type: ignore[no-untyped-def]
     api, engines, registry, tmp_path
 ) -> None:
     from codeyard.spawner.clients import make_client
 
-    await _register(api, engines)
+    await register(api, engines, storage_shared=True)
     provider = RegistryHostProvider(runtime_dir=str(tmp_path / "tls"))
     provider.registry = registry
-    host = await provider.choose(_spawner("alice"))
+    host = await provider.choose(fake_spawner("alice"))
     assert host.name == engines[0].name and host.host_ip == engines[0].ip
     assert oct((tmp_path / "tls").stat().st_mode & 0o777) == "0o700"
     assert oct(os.stat(host.tls.client_key).st_mode & 0o777) == "0o600"
@@ -96,12 +72,12 @@ async def test_provider_gives_the_spawner_a_working_tls_host(  # type: ignore[no
 async def test_drain_new_spawns_avoid_host_running_stay(api, engines, registry) -> None:  # type: ignore[no-untyped-def]
     provider = RegistryHostProvider()
     provider.registry = registry
-    await _register(api, engines)
-    first = await provider.choose(_spawner("alice"))
-    await provider.started(_spawner("alice"))
+    await register(api, engines, storage_shared=True)
+    first = await provider.choose(fake_spawner("alice"))
+    await provider.started(fake_spawner("alice"))
     status, _ = await api("POST", f"servers/{first.name}/drain")
     assert status == 200
-    others = {(await provider.choose(_spawner(f"u{i}"))).name for i in range(4)}
+    others = {(await provider.choose(fake_spawner(f"u{i}"))).name for i in range(4)}
     assert first.name not in others
     _, placements = await api("GET", "workspaces?user=alice")
     assert placements[0]["server"] == first.name and placements[0]["state"] == "running"
@@ -111,10 +87,10 @@ async def test_killed_engine_is_marked_down_and_next_start_moves(api, engines, r
     provider = RegistryHostProvider()
     provider.registry = registry
     registry.settings.failure_threshold = 3
-    await _register(api, engines)
+    await register(api, engines, storage_shared=True)
     victim, healthy = engines
-    assert (await provider.choose(_spawner("alice"))).name == victim.name
-    await provider.started(_spawner("alice"))
+    assert (await provider.choose(fake_spawner("alice"))).name == victim.name
+    await provider.started(fake_spawner("alice"))
 
     monitor = HealthMonitor(registry, interval=0.2, timeout=2)
     try:
@@ -129,10 +105,10 @@ async def test_killed_engine_is_marked_down_and_next_start_moves(api, engines, r
         _, [alice] = await api("GET", "workspaces?user=alice")
         assert "home survives" in alice["note"]
 
-        await provider.stopped(_spawner("alice"))
-        moved = await provider.choose(_spawner("alice"))
+        await provider.stopped(fake_spawner("alice"))
+        moved = await provider.choose(fake_spawner("alice"))
         assert moved.name == healthy.name
-        assert (await provider.choose(_spawner("bob"))).name == healthy.name
+        assert (await provider.choose(fake_spawner("bob"))).name == healthy.name
         _, decisions = await api("GET", "decisions?limit=2")
         assert f"moved from {victim.name} (down)" in decisions[1]["reason"]
     finally:
@@ -147,10 +123,10 @@ async def test_no_host_left_fails_the_spawn_naming_why(api, engines, registry) -
 
     provider = RegistryHostProvider()
     provider.registry = registry
-    await _register(api, engines, max_workspaces=1)
-    await provider.choose(_spawner("a"))
-    await provider.choose(_spawner("b"))
+    await register(api, engines, storage_shared=True, max_workspaces=1)
+    await provider.choose(fake_spawner("a"))
+    await provider.choose(fake_spawner("b"))
     with pytest.raises(web.HTTPError) as err:
-        await provider.choose(_spawner("c"))
+        await provider.choose(fake_spawner("c"))
     assert err.value.status_code == 503
     assert "all 2 hosts are full" in err.value.log_message

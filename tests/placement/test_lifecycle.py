@@ -6,11 +6,11 @@ import os
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import pytest
 import requests
 from cryptography.fernet import Fernet
+from placement_engines import fake_spawner
 
 from codeyard.placement.__main__ import main as cli
 from codeyard.placement.crypto import KEY_ENV, CredentialCipher
@@ -21,19 +21,15 @@ from codeyard.placement.registry import Registry
 from codeyard.spawner.clients import make_client
 
 
-def _spawner(user: str) -> SimpleNamespace:
-    return SimpleNamespace(user=SimpleNamespace(name=user, groups=[]), name="", mem_limit=None)
-
-
 @pytest.mark.asyncio
 async def test_placements_survive_a_restart(registry, engines, db_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
     for e in engines:
         registry.add_server({"name": e.name, "endpoint": e.endpoint, "credential": e.client_bundle})
     before = RegistryHostProvider(runtime_dir=str(tmp_path / "a"))
     before.registry = registry
-    placed = {u: (await before.choose(_spawner(u))).name for u in ("ann", "ben", "cy", "dee")}
+    placed = {u: (await before.choose(fake_spawner(u))).name for u in ("ann", "ben", "cy", "dee")}
     for u in placed:
-        await before.started(_spawner(u))
+        await before.started(fake_spawner(u))
 
     # a new process: new registry on the same database, new provider, nothing in memory
     after = RegistryHostProvider(runtime_dir=str(tmp_path / "b"))
@@ -44,7 +40,7 @@ async def test_placements_survive_a_restart(registry, engines, db_url, tmp_path)
     for u, name in placed.items():
         host = after.get(name)  # what the spawner does after a Hub restart
         assert make_client(host).ping()
-        assert (await after.choose(_spawner(u))).name == name  # sticky
+        assert (await after.choose(fake_spawner(u))).name == name  # sticky
 
 
 @pytest.mark.asyncio

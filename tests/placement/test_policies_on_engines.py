@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from types import SimpleNamespace
 
 import pytest
-from placement_engines import start_engines
+from placement_engines import fake_spawner, start_engines
 
 from codeyard.placement.provider import RegistryHostProvider
 from codeyard.spawner.clients import make_client
@@ -23,14 +22,6 @@ def third_engine(ca, engines):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def three(engines, third_engine):  # type: ignore[no-untyped-def]
     return [*engines, third_engine]
-
-
-def _spawner(user: str, groups: tuple[str, ...] = ()) -> SimpleNamespace:
-    return SimpleNamespace(
-        user=SimpleNamespace(name=user, groups=[SimpleNamespace(name=g) for g in groups]),
-        name="",
-        mem_limit=None,
-    )
 
 
 async def _setup(api, registry, three, regions=("", "", "")) -> RegistryHostProvider:  # type: ignore[no-untyped-def]
@@ -55,8 +46,8 @@ async def _setup(api, registry, three, regions=("", "", "")) -> RegistryHostProv
 async def _spawn_all(provider, users, groups=()):  # type: ignore[no-untyped-def]
     hosts = []
     for user in users:
-        host = await provider.choose(_spawner(user, groups))
-        await provider.started(_spawner(user, groups))
+        host = await provider.choose(fake_spawner(user, groups))
+        await provider.started(fake_spawner(user, groups))
         hosts.append(host)
     return hosts
 
@@ -90,4 +81,4 @@ async def test_region_keeps_a_groups_users_in_their_region(api, registry, three)
     assert eu == {three[0].name, three[1].name}
     assert us == {three[2].name}
     with pytest.raises(Exception, match="fallback is 'deny'"):
-        await provider.choose(_spawner("nobody", ("elsewhere",)))
+        await provider.choose(fake_spawner("nobody", ("elsewhere",)))

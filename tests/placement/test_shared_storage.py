@@ -13,9 +13,9 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from placement_engines import fake_spawner
 
 from codeyard.placement.health import HealthMonitor
 from codeyard.placement.provider import RegistryHostProvider
@@ -49,10 +49,9 @@ def busybox(engines):  # type: ignore[no-untyped-def]
         rootfs = _busybox_rootfs()
     except (subprocess.CalledProcessError, FileNotFoundError) as e:
         pytest.skip(f"busybox-static unavailable: {e}")
-    from codeyard.placement.connect import HostClient
 
     for engine in engines:
-        with HostClient(engine.endpoint, "tls", engine.client_bundle, timeout=60) as c:
+        with engine.client(60) as c:
             repo, tag = IMAGE.split(":")
             c.api.import_image_from_data(rootfs, repository=repo, tag=tag)
     return IMAGE
@@ -97,7 +96,7 @@ async def test_files_survive_failover_on_shared_storage(
     provider = RegistryHostProvider()
     provider.registry = registry
     registry.settings.failure_threshold = 2
-    alice = SimpleNamespace(user=SimpleNamespace(name="alice", groups=[]), name="", mem_limit=None)
+    alice = fake_spawner("alice")
 
     first = await provider.choose(alice)
     home = Path(first.storage_root) / "alice"

@@ -26,7 +26,6 @@ from jupyterhub.objects import Hub
 from test_shared_storage import CACHE, _busybox_rootfs
 from traitlets.config import Config
 
-from codeyard.placement.connect import HostClient
 from codeyard.placement.health import HealthMonitor
 from codeyard.placement.provider import RegistryHostProvider
 from codeyard.spawner import PlacementSpawner, clients
@@ -61,32 +60,32 @@ def busybox_sh(engines):  # type: ignore[no-untyped-def]
         pytest.skip(f"busybox-static unavailable: {e}")
     repo, tag = IMAGE.split(":")
     for engine in engines:
-        with HostClient(engine.endpoint, "tls", engine.client_bundle, timeout=60) as c:
+        with engine.client(60) as c:
             c.api.import_image_from_data(rootfs, repository=repo, tag=tag)
     return IMAGE
 
 
 def _running(engine, name: str) -> list[dict]:  # type: ignore[no-untyped-def]
     """`docker ps --filter name=...` on `engine` (running containers only)."""
-    with HostClient(engine.endpoint, "tls", engine.client_bundle, timeout=30) as c:
+    with engine.client(30) as c:
         return [x for x in c.api.containers(filters={"name": name}) if f"/{name}" in x["Names"]]
 
 
 def _containers(engine, name: str) -> list[dict]:  # type: ignore[no-untyped-def]
     """`docker ps -a --filter name=...` on `engine` (stopped ones too)."""
-    with HostClient(engine.endpoint, "tls", engine.client_bundle, timeout=30) as c:
+    with engine.client(30) as c:
         found = c.api.containers(all=True, filters={"name": name})
         return [x for x in found if f"/{name}" in x["Names"]]
 
 
 def _sh(engine, container: str, script: str) -> str:  # type: ignore[no-untyped-def]
-    with HostClient(engine.endpoint, "tls", engine.client_bundle, timeout=30) as c:
+    with engine.client(30) as c:
         run = c.api.exec_create(container, ["/bin/sh", "-c", script])
         return c.api.exec_start(run["Id"]).decode()
 
 
 def _remove_ours(engine) -> None:  # type: ignore[no-untyped-def]
-    with HostClient(engine.endpoint, "tls", engine.client_bundle, timeout=30) as c:
+    with engine.client(30) as c:
         for x in c.api.containers(all=True, filters={"label": f"codeyard.user={USER}"}):
             c.api.remove_container(x["Id"], force=True)
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
+from placement_engines import fake_spawner
 
 from codeyard.placement.probe import probe
 from codeyard.placement.provider import RegistryHostProvider
@@ -54,7 +53,7 @@ async def test_provider_places_on_ssh_host_and_spawner_client_works(  # type: ig
     await api("POST", "servers", body=_ssh_host(sshd, engines[0]))
     provider = RegistryHostProvider()
     provider.registry = registry
-    spawner = SimpleNamespace(user=SimpleNamespace(name="sam", groups=[]), name="", mem_limit=None)
+    spawner = fake_spawner("sam")
     host = await provider.choose(spawner)
     assert host.name == f"ssh-{engines[0].name}" and host.base_url.startswith("unix://")
     assert host.host_ip == sshd.ip
