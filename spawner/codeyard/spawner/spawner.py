@@ -9,40 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import docker
 from docker.errors import APIError, NotFound
-from dockerspawner import DockerSpawner
-from jupyterhub.traitlets import EntryPointType
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient
-from traitlets import Bool, Dict, Float, Integer, Set, Unicode, default, validate
+from traitlets import Bool, Unicode
 
-from codeyard.placement.hosts import DockerHost, HostProvider, LocalHostProvider, UnknownHost
+from codeyard.placement.hosts import DockerHost, HostProvider, UnknownHost
 
 from . import clients, homes
 from .clone import HelperJob, HomeSetupFailed, last_lines, run_helper
-from .profiles import InvalidOptions, SizeProfile, WorkspaceOptions
-
-DEFAULT_PROFILES = {
-    "small": {"display_name": "Small (1 CPU, 2 GB)", "cpu": 1, "mem": "2G"},
-    "medium": {"display_name": "Medium (2 CPU, 4 GB)", "cpu": 2, "mem": "4G"},
-    "large": {"display_name": "Large (4 CPU, 8 GB)", "cpu": 4, "mem": "8G"},
-}
+from .profiles import InvalidOptions, WorkspaceOptions
+from .settings import SpawnerSettings
 
 # Exit codes of a container we stopped ourselves (clean exit, SIGTERM, SIGKILL after grace).
 _STOPPED_EXIT_CODES = {0, 137, 143}
 
 
-class PlacementSpawner(DockerSpawner):
+class PlacementSpawner(SpawnerSettings):
     """Spawns each workspace in its own container on a host chosen by a `HostProvider`.
 
-    On top of DockerSpawner's hooks (`create_object`, `start_object`, `stop_object`,
-    `get_ip_and_port`, `poll`), a subclass or provider can change:
+    Its traitlets and options (profiles, images, the spawn form) are in `SpawnerSettings`
+    (`settings.py`). On top of DockerSpawner's hooks (`create_object`, `start_object`,
+    `stop_object`, `get_ip_and_port`, `poll`), a subclass or provider can change:
 
     - `host_provider_class`: where workspaces run (`choose`) and how a saved host name is
       found again (`get`). Docker calls go through a client and thread pool cached per
@@ -54,144 +47,6 @@ class PlacementSpawner(DockerSpawner):
     home was made. The host survives `clear_state()` on purpose: the workspace's files are
     on that host, so a stopped workspace starts again there.
     """
-
-    # ---- configuration -------------------------------------------------------------
-
-    host_provider_class = EntryPointType(
-        default_value=LocalHostProvider,
-        klass=HostProvider,
-        entry_point_group="codeyard.host_providers",
-        help="""Class that chooses a Docker host for new workspaces and finds saved ones.
-
-        A `codeyard.placement.hosts.HostProvider` subclass, given as a class, an import
-        string, or the name of an entry point in the `codeyard.host_providers` group.
-        One instance is shared by all spawners of the Hub.
-        """,
-    ).tag(config=True)
-
-    docker_workers_per_host = Integer(
-        16,
-        help="""Threads issuing blocking Docker API calls, per Docker host.
-
-        Bounds concurrent Docker calls to one engine (including a clone waiting to
-        finish), so it also bounds concurrent first-start clones per host.
-        """,
-    ).tag(config=True)
-
-    @validate("docker_workers_per_host")
-    def _check_workers(self, proposal: dict[str, Any]) -> int:
-        if proposal["value"] < 1:
-            raise ValueError("docker_workers_per_host must be at least 1")
-        return int(proposal["value"])
-
-    profiles = Dict(
-        help="""Size profiles users pick from: name -> {"display_name", "cpu", "mem"}.
-
-        `cpu` is a number of cores (a CFS quota), `mem` a hard memory limit such as
-        "2G". The container is created with exactly these limits.
-        """,
-    ).tag(config=True)
-
-    @default("profiles")
-    def _default_profiles(self) -> dict[str, Any]:
-        return dict(DEFAULT_PROFILES)
-
-    @validate("profiles")
-    def _check_profiles(self, proposal: dict[str, Any]) -> dict[str, Any]:
-        value = proposal["value"]
-        if not value:
-            raise ValueError("At least one size profile is needed")
-        for name, spec in value.items():
-            SizeProfile.from_config(name, spec)
-        return value
-
-    default_profile = Unicode(
-        help="""Profile used when none is asked for. Defaults to the first profile.""",
-    ).tag(config=True)
-
-    @default("default_profile")
-    def _default_default_profile(self) -> str:
-        return next(iter(self.profiles))
-
-    git_schemes = Set(
-        {"https", "http", "git", "ssh"},
-        help="""URL schemes users may clone from. `file` is never a good idea here.""",
-    ).tag(config=True)
-
-    home_mount = Unicode(
-        "/home/jovyan/work",
-        help="""Path in the container where the workspace home is mounted.""",
-    ).tag(config=True)
-
-    home_uid = Integer(
-        1000,
-        help="""Owner (uid and gid) of new homes: the image's non-root user.""",
-    ).tag(config=True)
-
-    delete_data_on_remove = Bool(
-        False,
-        help="""Whether deleting a workspace also deletes its home folder.
-
-        Off by default: the container is removed, the files are kept under
-        `<storage_root>/<user>/<workspace>` for an admin to archive or restore.
-        """,
-    ).tag(config=True)
-
-    extra_volumes = Dict(
-        help="""More binds for every workspace container, as host path ->
-        {"bind": container path, "mode": "ro" or "rw"}; e.g. the model's tokenizer.json,
-        read-only. Added only on hosts that share the Hub's file system
-        (`storage_is_local`), where the host path exists. The home is always mounted.""",
-    ).tag(config=True)
-
-    clone_timeout = Float(
-        600,
-        help="""Seconds a first-start git clone may take before the spawn fails.""",
-    ).tag(config=True)
-
-    # DockerSpawner defaults that fit workspaces.
-
-    @default("prefix")
-    def _default_prefix(self) -> str:
-        return "codeyard"
-
-    @default("notebook_dir")
-    def _default_notebook_dir(self) -> str:
-        return self.home_mount
-
-    @default("extra_create_kwargs")
-    def _default_extra_create_kwargs(self) -> dict[str, Any]:
-        # Rendered by DockerSpawner's templates at create time.
-        return {
-            "labels": {
-                "codeyard.user": "{raw_username}",
-                "codeyard.workspace": "{servername}",
-            }
-        }
-
-    @default("extra_host_config")
-    def _default_extra_host_config(self) -> dict[str, Any]:
-        # Docker turns IPv6 off in containers when the engine has none, which removes ::1
-        # from `lo` while /etc/hosts still maps localhost to it. Servers binding
-        # "localhost" (jupyter-ai's MCP server) then die at start-up. Give loopback back.
-        return {"sysctls": {"net.ipv6.conf.lo.disable_ipv6": "0"}}
-
-    ready_poll_interval = Float(
-        0.2,
-        help="""Seconds between checks that the new server answers or its container died.
-
-        The spawner waits for the server itself (instead of leaving it to the Hub's HTTP
-        wait) so a container that exits during start-up fails the spawn at once, with
-        the container's last log lines, rather than after `http_timeout`.
-        """,
-    ).tag(config=True)
-
-    @validate("allowed_images")
-    def _validate_allowed_images(self, proposal: dict[str, Any]) -> Any:
-        value = super()._validate_allowed_images(proposal)
-        if value == "*":
-            raise ValueError("PlacementSpawner only runs images from an explicit allow-list")
-        return value
 
     # ---- state ---------------------------------------------------------------------
 
@@ -281,75 +136,6 @@ class PlacementSpawner(DockerSpawner):
             self.home_ready = False
         self.host_name, self._host = host.name, host
         return host
-
-    # ---- options -------------------------------------------------------------------
-
-    @property
-    def size_profiles(self) -> dict[str, SizeProfile]:
-        return {n: SizeProfile.from_config(n, s) for n, s in self.profiles.items()}
-
-    def image_choices(self) -> dict[str, str]:
-        """The admin allow-list as display key -> image; the configured image if empty."""
-        allowed = self._get_allowed_images()
-        return dict(allowed) if allowed else {self.image: self.image}
-
-    def parse_options(self, user_options: dict[str, Any]) -> WorkspaceOptions:
-        images = self.image_choices()
-        return WorkspaceOptions.parse(
-            user_options,
-            profiles=self.size_profiles,
-            default_profile=self.default_profile,
-            images=images,
-            default_image=next(iter(images)),
-            git_schemes=set(self.git_schemes),
-        )
-
-    @default("options_form")
-    def _default_options_form(self) -> Any:
-        return self._render_options_form
-
-    def _render_options_form(self, spawner: PlacementSpawner) -> str:
-        esc = html.escape
-        profiles = "".join(
-            f'<option value="{esc(p.name)}"{" selected" if p.name == self.default_profile else ""}>'
-            f"{esc(p.display_name)}</option>"
-            for p in self.size_profiles.values()
-        )
-        images = "".join(
-            f'<option value="{esc(key)}">{esc(key)}</option>' for key in self.image_choices()
-        )
-        return f"""
-<div class="form-group mb-3">
-  <label for="cy-repo" class="form-label">
-    Git repository (leave empty for an empty workspace)</label>
-  <input id="cy-repo" class="form-control" name="repo_url" type="text"
-         placeholder="https://git.example.com/team/project.git">
-</div>
-<div class="form-group mb-3">
-  <label for="cy-branch" class="form-label">Branch (optional)</label>
-  <input id="cy-branch" class="form-control" name="branch" type="text" placeholder="main">
-</div>
-<div class="form-group mb-3">
-  <label for="cy-profile" class="form-label">Size</label>
-  <select id="cy-profile" class="form-select form-control" name="profile">{profiles}</select>
-</div>
-<div class="form-group mb-3">
-  <label for="cy-image" class="form-label">Environment</label>
-  <select id="cy-image" class="form-select form-control" name="image">{images}</select>
-</div>
-"""
-
-    @default("options_from_form")
-    def _default_options_from_form(self) -> Any:
-        def options_from_form(formdata: dict[str, list[str]]) -> dict[str, str]:
-            raw = {
-                k: formdata[k][0]
-                for k in ("repo_url", "branch", "profile", "image")
-                if k in formdata
-            }
-            return self.parse_options(raw).to_user_options()
-
-        return options_from_form
 
     # ---- progress ------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,4 +180,13 @@ class PlacementService(Application):
         if self.health_interval > 0:
             ctx.monitor = HealthMonitor(registry, self.health_interval, self.probe_timeout)
             ctx.monitor.start()
-        await asyncio.Event().wait()
+        # Stop at once on SIGINT/SIGTERM, even when started with SIGINT ignored (a Hub run
+        # in the background inherits that, and stops its services with SIGINT first).
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        self.log.info("codeyard-placement stopping")
+        if ctx.monitor is not None:
+            await ctx.monitor.stop()
