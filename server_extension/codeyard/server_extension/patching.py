@@ -8,7 +8,7 @@ Flow of an apply, all under one lock so two patches never interleave:
      hashes, run `git apply` in the staging folder (`gitapply`), then check the names and
      symlinks the result holds;
   4. commit the journal and swap the new files in with renames (`transactions`);
-  5. append an audit record (hashes only).
+  5. append an audit record (hashes only), then prune old revert data (`revertstore`).
 
 Revert data (the old files) lives in `state/patches/<id>/`, never in the audit log.
 """
