@@ -9,9 +9,11 @@ quote diff text, so results carry our wording with paths and numbers only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -80,29 +82,64 @@ class GitApplyRun:
 
     git reads the whole patch from stdin before it looks at any file, so the process can
     be spawned first and fed once staging is done: its start-up (exec, loading, config)
-    then overlaps our staging instead of adding to it.
+    then overlaps our staging instead of adding to it. Its stderr goes to an in-memory
+    file rather than a pipe: `--verbose` writes two lines per file, and a pipe woke this
+    thread (and wanted the GIL) for each of them.
     """
 
     def __init__(self, work: Path) -> None:
+        self._err = _scratch_file()
         self.proc = subprocess.Popen(
             ["git", "apply", "--verbose", "--whitespace=nowarn", "-p1", "-"],
             cwd=work,
             env=_env(work.parent),
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,  # --verbose and errors go to stderr
-            stderr=subprocess.PIPE,
+            stderr=self._err,
         )
 
     def result(self, files: list[FilePatch], text: bytes) -> GitVerdict:
         """Feed `text` (the canonical git-form patch of `files`) and read git's verdict."""
-        _, stderr = self.proc.communicate(text)
-        return _verdict(files, self.proc.returncode, stderr)
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(text)
+        except BrokenPipeError:
+            pass  # git stopped early; its stderr says why
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
+        returncode = self.proc.wait()
+        return _verdict(files, returncode, self._read_stderr())
 
     def cancel(self) -> None:
         """Stop a run that will not be fed (staging failed)."""
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.communicate()
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        self.proc.wait()
+        os.close(self._err)
+
+    def _read_stderr(self) -> bytes:
+        try:
+            os.lseek(self._err, 0, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(self._err, 1 << 16):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(self._err)
+
+
+def _scratch_file() -> int:
+    """An unnamed read-write file descriptor: memfd where Linux has it, else a temp file."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("codeyard-git-apply", os.MFD_CLOEXEC)
+    handle = tempfile.TemporaryFile()  # noqa: SIM115 - its descriptor outlives the object
+    fd = os.dup(handle.fileno())
+    handle.close()
+    return fd
 
 
 def run_git_apply(work: Path, files: list[FilePatch], text: bytes) -> GitVerdict:
