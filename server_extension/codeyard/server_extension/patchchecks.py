@@ -103,7 +103,7 @@ class PatchChecks:
         for i, fp in enumerate(files):
             if fp.old_path is not None:
                 try:
-                    missing = stat.S_ISDIR(os.lstat(os.path.join(root, fp.old_path)).st_mode)
+                    missing = stat.S_ISDIR(os.lstat(f"{root}/{fp.old_path}").st_mode)
                 except OSError:  # as os.path.lexists: any failure means "not there"
                     missing = True
                 if missing:

@@ -51,6 +51,18 @@ def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
+def _remove_trash(trash: str, folders: staging.Folders | None) -> None:
+    """Remove a finished transaction folder renamed into scratch: empty folders, journal."""
+    work = os.path.join(trash, "work")
+    if folders is not None and folders.remove_all(work):
+        with contextlib.suppress(OSError):
+            os.rmdir(work)
+            os.unlink(os.path.join(trash, tx.JOURNAL))
+            os.rmdir(trash)
+            return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 class PatchManager(Reverting):
     """Validates, applies and reverts unified diffs in one workspace.
 
@@ -278,7 +290,8 @@ class PatchManager(Reverting):
         }
         tx.write_atomic(store / "meta.json", _dumps(meta), durable=False)
         # Staged files, revert links and meta must be on disk before the commit point.
-        tx.flush(tx_dir, [os.path.join(tx_dir, e["staged"]) for e in entries if e["staged"]])
+        # A generator: only the fsync fallback walks it, syncfs never does.
+        tx.flush(tx_dir, (f"{tx_dir}/{e['staged']}" for e in entries if e["staged"]))
         self._mark("prepare")
         self.fault("staged")
         journal = {"kind": "apply", "patch_id": patch_id, "entries": entries}
@@ -355,14 +368,7 @@ class PatchManager(Reverting):
         except OSError:
             tx.discard(tx_dir)
             return
-        work = os.path.join(trash, "work")
-        if folders is not None and folders.remove_all(work):
-            with contextlib.suppress(OSError):
-                os.rmdir(work)
-                os.unlink(os.path.join(trash, tx.JOURNAL))
-                os.rmdir(trash)
-                return
-        shutil.rmtree(trash, ignore_errors=True)
+        _remove_trash(trash, folders)
 
     def _audited(self, patch_id: str, action: str, recovering: bool) -> bool:
         if not recovering:

@@ -162,11 +162,11 @@ class Staged:
         for n, fp in enumerate(files):
             if fp.old_path is None:
                 continue
-            kept = os.path.join(self.keep, str(n))
-            link_or_copy(os.path.join(root, fp.old_path), kept)
+            kept = f"{self.keep}/{n}"  # f-strings: os.path.join was ~1,000 calls per apply
+            link_or_copy(f"{root}/{fp.old_path}", kept)
             self.kept.append((fp.old_path, kept))
             self.folders.ensure_parent(fp.old_path)
-            place(kept, os.path.join(self.work, fp.old_path))
+            place(kept, f"{self.work}/{fp.old_path}")
 
     def hash_old(self) -> None:
         for rel, kept in self.kept:
@@ -187,7 +187,7 @@ class Staged:
         if found.keys() != expected:
             raise bad_request("the diff's file names could not be read consistently")
         for rel, is_link in found.items():
-            full = os.path.join(self.work, rel)
+            full = f"{self.work}/{rel}"
             if is_link:
                 check_link(rel, os.readlink(full))
             value, inode = digest(full)

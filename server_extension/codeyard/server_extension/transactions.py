@@ -140,7 +140,7 @@ def swap(
     ]
     touched_dirs: set[str] = set()
     for step, entry in enumerate(ordered):
-        target = os.path.join(base, entry["path"])
+        target = f"{base}/{entry['path']}"  # relative, checked paths
         staged = entry["staged"]
         if staged is None:
             try:
@@ -151,7 +151,7 @@ def swap(
                 touched_dirs.add(os.path.dirname(target))
                 _prune_empty_parents(base, target)
         else:
-            source = os.path.join(tx_base, staged)
+            source = f"{tx_base}/{staged}"
             try:
                 os.replace(source, target)
             except FileNotFoundError:
