@@ -168,3 +168,23 @@ def test_least_loaded_reserves_the_requested_memory_on_the_first_placement(
     assert registry.place("bob", mem_request=2048).server_name == "b-big"
     # a request that does not fit the small host never goes there
     assert registry.place("cy", mem_request=6000).server_name == "b-big"
+
+
+def test_a_workspace_from_before_the_registry_is_adopted_on_its_saved_host(
+    registry: Registry,
+) -> None:
+    """The spawner's state names a host but the registry never placed the workspace (it was
+    made under LocalHostProvider): it stays there, though least-loaded would pick another."""
+    _add(registry, "busy")
+    _add(registry, "idle")
+    for i in range(3):
+        registry.place(f"filler{i}", known_host="busy")
+        registry.mark(f"filler{i}", "", PlacementState.running)
+    assert registry.place("new").server_name == "idle"  # the policy's own choice
+    adopted = registry.place("old", known_host="busy")
+    assert (adopted.server_name, adopted.moved_from) == ("busy", None)
+    assert "stays on busy" in adopted.reason
+    # Only while unplaced: once placed, the registry's record wins over the spawner's.
+    assert registry.place("new", known_host="busy").server_name == "idle"
+    # An unknown saved host is no host: the policy decides.
+    assert registry.place("gone", known_host="nowhere").server_name in {"busy", "idle"}

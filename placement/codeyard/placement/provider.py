@@ -144,7 +144,12 @@ class RegistryHostProvider(HostProvider):
         mem = int((getattr(spawner, "mem_limit", None) or 0) // (1024 * 1024))
         try:
             result = await self._blocking(
-                self.registry.place, user.name, spawner.name or "", groups, mem
+                self.registry.place,
+                user.name,
+                spawner.name or "",
+                groups,
+                mem,
+                known_host=getattr(spawner, "host_name", "") or "",
             )
         except NoHostAvailable as e:
             raise web.HTTPError(503, str(e).replace("%", "%%")) from None

@@ -169,15 +169,21 @@ class Registry(ServerRegistry, DecisionLog):
         groups: Iterable[str] = (),
         mem_request: int = 0,
         confirm_data_loss: bool = False,
+        known_host: str = "",
     ) -> PlacementResult:
         """Decide where `user/workspace` starts now, record the decision, and return it.
 
+        `known_host` is the host the spawner's own state names. It counts only when the
+        registry has no placement yet (a workspace made before the registry was in use):
+        the workspace is then adopted there, as if placed, so its home is not left behind.
         Raises NoHostAvailable (naming why) or NeedsConfirmation.
         """
         groups = tuple(groups)
         try:
             with self._place_lock:  # one decision at a time: each sees the previous one's load
-                return self._place(user, workspace, groups, mem_request, confirm_data_loss)
+                return self._place(
+                    user, workspace, groups, mem_request, confirm_data_loss, known_host
+                )
         except (NoHostAvailable, NeedsConfirmation) as e:
             # the failed decision is recorded too, in its own transaction
             with self.sessions.begin() as db:
@@ -192,10 +198,13 @@ class Registry(ServerRegistry, DecisionLog):
         groups: tuple[str, ...],
         mem_request: int,
         confirm_data_loss: bool,
+        known_host: str = "",
     ) -> PlacementResult:
         with self.sessions.begin() as db:
             p = self._placement(db, user, workspace, create=True)
             old = p.server
+            if old is None and known_host:
+                old = db.scalar(select(Server).where(Server.name == known_host))
             target: Server | None = None
             reason, policy_name, n, took = "", "", 0, 0.0
 
