@@ -19,6 +19,12 @@ hub (module)
     admin service token (`hub.api(...)`) and a limit of `WORKSPACE_LIMIT` workspaces per
     user. At the end it is stopped and every container
     labelled with one of this module's users is removed.
+test_vllm (module)
+    URL of the vLLM that `hub_config/vllm/with-vllm.sh` started for this run; fails (never
+    skips) when the tests were not started under it.
+model_hub (module)
+    Like `hub`, without the workspace limit, with the gateway answering through `test_vllm`
+    and short explanations (`explain_max_tokens=60`).
 users (module)
     Unique user names for this run, `users.alice` / `users.bob`, so runs never collide.
 docker_client (session)
@@ -27,13 +33,16 @@ docker_client (session)
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -141,21 +150,17 @@ def users() -> Users:
     return Users(alice=f"alice{tag}", bob=f"bob{tag}")
 
 
-@pytest.fixture(scope="module")
-def hub(
-    tmp_path_factory: pytest.TempPathFactory,
+@contextmanager
+def running_hub(
+    state: Path,
     image: str,
     proxy_command: str,
     users: Users,
     docker_client: docker.APIClient,
+    **options: Any,
 ) -> Iterator[HubProcess]:
-    state = tmp_path_factory.mktemp("hubstate")
-    proc = HubProcess(
-        state_dir=state,
-        image=image,
-        proxy_command=proxy_command,
-        extra_env={"CODEYARD_WORKSPACES_PER_USER": str(WORKSPACE_LIMIT)},
-    )
+    """Start a HubProcess; on the way out stop it and remove its users' containers and homes."""
+    proc = HubProcess(state_dir=state, image=image, proxy_command=proxy_command, **options)
     proc.start()
     try:
         yield proc
@@ -166,3 +171,46 @@ def hub(
                 docker_client.remove_container(c["Id"], force=True)
         # Homes are owned by the workspace uid; remove them so tmp cleanup can.
         shutil.rmtree(state / "homes", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hub(
+    tmp_path_factory: pytest.TempPathFactory,
+    image: str,
+    proxy_command: str,
+    users: Users,
+    docker_client: docker.APIClient,
+) -> Iterator[HubProcess]:
+    state = tmp_path_factory.mktemp("hubstate")
+    limit = {"CODEYARD_WORKSPACES_PER_USER": str(WORKSPACE_LIMIT)}
+    with running_hub(state, image, proxy_command, users, docker_client, extra_env=limit) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def test_vllm() -> str:
+    url = os.environ.get("CODEYARD_TEST_VLLM_URL")
+    if not url or not os.environ.get("CODEYARD_TEST_VLLM_KEY_FILE"):
+        pytest.fail(
+            "CODEYARD_TEST_VLLM_URL / CODEYARD_TEST_VLLM_KEY_FILE are not set: run the Hub "
+            "tests under one vLLM, `hub_config/vllm/with-vllm.sh .venv/bin/pytest tests/hub` "
+            "(`make test` does)."
+        )
+    return url
+
+
+@pytest.fixture(scope="module")
+def model_hub(
+    tmp_path_factory: pytest.TempPathFactory,
+    test_vllm: str,
+    image: str,
+    proxy_command: str,
+    users: Users,
+    docker_client: docker.APIClient,
+) -> Iterator[HubProcess]:
+    """`hub` as `make up` configures it, answering through the test vLLM; explanations are
+    kept short because the model runs on a shared CPU."""
+    state = tmp_path_factory.mktemp("hubstate-model")
+    short = 'c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]'
+    with running_hub(state, image, proxy_command, users, docker_client, site_config=short) as proc:
+        yield proc

@@ -255,3 +255,22 @@ class Browser:
                 if time.monotonic() > deadline:
                     break
         return events
+
+
+def start_workspace(
+    hub: HubProcess, browser: Browser, user: str, workspace: str, timeout: float = 300
+) -> dict[str, str]:
+    """Spawn `user`'s named workspace (small profile) through the Hub API as that user and
+    wait until the Hub reports it ready; return an auth header with a fresh token of theirs."""
+    r = browser.api("POST", f"/users/{user}/tokens", json={"note": f"e2e {workspace}"})
+    assert r.status_code == 201, r.text
+    auth = {"Authorization": f"token {r.json()['token']}"}
+    r = browser.api("POST", f"/users/{user}/servers/{workspace}", json={"profile": "small"})
+    assert r.status_code in (201, 202), r.text
+    deadline = time.monotonic() + timeout
+    while not (hub.api("GET", f"/users/{user}").json()["servers"].get(workspace) or {}).get(
+        "ready"
+    ):
+        assert time.monotonic() < deadline, f"workspace not ready\n{hub.log_tail()}"
+        time.sleep(0.5)
+    return auth

@@ -9,16 +9,13 @@ bridge) -> vLLM. The vLLM is the one `hub_config/vllm/with-vllm.sh` started for 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 import requests
-from hubprocess import Browser, HubProcess
+from hubprocess import Browser, HubProcess, start_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -30,64 +27,15 @@ CODE = '''def add(a, b):
 '''
 
 
-@pytest.fixture(scope="module")
-def test_vllm() -> str:
-    url = os.environ.get("CODEYARD_TEST_VLLM_URL")
-    key = os.environ.get("CODEYARD_TEST_VLLM_KEY_FILE")
-    if not url or not key:
-        pytest.fail(
-            "CODEYARD_TEST_VLLM_URL / CODEYARD_TEST_VLLM_KEY_FILE are not set: run the Hub "
-            "tests under one vLLM, `hub_config/vllm/with-vllm.sh .venv/bin/pytest tests/hub` "
-            "(`make test` does)."
-        )
-    return url
-
-
-@pytest.fixture(scope="module")
-def hub(
-    tmp_path_factory: pytest.TempPathFactory,
-    test_vllm: str,
-    image: str,
-    proxy_command: str,
-    users,
-    docker_client: docker.APIClient,
-) -> Iterator[HubProcess]:
-    state = tmp_path_factory.mktemp("hubstate-model")
-    proc = HubProcess(
-        state_dir=state,
-        image=image,
-        proxy_command=proxy_command,
-        # Short answers: the model runs on a loaded CPU.
-        site_config='c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=40"]',
-    )
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        for name in users.all():
-            for c in docker_client.containers(all=True, filters={"label": f"codeyard.user={name}"}):
-                docker_client.remove_container(c["Id"], force=True)
-        shutil.rmtree(state / "homes", ignore_errors=True)
-
-
 def test_workspace_explains_code_with_the_real_model(
-    hub: HubProcess, users, docker_client: docker.APIClient
+    model_hub: HubProcess, users, docker_client: docker.APIClient
 ) -> None:
+    hub = model_hub
     user = users.alice
     b = Browser(hub.url)
     assert "signup was successful" in b.signup(user, PASSWORD).text
     assert b.login(user, PASSWORD).url.endswith("/hub/home")
-    r = b.api("POST", f"/users/{user}/tokens", json={"note": "model e2e"})
-    assert r.status_code == 201, r.text
-    auth = {"Authorization": f"token {r.json()['token']}"}
-
-    r = b.api("POST", f"/users/{user}/servers/{WS}", json={"profile": "small"})
-    assert r.status_code in (201, 202), r.text
-    deadline = time.monotonic() + 300
-    while not (hub.api("GET", f"/users/{user}").json()["servers"].get(WS) or {}).get("ready"):
-        assert time.monotonic() < deadline, f"workspace not ready\n{hub.log_tail()}"
-        time.sleep(0.5)
+    auth = start_workspace(hub, b, user, WS)
 
     # The Hub handed the container the gateway and the tokenizer.
     found = docker_client.containers(

@@ -12,17 +12,13 @@ tests/hub/test_panel_in_workspace.py`.
 
 from __future__ import annotations
 
-import os
-import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 import requests
-from hubprocess import REPO, Browser, HubProcess
+from hubprocess import REPO, Browser, HubProcess, start_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -41,47 +37,6 @@ ARTIFACTS = REPO / ".artifacts" / "hub"
 
 
 @pytest.fixture(scope="module")
-def test_vllm() -> str:
-    url = os.environ.get("CODEYARD_TEST_VLLM_URL")
-    if not url or not os.environ.get("CODEYARD_TEST_VLLM_KEY_FILE"):
-        pytest.fail(
-            "CODEYARD_TEST_VLLM_URL / CODEYARD_TEST_VLLM_KEY_FILE are not set: run this under "
-            "one vLLM, `hub_config/vllm/with-vllm.sh .venv/bin/pytest "
-            "tests/hub/test_panel_in_workspace.py`."
-        )
-    return url
-
-
-@pytest.fixture(scope="module")
-def hub(
-    tmp_path_factory: pytest.TempPathFactory,
-    test_vllm: str,
-    image: str,
-    proxy_command: str,
-    users: Any,
-    docker_client: docker.APIClient,
-) -> Iterator[HubProcess]:
-    """A Hub of this module's own (conftest's `hub` has no model): same config as `make up`,
-    with short explanations because the model runs on a shared CPU."""
-    state = tmp_path_factory.mktemp("hubstate-panel")
-    proc = HubProcess(
-        state_dir=state,
-        image=image,
-        proxy_command=proxy_command,
-        site_config='c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]',
-    )
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        for name in users.all():
-            for c in docker_client.containers(all=True, filters={"label": f"codeyard.user={name}"}):
-                docker_client.remove_container(c["Id"], force=True)
-        shutil.rmtree(state / "homes", ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.fail("Debian Chromium is missing: apt-get install -y chromium")
@@ -96,28 +51,15 @@ def chromium() -> Iterator[Any]:
         browser.close()
 
 
-def _ready_workspace(hub: HubProcess, b: Browser, user: str) -> dict[str, str]:
-    """Spawn the user's workspace; return an auth header with a token of the user's."""
-    r = b.api("POST", f"/users/{user}/tokens", json={"note": "panel e2e"})
-    assert r.status_code == 201, r.text
-    auth = {"Authorization": f"token {r.json()['token']}"}
-    r = b.api("POST", f"/users/{user}/servers/{WS}", json={"profile": "small"})
-    assert r.status_code in (201, 202), r.text
-    deadline = time.monotonic() + 300
-    while not (hub.api("GET", f"/users/{user}").json()["servers"].get(WS) or {}).get("ready"):
-        assert time.monotonic() < deadline, f"workspace not ready\n{hub.log_tail()}"
-        time.sleep(0.5)
-    return auth
-
-
 def test_panel_explains_a_selection_in_a_spawned_workspace(
-    hub: HubProcess, users: Any, chromium: Any
+    model_hub: HubProcess, users: Any, chromium: Any
 ) -> None:
+    hub = model_hub
     user = users.alice
     b = Browser(hub.url)
     assert "signup was successful" in b.signup(user, PASSWORD).text
     assert b.login(user, PASSWORD).url.endswith("/hub/home")
-    auth = _ready_workspace(hub, b, user)
+    auth = start_workspace(hub, b, user, WS)
     base = f"{hub.url}/user/{user}/{WS}"
     r = requests.put(
         f"{base}/api/contents/calc.py",
