@@ -18,6 +18,7 @@ from .errors import bad_request, forbidden_path
 
 # %2e, %2f, %5c, %00 (any case) and double-encoded %25xx: decoding them could smuggle an escape.
 _ENCODED_ESCAPE = re.compile(r"%(?:2e|2f|5c|00|25[0-9a-f]{2})", re.IGNORECASE)
+_DRIVE = re.compile(r"^[A-Za-z]:")
 
 STATE_DIRNAME = ".codeyard"
 
@@ -35,6 +36,10 @@ class WorkspacePaths:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(os.path.realpath(root))
+        # String forms for `contains`: a 100-file patch resolves hundreds of paths, and
+        # pathlib's `parents` walk was the largest part of the path checks.
+        self._root_str = str(self.root)
+        self._root_prefix = self._root_str.rstrip("/") + "/"
 
     def normalise(self, path: str, *, allow_root: bool = False) -> str:
         """Check the text of a path and return it normalised, without touching the disk."""
@@ -50,7 +55,7 @@ class WorkspacePaths:
             raise forbidden_path("path contains a percent-encoded separator or dot")
         if "\\" in path:
             raise forbidden_path("path must use POSIX separators, not backslashes")
-        if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        if path.startswith("/") or _DRIVE.match(path):
             raise forbidden_path("path must be relative to the workspace root")
         parts = [p for p in path.split("/") if p not in ("", ".")]
         if any(p == ".." for p in parts):
@@ -86,20 +91,21 @@ class WorkspacePaths:
                 current = os.path.join(candidate, *parts[i + 1 :])
                 break
             if stat.S_ISLNK(mode):
-                real = Path(os.path.realpath(candidate))
+                real = os.path.realpath(candidate)
                 if not self.contains(real):
                     raise forbidden_path(f"path leaves the workspace through a symlink: {rel}")
-                current = str(real)
+                current = real
             else:
                 # `current` is already real, and a non-link name under it stays real.
                 current = candidate
-        if not self.contains(Path(current)):
+        if not self.contains(current):
             raise forbidden_path(f"path leaves the workspace: {rel}")
         return ResolvedPath(rel=rel, abs=self.root / rel if rel else self.root)
 
-    def contains(self, real: Path) -> bool:
-        """True if the already-resolved `real` is the root or lies below it."""
-        return real == self.root or self.root in real.parents
+    def contains(self, real: str | os.PathLike[str]) -> bool:
+        """True if the already-resolved, normalised `real` is the root or lies below it."""
+        text = os.fspath(real)
+        return text == self._root_str or text.startswith(self._root_prefix)
 
     def check_symlink_target(self, link_rel: str, target: str) -> None:
         """Refuse a symlink (e.g. one a patch creates) whose target would leave the root."""

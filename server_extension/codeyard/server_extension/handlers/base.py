@@ -35,8 +35,9 @@ class CodeyardHandler(ExtensionHandlerMixin, APIHandler):
         if not raw:
             raise bad_request("request body must be a JSON object")
         try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            # orjson: a 100-file patch body is ~100 KB; it parses several times faster.
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
             raise bad_request(f"request body is not valid JSON: {exc.__class__.__name__}") from None
         if not isinstance(body, dict):
             raise bad_request("request body must be a JSON object")
