@@ -33,6 +33,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from jpconfig import server_config
 from tornado.httpclient import HTTPClientError
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
@@ -42,18 +43,7 @@ ApiCall = Callable[..., Awaitable[tuple[int, Any]]]
 
 @pytest.fixture
 def jp_server_config() -> dict[str, Any]:
-    return {
-        "ServerApp": {
-            # Terminals are off: they ship an undecorated websocket handler that would trip
-            # the auth-warning check below, and workspaces here don't test them.
-            "jpserver_extensions": {
-                "codeyard.server_extension": True,
-                "jupyter_server_terminals": False,
-            },
-            "terminals_enabled": False,
-            "allow_unauthenticated_access": False,
-        }
-    }
+    return server_config()
 
 
 @pytest.fixture

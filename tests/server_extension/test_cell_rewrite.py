@@ -14,6 +14,7 @@ from typing import Any
 
 import nbformat
 import pytest
+from jpconfig import server_config
 
 TOKENIZER = Path.home() / ".cache" / "codeyard" / "models" / "smollm2" / "tokenizer.json"
 
@@ -22,16 +23,8 @@ RATE_CELL = "def apply_rate(total):\n    result = total * 0.2\n    return result
 
 @pytest.fixture
 def jp_server_config(model_stack: dict[str, str]) -> dict[str, Any]:
-    return {
-        "ServerApp": {
-            "jpserver_extensions": {
-                "codeyard.server_extension": True,
-                "jupyter_server_terminals": False,
-            },
-            "terminals_enabled": False,
-            "allow_unauthenticated_access": False,
-        },
-        "CodeyardLLM": {
+    return server_config(
+        CodeyardLLM={
             "url": model_stack["url"],
             "token": model_stack["token"],
             "tokenizer_file": str(TOKENIZER),
@@ -39,7 +32,7 @@ def jp_server_config(model_stack: dict[str, str]) -> dict[str, Any]:
             "explain_temperature": 0.0,
             "rewrite_max_tokens": 96,
         },
-    }
+    )
 
 
 def write_notebook(root: Path, name: str = "nb.ipynb") -> bytes:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jpconfig import server_config
 
 from codeyard.server_extension.completion import CodeyardCompleter, trim_completion
 from codeyard.server_extension.context import Redactor
@@ -32,27 +33,19 @@ def closed_port() -> int:
     return port
 
 
-def server_config(url: str, token: str) -> dict[str, Any]:
-    return {
-        "ServerApp": {
-            "jpserver_extensions": {
-                "codeyard.server_extension": True,
-                "jupyter_server_terminals": False,
-            },
-            "terminals_enabled": False,
-            "allow_unauthenticated_access": False,
-        },
-        "CodeyardLLM": {"url": url, "token": token, "tokenizer_file": str(TOKENIZER)},
-        "CodeyardCompleter": {"max_tokens": CAP},
-    }
+def completer_config(url: str, token: str) -> dict[str, Any]:
+    return server_config(
+        CodeyardLLM={"url": url, "token": token, "tokenizer_file": str(TOKENIZER)},
+        CodeyardCompleter={"max_tokens": CAP},
+    )
 
 
-GATEWAY_DOWN = server_config(f"http://127.0.0.1:{closed_port()}", "some-token")
+GATEWAY_DOWN = completer_config(f"http://127.0.0.1:{closed_port()}", "some-token")
 
 
 @pytest.fixture
 def jp_server_config(model_stack: dict[str, str]) -> dict[str, Any]:
-    return server_config(model_stack["url"], model_stack["token"])
+    return completer_config(model_stack["url"], model_stack["token"])
 
 
 # ---- through the real server and the real model ------------------------------------------
@@ -104,7 +97,7 @@ async def test_gateway_down_gives_503_and_logs_no_code(
     assert MARKER not in caplog.text
 
 
-@pytest.mark.parametrize("jp_server_config", [server_config("", "")])
+@pytest.mark.parametrize("jp_server_config", [completer_config("", "")])
 async def test_no_gateway_configured_gives_503(api: Any) -> None:
     status, err = await api("complete", body={"path": "a.py", "prefix": "x = "})
     assert status == 503 and err["error"] == "llm_unavailable", err

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jpconfig import server_config
 
 from codeyard.server_extension.audit import AuditLog
 from codeyard.server_extension.errors import CodeyardError
@@ -21,17 +22,7 @@ from codeyard.server_extension.paths import WorkspacePaths
 
 @pytest.fixture
 def jp_server_config() -> dict[str, Any]:
-    return {
-        "ServerApp": {
-            "jpserver_extensions": {
-                "codeyard.server_extension": True,
-                "jupyter_server_terminals": False,
-            },
-            "terminals_enabled": False,
-            "allow_unauthenticated_access": False,
-        },
-        "CodeyardApp": {"revert_keep": 2},
-    }
+    return server_config(CodeyardApp={"revert_keep": 2})
 
 
 def create(name: str) -> str:
