@@ -47,8 +47,9 @@ format: venv
 	$(BIN)/ruff check --fix .
 
 # Debian packages the suites drive for real: dockerd, debootstrap (offline base image),
-# Chromium (browser tests), OpenSSH (ssh:// Docker hosts), git.
-SYSTEM_PACKAGES := docker.io debootstrap chromium openssh-server openssh-client git
+# Chromium (browser tests), OpenSSH (ssh:// Docker hosts), git, strace (reads the patch
+# engine's real fsync/syncfs calls).
+SYSTEM_PACKAGES := docker.io debootstrap chromium openssh-server openssh-client git strace
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \

@@ -86,8 +86,12 @@ class PatchManager(Reverting):
         allow_offset: bool = False,
         revert_keep: int = 0,
         revert_max_age: float = 0.0,
+        flush_mode: str = "syncfs",
         log: logging.Logger | Any | None = None,
     ) -> None:
+        if flush_mode not in tx.FLUSH_MODES:
+            raise ValueError(f"flush_mode must be one of {tx.FLUSH_MODES}, not {flush_mode!r}")
+        self.flush_mode = flush_mode
         self.paths = paths
         self.checks = PatchChecks(paths)
         self.state = Path(state_dir)
@@ -291,7 +295,13 @@ class PatchManager(Reverting):
         tx.write_atomic(store / "meta.json", _dumps(meta), durable=False)
         # Staged files, revert links and meta must be on disk before the commit point.
         # A generator: only the fsync fallback walks it, syncfs never does.
-        tx.flush(tx_dir, (f"{tx_dir}/{e['staged']}" for e in entries if e["staged"]))
+        tx.flush(
+            tx_dir,
+            # (fsync mode) the store folder's parent too: the new patch folder is a name in it.
+            (*(f"{tx_dir}/{e['staged']}" for e in entries if e["staged"]), self.store_root),
+            trees=(tx_dir, store),
+            mode=self.flush_mode,
+        )
         self._mark("prepare")
         self.fault("staged")
         journal = {"kind": "apply", "patch_id": patch_id, "entries": entries}
@@ -352,7 +362,7 @@ class PatchManager(Reverting):
                 durable=False,
             )
         # One flush makes the renames and the audit record durable before the answer.
-        tx.flush(tx_dir, [*changed, str(self.audit.path)])
+        tx.flush(tx_dir, [*changed, str(self.audit.path)], mode=self.flush_mode)
         self._drop(tx_dir, folders)
 
     def _drop(self, tx_dir: Path, folders: staging.Folders | None) -> None:

@@ -33,6 +33,7 @@ class Reverting:
     tx_root: Path
     log: Any
     _needs_recovery: bool
+    flush_mode: str
 
     def _locked(self) -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError
@@ -113,7 +114,8 @@ class Reverting:
             folders.ensure_parent(rel)
             staging.link_or_copy(keep, os.path.join(work, rel))
             entries.append({"path": rel, "staged": f"work/{rel}"})
-        tx.flush(tx_dir, [os.path.join(tx_dir, e["staged"]) for e in entries if e["staged"]])
+        staged = [os.path.join(tx_dir, e["staged"]) for e in entries if e["staged"]]
+        tx.flush(tx_dir, staged, trees=(tx_dir,), mode=self.flush_mode)
         self.fault("staged")
         journal = {"kind": "revert", "patch_id": patch_id, "entries": entries, "user": user}
         tx.commit(tx_dir, journal)
