@@ -13,11 +13,12 @@ from typing import Any
 
 from dockerspawner import DockerSpawner
 from jupyterhub.traitlets import EntryPointType
+from tornado import web
 from traitlets import Bool, Dict, Float, Integer, Set, Unicode, default, validate
 
 from codeyard.placement.hosts import HostProvider, LocalHostProvider
 
-from .profiles import SizeProfile, WorkspaceOptions
+from .profiles import InvalidOptions, SizeProfile, WorkspaceOptions
 
 DEFAULT_PROFILES = {
     "small": {"display_name": "Small (1 CPU, 2 GB)", "cpu": 1, "mem": "2G"},
@@ -189,6 +190,10 @@ class SpawnerSettings(DockerSpawner):
             git_schemes=set(self.git_schemes),
         )
 
+    @default("apply_user_options")
+    def _default_apply_user_options(self) -> Any:
+        return _check_user_options
+
     @default("options_form")
     def _default_options_form(self) -> Any:
         return self._render_options_form
@@ -235,3 +240,12 @@ class SpawnerSettings(DockerSpawner):
             return self.parse_options(raw).to_user_options()
 
         return options_from_form
+
+
+def _check_user_options(spawner: SpawnerSettings, user_options: dict[str, Any]) -> None:
+    """JupyterHub's (5.3+) hook, run before `start`: refuse bad options (API or form) with
+    a 400 that says what is wrong. `start` parses them again into the values it uses."""
+    try:
+        spawner.parse_options(user_options or {})
+    except InvalidOptions as e:
+        raise web.HTTPError(400, str(e)) from None
