@@ -18,8 +18,15 @@ endpoint side; both figures are printed and the settled one is compared with the
 Both run again with `CodeyardApp.flush_mode=fsync`, which fsyncs each file and folder the
 patch wrote instead (on ext4 each fsync still commits the journal, other data included).
 
-Afterwards the same patch is applied in-process through `PatchManager` (no HTTP) to show
-where the time goes, from `PatchManager.timings`.
+Each series also prints the server's own phase medians, read from the `Server-Timing`
+header of each answer: `request` is the server's whole handling of the call, `worker` the
+engine's time in its thread, the rest the engine's phases. The client keeps one keep-alive
+connection, as a browser or the notebook client does.
+
+An apply answers after one flush (the commit point); the flush that makes the swap durable
+and retires the journal runs in the background after the answer, so the untimed revert
+that follows may wait for it. Afterwards the same patch is applied in-process through
+`PatchManager` (no HTTP), from `PatchManager.timings`.
 """
 
 from __future__ import annotations
@@ -103,16 +110,20 @@ def in_process_phases(tmp: str, diff: str) -> None:
     )
 
 
-def series(
-    srv: Any, diff: str, base: Path, patch: Path, settle: bool
-) -> tuple[list[float], list[float]]:
+Series = tuple[list[float], list[float], dict[str, list[float]]]
+
+
+def series(srv: Any, diff: str, base: Path, patch: Path, settle: bool) -> Series:
     """ROUNDS interleaved rounds: timed endpoint apply, untimed revert, timed git apply,
     untimed `git apply -R`; with `settle`, an untimed sync after each undo."""
     apply_times, base_times = [], []
+    phases: dict[str, list[float]] = defaultdict(list)
     for _ in range(ROUNDS):
         start = time.perf_counter()
         result = srv.post("patch/apply", {"diff": diff})
         apply_times.append(time.perf_counter() - start)
+        for phase, ms in srv.server_timing().items():
+            phases[phase].append(ms)
         assert len(result["files"]) == FILES
         srv.post(f"patch/{result['patch_id']}/revert", {})
         if settle:
@@ -121,7 +132,7 @@ def series(
         git_apply(base, patch, "-R")
         if settle:
             os.sync()
-    return apply_times, base_times
+    return apply_times, base_times, phases
 
 
 def main() -> None:
@@ -148,7 +159,7 @@ def main() -> None:
                 chain_ok = chain_ok and srv.get("audit", limit=1)["chain_ok"]
         load_after = os.getloadavg()
         print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
-        for name, (apply_times, base_times) in results.items():
+        for name, (apply_times, base_times, phases) in results.items():
             a, b = statistics.median(apply_times), statistics.median(base_times)
             pairs = zip(apply_times, base_times, strict=True)
             paired = statistics.median(x / y for x, y in pairs)
@@ -160,6 +171,10 @@ def main() -> None:
                 f"RATIO {name}: apply/git-apply = {a / b:.2f} (medians{target}); "
                 f"mins {min(apply_times) / min(base_times):.2f}; per-round median {paired:.2f}; "
                 f"{ROUNDS} rounds"
+            )
+            print(
+                "  server phase medians (ms): "
+                + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in phases.items())
             )
         print(f"audit chain_ok={chain_ok}")
         in_process_phases(tmp, diff)

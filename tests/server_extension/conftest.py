@@ -13,6 +13,9 @@ api
     `await api("tree", params={...})` / `await api("patch/apply", body={...})`: calls the real
     server through `jp_fetch` under `codeyard/api/`, never raising on HTTP errors; returns
     `(status, json_body)`.
+settle
+    `settle()`: retire the patch transactions the server answered (it does so in the
+    background); call it before looking inside `.codeyard/`.
 git_diff
     `git_diff(before: dict[str, bytes|None], after: dict[str, bytes|None]) -> str`: a real
     `git diff -M --binary` between two trees built in a scratch repository.
@@ -49,6 +52,12 @@ def jp_server_config() -> dict[str, Any]:
 @pytest.fixture
 def workspace(jp_root_dir: Path) -> Path:
     return Path(jp_root_dir)
+
+
+@pytest.fixture
+def settle(jp_serverapp: Any) -> Callable[[], None]:
+    manager = jp_serverapp.web_app.settings["codeyard_patches"]
+    return manager.settle  # type: ignore[no-any-return]
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ async def test_tampered_audit_log_reports_chain_broken(api, workspace: Path) -> 
 
 
 async def test_no_marker_leaks_outside_the_patched_files(
-    api, workspace: Path, git_diff, caplog: pytest.LogCaptureFixture
+    api, workspace: Path, git_diff, settle, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Markers live only in the lines patches add, so they may appear only in patched files.
 
@@ -132,6 +132,7 @@ async def test_no_marker_leaks_outside_the_patched_files(
     assert await call(f"patch/{made['patch_id']}/revert", {}) == 200
 
     patched = {"mod.txt", "moved/ren.txt", "made.txt"}
+    settle()  # the last transactions are retired in the background; let them finish
     assert leaks(workspace, set(markers.values()), patched) == []
     for marker in markers.values():
         assert marker not in caplog.text

@@ -176,7 +176,9 @@ async def test_revert_restores_the_notebook_exactly(api: Any, workspace: Path) -
     assert reverted["files"][0]["sha256_after"] == sha(original)
 
 
-async def test_audit_has_hashes_and_the_cell_id_but_no_code(api: Any, workspace: Path) -> None:
+async def test_audit_has_hashes_and_the_cell_id_but_no_code(
+    api: Any, workspace: Path, settle: Any
+) -> None:
     original = make_notebook(workspace)
     new = CALC.replace("area(2)", f"area(2)  # {MARKER}")
     body = {"path": "nb.ipynb", "cell_id": "calc", "diff": cell_diff(CALC, new)}
@@ -192,6 +194,7 @@ async def test_audit_has_hashes_and_the_cell_id_but_no_code(api: Any, workspace:
         assert record["sha256_before"] == {"nb.ipynb": sha(original)}
         assert record["sha256_after"] == {"nb.ipynb": applied["files"][0]["sha256_after"]}
     assert cell_record["cell_id"] == "calc"
+    settle()
     for path in (workspace / ".codeyard").rglob("*"):
         if path.is_file() and "patches" not in path.parts:
             assert MARKER.encode() not in path.read_bytes(), path

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from trees import files_of
 
 from codeyard.server_extension.patching import PatchManager
 
@@ -16,17 +17,6 @@ GitDiff = Callable[..., str]
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def files_of(root: Path) -> dict[str, bytes]:
-    """Every regular file under `root`, except Codeyard's private state."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if rel.split("/")[0] == ".codeyard" or not p.is_file():
-            continue
-        out[rel] = p.read_bytes()
-    return out
 
 
 def put(root: Path, files: dict[str, bytes]) -> None:

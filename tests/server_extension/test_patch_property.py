@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
+from trees import files_of
 
 from codeyard.server_extension.audit import AuditLog
 from codeyard.server_extension.patching import PatchManager
@@ -83,11 +84,7 @@ def write_tree(root: Path, files: dict[str, bytes]) -> None:
 
 
 def read_tree(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in root.rglob("*")
-        if p.is_file() and p.relative_to(root).parts[0] != ".codeyard"
-    }
+    return files_of(root)
 
 
 @settings(
@@ -117,4 +114,5 @@ def test_apply_gives_b_and_revert_gives_a(
     manager.revert(applied["patch_id"])
     assert read_tree(root) == before
     assert manager.audit.verify()
+    manager.settle()  # answered transactions are retired in the background
     assert list((state / "tx").iterdir()) == []

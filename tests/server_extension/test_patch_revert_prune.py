@@ -3,6 +3,8 @@ reverting a pruned patch answers a precise error instead of 404.
 
 The endpoint tests run on the real server with `revert_keep=2`; the age limit and the
 re-reading of the store after a restart use `PatchManager` directly, with real time.
+Pruning runs when answered transactions are retired (in the background), so each test
+settles before it looks at the store.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def stored(state: Path) -> set[str]:
 
 
 async def test_revert_keep_prunes_oldest_and_pruned_revert_answers_410(
-    api, workspace: Path, jp_serverapp
+    api, workspace: Path, jp_serverapp, settle
 ) -> None:
     assert jp_serverapp.web_app.settings["codeyard_patches"].revert_store.keep == 2
     ids = []
@@ -43,6 +45,7 @@ async def test_revert_keep_prunes_oldest_and_pruned_revert_answers_410(
         assert status == 200, body
         ids.append(body["patch_id"])
     state = workspace / ".codeyard"
+    settle()
     assert stored(state) == set(ids[1:])
     status, err = await api(f"patch/{ids[0]}/revert", body={})
     assert status == 410, err
@@ -57,12 +60,15 @@ async def test_revert_keep_prunes_oldest_and_pruned_revert_answers_410(
     assert [r["action"] for r in audit["records"]][:1] == ["patch.revert"]
 
 
-async def test_reverted_then_pruned_answers_409_and_unknown_404(api, workspace: Path) -> None:
+async def test_reverted_then_pruned_answers_409_and_unknown_404(
+    api, workspace: Path, settle
+) -> None:
     status, first = await api("patch/apply", body={"diff": create("a.txt")})
     assert status == 200
     assert (await api(f"patch/{first['patch_id']}/revert", body={}))[0] == 200
     for name in ("b.txt", "c.txt"):
         assert (await api("patch/apply", body={"diff": create(name)}))[0] == 200
+    settle()
     assert first["patch_id"] not in stored(workspace / ".codeyard")
     status, err = await api(f"patch/{first['patch_id']}/revert", body={})
     assert status == 409 and err["error"] == "already_reverted"
@@ -80,9 +86,11 @@ def test_revert_max_age_prunes_by_age(tmp_path: Path) -> None:
     manager = manager_for(tmp_path, revert_max_age=0.5)
     old = manager.apply(create("old.txt"))["patch_id"]
     young = manager.apply(create("young.txt"))["patch_id"]
+    manager.settle()
     assert stored(tmp_path / ".codeyard") == {old, young}  # both younger than 0.5 s
     time.sleep(0.6)
     newest = manager.apply(create("new.txt"))["patch_id"]
+    manager.settle()
     assert stored(tmp_path / ".codeyard") == {newest}
     with pytest.raises(CodeyardError) as info:
         manager.revert(old)
@@ -95,10 +103,12 @@ def test_revert_max_age_prunes_by_age(tmp_path: Path) -> None:
 def test_limits_apply_to_revert_data_left_by_an_earlier_server(tmp_path: Path) -> None:
     unlimited = manager_for(tmp_path)
     ids = [unlimited.apply(create(f"f{i}.txt"))["patch_id"] for i in range(4)]
+    unlimited.settle()
     assert stored(tmp_path / ".codeyard") == set(ids)  # 0 = keep everything
     restarted = manager_for(tmp_path, revert_keep=2)
     restarted.recover()
     newest = restarted.apply(create("g.txt"))["patch_id"]
+    restarted.settle()
     assert stored(tmp_path / ".codeyard") == {ids[3], newest}
     assert not list((tmp_path / ".codeyard" / "scratch").iterdir())  # nothing half-pruned
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from trees import walk_files
 
 from codeyard.server_extension.audit import AuditLog
 from codeyard.server_extension.diffparse import FilePatch
@@ -48,9 +49,8 @@ def build(root: Path, files: dict[str, bytes], executable: set[str] = frozenset(
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int, int]]:
     out = {}
-    for path in root.rglob("*"):
-        rel = path.relative_to(root).as_posix()
-        if path.is_file() and not rel.startswith(".codeyard"):
+    for rel, path in walk_files(root):
+        if path.is_file():
             info = path.lstat()
             out[rel] = (path.read_bytes(), stat.S_IMODE(info.st_mode), info.st_ino)
     return out
@@ -96,6 +96,7 @@ def test_apply_replaces_inodes_and_keeps_old_ones_for_revert(tmp_path: Path, dif
         assert after[rel][2] != before[rel][2], f"{rel} was written in place"
     manager.revert(patch_id)
     assert snapshot(tmp_path) == before  # the very same inodes come back
+    manager.settle()  # the background retire holds the lock file open while it works
     assert len(os.listdir("/proc/self/fd")) == fds  # git's stderr file is closed
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,9 @@ class CodeyardApp(ExtensionApp):
                 (rf"{api}/status", StatusHandler),
             ]
         )
+
+    async def stop_extension(self) -> None:
+        """Retire answered patch transactions so a clean stop leaves no journal behind."""
+        patches = self.settings.get("codeyard_patches")
+        if isinstance(patches, PatchManager):
+            await asyncio.to_thread(patches.settle)

@@ -6,7 +6,6 @@ journaled swap as an apply (`transactions`), so a revert is all or nothing as we
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -14,8 +13,8 @@ from typing import Any
 
 from . import staging
 from . import transactions as tx
-from .audit import AuditLog
 from .errors import CodeyardError, conflict, not_found
+from .journaled import Journaled
 from .patchchecks import PatchChecks, sha256_of
 from .patchreport import PatchResult
 from .revertstore import PATCH_ID
@@ -23,32 +22,10 @@ from .revertstore import PATCH_ID
 _INVERSE = {"create": "delete", "delete": "create", "modify": "modify", "rename": "rename"}
 
 
-class Reverting:
-    """`revert(patch_id)`; the attributes and methods below come from `PatchManager`."""
+class Reverting(Journaled):
+    """`revert(patch_id)`; `checks` comes from `PatchManager`, the rest from `Journaled`."""
 
-    root: str
-    audit: AuditLog
     checks: PatchChecks
-    store_root: Path
-    tx_root: Path
-    log: Any
-    _needs_recovery: bool
-    flush_mode: str
-
-    def _locked(self) -> contextlib.AbstractContextManager[None]:
-        raise NotImplementedError
-
-    def _finish(
-        self,
-        tx_dir: Path,
-        journal: dict[str, Any] | None = None,
-        meta: dict[str, Any] | None = None,
-        folders: staging.Folders | None = None,
-    ) -> None:
-        raise NotImplementedError
-
-    def fault(self, point: str) -> None:
-        raise NotImplementedError
 
     def revert(self, patch_id: str, *, user: str = "anonymous") -> PatchResult:
         """Put back exactly the files as they were before `patch_id`; 409 if they changed."""
@@ -64,13 +41,15 @@ class Reverting:
             if meta["reverted"]:
                 raise conflict("already_reverted", f"patch {patch_id} was already reverted")
             try:
-                return self._revert_locked(patch_id, store, tx_dir, meta, user)
+                result = self._revert_locked(patch_id, store, tx_dir, meta, user)
             except BaseException:
                 if tx.read_journal(tx_dir) is None:
                     tx.discard(tx_dir)
                 else:
                     self._needs_recovery = True
                 raise
+        self._retire_later()
+        return result
 
     def _missing(self, patch_id: str) -> CodeyardError:
         """Why a patch has no revert data: never applied (404), reverted or pruned."""
@@ -113,12 +92,11 @@ class Reverting:
                 raise CodeyardError(500, "revert_data_damaged", f"revert data of {rel} is damaged")
             folders.ensure_parent(rel)
             staging.link_or_copy(keep, os.path.join(work, rel))
-            entries.append({"path": rel, "staged": f"work/{rel}"})
+            entries.append({"path": rel, "staged": f"work/{rel}", "sha256": item["before"]})
         staged = [os.path.join(tx_dir, e["staged"]) for e in entries if e["staged"]]
-        tx.flush(tx_dir, staged, trees=(tx_dir,), mode=self.flush_mode)
         self.fault("staged")
         journal = {"kind": "revert", "patch_id": patch_id, "entries": entries, "user": user}
-        tx.commit(tx_dir, journal)
+        self._commit(tx_dir, journal, staged, (tx_dir,))
         self.fault("committed")
         self._finish(tx_dir, journal, meta, folders)
         files = []

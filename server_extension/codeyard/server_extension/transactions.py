@@ -1,11 +1,17 @@
 """Crash-safe multi-file swaps: stage, commit a journal, then rename into place.
 
 A transaction lives in `state/tx/<id>/`. New file versions are staged under `work/` on the
-same file system as the workspace. Writing `journal.json` (atomically, fsynced) is the
-commit point: before it exists nothing in the workspace has changed and `recover()`
-throws the folder away; once it exists every step of the swap is idempotent and
-`recover()` finishes it. So after a crash the workspace holds either all of the old
-files or all of the new ones.
+same file system as the workspace, and `journal.json` lists the swap with the hash of each
+staged file. One flush then makes the staged files and the journal durable together: that
+flush returning is the commit point. Only after it does anything in the workspace change,
+so `recover()` finds either a journal whose staged files all match their hashes (and
+finishes the swap, every step of which is idempotent), or an incomplete one from a flush
+cut short, with the workspace untouched (and throws it away). Either way the workspace
+holds all of the old files or all of the new ones.
+
+The swap itself and the audit record are made durable by a second flush that nobody waits
+for (`PatchManager` retires the transaction after answering): until then the journal stays,
+and a crash in between is finished from it on restart.
 """
 
 from __future__ import annotations
@@ -18,14 +24,21 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypedDict
 
+from .staging import digest
+
 JOURNAL = "journal.json"
 
 
-class Entry(TypedDict):
-    """One path of a swap: `staged` (relative to the tx folder) replaces it, or None deletes it."""
+class Entry(TypedDict, total=False):
+    """One path of a swap: `staged` (relative to the tx folder) replaces it, or None deletes it.
+
+    `sha256` is the staged file's hash (git's for a symlink: its target text), which lets
+    recovery tell a complete staging from one a crash cut short.
+    """
 
     path: str
     staged: str | None
+    sha256: str | None
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:
@@ -100,10 +113,35 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, durable: bool = T
         fsync_path(os.path.dirname(target))
 
 
-def commit(tx_dir: str | os.PathLike[str], journal: dict[str, Any]) -> None:
-    """The commit point. `journal["entries"]` is a list of `Entry`."""
+def commit(
+    tx_dir: str | os.PathLike[str], journal: dict[str, Any], *, durable: bool = True
+) -> None:
+    """Write the journal. `journal["entries"]` is a list of `Entry`.
+
+    With `durable=False` the caller's next `flush` (which also covers the staged files)
+    is the commit point.
+    """
     os.makedirs(tx_dir, mode=0o700, exist_ok=True)
-    write_atomic(os.path.join(tx_dir, JOURNAL), json.dumps(journal, sort_keys=True).encode("utf-8"))
+    data = json.dumps(journal, sort_keys=True).encode("utf-8")
+    write_atomic(os.path.join(tx_dir, JOURNAL), data, durable=durable)
+
+
+def staged_intact(tx_dir: str | os.PathLike[str], entries: list[Entry]) -> bool:
+    """Does every staged file still in `tx_dir` match the hash its journal entry gives?
+
+    A staged file that is gone was renamed into place, which only happens after the
+    commit flush returned; a file with the wrong bytes means that flush never finished.
+    """
+    for entry in entries:
+        staged = entry.get("staged")
+        if staged is None or "sha256" not in entry:
+            continue
+        path = os.path.join(os.fspath(tx_dir), staged)
+        if not os.path.lexists(path):
+            continue
+        if digest(path)[0] != entry["sha256"]:
+            return False
+    return True
 
 
 def read_journal(tx_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

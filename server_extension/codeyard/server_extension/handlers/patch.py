@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -42,7 +43,14 @@ class PatchApplyHandler(PatchHandler):
     async def post(self) -> None:
         diff, base = self.diff_and_base()
         user = self.username
-        self.write_json(await asyncio.to_thread(self.patches.apply, diff, base, user=user))
+        phases: dict[str, float] = {}
+        start = time.perf_counter()
+        result = await asyncio.to_thread(self.patches.apply, diff, base, user=user, timings=phases)
+        phases["worker"] = (time.perf_counter() - start) * 1000
+        phases["request"] = self.request.request_time() * 1000
+        # Phase names and durations only: lets a client see where an apply's time went.
+        self.set_header("Server-Timing", ", ".join(f"{k};dur={v:.2f}" for k, v in phases.items()))
+        self.write_json(result)
 
 
 class PatchRevertHandler(PatchHandler):
