@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
+
+_HELD: list[socket.socket] = []
+
+
+def closed_port() -> int:
+    """A loopback port that refuses connections for as long as this test process runs.
+
+    The socket stays bound but never listens: a port that is merely released could be
+    taken by another server (a parallel suite's) before the test connects to it.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    port: int = sock.getsockname()[1]
+    return port
 
 
 def server_config(**sections: dict[str, Any]) -> dict[str, Any]:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
-from jpconfig import server_config
+from jpconfig import closed_port, server_config
 
 from codeyard.server_extension.completion import CodeyardCompleter, trim_completion
 from codeyard.server_extension.context import Redactor
@@ -23,14 +22,6 @@ from codeyard.server_extension.paths import WorkspacePaths
 TOKENIZER = Path.home() / ".cache" / "codeyard" / "models" / "smollm2" / "tokenizer.json"
 CAP = 16
 MARKER = "zq_complete_marker_51c9"
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on: bound by the OS, then released."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def completer_config(url: str, token: str) -> dict[str, Any]:

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import load_llm_stack
+from jpconfig import closed_port
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from codeyard.server_extension.context import ContextBuilder, TokenCounter, render_context
 from codeyard.server_extension.paths import WorkspacePaths
 
-llm_stack = load_llm_stack()
 MAX_TOKENS_LIMIT = 300
 MAX_CONTEXT_LINES = 30
 
@@ -208,7 +207,7 @@ async def test_status_with_the_gateway_unreachable_is_a_clear_503(
     api: Any, jp_serverapp: Any
 ) -> None:
     llm = jp_serverapp.web_app.settings["codeyard_explainer"].llm
-    llm.url = f"http://127.0.0.1:{llm_stack.free_port()}"  # nothing listens there
+    llm.url = f"http://127.0.0.1:{closed_port()}"  # bound, never listening: refused
     status, body = await api("status")
     assert status == 503, body
     assert body["healthy"] is False

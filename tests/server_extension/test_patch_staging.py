@@ -107,9 +107,11 @@ def test_an_engine_writing_through_a_link_is_refused(tmp_path: Path) -> None:
         def __init__(self, work: Path) -> None:
             self.work = work
 
-        def result(self, files: list[FilePatch], text: bytes) -> GitVerdict:
+        def feed(self, text: bytes) -> None:
             with open(self.work / "mod.txt", "r+b") as fh:
                 fh.write(b"ONE")
+
+        def result(self, files: list[FilePatch]) -> GitVerdict:
             return GitVerdict(True, [FileOutcome() for _ in files])
 
         def cancel(self) -> None:

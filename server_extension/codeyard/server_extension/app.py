@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,10 @@ class CodeyardApp(ExtensionApp):
         "syncfs",
         help="""How an apply or revert makes its writes durable before it answers.
 
-        `syncfs` (default): one syncfs(2) per step. It also writes back whatever else is
-        dirty on that file system, so where many workspaces share one, an apply pays for
-        its neighbours' unflushed writes. `fsync`: every staged file, revert link and
+        `syncfs` (default): one syncfs(2) before the answer (the commit point) and one
+        after it, in the background, that makes the swap durable. It also writes back
+        whatever else is dirty on that file system, so where many workspaces share one, an
+        apply pays for its neighbours' unflushed writes. `fsync`: every staged file, revert link and
         folder the step wrote is fsynced, in a small thread pool; for file systems where
         syncfs is missing or unwanted (it is also the fallback when syncfs fails). On
         ext4 it is slower, not better isolated: each fsync commits the journal, which
@@ -111,6 +113,27 @@ class CodeyardApp(ExtensionApp):
     def _check_flush_mode(self, proposal: dict[str, Any]) -> Any:
         if proposal["value"] not in FLUSH_MODES:
             raise TraitError(f"flush_mode must be one of {FLUSH_MODES}, not {proposal['value']!r}")
+        return proposal["value"]
+
+    patch_engine_processes = Int(
+        help="""How many `git apply` processes share one large patch.
+
+        A patch of at least 16 files per process that only modifies or creates files is
+        split into that many contiguous parts, each applied by its own `git apply` in the
+        same staging folder; the apply still commits only if every part succeeded. Patches
+        with deletions or renames always use one process (git removes folders it empties,
+        which would race with another process). Defaults to 2, or 1 on a one-core machine.
+        """,
+    ).tag(config=True)
+
+    @default("patch_engine_processes")
+    def _default_engine_processes(self) -> int:
+        return min(2, os.cpu_count() or 1)
+
+    @validate("patch_engine_processes")
+    def _check_engine_processes(self, proposal: dict[str, Any]) -> Any:
+        if not 1 <= proposal["value"] <= 16:
+            raise TraitError("patch_engine_processes must be between 1 and 16")
         return proposal["value"]
 
     @validate("revert_keep", "revert_max_age")
@@ -150,6 +173,7 @@ class CodeyardApp(ExtensionApp):
             revert_keep=self.revert_keep,
             revert_max_age=self.revert_max_age,
             flush_mode=self.flush_mode,
+            engine_processes=self.patch_engine_processes,
             log=self.log,
         )
         patches.recover()

@@ -186,40 +186,50 @@ def _bare(line: bytes) -> bytes:
     return line.rstrip(b"\r\n")
 
 
-def _read_hunks(r: _Reader, out: list[bytes], hunks: list[Hunk]) -> None:
-    """Consume consecutive `@@` blocks, checking each body against its line counts."""
-    while (line := r.peek()) is not None and line.startswith(b"@@"):
-        m = _HUNK.match(line)
+_CONTEXT = frozenset(b" \n\r")  # first bytes of a context line (an empty one too)
+_MINUS, _PLUS, _BACKSLASH = ord("-"), ord("+"), ord("\\")
+
+
+def _read_hunks(r: _Reader, hunks: list[Hunk]) -> None:
+    """Consume consecutive `@@` blocks, checking each body against its line counts.
+
+    The caller takes the consumed lines as one slice of `r.lines`; this loop only counts,
+    comparing first bytes as ints (it runs once per line of the diff).
+    """
+    lines, n = r.lines, len(r.lines)
+    i = r.i
+    while i < n and lines[i].startswith(b"@@"):
+        m = _HUNK.match(lines[i])
         if m is None:
+            r.i = i
             raise _malformed(r.lineno, "bad hunk header")
         old_len = int(m[2]) if m[2] is not None else 1
         new_len = int(m[4]) if m[4] is not None else 1
         hunks.append(Hunk(int(m[1]), old_len, int(m[3]), new_len))
-        out.append(line)
-        r.i += 1
+        i += 1
         old_left, new_left = old_len, new_len
         while old_left > 0 or new_left > 0:
-            body = r.peek()
-            if body is None:
+            if i >= n:
+                r.i = i
                 raise _malformed(r.lineno, "hunk ends early")
-            tag = body[:1]
-            if tag in (b" ", b"\n", b"\r"):
-                old_left, new_left = old_left - 1, new_left - 1
-            elif tag == b"-":
+            tag = lines[i][0]
+            if tag in _CONTEXT:
                 old_left -= 1
-            elif tag == b"+":
                 new_left -= 1
-            elif tag == b"\\":
-                pass
-            else:
+            elif tag == _MINUS:
+                old_left -= 1
+            elif tag == _PLUS:
+                new_left -= 1
+            elif tag != _BACKSLASH:
+                r.i = i
                 raise _malformed(r.lineno, "unexpected line inside a hunk")
             if old_left < 0 or new_left < 0:
+                r.i = i
                 raise _malformed(r.lineno, "hunk longer than its header says")
-            out.append(body)
-            r.i += 1
-        while (tail := r.peek()) is not None and tail.startswith(b"\\"):
-            out.append(tail)
-            r.i += 1
+            i += 1
+        while i < n and lines[i][0] == _BACKSLASH:
+            i += 1
+    r.i = i
     # A stray +/- line right after a hunk would be dropped silently by git; refuse it.
     after = r.peek()
     if after is not None and after[:1] in (b"+", b"-") and not after.startswith(b"--- "):
@@ -228,10 +238,10 @@ def _read_hunks(r: _Reader, out: list[bytes], hunks: list[Hunk]) -> None:
 
 def _parse_git(r: _Reader) -> FilePatch:
     start = r.lineno
+    first = r.i
     header = r.lines[r.i]
     r.i += 1
     names = _git_names(_bare(header)[len(b"diff --git ") :], start)
-    out = [header]
     old: str | None = None
     new: str | None = None
     is_new = is_delete = is_rename = False
@@ -250,31 +260,27 @@ def _parse_git(r: _Reader) -> FilePatch:
             is_rename, old = True, _decode(_header_name(bare[12:], r.lineno) or b"", r.lineno)
         elif bare.startswith(b"rename to "):
             is_rename, new = True, _decode(_header_name(bare[10:], r.lineno) or b"", r.lineno)
-        out.append(line)
         r.i += 1
     binary = False
     hunks: list[Hunk] = []
     line = r.peek()
     if line is not None and line.startswith(b"--- "):
         old_name = _header_name(_bare(line)[4:], r.lineno)
-        out.append(line)
         r.i += 1
         plus = r.peek()
         if plus is None or not plus.startswith(b"+++ "):
             raise _malformed(r.lineno, "expected a +++ line")
         new_name = _header_name(_bare(plus)[4:], r.lineno)
-        out.append(plus)
         r.i += 1
         if not is_rename:
             old = None if old_name is None else _strip_prefix(old_name, start)
             new = None if new_name is None else _strip_prefix(new_name, start)
-        _read_hunks(r, out, hunks)
+        _read_hunks(r, hunks)
         if not hunks:
             raise _malformed(r.lineno, "file header without hunks")
     elif line is not None and line.startswith(b"GIT binary patch"):
         binary = True
         while (line := r.peek()) is not None and not line.startswith(b"diff --git "):
-            out.append(line)
             r.i += 1
     elif line is not None and line.startswith(b"Binary files "):
         raise bad_request(
@@ -302,7 +308,8 @@ def _parse_git(r: _Reader) -> FilePatch:
         op = "rename"
     else:
         op = "modify"
-    return FilePatch(old, new, op, hunks, binary, new_mode, b"".join(out))
+    # Every line from the header to here was consumed as it stands: git gets them verbatim.
+    return FilePatch(old, new, op, hunks, binary, new_mode, b"".join(r.lines[first : r.i]))
 
 
 def _parse_traditional(r: _Reader) -> FilePatch:
@@ -316,9 +323,10 @@ def _parse_traditional(r: _Reader) -> FilePatch:
     old_raw = _header_name(minus[4:], start)
     new_raw = _header_name(plus[4:], start + 1)
     r.i += 2
-    body: list[bytes] = []
     hunks: list[Hunk] = []
-    _read_hunks(r, body, hunks)
+    body_start = r.i
+    _read_hunks(r, hunks)
+    body = r.lines[body_start : r.i]
     if not hunks:
         raise _malformed(r.lineno, "file header without hunks")
 

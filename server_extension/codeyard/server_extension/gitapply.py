@@ -72,9 +72,14 @@ def _classify(line: str) -> str:
 class EngineRun(Protocol):
     """A started patch engine: fed the patch once the files are staged, or cancelled."""
 
-    def result(self, files: list[FilePatch], text: bytes) -> GitVerdict: ...
+    def feed(self, text: bytes) -> None:
+        """Hand over the patch text once the files are staged; may return before it is done."""
 
-    def cancel(self) -> None: ...
+    def result(self, files: list[FilePatch]) -> GitVerdict:
+        """Wait for the engine and report on each of `files` (what `text` patched)."""
+
+    def cancel(self) -> None:
+        """Stop an engine that will not be fed (staging failed)."""
 
 
 class GitApplyRun:
@@ -98,8 +103,8 @@ class GitApplyRun:
             stderr=self._err,
         )
 
-    def result(self, files: list[FilePatch], text: bytes) -> GitVerdict:
-        """Feed `text` (the canonical git-form patch of `files`) and read git's verdict."""
+    def feed(self, text: bytes) -> None:
+        """Write `text` (a canonical git-form patch) and close stdin; git then works alone."""
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(text)
@@ -108,6 +113,9 @@ class GitApplyRun:
         finally:
             with contextlib.suppress(BrokenPipeError):
                 self.proc.stdin.close()
+
+    def result(self, files: list[FilePatch]) -> GitVerdict:
+        """Wait for git and read its verdict on `files`."""
         returncode = self.proc.wait()
         return _verdict(files, returncode, self._read_stderr())
 
@@ -144,7 +152,9 @@ def _scratch_file() -> int:
 
 def run_git_apply(work: Path, files: list[FilePatch], text: bytes) -> GitVerdict:
     """Apply `text` (the canonical git-form patch of `files`) inside `work`."""
-    return GitApplyRun(work).result(files, text)
+    run = GitApplyRun(work)
+    run.feed(text)
+    return run.result(files)
 
 
 def _verdict(files: list[FilePatch], returncode: int, stderr: bytes) -> GitVerdict:
@@ -178,3 +188,47 @@ def _verdict(files: list[FilePatch], returncode: int, stderr: bytes) -> GitVerdi
     if returncode != 0 and all(o.applies for o in outcomes) and not malformed:
         malformed = True
     return GitVerdict(returncode == 0, outcomes, malformed_line, malformed)
+
+
+#: Below this many file sections per process a second `git apply` costs more than it saves.
+MIN_FILES_PER_ENGINE = 16
+
+
+def engine_shares(files: list[FilePatch], processes: int) -> list[list[int]]:
+    """Indexes of `files` for each engine process: contiguous runs of about equal bytes.
+
+    A patch is only shared out when every section modifies or creates a file: a deletion
+    or rename makes git remove folders it emptied, which would race with another process
+    creating a file in the same folder. (Each path is then in exactly one section.)
+    """
+    count = min(processes, len(files) // MIN_FILES_PER_ENGINE)
+    if count < 2 or any(fp.op not in ("modify", "create") for fp in files):
+        return [list(range(len(files)))]
+    total = sum(len(fp.text) for fp in files)
+    shares: list[list[int]] = [[] for _ in range(count)]
+    done = 0
+    for index, fp in enumerate(files):
+        shares[min(count - 1, done * count // max(total, 1))].append(index)
+        done += len(fp.text)
+    return [share for share in shares if share]
+
+
+def merge_verdicts(
+    files: list[FilePatch], shares: list[list[int]], verdicts: list[GitVerdict]
+) -> GitVerdict:
+    """One verdict in the order of `files`; a malformed line counts from the whole patch."""
+    outcomes: list[FileOutcome] = [FileOutcome() for _ in files]
+    malformed_line: int | None = None
+    lines_before = 0
+    for share, verdict in zip(shares, verdicts, strict=True):
+        for index, outcome in zip(share, verdict.files, strict=True):
+            outcomes[index] = outcome
+        if verdict.malformed_line is not None and malformed_line is None:
+            malformed_line = lines_before + verdict.malformed_line
+        lines_before += sum(files[i].text.count(b"\n") for i in share)
+    return GitVerdict(
+        all(v.ok for v in verdicts),
+        outcomes,
+        malformed_line,
+        any(v.malformed for v in verdicts),
+    )

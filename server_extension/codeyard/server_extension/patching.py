@@ -32,7 +32,14 @@ from . import transactions as tx
 from .audit import AuditLog
 from .diffparse import FilePatch
 from .errors import bad_request, forbidden_path
-from .gitapply import EngineRun, FileOutcome, GitApplyRun, GitVerdict
+from .gitapply import (
+    EngineRun,
+    FileOutcome,
+    GitApplyRun,
+    GitVerdict,
+    engine_shares,
+    merge_verdicts,
+)
 from .journaled import Unretired, dumps
 from .patchchecks import PatchChecks
 from .patchreport import PatchResult, ValidateResult, describe, raise_first_problem
@@ -66,11 +73,15 @@ class PatchManager(Reverting):
         revert_keep: int = 0,
         revert_max_age: float = 0.0,
         flush_mode: str = "syncfs",
+        engine_processes: int = 2,
         log: logging.Logger | Any | None = None,
     ) -> None:
         if flush_mode not in tx.FLUSH_MODES:
             raise ValueError(f"flush_mode must be one of {tx.FLUSH_MODES}, not {flush_mode!r}")
+        if engine_processes < 1:
+            raise ValueError("engine_processes must be >= 1")
         self.flush_mode = flush_mode
+        self.engine_processes = engine_processes
         self.paths = paths
         self.checks = PatchChecks(paths)
         self.state = Path(state_dir)
@@ -153,18 +164,29 @@ class PatchManager(Reverting):
         return data, files, report, staged, problems
 
     def _run(self, staged: Staged, files: list[FilePatch]) -> GitVerdict:
-        """Start the engine, stage while it starts up, hash the old files while it works."""
+        """Start the engines, stage while they start up, hash the old files while they work.
+
+        A large patch is shared out between `engine_processes` engines working in the same
+        staging folder on disjoint files (see `engine_shares`); all or nothing still holds,
+        because nothing is committed unless every one of them succeeded.
+        """
         os.makedirs(staged.work, mode=0o700)
-        engine = self.start_engine(Path(staged.work))
+        shares = engine_shares(files, self.engine_processes)
+        engines = [self.start_engine(Path(staged.work)) for _ in shares]
         try:
             staged.link_in(self.root, files, links=self.stage_links)
         except BaseException:
-            engine.cancel()
+            for engine in engines:
+                engine.cancel()
             raise
         self._mark("stage")
         hashing = self._hasher.submit(staged.hash_old)
         try:
-            return engine.result(files, b"".join(fp.text for fp in files))
+            parts = [[files[i] for i in share] for share in shares]
+            for engine, part in zip(engines, parts, strict=True):
+                engine.feed(b"".join(fp.text for fp in part))
+            verdicts = [engine.result(part) for engine, part in zip(engines, parts, strict=True)]
+            return verdicts[0] if len(verdicts) == 1 else merge_verdicts(files, shares, verdicts)
         finally:
             hashing.result()
             self._mark("engine")
