@@ -93,6 +93,7 @@ class GitApplyRun:
     """
 
     def __init__(self, work: Path) -> None:
+        self._closed = False
         self._err = _scratch_file()
         self.proc = subprocess.Popen(
             ["git", "apply", "--verbose", "--whitespace=nowarn", "-p1", "-"],
@@ -120,7 +121,10 @@ class GitApplyRun:
         return _verdict(files, returncode, self._read_stderr())
 
     def cancel(self) -> None:
-        """Stop a run that will not be fed (staging failed)."""
+        """Stop a run that will not be fed (staging failed); a no-op once it reported."""
+        if self._closed:
+            return
+        self._closed = True
         if self.proc.poll() is None:
             self.proc.kill()
         with contextlib.suppress(OSError):
@@ -130,6 +134,7 @@ class GitApplyRun:
         os.close(self._err)
 
     def _read_stderr(self) -> bytes:
+        self._closed = True
         try:
             os.lseek(self._err, 0, os.SEEK_SET)
             chunks = []

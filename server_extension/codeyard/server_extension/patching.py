@@ -18,6 +18,7 @@ Revert data (the old files) lives in `state/patches/<id>/`, never in the audit l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -33,6 +34,7 @@ from .audit import AuditLog
 from .diffparse import FilePatch
 from .errors import bad_request, forbidden_path
 from .gitapply import (
+    MIN_FILES_PER_ENGINE,
     EngineRun,
     FileOutcome,
     GitApplyRun,
@@ -128,19 +130,32 @@ class PatchManager(Reverting):
     def _evaluate(
         self, diff: Any, base: Any, work: str, keep: str
     ) -> tuple[bytes, list[FilePatch], list[dict[str, Any]], Staged | None, dict[str, Any]]:
-        """Everything validate and apply share. Returns the per-file report and problems."""
-        data, files = self.checks.parse(diff)
-        self.checks.check_files(files)
-        checked_base = self.checks.check_base(base)
-        problems: dict[str, Any] = {}
-        state_errors = self.checks.state_errors(files)
-        self._mark("check")
-        staged: Staged | None = None
-        if state_errors:
-            outcomes = [FileOutcome() for _ in files]
-        else:
-            staged = Staged(work, keep)
-            verdict = self._run(staged, files)
+        """Everything validate and apply share. Returns the per-file report and problems.
+
+        The engines start in the helper thread while the diff is parsed and checked, so
+        their start-up (fork, exec, git's own set-up) costs the answer nothing; those not
+        needed in the end are stopped.
+        """
+        os.makedirs(work, mode=0o700)
+        spawning = self._hasher.submit(self._start_engines, work, self._guess_engines(diff))
+        try:
+            data, files = self.checks.parse(diff)
+            self.checks.check_files(files)
+            checked_base = self.checks.check_base(base)
+            problems: dict[str, Any] = {}
+            state_errors = self.checks.state_errors(files)
+            self._mark("check")
+            staged: Staged | None = None
+            if state_errors:
+                outcomes = [FileOutcome() for _ in files]
+            else:
+                staged = Staged(work, keep)
+                verdict = self._run(staged, files, spawning.result())
+        finally:
+            with contextlib.suppress(Exception):  # a failed start raised above already
+                for engine in spawning.result():
+                    engine.cancel()  # a no-op for each engine that reported
+        if staged is not None:
             if verdict.malformed:
                 where = f" at line {verdict.malformed_line}" if verdict.malformed_line else ""
                 raise bad_request(f"git apply could not read the diff{where}")
@@ -163,29 +178,47 @@ class PatchManager(Reverting):
                 entry["message"] = f"{fp.path} changed since the base hash"
         return data, files, report, staged, problems
 
-    def _run(self, staged: Staged, files: list[FilePatch]) -> GitVerdict:
-        """Start the engines, stage while they start up, hash the old files while they work.
+    def _guess_engines(self, diff: Any) -> int:
+        """How many engines the diff will want, from a cheap count of its file sections."""
+        if not isinstance(diff, str):
+            return 1
+        sections = max(diff.count("diff --git "), diff.count("\n+++ "))
+        return max(1, min(self.engine_processes, sections // MIN_FILES_PER_ENGINE))
 
-        A large patch is shared out between `engine_processes` engines working in the same
-        staging folder on disjoint files (see `engine_shares`); all or nothing still holds,
-        because nothing is committed unless every one of them succeeded.
-        """
-        os.makedirs(staged.work, mode=0o700)
-        shares = engine_shares(files, self.engine_processes)
-        engines = [self.start_engine(Path(staged.work)) for _ in shares]
+    def _start_engines(self, work: str, count: int) -> list[EngineRun]:
+        engines: list[EngineRun] = []
         try:
-            staged.link_in(self.root, files, links=self.stage_links)
+            for _ in range(count):
+                engines.append(self.start_engine(Path(work)))
         except BaseException:
             for engine in engines:
                 engine.cancel()
             raise
+        return engines
+
+    def _run(self, staged: Staged, files: list[FilePatch], engines: list[EngineRun]) -> GitVerdict:
+        """Feed the started engines, staging share by share; hash the old files meanwhile.
+
+        A large patch is shared out between `engine_processes` engines working in the same
+        staging folder on disjoint files (see `engine_shares`); all or nothing still holds,
+        because nothing is committed unless every one of them succeeded. Each engine is fed
+        as soon as its own share is staged, so the next share is staged while it works.
+        `engines` may hold more or fewer than the shares need: extra ones are stopped,
+        missing ones started here (the caller stops every engine in the list at the end).
+        """
+        shares = engine_shares(files, self.engine_processes)
+        while len(engines) < len(shares):
+            engines.append(self.start_engine(Path(staged.work)))
+        for extra in engines[len(shares) :]:
+            extra.cancel()
+        parts = [[files[i] for i in share] for share in shares]
+        for engine, share, part in zip(engines, shares, parts, strict=False):
+            staged.link_in(self.root, files, links=self.stage_links, only=share)
+            engine.feed(b"".join(fp.text for fp in part))
         self._mark("stage")
         hashing = self._hasher.submit(staged.hash_old)
         try:
-            parts = [[files[i] for i in share] for share in shares]
-            for engine, part in zip(engines, parts, strict=True):
-                engine.feed(b"".join(fp.text for fp in part))
-            verdicts = [engine.result(part) for engine, part in zip(engines, parts, strict=True)]
+            verdicts = [engine.result(part) for engine, part in zip(engines, parts, strict=False)]
             return verdicts[0] if len(verdicts) == 1 else merge_verdicts(files, shares, verdicts)
         finally:
             hashing.result()

@@ -155,11 +155,15 @@ class Staged:
         self.inodes: dict[str, Inode] = {}
         self.after: dict[str, str | None] = {}
 
-    def link_in(self, root: str, files: list[FilePatch], *, links: bool) -> None:
+    def link_in(
+        self, root: str, files: list[FilePatch], *, links: bool, only: list[int] | None = None
+    ) -> None:
+        """Stage the old files of `files` (or of the sections numbered in `only`)."""
         if any(fp.old_path is not None for fp in files):
-            os.makedirs(self.keep, mode=0o700)
+            os.makedirs(self.keep, mode=0o700, exist_ok=True)
         place = link_or_copy if links else copy_entry
-        for n, fp in enumerate(files):
+        for n in range(len(files)) if only is None else only:
+            fp = files[n]
             if fp.old_path is None:
                 continue
             kept = f"{self.keep}/{n}"  # f-strings: os.path.join was ~1,000 calls per apply
