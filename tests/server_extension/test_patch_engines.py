@@ -7,6 +7,7 @@ patches that delete or rename (git removes folders it empties) never run in part
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,3 +135,31 @@ def test_engine_processes_are_validated() -> None:
     with pytest.raises(TraitError, match="between 1 and 16"):
         CodeyardApp(patch_engine_processes=0)
     assert CodeyardApp().patch_engine_processes in (1, 2)
+
+
+def _children() -> list[str]:
+    """Commands of this process's live children (any thread's), from /proc."""
+    kids = []
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with contextlib.suppress(FileNotFoundError):
+                kids.append(Path(f"/proc/{pid}/comm").read_text().strip())
+    return kids
+
+
+def test_engines_started_early_are_stopped_whatever_happens(
+    tmp_path: Path, big: str, git_diff: Callable[..., str]
+) -> None:
+    """Engines start before the diff is parsed; none may outlive the call."""
+    build(tmp_path, OLD)
+    manager = manager_for(tmp_path, 2)
+    deleted = git_diff(OLD, {k: v for k, v in NEW.items() if k != "pkg1/m01.py"})
+    with pytest.raises(CodeyardError):  # 400 before any engine is needed
+        manager.apply(big.replace("@@ -1,", "@@ -x,", 1))
+    with pytest.raises(CodeyardError):  # 409: a file is missing, no engine runs
+        manager.apply(big.replace("pkg0/m00.py", "pkg0/nothere.py"))
+    assert manager.validate(deleted)["ok"] is True  # guessed two, needed one
+    assert manager.validate(big)["ok"] is True  # needed two
+    assert files_of(tmp_path) == OLD
+    manager.settle()
+    assert "git" not in _children()
