@@ -13,7 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from codeyard_hub import CodeyardHub, ensure_secret
+from hub_secrets import ensure_secret
+from hub_settings import CodeyardHub
 from placement_setup import PROVIDERS, configure_registry, uses_registry
 from services_llm import SERVICE_NAME as LLM_SERVICE
 from services_llm import configure_llm_service

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from codeyard_hub import CodeyardHub
+from hub_settings import CodeyardHub
 
 from codeyard.placement.bootstrap import ensure_host
 from codeyard.placement.crypto import KEY_ENV

@@ -10,7 +10,7 @@
 #
 # Env: CODEYARD_STATE (default ~/.cache/codeyard/state), CODEYARD_ADMIN (default admin),
 #      CODEYARD_BIND_URL (default http://127.0.0.1:8000), any other CODEYARD_* setting
-#      from hub_config/codeyard_hub.py, and CODEYARD_SITE_CONFIG for a site config file.
+#      from hub_config/*_settings.py, and CODEYARD_SITE_CONFIG for a site config file.
 #
 # Hooks: every executable hub_config/up.d/*.sh runs before the Hub starts (vLLM and the
 # model gateway go there). A hook starts its service in the background and prints
@@ -74,7 +74,7 @@ PROXY="$("$HERE/install-proxy.sh" | tail -n 1)"
 export CODEYARD_PROXY_DIR="${CODEYARD_PROXY_DIR:-$(dirname "$(dirname "$(dirname "$PROXY")")")}"
 
 # 4. Secrets: made once, mode 0600, in the state folder.
-"$VENV_BIN/python" "$HERE/../codeyard_hub.py" >/dev/null
+"$VENV_BIN/python" "$HERE/../hub_secrets.py" >/dev/null
 
 # 5. Model services (vLLM, gateway): hooks in hub_config/up.d/.
 if [ -d "$HERE/../up.d" ]; then

@@ -16,7 +16,7 @@ from codeyard.spawner import PlacementSpawner
 from codeyard.spawner.profiles import InvalidOptions, SizeProfile, WorkspaceOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hub_config"))
-from codeyard_hub import ensure_secret
+from hub_secrets import ensure_secret
 
 PROFILES = {
     "small": SizeProfile.from_config("small", {"cpu": 1, "mem": "2G"}),

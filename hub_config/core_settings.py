@@ -1,0 +1,164 @@
+"""The Hub's own settings: the state folder, who is admin, sign-up approval, the database and
+the addresses the Hub and its proxy listen on.
+
+The base of `CodeyardHub` (hub_settings.py); the other settings groups read `state_dir` and
+`hub_ip` from here, and every default can come from a `CODEYARD_*` environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from traitlets import Bool, HasTraits, Integer, Unicode, default, validate
+
+
+def env(name: str, fallback: str) -> str:
+    """The variable's value, or `fallback` when it is unset or empty."""
+    return os.environ.get(name) or fallback
+
+
+def env_bool(name: str, fallback: bool) -> bool:
+    """A yes/no variable (1/true/yes/on); unset or empty means `fallback`."""
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return fallback
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+class CoreSettings(HasTraits):
+    """Settings every Hub needs; a plain HasTraits so only `c.CodeyardHub.*` configures them."""
+
+    state_dir = Unicode(
+        help="""Folder for the Hub's database, secrets, workspace homes and logs.
+
+        Env: CODEYARD_STATE. Default: ~/.cache/codeyard/state.
+        """,
+    ).tag(config=True)
+
+    @default("state_dir")
+    def _default_state_dir(self) -> str:
+        return env("CODEYARD_STATE", str(Path.home() / ".cache" / "codeyard" / "state"))
+
+    @validate("state_dir")
+    def _check_state_dir(self, proposal: dict[str, Any]) -> str:
+        return os.path.abspath(os.path.expanduser(proposal["value"]))
+
+    admin_user = Unicode(
+        help="""User name that becomes admin. Sign up with this name to become admin.
+
+        NativeAuthenticator approves it without an admin (there is none yet), so sign it
+        up right after the first start. Env: CODEYARD_ADMIN. Default: admin.
+        """,
+    ).tag(config=True)
+
+    @default("admin_user")
+    def _default_admin_user(self) -> str:
+        return env("CODEYARD_ADMIN", "admin")
+
+    @validate("admin_user")
+    def _check_admin_user(self, proposal: dict[str, Any]) -> str:
+        value = proposal["value"].strip().lower()
+        if not value or "/" in value:
+            raise ValueError(f"Bad admin user name {proposal['value']!r}")
+        return value
+
+    require_approval = Bool(
+        help="""Whether an admin must approve each sign-up before it can log in.
+
+        Env: CODEYARD_REQUIRE_APPROVAL (1/0). Default: off (open sign-up).
+        """,
+    ).tag(config=True)
+
+    @default("require_approval")
+    def _default_require_approval(self) -> bool:
+        return env_bool("CODEYARD_REQUIRE_APPROVAL", False)
+
+    database_url = Unicode(
+        help="""SQLAlchemy URL of the Hub database, e.g. postgresql://user@db/jupyterhub.
+
+        PostgreSQL needs a driver in the Hub's environment (`pip install psycopg2`).
+        Env: CODEYARD_DATABASE_URL. Default: SQLite in the state folder.
+        """,
+    ).tag(config=True)
+
+    @default("database_url")
+    def _default_database_url(self) -> str:
+        url = os.environ.get("CODEYARD_DATABASE_URL", "")
+        return url or f"sqlite:///{os.path.join(self.state_dir, 'jupyterhub.sqlite')}"
+
+    @validate("database_url")
+    def _check_database_url(self, proposal: dict[str, Any]) -> str:
+        value = proposal["value"]
+        if not value.startswith(("sqlite://", "postgresql", "mysql")):
+            raise ValueError(f"Unsupported database URL {value!r}")
+        return value
+
+    bind_url = Unicode(
+        help="""Public URL of the Hub (its proxy). Env: CODEYARD_BIND_URL.
+
+        Default http://127.0.0.1:8000: local only. Put a TLS-terminating reverse proxy in
+        front for other machines.
+        """,
+    ).tag(config=True)
+
+    @default("bind_url")
+    def _default_bind_url(self) -> str:
+        return env("CODEYARD_BIND_URL", "http://127.0.0.1:8000")
+
+    hub_ip = Unicode(
+        help="""Address the Hub API listens on, reachable from workspace containers.
+
+        Default: the docker0 gateway 172.17.0.1, so containers reach the Hub and nothing
+        outside does. Env: CODEYARD_HUB_IP.
+        """,
+    ).tag(config=True)
+
+    @default("hub_ip")
+    def _default_hub_ip(self) -> str:
+        return env("CODEYARD_HUB_IP", "172.17.0.1")
+
+    hub_port = Integer(
+        help="""Port of the Hub API on `hub_ip`. Env: CODEYARD_HUB_PORT. Default 8081.""",
+    ).tag(config=True)
+
+    @default("hub_port")
+    def _default_hub_port(self) -> int:
+        return int(env("CODEYARD_HUB_PORT", "8081"))
+
+    proxy_api_port = Integer(
+        help="""Loopback port of the proxy's REST API. Env: CODEYARD_PROXY_API_PORT.""",
+    ).tag(config=True)
+
+    @default("proxy_api_port")
+    def _default_proxy_api_port(self) -> int:
+        return int(env("CODEYARD_PROXY_API_PORT", "8001"))
+
+    proxy_command = Unicode(
+        help="""configurable-http-proxy executable.
+
+        Default: the copy `hub_config/bin/install-proxy.sh` put in
+        $CODEYARD_PROXY_DIR (~/.cache/codeyard/proxy), else one on PATH.
+        """,
+    ).tag(config=True)
+
+    @default("proxy_command")
+    def _default_proxy_command(self) -> str:
+        folder = env("CODEYARD_PROXY_DIR", str(Path.home() / ".cache" / "codeyard" / "proxy"))
+        local = Path(folder) / "node_modules" / ".bin" / "configurable-http-proxy"
+        return str(local) if local.exists() else "configurable-http-proxy"
+
+    site_config = Unicode(
+        help="""Extra JupyterHub config file loaded first (OAuth, LDAP, overrides).
+
+        Env: CODEYARD_SITE_CONFIG. Default: <state_dir>/site_config.py if it exists.
+        """,
+    )
+
+    @default("site_config")
+    def _default_site_config(self) -> str:
+        return env("CODEYARD_SITE_CONFIG", os.path.join(self.state_dir, "site_config.py"))
+
+    def state_path(self, *parts: str) -> str:
+        return os.path.join(self.state_dir, *parts)

@@ -1,0 +1,23 @@
+"""Codeyard's Hub settings.
+
+`CodeyardHub` holds the few choices an admin makes (admin user, approval, database,
+addresses, limits, culling, placement, the shared model). Each can be set in the site config
+file as `c.CodeyardHub.<name> = ...`, or through the `CODEYARD_*` environment variable named
+in its help. `jupyterhub_config.py` turns them into JupyterHub, authenticator and spawner
+config, but only where the site config did not already set that value.
+
+The settings are grouped by topic in core_settings.py, workspace_settings.py,
+placement_settings.py and model_settings.py. Those groups are plain HasTraits, so the only
+config section is `CodeyardHub`, as before the split.
+"""
+
+from __future__ import annotations
+
+from model_settings import ModelSettings
+from placement_settings import PlacementSettings
+from traitlets.config import Configurable
+from workspace_settings import WorkspaceSettings
+
+
+class CodeyardHub(WorkspaceSettings, PlacementSettings, ModelSettings, Configurable):
+    """Site settings for a Codeyard Hub."""

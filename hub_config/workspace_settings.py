@@ -1,0 +1,104 @@
+"""What a workspace gets: the images users may pick, how many workspaces each user may have,
+size profiles, the spawn timeout and idle culling.
+
+Part of `CodeyardHub` (hub_settings.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from core_settings import CoreSettings, env
+from traitlets import Dict, Float, Integer, Unicode, default, validate
+
+
+class WorkspaceSettings(CoreSettings):
+    """Images, limits and culling for workspaces; configured as `c.CodeyardHub.*`."""
+
+    image = Unicode(
+        help="""Default single-user image.
+
+        Env: CODEYARD_IMAGE. Default: the tag `images/bin/build-images.sh` wrote to
+        `<state_dir>/singleuser-image`.
+        """,
+    ).tag(config=True)
+
+    @default("image")
+    def _default_image(self) -> str:
+        if os.environ.get("CODEYARD_IMAGE"):
+            return os.environ["CODEYARD_IMAGE"]
+        tag_file = Path(self.state_dir) / "singleuser-image"
+        if tag_file.exists():
+            return tag_file.read_text().strip()
+        return "codeyard/singleuser:latest"
+
+    images = Dict(
+        help="""Images users may pick, as display name -> image. Users never type an image.
+
+        Default: {"Codeyard (Python, JupyterLab, Jupyter AI)": <image>}.
+        """,
+    ).tag(config=True)
+
+    @default("images")
+    def _default_images(self) -> dict[str, str]:
+        return {"Codeyard (Python, JupyterLab, Jupyter AI)": self.image}
+
+    workspaces_per_user = Integer(
+        help="""Most workspaces (named servers) one user may have. Env:
+        CODEYARD_WORKSPACES_PER_USER. Default 5; 0 means no limit.""",
+    ).tag(config=True)
+
+    @default("workspaces_per_user")
+    def _default_workspaces_per_user(self) -> int:
+        return int(env("CODEYARD_WORKSPACES_PER_USER", "5"))
+
+    cull_idle_timeout = Integer(
+        help="""Seconds without activity before a workspace is stopped (its files stay).
+
+        Env: CODEYARD_CULL_TIMEOUT. Default 3600; 0 turns the idle culler off.
+        """,
+    ).tag(config=True)
+
+    @default("cull_idle_timeout")
+    def _default_cull_idle_timeout(self) -> int:
+        return int(env("CODEYARD_CULL_TIMEOUT", "3600"))
+
+    cull_every = Integer(
+        help="""Seconds between idle checks. Default: a tenth of the timeout, at least 60.""",
+    ).tag(config=True)
+
+    @default("cull_every")
+    def _default_cull_every(self) -> int:
+        return max(60, self.cull_idle_timeout // 10)
+
+    spawn_timeout = Float(
+        help="""Seconds a workspace may take from request to answering, clone included.
+
+        Sized for a loaded 2-core host starting many jupyter-ai servers at once (20
+        concurrent starts took about 300 s there). Env: CODEYARD_SPAWN_TIMEOUT. Default 600.
+        """,
+    ).tag(config=True)
+
+    @default("spawn_timeout")
+    def _default_spawn_timeout(self) -> float:
+        return float(env("CODEYARD_SPAWN_TIMEOUT", "600"))
+
+    @validate("spawn_timeout")
+    def _check_spawn_timeout(self, proposal: dict[str, Any]) -> float:
+        if proposal["value"] <= 0:
+            raise ValueError("spawn_timeout must be positive")
+        return float(proposal["value"])
+
+    profiles = Dict(
+        help="""Size profiles, name -> {"display_name", "cpu", "mem"}; see
+        `PlacementSpawner.profiles`. Env: CODEYARD_PROFILES as JSON. Empty: the spawner's
+        defaults (small 1 CPU/2G, medium 2/4G, large 4/8G).""",
+    ).tag(config=True)
+
+    @default("profiles")
+    def _default_profiles(self) -> dict[str, Any]:
+        raw = os.environ.get("CODEYARD_PROFILES")
+        return json.loads(raw) if raw else {}
