@@ -129,3 +129,28 @@ def test_an_engine_writing_through_a_link_is_refused(tmp_path: Path) -> None:
     state = tmp_path / ".codeyard"
     assert list((state / "tx").iterdir()) == [] and list((state / "patches").iterdir()) == []
     assert manager.audit.records() == []
+
+
+def test_staging_trees_are_reused_and_bounded(tmp_path: Path, monkeypatch) -> None:
+    """A swapped transaction's empty `work/` tree is kept in `spare/` and reused."""
+    from codeyard.server_extension import journaled
+
+    build(tmp_path, {"pkg/sub/a.txt": b"a\n"})
+    manager = manager_for(tmp_path)
+    spare = tmp_path / ".codeyard" / "spare"
+    patch = "--- a/pkg/sub/a.txt\n+++ b/pkg/sub/a.txt\n@@ -1 +1 @@\n-a\n+A\n"
+    first = manager.apply(patch)["patch_id"]
+    manager.settle()
+    (kept,) = list(spare.iterdir())
+    assert [p.relative_to(kept).as_posix() for p in sorted(kept.rglob("*"))] == ["pkg", "pkg/sub"]
+    inode = kept.stat().st_ino
+    manager.revert(first)  # takes the spare tree, then gives it back
+    manager.settle()
+    assert [p.stat().st_ino for p in spare.iterdir()] == [inode]
+    assert (tmp_path / "pkg/sub/a.txt").read_bytes() == b"a\n"
+    # A tree over the folder bound is taken down instead of kept.
+    monkeypatch.setattr(journaled, "SPARE_TREE_FOLDERS", 1)
+    manager.apply(patch)
+    manager.settle()
+    assert list(spare.iterdir()) == []
+    assert (tmp_path / "pkg/sub/a.txt").read_bytes() == b"A\n"

@@ -93,8 +93,9 @@ class PatchManager(Reverting):
         self.root = str(paths.root)
         self.tx_root = self.state / "tx"
         self.scratch_root = self.state / "scratch"
+        self.spare_root = self.state / "spare"
         self.store_root = self.state / "patches"
-        for folder in (self.tx_root, self.scratch_root, self.store_root):
+        for folder in (self.tx_root, self.scratch_root, self.store_root, self.spare_root):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.revert_store = RevertStore(
             self.store_root, self.scratch_root, keep=revert_keep, max_age=revert_max_age
@@ -103,6 +104,7 @@ class PatchManager(Reverting):
         # One helper thread hashes the old files while git runs (2 cores: real overlap).
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codeyard-hash")
         self._needs_recovery = False
+        self._spares = []
         # Transactions answered but not yet retired, and the thread that retires them.
         self._unretired: list[Unretired] = []
         self._retirer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codeyard-retire")
@@ -128,7 +130,7 @@ class PatchManager(Reverting):
     # ---- staging and checking -----------------------------------------------------------
 
     def _evaluate(
-        self, diff: Any, base: Any, work: str, keep: str
+        self, diff: Any, base: Any, work: str, keep: str, inherited: int = 0
     ) -> tuple[bytes, list[FilePatch], list[dict[str, Any]], Staged | None, dict[str, Any]]:
         """Everything validate and apply share. Returns the per-file report and problems.
 
@@ -136,7 +138,7 @@ class PatchManager(Reverting):
         their start-up (fork, exec, git's own set-up) costs the answer nothing; those not
         needed in the end are stopped.
         """
-        os.makedirs(work, mode=0o700)
+        os.makedirs(work, mode=0o700, exist_ok=True)  # an apply's may be a reused tree
         spawning = self._hasher.submit(self._start_engines, work, self._guess_engines(diff))
         try:
             data, files = self.checks.parse(diff)
@@ -149,7 +151,7 @@ class PatchManager(Reverting):
             if state_errors:
                 outcomes = [FileOutcome() for _ in files]
             else:
-                staged = Staged(work, keep)
+                staged = Staged(work, keep, inherited=inherited)
                 verdict = self._run(staged, files, spawning.result())
         finally:
             with contextlib.suppress(Exception):  # a failed start raised above already
@@ -263,8 +265,10 @@ class PatchManager(Reverting):
             self._last_mark = time.perf_counter()
             self._timing_thread = threading.get_ident()
             try:
+                work = os.path.join(tx_dir, "work")
+                inherited = self._take_work_tree(work)
                 data, files, report, staged, problems = self._evaluate(
-                    diff, base, os.path.join(tx_dir, "work"), keep
+                    diff, base, work, keep, inherited
                 )
                 raise_first_problem(report, problems)
                 assert staged is not None  # no problems: the patch was staged

@@ -71,8 +71,7 @@ class Reverting(Journaled):
     ) -> PatchResult:
         entries: list[tx.Entry] = []
         work = os.path.join(tx_dir, "work")
-        os.makedirs(work, mode=0o700, exist_ok=True)
-        folders = staging.Folders(work)
+        folders = staging.Folders(work, inherited=self._take_work_tree(work))
         for item in meta["touched"]:
             rel = self.checks.check_path(item["path"])
             current = sha256_of(os.path.join(self.root, rel))

@@ -85,11 +85,13 @@ class Folders:
     one; it returns False if any was not empty.
     """
 
-    def __init__(self, root: str, mode: int = 0o700) -> None:
+    def __init__(self, root: str, mode: int = 0o700, *, inherited: int = 0) -> None:
         self.root = root
         self.mode = mode
         self.known: set[str] = {""}
         self.made: list[str] = []
+        #: Folders the tree already had (a reused staging tree), for bounding its growth.
+        self.inherited = inherited
 
     def ensure(self, rel_dir: str) -> None:
         if rel_dir in self.known:
@@ -146,10 +148,10 @@ class Staged:
     touches `keep`. `check_new` reads the engine's result.
     """
 
-    def __init__(self, work: str, keep: str) -> None:
+    def __init__(self, work: str, keep: str, *, inherited: int = 0) -> None:
         self.work = work
         self.keep = keep
-        self.folders = Folders(work)
+        self.folders = Folders(work, inherited=inherited)
         self.kept: list[tuple[str, str]] = []  # (workspace path, kept copy)
         self.before: dict[str, str] = {}
         self.inodes: dict[str, Inode] = {}
