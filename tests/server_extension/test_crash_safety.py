@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from trees import files_of
+from trees import files_of, put
 
 from codeyard.server_extension.audit import AuditLog
 from codeyard.server_extension.patching import PatchManager
@@ -39,12 +39,6 @@ NEW["fresh/created.txt"] = b"created\n"
 
 class InjectedFault(Exception):
     """Stands in for a crash at a chosen point."""
-
-
-def build(root: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -67,7 +61,7 @@ def assert_clean_state(root: Path) -> None:
 def ws(tmp_path: Path) -> Path:
     root = tmp_path / "ws"
     root.mkdir()
-    build(root, OLD)
+    put(root, OLD)
     return root
 
 
@@ -211,7 +205,7 @@ def test_sigkill_at_random_moments_never_leaves_a_mix(tmp_path: Path, big_diff: 
     for attempt in range(6):
         ws = tmp_path / f"ws{attempt}"
         ws.mkdir()
-        build(ws, OLD)
+        put(ws, OLD)
         proc = start_child(ws, tmp_path, big_diff, pause_at="never")
         time.sleep(rng.uniform(0.0, 0.25))
         os.kill(proc.pid, signal.SIGKILL)
@@ -232,7 +226,7 @@ def interrupted(jp_root_dir: Path) -> Path:
     `recover()` is what has to finish the job.
     """
     root = Path(jp_root_dir)
-    build(root, {"a.txt": b"old\n", "b.txt": b"old\n"})
+    put(root, {"a.txt": b"old\n", "b.txt": b"old\n"})
     manager = manager_for(root)
     manager.fault = lambda at: _raise_if(at == "swapped:0")  # type: ignore[method-assign]
     diff = (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from traitlets import TraitError
-from trees import files_of
+from trees import files_of, put
 
 from codeyard.server_extension.app import CodeyardApp
 from codeyard.server_extension.audit import AuditLog
@@ -57,12 +57,6 @@ def manager_for(root: Path, processes: int) -> Counting:
     )
 
 
-def build(root: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-
-
 @pytest.fixture
 def big(git_diff: Callable[..., str]) -> str:
     return git_diff(OLD, NEW)
@@ -92,7 +86,7 @@ def test_deletions_and_renames_keep_one_process(git_diff: Callable[..., str]) ->
 
 
 def test_a_large_patch_applies_in_two_processes_and_reverts(tmp_path: Path, big: str) -> None:
-    build(tmp_path, OLD)
+    put(tmp_path, OLD)
     manager = manager_for(tmp_path, 2)
     result = manager.apply(big)
     assert manager.started == 2
@@ -103,7 +97,7 @@ def test_a_large_patch_applies_in_two_processes_and_reverts(tmp_path: Path, big:
 
 
 def test_a_failing_hunk_in_the_second_part_refuses_everything(tmp_path: Path, big: str) -> None:
-    build(tmp_path, OLD)
+    put(tmp_path, OLD)
     victim = sorted(OLD)[-3]  # near the end: in the second part
     (tmp_path / victim).write_bytes(OLD[victim].replace(b"line", b"edit", 1))
     manager = manager_for(tmp_path, 2)
@@ -151,7 +145,7 @@ def test_engines_started_early_are_stopped_whatever_happens(
     tmp_path: Path, big: str, git_diff: Callable[..., str]
 ) -> None:
     """Engines start before the diff is parsed; none may outlive the call."""
-    build(tmp_path, OLD)
+    put(tmp_path, OLD)
     manager = manager_for(tmp_path, 2)
     deleted = git_diff(OLD, {k: v for k, v in NEW.items() if k != "pkg1/m01.py"})
     with pytest.raises(CodeyardError):  # 400 before any engine is needed

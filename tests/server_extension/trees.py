@@ -27,3 +27,10 @@ def walk_files(root: Path) -> Iterator[tuple[str, Path]]:
 def files_of(root: Path) -> dict[str, bytes]:
     """Every regular file's bytes below `root`, outside Codeyard's state."""
     return {rel: p.read_bytes() for rel, p in walk_files(root) if p.is_file()}
+
+
+def put(root: Path, files: dict[str, bytes]) -> None:
+    """Write `files` (relative path -> bytes) below `root`, making folders as needed."""
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
