@@ -7,13 +7,11 @@ on its wording.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
 from conftest import CodeyardPanel, Lab
-from panel_samples import SOURCE, fresh_file
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from panel_samples import SOURCE, code_cell, fresh_file, notebook, open_notebook
 
 SOURCE_JS = """function add(a, b) {
   return a + b;
@@ -53,36 +51,10 @@ def test_panel_opens_and_follows_the_active_file(
 def test_panel_follows_the_active_notebook_cell(
     page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
 ) -> None:
-    nb = {
-        "cells": [
-            {
-                "cell_type": "code",
-                "id": "first-cell",
-                "metadata": {},
-                "execution_count": None,
-                "outputs": [],
-                "source": "x = 1",
-            },
-            {
-                "cell_type": "code",
-                "id": "second-cell",
-                "metadata": {},
-                "execution_count": None,
-                "outputs": [],
-                "source": "def f(a):\n    return a * 2",
-            },
-        ],
-        "metadata": {},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    lab.write("cells.ipynb", json.dumps(nb))
-    page.goto(lab.url(f"lab/workspaces/{page.workspace}/tree/cells.ipynb"))
-    page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=60_000)
-    # No kernel is needed to follow cells; answer the kernel picker if it opens.
-    no_kernel = page.locator(".jp-Dialog button", has_text="No Kernel")
-    with contextlib.suppress(PlaywrightTimeout):
-        no_kernel.click(timeout=5_000)
+    nb = notebook(
+        code_cell("first-cell", "x = 1"), code_cell("second-cell", "def f(a):\n    return a * 2")
+    )
+    open_notebook(page, lab, "cells.ipynb", nb)
     panel.open()
     page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".cm-content").click()
     panel.wait_context("cell 2")

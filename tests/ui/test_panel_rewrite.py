@@ -7,7 +7,6 @@ files on disk, audit records), never on its wording.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
@@ -15,8 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import CodeyardPanel, Lab
-from panel_samples import SOURCE, fresh_file
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from panel_samples import SOURCE, code_cell, fresh_file, notebook, open_notebook, saved_form
 
 MINUS = "\u2212"  # the panel writes removed-line counts with a minus sign
 
@@ -154,37 +152,12 @@ def cell_sources(text: str) -> dict[str, str]:
 def test_cell_rewrite_apply_changes_that_cell_only_and_revert_restores(
     page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
 ) -> None:
-    nb = {
-        "cells": [
-            {"cell_type": "markdown", "id": "intro", "metadata": {}, "source": "# Shapes"},
-            {
-                "cell_type": "code",
-                "id": "area-cell",
-                "metadata": {},
-                "execution_count": None,
-                "outputs": [],
-                "source": "def area(width, height):\n    return width*height",
-            },
-            {
-                "cell_type": "code",
-                "id": "tail-cell",
-                "metadata": {},
-                "execution_count": None,
-                "outputs": [],
-                "source": "print(area(2, 3))",
-            },
-        ],
-        "metadata": {},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    # The layout Jupyter saves (indent 1, sorted keys), as a user's notebook would have.
-    lab.write("rewrite_cells.ipynb", json.dumps(nb, indent=1, sort_keys=True) + "\n")
-    page.goto(lab.url(f"lab/workspaces/{page.workspace}/tree/rewrite_cells.ipynb"))
-    page.wait_for_selector(".jp-Notebook .jp-CodeCell .cm-content", timeout=60_000)
-    no_kernel = page.locator(".jp-Dialog button", has_text="No Kernel")
-    with contextlib.suppress(PlaywrightTimeout):
-        no_kernel.click(timeout=5_000)
+    nb = notebook(
+        {"cell_type": "markdown", "id": "intro", "metadata": {}, "source": "# Shapes"},
+        code_cell("area-cell", "def area(width, height):\n    return width*height"),
+        code_cell("tail-cell", "print(area(2, 3))"),
+    )
+    open_notebook(page, lab, "rewrite_cells.ipynb", nb)
     panel.open()
     page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".cm-content").click()
     panel.wait_context("cell 2")
@@ -241,27 +214,8 @@ def test_cell_rewrite_apply_changes_that_cell_only_and_revert_restores(
 def test_cell_changed_on_disk_gives_409_message_and_rewrite_again(
     page: Any, panel: CodeyardPanel, lab: Lab, shot: Any
 ) -> None:
-    nb = {
-        "cells": [
-            {
-                "cell_type": "code",
-                "id": "stale-cell",
-                "metadata": {},
-                "execution_count": None,
-                "outputs": [],
-                "source": "def area(width, height):\n    return width*height",
-            },
-        ],
-        "metadata": {},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    lab.write("stale_cell.ipynb", json.dumps(nb, indent=1, sort_keys=True) + "\n")
-    page.goto(lab.url(f"lab/workspaces/{page.workspace}/tree/stale_cell.ipynb"))
-    page.wait_for_selector(".jp-Notebook .jp-CodeCell .cm-content", timeout=60_000)
-    no_kernel = page.locator(".jp-Dialog button", has_text="No Kernel")
-    with contextlib.suppress(PlaywrightTimeout):
-        no_kernel.click(timeout=5_000)
+    nb = notebook(code_cell("stale-cell", "def area(width, height):\n    return width*height"))
+    open_notebook(page, lab, "stale_cell.ipynb", nb)
     panel.open()
     page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".cm-content").click()
     panel.wait_context("cell 1")
@@ -271,7 +225,7 @@ def test_cell_changed_on_disk_gives_409_message_and_rewrite_again(
 
     # Someone else edits that cell on disk between the rewrite and Apply.
     nb["cells"][0]["source"] = "def area(w, h):\n    return w * h"
-    changed = json.dumps(nb, indent=1, sort_keys=True) + "\n"
+    changed = saved_form(nb)
     lab.write("stale_cell.ipynb", changed)
     with page.expect_response(
         lambda r: r.url.split("?")[0].endswith("codeyard/api/patch/cell/apply")
