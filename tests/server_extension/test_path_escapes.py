@@ -63,6 +63,11 @@ CASES = [
         "diff --git a/inlink b/inlink\n--- a/inlink\n+++ b/inlink\n@@ -1 +1 @@\n-sub\n"
         "\\ No newline at end of file\n+../..\n\\ No newline at end of file\n",
     ),
+    # The paths of one patch share one walk of the tree (each folder is looked at once):
+    # an escape after harmless files, or below a folder an earlier file went through.
+    ("after-safe-files", modify("a.txt") + create("sub/new.txt") + create("outlink/p.txt")),
+    ("symlink-dir-seen-twice", create("inlink/one.txt") + create("inlink/two/p.txt")),
+    ("outside-below-shared-folder", modify("sub/keep.txt") + create("sub/../../p.txt")),
     ("git-dir", create(".git/hooks/pre-commit")),
     ("git-config-modify", modify(".git/config")),
     ("nested-git-dir", create("sub/.git/config")),

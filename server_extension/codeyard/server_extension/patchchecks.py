@@ -13,7 +13,7 @@ from typing import Any
 
 from .diffparse import FilePatch, parse_diff
 from .errors import bad_request, forbidden_path
-from .paths import WorkspacePaths
+from .paths import Step, WorkspacePaths
 from .staging import digest as _digest
 
 
@@ -37,30 +37,32 @@ class PatchChecks:
             raise bad_request("diff is not encodable text") from None
         return data, parse_diff(data)
 
-    def check_path(self, rel: str, linked: dict[str, bool] | None = None) -> str:
+    def check_path(self, rel: str, walked: dict[str, Step] | None = None) -> str:
         """`WorkspacePaths.resolve` for writing, plus git's rule against symlinked folders.
 
-        `linked` caches per-folder answers across the files of one patch.
+        `walked` carries what the walk learnt of each prefix across the files of one patch.
         """
-        resolved = self.paths.resolve(rel, for_write=True)
-        cache = {} if linked is None else linked
+        cache: dict[str, Step] = {} if walked is None else walked
+        resolved = self.paths.resolve(rel, for_write=True, walked=cache)
         parts = resolved.rel.split("/")
         for depth in range(1, len(parts)):
-            prefix = "/".join(parts[:depth])
-            if prefix not in cache:
-                cache[prefix] = os.path.islink(os.path.join(self.paths.root, prefix))
-            if cache[prefix]:
+            step = cache.get("/".join(parts[:depth]))
+            if step is None or step[1] is None:
+                break  # missing: nothing below it exists either
+            if stat.S_ISLNK(step[1]):
                 raise forbidden_path(f"path runs through a symlink: {resolved.rel}")
         return resolved.rel
 
-    def check_files(self, files: list[FilePatch]) -> None:
-        linked: dict[str, bool] = {}
+    def check_files(self, files: list[FilePatch]) -> dict[str, Step]:
+        """Check every path of `files`; returns the walk, for `state_errors`."""
+        walked: dict[str, Step] = {}
         for fp in files:
             if fp.old_path is not None:
-                fp.old_path = self.check_path(fp.old_path, linked)
+                fp.old_path = self.check_path(fp.old_path, walked)
             if fp.new_path is not None:
                 same = fp.new_path == fp.old_path
-                fp.new_path = fp.old_path if same else self.check_path(fp.new_path, linked)
+                fp.new_path = fp.old_path if same else self.check_path(fp.new_path, walked)
+        return walked
 
     def check_base(self, base: Any) -> dict[str, str | None]:
         if base is None:
@@ -95,18 +97,31 @@ class PatchChecks:
                 wrong[rel] = current
         return wrong
 
-    def state_errors(self, files: list[FilePatch]) -> dict[int, str]:
-        """Files the patch expects to exist that don't, and ones it creates that do."""
+    def state_errors(
+        self, files: list[FilePatch], walked: dict[str, Step] | None = None
+    ) -> dict[int, str]:
+        """Files the patch expects to exist that don't, and ones it creates that do.
+
+        `walked` (from `check_files`) holds the lstat mode of the paths already looked at.
+        """
         freed = {fp.old_path for fp in files if fp.op in ("delete", "rename")}
         errors: dict[int, str] = {}
         root = str(self.paths.root)
+        known = {} if walked is None else walked
+
+        def mode_of(rel: str) -> int | None:
+            step = known.get(rel)
+            if step is not None:
+                return step[1]
+            try:
+                return os.lstat(f"{root}/{rel}").st_mode
+            except OSError:  # as os.path.lexists: any failure means "not there"
+                return None
+
         for i, fp in enumerate(files):
             if fp.old_path is not None:
-                try:
-                    missing = stat.S_ISDIR(os.lstat(f"{root}/{fp.old_path}").st_mode)
-                except OSError:  # as os.path.lexists: any failure means "not there"
-                    missing = True
-                if missing:
+                mode = mode_of(fp.old_path)
+                if mode is None or stat.S_ISDIR(mode):
                     errors[i] = "file_missing"
                     continue
             if fp.op in ("create", "rename"):
@@ -114,11 +129,16 @@ class PatchChecks:
                 parts = fp.new_path.split("/")
                 for depth in range(1, len(parts) + 1):
                     prefix = "/".join(parts[:depth])
-                    full = os.path.join(root, prefix)
-                    last = depth == len(parts)
-                    if prefix in freed or not os.path.lexists(full):
+                    if prefix in freed:
                         continue
-                    if last or not os.path.isdir(full):
+                    mode = mode_of(prefix)
+                    if mode is None:
+                        continue
+                    last = depth == len(parts)
+                    is_dir = stat.S_ISDIR(mode) or (
+                        stat.S_ISLNK(mode) and os.path.isdir(f"{root}/{prefix}")
+                    )
+                    if last or not is_dir:
                         errors[i] = "file_exists"
                         break
         return errors

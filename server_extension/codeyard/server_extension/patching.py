@@ -142,10 +142,10 @@ class PatchManager(Reverting):
         spawning = self._hasher.submit(self._start_engines, work, self._guess_engines(diff))
         try:
             data, files = self.checks.parse(diff)
-            self.checks.check_files(files)
+            walked = self.checks.check_files(files)
             checked_base = self.checks.check_base(base)
             problems: dict[str, Any] = {}
-            state_errors = self.checks.state_errors(files)
+            state_errors = self.checks.state_errors(files, walked)
             self._mark("check")
             staged: Staged | None = None
             if state_errors:

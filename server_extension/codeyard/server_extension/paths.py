@@ -28,7 +28,17 @@ class ResolvedPath:
     """A checked path: `rel` is normalised POSIX, `abs` is inside the root."""
 
     rel: str
-    abs: Path
+    root: Path
+
+    @property
+    def abs(self) -> Path:
+        # Built on demand: a patch resolves hundreds of paths and never needs a Path of them.
+        return self.root / self.rel if self.rel else self.root
+
+
+#: What `resolve` learnt of one path prefix: where it leads (real) and its lstat mode,
+#: None if nothing is there.
+Step = tuple[str, int | None]
 
 
 class WorkspacePaths:
@@ -66,13 +76,20 @@ class WorkspacePaths:
         return rel
 
     def resolve(
-        self, path: str, *, for_write: bool = False, allow_root: bool = False
+        self,
+        path: str,
+        *,
+        for_write: bool = False,
+        allow_root: bool = False,
+        walked: dict[str, Step] | None = None,
     ) -> ResolvedPath:
         """Normalise `path` and walk it with realpath, one component at a time.
 
         Every existing prefix is resolved through its symlinks and must stay under the root,
         so a symlink anywhere on the way that points outside is refused. The last component
-        may not exist yet (a file being created).
+        may not exist yet (a file being created). `walked`, shared by the paths of one
+        request, remembers each prefix's step so a folder is looked at once, not once per
+        file in it; it then also holds every prefix's lstat mode for the caller.
         """
         rel = self.normalise(path, allow_root=allow_root)
         parts = rel.split("/") if rel else []
@@ -81,26 +98,38 @@ class WorkspacePaths:
                 raise forbidden_path(f"writes under .git/ are refused: {rel}")
             if parts[0] == STATE_DIRNAME:
                 raise forbidden_path(f"writes under {STATE_DIRNAME}/ are refused: {rel}")
-        current = str(self.root)
+        current = self._root_str
+        prefix = ""
         for i, part in enumerate(parts):
-            candidate = os.path.join(current, part)
-            try:
-                mode = os.lstat(candidate).st_mode
-            except OSError:
+            prefix = f"{prefix}/{part}" if prefix else part
+            step = walked.get(prefix) if walked is not None else None
+            if step is None:
+                step = self._step(current, part, rel)
+                if walked is not None:
+                    walked[prefix] = step
+            current, mode = step
+            if mode is None:
                 # Missing (or unreadable): nothing below it can be reached, so the rest is text.
-                current = os.path.join(candidate, *parts[i + 1 :])
+                current = os.path.join(current, *parts[i + 1 :])
                 break
-            if stat.S_ISLNK(mode):
-                real = os.path.realpath(candidate)
-                if not self.contains(real):
-                    raise forbidden_path(f"path leaves the workspace through a symlink: {rel}")
-                current = real
-            else:
-                # `current` is already real, and a non-link name under it stays real.
-                current = candidate
         if not self.contains(current):
             raise forbidden_path(f"path leaves the workspace: {rel}")
-        return ResolvedPath(rel=rel, abs=self.root / rel if rel else self.root)
+        return ResolvedPath(rel=rel, root=self.root)
+
+    def _step(self, current: str, part: str, rel: str) -> Step:
+        """Go from the real folder `current` to its entry `part`, through a symlink if any."""
+        candidate = f"{current}/{part}" if current != "/" else f"/{part}"
+        try:
+            mode = os.lstat(candidate).st_mode
+        except OSError:
+            return candidate, None
+        if stat.S_ISLNK(mode):
+            real = os.path.realpath(candidate)
+            if not self.contains(real):
+                raise forbidden_path(f"path leaves the workspace through a symlink: {rel}")
+            return real, mode
+        # `current` is already real, and a non-link name under it stays real.
+        return candidate, mode
 
     def contains(self, real: str | os.PathLike[str]) -> bool:
         """True if the already-resolved, normalised `real` is the root or lies below it."""
