@@ -71,7 +71,13 @@ def api(jp_fetch: Any, jp_serverapp: Any) -> ApiCall:
         raw_body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
-        kwargs: dict[str, Any] = {"params": params or {}, "headers": headers or {}}
+        # pytest-jupyter's 20 s default is too short for a CPU model answering on a busy
+        # 2-core CI machine; a hang still fails, after 180 s.
+        kwargs: dict[str, Any] = {
+            "params": params or {},
+            "headers": headers or {},
+            "request_timeout": 180,
+        }
         if raw_body is not None:
             kwargs["body"] = raw_body
         elif body is not None:
