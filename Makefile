@@ -41,6 +41,7 @@ $(BIN)/.codeyard-$(VENV_KEY):
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: venv
 	$(BIN)/ruff format .

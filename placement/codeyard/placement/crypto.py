@@ -100,6 +100,7 @@ def cert_fingerprint(pem: str) -> str:
 def private_key_fingerprint(pem: str) -> str:
     """Fingerprint of the PUBLIC half, so it matches what the remote side sees."""
     data = pem.encode()
+    key: Any
     try:
         key = serialization.load_ssh_private_key(data, password=None)
     except ValueError:

@@ -70,7 +70,7 @@ class ServerRegistry:
             .where(Placement.state.in_(LOADED), Placement.server_id.is_not(None))
             .group_by(Placement.server_id)
         )
-        return {sid: (n, int(mem)) for sid, n, mem in rows}
+        return {sid: (n, int(mem)) for sid, n, mem in rows if sid is not None}
 
     def _set_credential(self, server: Server, spec: Mapping[str, Any]) -> None:
         kind = str(spec.get("kind", ""))
@@ -103,7 +103,7 @@ class ServerRegistry:
             ):
                 raise RegistryError(f"field {key!r} has the wrong type")
             if key == "endpoint":
-                _validate_endpoint(value)
+                _validate_endpoint(str(value))
             setattr(server, key, value)
         if "state" in data:
             try:

@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 from .models import PlacementState
 
 LOADED = (PlacementState.placed, PlacementState.running)
-SERVER_FIELDS = {
+#: The type(s) each writable field of a server must have.
+SERVER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "endpoint": str,
     "region": str,

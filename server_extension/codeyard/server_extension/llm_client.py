@@ -214,7 +214,7 @@ class CodeyardLLM(LoggingConfigurable):
             )
         return CodeyardError(502, "llm_error", f"the LLM gateway answered {status}: {message}")
 
-    def _transport_error(self, exc: Exception) -> CodeyardError:
+    def _transport_error(self, exc: BaseException) -> CodeyardError:
         if isinstance(exc, HTTPTimeoutError):
             return CodeyardError(
                 504, "llm_timeout", f"the model did not answer within {self.request_timeout:g} s"

@@ -202,7 +202,13 @@ class CellPatcher:
         cell_id = request["cell_id"]
         if diff:
             verdict: Any = self.patches.validate(diff, {rel: digest})
-            result: CellValidateResult = {"ok": verdict["ok"], "cell_id": cell_id, **verdict}
+            result: CellValidateResult = {
+                "ok": verdict["ok"],
+                "cell_id": cell_id,
+                "files": verdict["files"],
+            }
+            if "base_mismatch" in verdict:
+                result["base_mismatch"] = verdict["base_mismatch"]
         else:
             result = {"ok": entry["applies"], "cell_id": cell_id, "files": [entry]}
         if problems:

@@ -44,7 +44,13 @@ from .gitapply import (
 )
 from .journaled import Unretired, dumps
 from .patchchecks import PatchChecks
-from .patchreport import PatchResult, ValidateResult, describe, raise_first_problem
+from .patchreport import (
+    AppliedFile,
+    PatchResult,
+    ValidateResult,
+    describe,
+    raise_first_problem,
+)
 from .paths import WorkspacePaths
 from .revert import Reverting
 from .revertstore import RevertStore
@@ -306,27 +312,28 @@ class PatchManager(Reverting):
             {"path": p, "before": before.get(p), "after": after.get(p), "keep": keep.get(p)}
             for p in dict.fromkeys(olds + news)
         ]
-        results = []
+        results: list[AppliedFile] = []
         for fp, entry in zip(files, report, strict=True):
-            item = {
+            item: AppliedFile = {
                 "path": fp.path,
                 "op": fp.op,
                 "sha256_before": before.get(fp.old_path) if fp.old_path else None,
                 "sha256_after": after.get(fp.new_path) if fp.new_path else None,
             }
-            if fp.op == "rename":
+            if fp.op == "rename" and fp.old_path is not None:
                 item["from"] = fp.old_path
             if "offsets" in entry:
                 item["offsets"] = entry["offsets"]
             results.append(item)
-        meta = {
+        created = time.time()
+        meta: dict[str, Any] = {
             "patch_id": patch_id,
             "user": user,
             "patch_sha256": hashlib.sha256(data).hexdigest(),
             "touched": touched,
             "files": results,
             "reverted": False,
-            "created": time.time(),
+            "created": created,
         }
         tx.write_atomic(store / "meta.json", dumps(meta), durable=False)
         self.fault("staged")
@@ -338,7 +345,7 @@ class PatchManager(Reverting):
         self.fault("committed")
         self._finish(tx_dir, journal, meta, staged.folders)
         self._mark("swap")
-        self.revert_store.added(patch_id, meta["created"])
+        self.revert_store.added(patch_id, created)
         self.log.info("codeyard patch %s applied to %d files", patch_id, len(files))
         self.log.debug("codeyard patch %s phases (ms): %s", patch_id, self.timings)
         return {"patch_id": patch_id, "files": results}

@@ -6,6 +6,7 @@ them. Messages carry paths, codes and numbers only, never diff text or file cont
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, NotRequired, TypedDict
 
 from .diffparse import FilePatch
@@ -101,7 +102,7 @@ def message(fp: FilePatch, code: str, outcome: FileOutcome) -> str:
     }.get(code, f"{fp.path} does not apply")
 
 
-def raise_first_problem(report: list[dict[str, Any]], problems: dict[str, Any]) -> None:
+def raise_first_problem(report: Sequence[Mapping[str, Any]], problems: dict[str, Any]) -> None:
     """Raise the first problem of an apply: a stale base first, then the first bad file."""
     if problems.get("base"):
         rel, current = next(iter(problems["base"].items()))

@@ -16,7 +16,7 @@ from . import transactions as tx
 from .errors import CodeyardError, conflict, not_found
 from .journaled import Journaled
 from .patchchecks import PatchChecks, sha256_of
-from .patchreport import PatchResult
+from .patchreport import AppliedFile, PatchResult
 from .revertstore import PATCH_ID
 
 _INVERSE = {"create": "delete", "delete": "create", "modify": "modify", "rename": "rename"}
@@ -98,10 +98,10 @@ class Reverting(Journaled):
         self._commit(tx_dir, journal, staged, (tx_dir,))
         self.fault("committed")
         self._finish(tx_dir, journal, meta, folders)
-        files = []
+        files: list[AppliedFile] = []
         for item in meta["files"]:
             op = _INVERSE[item["op"]]
-            out = {
+            out: AppliedFile = {
                 "path": item.get("from", item["path"]),
                 "op": op,
                 "sha256_before": item["sha256_after"],

@@ -45,13 +45,15 @@ async def gateway_status(llm: CodeyardLLM) -> Status:
     except CodeyardError as err:  # no URL or no token configured
         raise _down(err.code, err.message, model, 0.0) from None
     started = time.perf_counter()
+    resp: httpclient.HTTPResponse | None = None
+    error: BaseException | None = None
     try:
-        resp = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
+        fetched = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
     except (OSError, httpclient.HTTPClientError) as exc:
-        resp = None
-        error: Exception | None = exc
+        error = exc
     else:
-        error = resp.error if resp.code == 599 else None
+        resp = fetched
+        error = fetched.error if fetched.code == 599 else None
     latency = (time.perf_counter() - started) * 1000
     if error is not None:
         if isinstance(error, HTTPTimeoutError):
@@ -64,8 +66,8 @@ async def gateway_status(llm: CodeyardLLM) -> Status:
         raise _down("llm_unavailable", message, model, latency)
     assert resp is not None
     if resp.code != 200:
-        err = llm._error(resp.code, resp.body or b"")
-        raise _down(err.code, f"{err.message} (HTTP {resp.code})", model, latency)
+        failure = llm._error(resp.code, resp.body or b"")
+        raise _down(failure.code, f"{failure.message} (HTTP {resp.code})", model, latency)
     served = _served_models(resp.body or b"")
     if model not in served:
         names = ", ".join(sorted(served)) or "none"

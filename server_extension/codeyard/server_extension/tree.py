@@ -81,6 +81,12 @@ class _Ignore:
         return _Ignore([*self.specs, (dir_rel, spec, _prefilter(spec))])
 
 
+#: Entries still allowed, shared down the walk (a list so the recursion can spend it).
+Budget = list[int]
+#: A folder's listing, as the endpoint answers it.
+Entries = list[dict[str, Any]]
+
+
 class TreeLister:
     """Lists entries below a workspace path, depth-first, capped at `limit` entries."""
 
@@ -110,14 +116,14 @@ class TreeLister:
         return {"path": target.rel, "entries": entries, "truncated": budget[0] < 0}
 
     def _walk(
-        self, dir_abs: str, dir_rel: str, depth: int, ignore: _Ignore, budget: list[int]
-    ) -> list[dict[str, Any]]:
+        self, dir_abs: str, dir_rel: str, depth: int, ignore: _Ignore, budget: Budget
+    ) -> Entries:
         try:
             with os.scandir(dir_abs) as it:
                 items = sorted(it, key=_BY_NAME)
         except (PermissionError, FileNotFoundError, NotADirectoryError):
             return []
-        out: list[dict[str, Any]] = []
+        out: Entries = []
         append = out.append
         ignored = ignore.ignored
         hide_dotfiles = not self.allow_hidden

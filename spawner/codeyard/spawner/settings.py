@@ -232,7 +232,7 @@ class SpawnerSettings(DockerSpawner):
     @default("options_from_form")
     def _default_options_from_form(self) -> Any:
         def options_from_form(formdata: dict[str, list[str]]) -> dict[str, str]:
-            raw = {
+            raw: dict[str, Any] = {
                 k: formdata[k][0]
                 for k in ("repo_url", "branch", "profile", "image")
                 if k in formdata

@@ -48,6 +48,9 @@ class PlacementSpawner(SpawnerSettings):
     on that host, so a stopped workspace starts again there.
     """
 
+    #: JupyterHub's traitlet, typed here for mypy (which cannot infer it through traitlets).
+    user_options: dict[str, Any]
+
     # ---- state ---------------------------------------------------------------------
 
     host_name = Unicode("", help="Name of the host this workspace lives on (from state).")
@@ -202,7 +205,7 @@ class PlacementSpawner(SpawnerSettings):
         started = time.monotonic()
         try:
             try:
-                opts = self.parse_options(self.user_options or {})
+                opts = self.parse_options(dict(self.user_options or {}))
             except InvalidOptions as e:
                 raise web.HTTPError(400, str(e)) from None
             self.user_options = opts.to_user_options()
