@@ -118,6 +118,44 @@ async def test_killed_engine_is_marked_down_and_next_start_moves(api, engines, r
     await monitor.stop()
 
 
+async def test_a_failed_cleanup_after_a_return_is_retried_until_it_succeeds(  # type: ignore[no-untyped-def]
+    api, engines, registry, monkeypatch
+) -> None:
+    """The engine is really killed and restarted. The failed clean-up is injected: a host
+    that answers a ping but fails the container listing cannot be produced on demand."""
+    from codeyard.placement import health
+
+    registry.settings.failure_threshold = 1
+    await register(api, engines, storage_shared=True)
+    victim = engines[0]
+    sid = registry.get_server(victim.name)["id"]
+    calls: list[int] = []
+
+    def flaky(reg, server_id, timeout=10.0):  # type: ignore[no-untyped-def]
+        calls.append(server_id)
+        if len(calls) == 1:
+            raise ConnectionError("injected: the container listing failed")
+        return health_real(reg, server_id, timeout=timeout)
+
+    health_real = health.remove_stale_containers
+    monkeypatch.setattr(health, "remove_stale_containers", flaky)
+    monitor = HealthMonitor(registry, interval=0.2, timeout=2)
+    try:
+        victim.kill()
+        assert (await monitor.check_once())[sid] == "down"
+        assert calls == []
+    finally:
+        victim.stop()
+        victim.start()
+    assert (await monitor.check_once())[sid] == "active"
+    assert calls == [sid] and monitor.cleanup_pending == {sid}  # failed, kept
+    await monitor.check_once()
+    assert calls == [sid, sid] and monitor.cleanup_pending == set()  # retried, done
+    await monitor.check_once()
+    assert calls == [sid, sid]  # not again once it succeeded
+    await monitor.stop()
+
+
 async def test_no_host_left_fails_the_spawn_naming_why(api, engines, registry) -> None:  # type: ignore[no-untyped-def]
     from tornado import web
 

@@ -4,7 +4,9 @@ A host is marked down after `failure_threshold` consecutive failed pings, even w
 draining, and comes back after one success (`Registry.record_probe`: draining again if an
 admin drained it, else active); placement then avoids or uses it again. A host that comes
 back is cleared of containers whose workspaces were placed elsewhere meanwhile
-(`cleanup.remove_stale_containers`). Pings run in a thread pool (docker-py blocks), all
+(`cleanup.remove_stale_containers`); if that fails (the host answers a ping but not yet a
+container listing, say), it is tried again at every check until it succeeds or the host
+goes down again. Pings run in a thread pool (docker-py blocks), all
 hosts at once, each bounded by `timeout`.
 """
 
@@ -36,6 +38,8 @@ class HealthMonitor:
         self.timeout = timeout
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="codeyard-health")
         self._task: asyncio.Task[None] | None = None
+        #: Hosts that came back and still hold stale containers we could not remove yet.
+        self.cleanup_pending: set[int] = set()
 
     def _check_one(self, server_id: int) -> tuple[int, dict[str, Any], str]:
         try:
@@ -59,16 +63,23 @@ class HealthMonitor:
                 log.warning(
                     "host %s: %s -> %s (%s)", sid, before[sid], state, result.get("error", "ok")
                 )
-        returned = [sid for sid, _, st in results if before[sid] == "down" and st != "down"]
-        for sid in returned:
-            await loop.run_in_executor(self.executor, self._clean_up, sid)
+        returned = {sid for sid, _, st in results if before[sid] == "down" and st != "down"}
+        up = {sid for sid, _, st in results if st != "down"}
+        # A host down again is retried when it next returns (it is then in `returned`).
+        self.cleanup_pending &= up
+        self.cleanup_pending |= returned
+        for sid in sorted(self.cleanup_pending):
+            if await loop.run_in_executor(self.executor, self._clean_up, sid):
+                self.cleanup_pending.discard(sid)
         return {sid: state for sid, _, state in results}
 
-    def _clean_up(self, server_id: int) -> None:
+    def _clean_up(self, server_id: int) -> bool:
         try:
             remove_stale_containers(self.registry, server_id, timeout=self.timeout * 4)
-        except Exception:  # the host may flap again; the next return tries again
+        except Exception:  # tried again at the next check while the host stays up
             log.exception("host %s: removing stale containers failed", server_id)
+            return False
+        return True
 
     async def _run(self) -> None:
         while True:
