@@ -6,8 +6,8 @@ admin drained it, else active); placement then avoids or uses it again. A host t
 back is cleared of containers whose workspaces were placed elsewhere meanwhile
 (`cleanup.remove_stale_containers`); if that fails (the host answers a ping but not yet a
 container listing, say), it is tried again at every check until it succeeds or the host
-goes down again. Pings run in a thread pool (docker-py blocks), all
-hosts at once, each bounded by `timeout`.
+goes down again. Pings run in a thread pool (docker-py blocks), all hosts at once, each
+bounded by `timeout`.
 """
 
 from __future__ import annotations

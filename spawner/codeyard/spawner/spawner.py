@@ -205,7 +205,7 @@ class PlacementSpawner(SpawnerSettings):
         started = time.monotonic()
         try:
             try:
-                opts = self.parse_options(dict(self.user_options or {}))
+                opts = self.parse_options(self.user_options or {})
             except InvalidOptions as e:
                 raise web.HTTPError(400, str(e)) from None
             self.user_options = opts.to_user_options()
