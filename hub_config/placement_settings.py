@@ -75,3 +75,18 @@ class PlacementSettings(CoreSettings):
         return os.environ.get("CODEYARD_PLACEMENT_CRYPT_KEY") or ensure_secret(
             self.state_path("placement_crypt_key")
         )
+
+    @property
+    def placement_runtime_dir(self) -> str:
+        """Where the Hub writes registered hosts' decrypted TLS files and SSH tunnel sockets:
+        `$XDG_RUNTIME_DIR/codeyard-placement` (a per-user tmpfs) when that is set, else
+        `<state>/placement-tls`."""
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        if runtime:
+            return os.path.join(runtime, "codeyard-placement")
+        return self.state_path("placement-tls")
+
+    @property
+    def placement_service_config(self) -> str:
+        """The config file the Hub writes for its placement service (`c.PlacementService`)."""
+        return self.state_path("placement_service.json")

@@ -3,13 +3,15 @@
 `jupyterhub_config.py` calls `configure_registry(c, settings)` when the spawner's host
 provider is the registry (the default). It then:
 
-- points `RegistryHostProvider` at the registry database and the credential keys (each
-  settable in the site config, which wins);
+- points `RegistryHostProvider` at the registry database, the credential keys and its
+  runtime folder (each settable in the site config, which wins);
 - registers the Hub's own Docker engine (a unix socket) as `local_host_name` with the
   homes folder as its storage root, once: `make up` places workspaces there with no admin
   step, and an admin's later edits to that host survive restarts;
 - adds the placement admin service (`codeyard-placement`: API, pages, health monitor)
-  with the admin scope granted to the Hub's admins.
+  with the admin scope granted to the Hub's admins, started with the Hub config's
+  `c.PlacementService` section as its config file, so the site config sets the service's
+  settings and the placement policy (which the provider reads from the same section).
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ def configure_registry(c: Any, settings: CodeyardHub) -> None:
         provider.crypt_key = settings.placement_crypt_key
     if "default_storage_root" not in provider:
         provider.default_storage_root = settings.state_path("homes")
-    if "runtime_dir" not in provider and not os.environ.get("XDG_RUNTIME_DIR"):
-        provider.runtime_dir = settings.state_path("placement-tls")
+    if "runtime_dir" not in provider:
+        provider.runtime_dir = settings.placement_runtime_dir
     ensure_host(
         provider.db_url,
         {
@@ -72,4 +74,5 @@ def configure_registry(c: Any, settings: CodeyardHub) -> None:
         port=settings.placement_port,
         admin_users=admins,
         environment={DB_ENV: provider.db_url, KEY_ENV: provider.crypt_key},
+        config_file=settings.placement_service_config,
     )

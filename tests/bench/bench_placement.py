@@ -1,8 +1,9 @@
 """Placement decision time among 100 hosts (target: under 1 ms per decision).
 
 Run: `.venv/bin/python tests/bench/bench_placement.py [--hosts 100] [--rounds 2000]`.
-Prints the policy's decision time (what the issue's target is about) and, for scale, a
-whole `Registry.place()` on SQLite (snapshot query + decision + writes + commit).
+Prints the policy's decision time (it runs at every spawn, over every host, so it must stay
+negligible beside the spawn itself) and, for scale, a whole `Registry.place()` on SQLite
+(snapshot query + decision + writes + commit).
 Exits 1 if a policy's median decision exceeds 1 ms.
 """
 

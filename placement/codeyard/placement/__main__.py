@@ -1,7 +1,8 @@
-"""`python -m codeyard.placement {upgrade-db,rotate-keys,generate-key}`.
+"""`python -m codeyard.placement {upgrade-db,rotate-keys,generate-key,serve}`.
 
 The database URL comes from `--db-url` or `CODEYARD_PLACEMENT_DB_URL`; keys from
-`CODEYARD_PLACEMENT_CRYPT_KEY` (see `crypto.py`).
+`CODEYARD_PLACEMENT_CRYPT_KEY` (see `crypto.py`). `serve [--config FILE]
+[--PlacementService.<name>=...]` runs the admin service (`service.config`).
 """
 
 from __future__ import annotations
@@ -11,17 +12,21 @@ import os
 import sys
 
 from .crypto import KEY_ENV, CredentialCipher, key_fingerprint
-from .database import current_revision, head_revision, make_engine, open_db, upgrade
+from .database import (
+    DB_ENV,
+    DEFAULT_DB_URL,
+    current_revision,
+    head_revision,
+    make_engine,
+    open_db,
+    upgrade,
+)
 from .registry import Registry
-
-DB_ENV = "CODEYARD_PLACEMENT_DB_URL"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m codeyard.placement")
-    parser.add_argument(
-        "--db-url", default=os.environ.get(DB_ENV, "sqlite:///codeyard_placement.sqlite")
-    )
+    parser.add_argument("--db-url", default=os.environ.get(DB_ENV, DEFAULT_DB_URL))
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
         "upgrade-db", help="back up (SQLite) and upgrade the schema to the newest revision"
@@ -61,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(argv: list[str]) -> int:
     import asyncio
 
-    from .service.config import PlacementService
+    from .service.config import PlacementServiceApp
 
-    app = PlacementService()
+    app = PlacementServiceApp()
     app.initialize(argv)
     asyncio.run(app.run())
     return 0

@@ -22,6 +22,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
+#: The environment variable every default registry URL comes from: the Hub hands it to the
+#: service it starts, so the service and the Hub's provider open the same database.
+DB_ENV = "CODEYARD_PLACEMENT_DB_URL"
+#: The registry URL when neither a setting nor `DB_ENV` names one.
+DEFAULT_DB_URL = "sqlite:///codeyard_placement.sqlite"
+
 
 class DatabaseSchemaMismatch(RuntimeError):
     pass

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from traitlets import Bool, Unicode, default, validate
@@ -29,7 +28,17 @@ from traitlets.config import LoggingConfigurable
 if TYPE_CHECKING:
     from jupyterhub.spawner import Spawner
 
-__all__ = ["DockerHost", "DockerTLS", "HostProvider", "LocalHostProvider", "UnknownHost"]
+#: Where homes live on an engine's machine unless a setting or the registry says otherwise.
+DEFAULT_STORAGE_ROOT = "/var/lib/codeyard/homes"
+
+__all__ = [
+    "DEFAULT_STORAGE_ROOT",
+    "DockerHost",
+    "DockerTLS",
+    "HostProvider",
+    "LocalHostProvider",
+    "UnknownHost",
+]
 
 
 class UnknownHost(LookupError):
@@ -58,7 +67,7 @@ class DockerHost:
 
     name: str
     base_url: str = "unix:///var/run/docker.sock"
-    storage_root: str = "/var/lib/codeyard/homes"
+    storage_root: str = DEFAULT_STORAGE_ROOT
     host_ip: str = "127.0.0.1"
     region: str = "local"
     tls: DockerTLS | None = None
@@ -110,10 +119,6 @@ class HostProvider(LoggingConfigurable):
         """The workspace of `spawner` stopped. Nothing to record by default."""
 
 
-def _default_state_dir() -> Path:
-    return Path(os.environ.get("CODEYARD_STATE") or Path.home() / ".cache" / "codeyard" / "state")
-
-
 class LocalHostProvider(HostProvider):
     """The one Docker engine on the Hub's own machine."""
 
@@ -145,15 +150,12 @@ class LocalHostProvider(HostProvider):
     ).tag(config=True)
 
     storage_root = Unicode(
+        DEFAULT_STORAGE_ROOT,
         help="""Folder holding workspace homes, as `<storage_root>/<user>/<workspace>`.
 
-        Defaults to `homes/` in the Codeyard state folder (`$CODEYARD_STATE`).
+        The Hub config passes `homes/` in its state folder (`c.CodeyardHub.state_dir`).
         """,
     ).tag(config=True)
-
-    @default("storage_root")
-    def _default_storage_root(self) -> str:
-        return str(_default_state_dir() / "homes")
 
     @validate("storage_root")
     def _check_storage_root(self, proposal: dict[str, Any]) -> str:

@@ -75,8 +75,8 @@ class Server(Base):
         Enum(ServerState, native_enum=False, length=16), default=ServerState.active
     )
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
-    # Revision 3: an admin drained the host. Kept while the host is down, so when it answers
-    # again it returns as draining (not active); undrain clears it.
+    # An admin drained the host. Kept apart from `state` so it survives the host being
+    # down: when it answers again it returns as draining (not active); undrain clears it.
     drain_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     last_test: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -119,7 +119,7 @@ class Placement(Base):
         Enum(PlacementState, native_enum=False, length=16), default=PlacementState.placed
     )
     mem_reserved: Mapped[int] = mapped_column(Integer, default=0)  # MiB
-    # Revision 2: an admin's pin; applied at the next start (or at once with restart).
+    # An admin's pin; applied at the next start (or at once with restart).
     pinned_server_id: Mapped[int | None] = mapped_column(
         ForeignKey("servers.id", ondelete="SET NULL"), nullable=True
     )

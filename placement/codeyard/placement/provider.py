@@ -8,7 +8,9 @@ then the policy) and records the decision; `get()` looks a host up by name witho
 anything. Docker's TLS client needs files, so each host's decrypted bundle is written once
 to `runtime_dir/<host>-<cert fingerprint>/` (mode 0700/0600); a new credential gets a new
 folder, hence a new cached client in the spawner. `ssh://` hosts get a long-lived
-`connect.SSHTunnel` and reach the spawner as a `unix://` URL of the forwarded socket.
+`connect.SSHTunnel` and reach the spawner as a `unix://` URL of the forwarded socket. The
+placement policy is `c.PlacementService`'s (`settings.PlacementService`), the one the admin
+service shows.
 
 Because this provider sets `decides_every_start`, `PlacementSpawner` calls `choose()` at every
 start (a changed host name means the workspace moved, and the spawner forgets the old
@@ -21,7 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -29,15 +34,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from tornado import web
-from traitlets import Dict, Float, Integer, Unicode, default
+from traitlets import Float, Integer, Unicode, default
 
 from .connect import SSHTunnel
 from .crypto import KEY_ENV, CredentialCipher
-from .database import open_db
-from .hosts import DockerHost, DockerTLS, HostProvider, UnknownHost
+from .database import DB_ENV, DEFAULT_DB_URL, open_db
+from .hosts import DEFAULT_STORAGE_ROOT, DockerHost, DockerTLS, HostProvider, UnknownHost
 from .models import PlacementState
 from .policies import NoHostAvailable
-from .registry import NeedsConfirmation, NotFound, PlacementSettings, Registry
+from .registry import NeedsConfirmation, NotFound, Registry
+from .settings import PlacementService
 
 if TYPE_CHECKING:
     from jupyterhub.spawner import Spawner
@@ -59,7 +65,7 @@ class RegistryHostProvider(HostProvider):
 
     @default("db_url")
     def _default_db_url(self) -> str:
-        return os.environ.get("CODEYARD_PLACEMENT_DB_URL", "sqlite:///codeyard_placement.sqlite")
+        return os.environ.get(DB_ENV, DEFAULT_DB_URL)
 
     crypt_key = Unicode(
         help="""Keys that decrypt host credentials, `;`-separated (the first encrypts).
@@ -73,32 +79,22 @@ class RegistryHostProvider(HostProvider):
         return os.environ.get(KEY_ENV, "")
 
     runtime_dir = Unicode(
-        help="""Private folder for decrypted TLS files docker-py reads (mode 0700).
+        "",
+        help="""Private folder for decrypted TLS files docker-py reads and SSH tunnels'
+        sockets (made with mode 0700). Prefer a tmpfs.
 
-        Defaults to `$XDG_RUNTIME_DIR/codeyard-placement`, else `placement-tls` in
-        `$CODEYARD_STATE`. Prefer a tmpfs.
-        """
+        Empty: a private temporary folder, made at first use and removed with the provider.
+        The Hub config passes `$XDG_RUNTIME_DIR/codeyard-placement`, else `placement-tls`
+        in its state folder.
+        """,
     ).tag(config=True)
-
-    @default("runtime_dir")
-    def _default_runtime_dir(self) -> str:
-        if os.environ.get("XDG_RUNTIME_DIR"):
-            return os.path.join(os.environ["XDG_RUNTIME_DIR"], "codeyard-placement")
-        state = os.environ.get("CODEYARD_STATE") or os.path.expanduser("~/.cache/codeyard/state")
-        return os.path.join(state, "placement-tls")
-
-    default_policy = Unicode("least-loaded", help="See PlacementService.default_policy").tag(
-        config=True
-    )
-    group_policies = Dict(help="See PlacementService.group_policies").tag(config=True)
-    policy_options = Dict(help="See PlacementService.policy_options").tag(config=True)
 
     cache_seconds = Float(
         5.0, help="""How long `get()` may answer from memory before re-reading the registry."""
     ).tag(config=True)
 
     default_storage_root = Unicode(
-        "/var/lib/codeyard/homes",
+        DEFAULT_STORAGE_ROOT,
         help="""Storage root for hosts registered without one.""",
     ).tag(config=True)
 
@@ -113,15 +109,12 @@ class RegistryHostProvider(HostProvider):
         super().__init__(**kwargs)
         self._cache: dict[str, tuple[float, DockerHost]] = {}
         self._tunnels: dict[tuple[str, str], SSHTunnel] = {}
+        self._private_dir = ""
 
     @property
     def registry(self) -> Registry:
         if self._registry is None:
-            settings = PlacementSettings(
-                default_policy=self.default_policy,
-                group_policies=dict(self.group_policies),
-                policy_options=dict(self.policy_options),
-            )
+            settings = PlacementService(config=self.config).placement_settings()
             cipher = CredentialCipher(self.crypt_key or None)
             self._registry = Registry(open_db(self.db_url), cipher, settings)
         return self._registry
@@ -185,6 +178,17 @@ class RegistryHostProvider(HostProvider):
 
     # ---- building hosts ----------------------------------------------------------------
 
+    def _runtime_path(self) -> Path:
+        """`runtime_dir`, made private (0700); a temporary folder when it is empty."""
+        if self.runtime_dir:
+            Path(self.runtime_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            return Path(self.runtime_dir)
+        if not self._private_dir:
+            self._private_dir = tempfile.mkdtemp(prefix="codeyard-placement-")
+            # decrypted keys must not outlive the process that decrypted them
+            weakref.finalize(self, shutil.rmtree, self._private_dir, True)
+        return Path(self._private_dir)
+
     def _host(self, server: Any, kind: str | None, secret: dict[str, Any] | None) -> DockerHost:
         endpoint = server["endpoint"]
         parts = urlsplit(endpoint)
@@ -215,9 +219,8 @@ class RegistryHostProvider(HostProvider):
         if tunnel is None or not tunnel.alive():
             if tunnel is not None:
                 tunnel.close()
-            Path(self.runtime_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
             tunnel = self._tunnels[key] = SSHTunnel(
-                server["endpoint"], secret, runtime_dir=self.runtime_dir
+                server["endpoint"], secret, runtime_dir=str(self._runtime_path())
             )
         return tunnel
 
@@ -229,10 +232,9 @@ class RegistryHostProvider(HostProvider):
 
     def _tls_files(self, server: Any, secret: dict[str, Any]) -> DockerTLS:
         fp = server["credential"]["fingerprints"]["cert"].split(":", 1)[1][:16]
-        folder = Path(self.runtime_dir) / f"{server['name']}-{fp}"
+        folder = self._runtime_path() / f"{server['name']}-{fp}"
         paths = {part: folder / f"{part}.pem" for part in ("ca", "cert", "key")}
         if not all(p.exists() for p in paths.values()):
-            Path(self.runtime_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
             folder.mkdir(mode=0o700, exist_ok=True)
             for part, path in paths.items():
                 tmp = path.with_suffix(".tmp")

@@ -14,14 +14,16 @@ Placement rules, in the order `place()` applies them:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from .decisions import DecisionLog
+from .crypto import CredentialCipher
+from .decisions import DecisionLog, last_decisions, placement_row, placement_view, record_decision
 from .models import Placement, PlacementState, PolicyCursor, PolicySetting, Server, ServerState
 from .policies import (
     HostLoad,
@@ -29,9 +31,10 @@ from .policies import (
     PlacementPolicy,
     PlacementRequest,
     PolicyState,
+    available_policies,
     load_policy,
 )
-from .servers import ServerRegistry
+from .servers import ServerRegistry, host_loads, server_row
 from .shapes import (
     LOADED,
     Conflict,
@@ -61,8 +64,38 @@ __all__ = [
 ]
 
 
-class Registry(ServerRegistry, DecisionLog):
-    """Hosts (`ServerRegistry`), the decision log (`DecisionLog`), and placement itself."""
+class Registry(ServerRegistry):
+    """Hosts (`ServerRegistry`), placement itself, and the decision log (`decision_log`)."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        cipher: CredentialCipher | None = None,
+        settings: PlacementSettings | None = None,
+    ) -> None:
+        super().__init__(sessions, cipher, settings)
+        self.decision_log = DecisionLog(sessions)
+        self._policies: dict[tuple[str, str], PlacementPolicy] = {}
+        self._place_lock = threading.Lock()
+
+    # ---- what the pages and the API show -----------------------------------------------
+
+    def get_placement(self, user: str, workspace: str = "") -> PlacementModel:
+        return self.decision_log.get_placement(user, workspace)
+
+    def list_placements(
+        self, user: str | None = None, server: str | None = None, state: str | None = None
+    ) -> list[PlacementModel]:
+        return self.decision_log.list_placements(user, server, state)
+
+    def decisions(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self.decision_log.decisions(limit)
+
+    def record_event(
+        self, user: str, workspace: str, server: int | str, policy: str, reason: str
+    ) -> None:
+        """Record something done to a workspace outside a placement (e.g. a clean-up)."""
+        self.decision_log.record_event(user, workspace, server, policy, reason)
 
     # ---- placement -------------------------------------------------------------------
 
@@ -85,8 +118,6 @@ class Registry(ServerRegistry, DecisionLog):
 
     def policies(self) -> dict[str, Any]:
         """The active settings: DB rows (admin overrides) over the deployment's config."""
-        from .policies import available_policies
-
         with self.sessions() as db:
             rows = {
                 r.group: {"policy": r.policy, "options": r.options}
@@ -131,7 +162,7 @@ class Registry(ServerRegistry, DecisionLog):
         return scope, self._policies[key]
 
     def snapshot(self, db: Session, exclude: Placement | None = None) -> list[HostLoad]:
-        loads = self._loads(db)
+        loads = host_loads(db)
         if exclude is not None and exclude.server_id in loads and exclude.state in LOADED:
             n, mem = loads[exclude.server_id]
             loads[exclude.server_id] = (n - 1, mem - exclude.mem_reserved)
@@ -188,7 +219,7 @@ class Registry(ServerRegistry, DecisionLog):
             # the failed decision is recorded too, in its own transaction
             with self.sessions.begin() as db:
                 policy, n, took = getattr(e, "decision", ("", 0, 0.0))
-                self._record(db, user, workspace, policy, None, str(e), n, took)
+                record_decision(db, user, workspace, policy, None, str(e), n, took)
             raise
 
     def _place(
@@ -201,7 +232,7 @@ class Registry(ServerRegistry, DecisionLog):
         known_host: str = "",
     ) -> PlacementResult:
         with self.sessions.begin() as db:
-            p = self._placement(db, user, workspace, create=True)
+            p = placement_row(db, user, workspace, create=True)
             old = p.server
             if old is None and known_host:
                 old = db.scalar(select(Server).where(Server.name == known_host))
@@ -264,14 +295,14 @@ class Registry(ServerRegistry, DecisionLog):
             p.data_loss_confirmed = False
             p.mem_reserved = mem_request
             p.state = PlacementState.placed
-            self._record(db, user, workspace, policy_name, target, reason, n, took)
+            record_decision(db, user, workspace, policy_name, target, reason, n, took)
             return PlacementResult(
                 user, workspace, target.id, target.name, target.endpoint, reason, moved
             )
 
     def mark(self, user: str, workspace: str, state: PlacementState) -> None:
         with self.sessions.begin() as db:
-            self._placement(db, user, workspace).state = state
+            placement_row(db, user, workspace).state = state
 
     def pin(
         self,
@@ -283,10 +314,10 @@ class Registry(ServerRegistry, DecisionLog):
     ) -> PlacementModel:
         """Pin a workspace to a host: applied at its next start (now, if `restart`)."""
         with self.sessions.begin() as db:
-            server = self._server(db, server_id)
+            server = server_row(db, server_id)
             if server.state == ServerState.down:
                 raise Conflict(f"{server.name} is down")
-            p = self._placement(db, user, workspace, create=True)
+            p = placement_row(db, user, workspace, create=True)
             old = p.server
             if (
                 old is not None
@@ -303,13 +334,9 @@ class Registry(ServerRegistry, DecisionLog):
             p.data_loss_confirmed = confirm_data_loss
             db.flush()
             db.refresh(p)
-            last = self._last_decisions(db, user, workspace).get((user, workspace))
-            return self._placement_view(p, last)
+            last = last_decisions(db, user, workspace).get((user, workspace))
+            return placement_view(p, last)
 
     def confirm_replacement(self, user: str, workspace: str) -> None:
         with self.sessions.begin() as db:
-            self._placement(db, user, workspace).data_loss_confirmed = True
-
-    def forget(self, user: str, workspace: str) -> None:
-        with self.sessions.begin() as db:
-            db.delete(self._placement(db, user, workspace))
+            placement_row(db, user, workspace).data_loss_confirmed = True

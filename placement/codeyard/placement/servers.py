@@ -1,20 +1,22 @@
 """Registered hosts: their CRUD, credentials, state, health records and key rotation.
 
-`ServerRegistry` is the first half of `registry.Registry`; the placement half builds on it.
+`ServerRegistry` is the base of `registry.Registry`, which adds placement. The two queries
+placement and the decision log need too, `server_row` and `host_loads`, are functions of a
+session, so they share them without reaching into this class.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .crypto import CredentialCipher, fingerprints
 from .models import Credential, CredentialKind, Placement, Server, ServerState, utcnow
-from .policies import HostLoad, PlacementPolicy
+from .policies import HostLoad
 from .shapes import (
     LOADED,
     SERVER_FIELDS,
@@ -25,12 +27,44 @@ from .shapes import (
     PlacementSettings,
     RegistryError,
     ServerModel,
-    _iso,
-    _validate_endpoint,
+    iso_timestamp,
 )
 
 
+def server_row(db: Session, server_id: int | str) -> Server:
+    """The host with this numeric id (an int or a string of digits) or name."""
+    if isinstance(server_id, str) and not server_id.isdigit():
+        server = db.scalar(select(Server).where(Server.name == server_id))
+    else:
+        server = db.get(Server, int(server_id))
+    if server is None:
+        raise NotFound(f"no server {server_id}")
+    return server
+
+
+def host_loads(db: Session) -> dict[int, tuple[int, int]]:
+    """{server id: (workspaces placed or running there, MiB they reserve)}."""
+    rows = db.execute(
+        select(
+            Placement.server_id,
+            func.count(),
+            func.coalesce(func.sum(Placement.mem_reserved), 0),
+        )
+        .where(Placement.state.in_(LOADED), Placement.server_id.is_not(None))
+        .group_by(Placement.server_id)
+    )
+    return {sid: (n, int(mem)) for sid, n, mem in rows if sid is not None}
+
+
+def _validate_endpoint(endpoint: str) -> None:
+    scheme = urlsplit(endpoint).scheme
+    if scheme not in ("tcp", "ssh", "unix"):
+        raise RegistryError(f"endpoint {endpoint!r}: use tcp://host:port, ssh://... or unix://")
+
+
 class ServerRegistry:
+    """The registered hosts, over one database (`sessions`)."""
+
     def __init__(
         self,
         sessions: sessionmaker[Session],
@@ -40,8 +74,6 @@ class ServerRegistry:
         self.sessions = sessions
         self._cipher = cipher
         self.settings = settings or PlacementSettings()
-        self._policies: dict[tuple[str, str], PlacementPolicy] = {}
-        self._place_lock = threading.Lock()
 
     @property
     def cipher(self) -> CredentialCipher:
@@ -50,27 +82,6 @@ class ServerRegistry:
         return self._cipher
 
     # ---- servers ---------------------------------------------------------------------
-
-    def _server(self, db: Session, server_id: int | str) -> Server:
-        if isinstance(server_id, str) and not server_id.isdigit():
-            server = db.scalar(select(Server).where(Server.name == server_id))
-        else:
-            server = db.get(Server, int(server_id))
-        if server is None:
-            raise NotFound(f"no server {server_id}")
-        return server
-
-    def _loads(self, db: Session) -> dict[int, tuple[int, int]]:
-        rows = db.execute(
-            select(
-                Placement.server_id,
-                func.count(),
-                func.coalesce(func.sum(Placement.mem_reserved), 0),
-            )
-            .where(Placement.state.in_(LOADED), Placement.server_id.is_not(None))
-            .group_by(Placement.server_id)
-        )
-        return {sid: (n, int(mem)) for sid, n, mem in rows if sid is not None}
 
     def _set_credential(self, server: Server, spec: Mapping[str, Any]) -> None:
         kind = str(spec.get("kind", ""))
@@ -146,14 +157,14 @@ class ServerRegistry:
 
     def update_server(self, server_id: int | str, data: Mapping[str, Any]) -> ServerModel:
         with self.sessions.begin() as db:
-            server = self._server(db, server_id)
+            server = server_row(db, server_id)
             self._apply(server, data)
             db.flush()
-            return self._view(server, self._loads(db))
+            return self._view(server, host_loads(db))
 
     def delete_server(self, server_id: int | str) -> None:
         with self.sessions.begin() as db:
-            server = self._server(db, server_id)
+            server = server_row(db, server_id)
             busy = db.scalar(
                 select(func.count())
                 .select_from(Placement)
@@ -171,28 +182,28 @@ class ServerRegistry:
         draining or active as the intent says.
         """
         with self.sessions.begin() as db:
-            server = self._server(db, server_id)
+            server = server_row(db, server_id)
             if state != ServerState.down:
                 server.drain_requested = state == ServerState.draining
             if server.state != ServerState.down or state == ServerState.down:
                 server.state = state
                 if state == ServerState.active:
                     server.consecutive_failures = 0
-            return self._view(server, self._loads(db))
+            return self._view(server, host_loads(db))
 
     def get_server(self, server_id: int | str) -> ServerModel:
         with self.sessions() as db:
-            return self._view(self._server(db, server_id), self._loads(db))
+            return self._view(server_row(db, server_id), host_loads(db))
 
     def list_servers(self) -> list[ServerModel]:
         with self.sessions() as db:
-            loads = self._loads(db)
+            loads = host_loads(db)
             return [self._view(s, loads) for s in db.scalars(select(Server).order_by(Server.name))]
 
     def connection(self, server_id: int | str) -> tuple[str, str | None, dict[str, Any] | None]:
         """(endpoint, credential kind, decrypted secret): for `connect.HostClient` only."""
         with self.sessions() as db:
-            server = self._server(db, server_id)
+            server = server_row(db, server_id)
             if not server.credentials:
                 return server.endpoint, None, None
             cred = server.credentials[0]
@@ -224,13 +235,13 @@ class ServerRegistry:
             state=server.state.value,
             drain_requested=server.drain_requested,
             consecutive_failures=server.consecutive_failures,
-            last_seen=_iso(server.last_seen),
+            last_seen=iso_timestamp(server.last_seen),
             last_test=server.last_test,
             credential=CredentialModel(
                 kind=cred.kind.value,
                 fingerprints=dict(cred.fingerprints),
-                created=_iso(cred.created) or "",
-                rotated=_iso(cred.rotated),
+                created=iso_timestamp(cred.created) or "",
+                rotated=iso_timestamp(cred.rotated),
             )
             if cred
             else None,
@@ -247,7 +258,7 @@ class ServerRegistry:
         draining if an admin drained it (the intent survives), else active.
         """
         with self.sessions.begin() as db:
-            server = self._server(db, server_id)
+            server = server_row(db, server_id)
             if result.get("ok"):
                 server.consecutive_failures = 0
                 server.last_seen = utcnow()

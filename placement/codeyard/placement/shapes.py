@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypedDict
-from urllib.parse import urlsplit
 
 from .models import PlacementState
 
@@ -112,11 +112,6 @@ class PlacementResult:
     moved_from: str | None = None
 
 
-def _iso(value: Any) -> str | None:
+def iso_timestamp(value: datetime | None) -> str | None:
+    """A naive UTC database timestamp as ISO 8601 with `Z`, the form every API shape uses."""
     return value.isoformat() + "Z" if value is not None else None
-
-
-def _validate_endpoint(endpoint: str) -> None:
-    scheme = urlsplit(endpoint).scheme
-    if scheme not in ("tcp", "ssh", "unix"):
-        raise RegistryError(f"endpoint {endpoint!r}: use tcp://host:port, ssh://... or unix://")

@@ -22,6 +22,8 @@ from typing import Any
 
 from tornado import web
 
+from codeyard.jsonapi import JSONError
+
 from ...models import ServerState
 from ...probe import probe
 from .base import APIHandler
@@ -34,7 +36,9 @@ class ServersHandler(APIHandler):
 
     @web.authenticated
     async def post(self) -> None:
-        self.write_json(await self.run(self.registry.add_server, self.get_json_body()), 201)
+        self.write_json(
+            await self.run(self.registry.add_server, self.json_body(required=False)), 201
+        )
 
 
 class ServerHandler(APIHandler):
@@ -45,7 +49,7 @@ class ServerHandler(APIHandler):
     @web.authenticated
     async def patch(self, server_id: str) -> None:
         self.write_json(
-            await self.run(self.registry.update_server, server_id, self.get_json_body())
+            await self.run(self.registry.update_server, server_id, self.json_body(required=False))
         )
 
     @web.authenticated
@@ -89,9 +93,9 @@ class WorkspacePlaceHandler(APIHandler):
 
     @web.authenticated
     async def post(self, user: str, name: str) -> None:
-        body = self.get_json_body()
+        body = self.json_body(required=False)
         if "server" not in body:
-            raise web.HTTPError(400, "'server' (id or name) is required")
+            raise JSONError(400, "bad_request", "'server' (id or name) is required")
         restart = bool(body.get("restart", False))
         view = await self.run(
             self.registry.pin,
@@ -123,9 +127,11 @@ class PoliciesHandler(APIHandler):
 
     @web.authenticated
     async def put(self) -> None:
-        body = self.get_json_body()
+        body = self.json_body(required=False)
         if not isinstance(body.get("policy"), str) or not isinstance(body.get("options", {}), dict):
-            raise web.HTTPError(400, "'policy' (a name) is required; 'options' must be an object")
+            raise JSONError(
+                400, "bad_request", "'policy' (a name) is required; 'options' must be an object"
+            )
         await self.run(
             self.registry.set_policy,
             body["policy"],

@@ -9,16 +9,18 @@ without it gets 403, anonymous API calls get 403 and anonymous page visits go to
 from __future__ import annotations
 
 import asyncio
-import json
 from http import HTTPStatus
 from typing import Any
 
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from tornado import web
+from tornado.log import gen_log
+
+from codeyard.jsonapi import JSONError, JSONHandlerMixin, status_shape
 
 from ...policies import NoHostAvailable
 from ...registry import Registry, RegistryError
-from ..config import ServiceContext
+from ..context import ServiceContext
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
@@ -62,48 +64,33 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return await loop.run_in_executor(self.ctx.executor, lambda: fn(*args, **kwargs))
 
 
-class APIHandler(BaseHandler):
-    """JSON in, JSON out; errors as `{"status": ..., "message": ...}`."""
+def _code(status: int) -> str:
+    return HTTPStatus(status).phrase.lower().replace(" ", "_")
+
+
+class APIHandler(JSONHandlerMixin, BaseHandler):
+    """JSON in, JSON out; errors as `{"status": n, "message": text}` (`status_shape`)."""
+
+    error_shape = staticmethod(status_shape)
 
     def get_login_url(self) -> str:
         raise web.HTTPError(403, "no Hub token or OAuth cookie")
 
-    def get_json_body(self) -> dict[str, Any]:
-        if not self.request.body:
-            return {}
-        try:
-            body = json.loads(self.request.body)
-        except ValueError:
-            raise web.HTTPError(400, "body is not JSON") from None
-        if not isinstance(body, dict):
-            raise web.HTTPError(400, "body must be a JSON object")
-        return body
-
-    def write_json(self, data: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(data))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        message = (
-            HTTPStatus(status_code).phrase if status_code in HTTPStatus._value2member_map_ else ""
-        )
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "message": message}))
-
     def log_exception(self, typ, value, tb) -> None:  # type: ignore[no-untyped-def]
+        # a JSONError is an answer to a bad request, not a fault: one line, as tornado
+        # logs an HTTPError, and no traceback
+        if isinstance(value, JSONError):
+            gen_log.warning("%d %s: %s", value.status, self._request_summary(), value.message)
+            return
         if isinstance(value, RegistryError | NoHostAvailable):
             return
         super().log_exception(typ, value, tb)
 
     async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """`blocking()` with registry errors mapped to HTTP statuses."""
+        """`blocking()` with registry errors answered with their HTTP status."""
         try:
             return await self.blocking(fn, *args, **kwargs)
         except RegistryError as e:
-            raise web.HTTPError(e.status, str(e).replace("%", "%%")) from None
+            raise JSONError(e.status, _code(e.status), str(e)) from None
         except NoHostAvailable as e:
-            raise web.HTTPError(409, str(e).replace("%", "%%")) from None
+            raise JSONError(409, _code(409), str(e)) from None
