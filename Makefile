@@ -20,7 +20,7 @@ help:
 	@echo "make up     - bring Codeyard up on http://127.0.0.1:8000 (embedded defaults)"
 	@echo "make test   - run every test suite (what .ci/run calls)"
 	@echo "make bench  - run the benchmarks and print ratios"
-	@echo "make lint   - ruff check and format check"
+	@echo "make lint   - ruff check, format check and mypy"
 
 venv: $(BIN)/.codeyard-$(VENV_KEY)
 

@@ -1,8 +1,10 @@
 """The Hub's own settings: the state folder, who is admin, sign-up approval, the database and
 the addresses the Hub and its proxy listen on.
 
-The base of `CodeyardHub` (hub_settings.py); the other settings groups read `state_dir` and
-`hub_ip` from here, and every default can come from a `CODEYARD_*` environment variable.
+The base of `CodeyardHub` (hub_settings.py); the other settings groups read `cache_dir`,
+`state_dir` and `hub_ip` from here, and every default can come from a `CODEYARD_*`
+environment variable. The Hub's services do not read those variables themselves:
+jupyterhub_config.py passes each one the values computed here.
 """
 
 from __future__ import annotations
@@ -30,16 +32,30 @@ def env_bool(name: str, fallback: bool) -> bool:
 class CoreSettings(HasTraits):
     """Settings every Hub needs; a plain HasTraits so only `c.CodeyardHub.*` configures them."""
 
+    cache_dir = Unicode(
+        help="""Folder for what Codeyard builds and can rebuild: virtual environments, the
+        converted model, the proxy, image inputs. The shell scripts default to the same
+        folder. Env: CODEYARD_CACHE. Default: ~/.cache/codeyard.""",
+    ).tag(config=True)
+
+    @default("cache_dir")
+    def _default_cache_dir(self) -> str:
+        return env("CODEYARD_CACHE", str(Path.home() / ".cache" / "codeyard"))
+
+    @validate("cache_dir")
+    def _check_cache_dir(self, proposal: dict[str, Any]) -> str:
+        return os.path.abspath(os.path.expanduser(proposal["value"]))
+
     state_dir = Unicode(
         help="""Folder for the Hub's database, secrets, workspace homes and logs.
 
-        Env: CODEYARD_STATE. Default: ~/.cache/codeyard/state.
+        Env: CODEYARD_STATE. Default: `state` in `cache_dir` (~/.cache/codeyard/state).
         """,
     ).tag(config=True)
 
     @default("state_dir")
     def _default_state_dir(self) -> str:
-        return env("CODEYARD_STATE", str(Path.home() / ".cache" / "codeyard" / "state"))
+        return env("CODEYARD_STATE", os.path.join(self.cache_dir, "state"))
 
     @validate("state_dir")
     def _check_state_dir(self, proposal: dict[str, Any]) -> str:
@@ -139,13 +155,13 @@ class CoreSettings(HasTraits):
         help="""configurable-http-proxy executable.
 
         Default: the copy `hub_config/bin/install-proxy.sh` put in
-        $CODEYARD_PROXY_DIR (~/.cache/codeyard/proxy), else one on PATH.
+        $CODEYARD_PROXY_DIR (`proxy` in `cache_dir`), else one on PATH.
         """,
     ).tag(config=True)
 
     @default("proxy_command")
     def _default_proxy_command(self) -> str:
-        folder = env("CODEYARD_PROXY_DIR", str(Path.home() / ".cache" / "codeyard" / "proxy"))
+        folder = env("CODEYARD_PROXY_DIR", os.path.join(self.cache_dir, "proxy"))
         local = Path(folder) / "node_modules" / ".bin" / "configurable-http-proxy"
         return str(local) if local.exists() else "configurable-http-proxy"
 

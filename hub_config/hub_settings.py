@@ -7,8 +7,13 @@ in its help. `jupyterhub_config.py` turns them into JupyterHub, authenticator an
 config, but only where the site config did not already set that value.
 
 The settings are grouped by topic in core_settings.py, workspace_settings.py,
-placement_settings.py and model_settings.py. Those groups are plain HasTraits, so the only
-config section is `CodeyardHub`, as before the split.
+placement_settings.py and model_settings.py. Those groups are plain HasTraits, so an admin
+configures one section, `CodeyardHub`, whatever file a setting is defined in.
+
+This is the site configurer: state paths, ports and URLs are computed here once, from the
+site config and the `CODEYARD_*` variables, and jupyterhub_config.py passes them down
+explicitly to the Hub, its services (the LLM gateway, the placement service) and the
+workspaces.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hub_secrets import ensure_secret
 from hub_settings import CodeyardHub
 from placement_setup import PROVIDERS, configure_registry, uses_registry
-from services_llm import SERVICE_NAME as LLM_SERVICE
-from services_llm import configure_llm_service
 
+from codeyard.gateway.hubconfig import SERVICE_NAME as LLM_SERVICE
+from codeyard.gateway.hubconfig import configure_llm_service
 from codeyard.spawner import handlers as workspace_handlers
 
 c = get_config()  # provided by traitlets when it loads this file
@@ -132,7 +132,8 @@ if uses_registry(c):
 # ---- The shared model: the LLM gateway as a managed service ---------------------------
 # The gateway listens on the docker bridge (hub_ip) so workspace containers reach it, and
 # forwards to vLLM on loopback: the one `make up` starts (hub_config/up.d/10-vllm.sh) or
-# the external one in CODEYARD_VLLM_URL. The Hub never starts vLLM itself.
+# the external `CodeyardHub.vllm_url`. vLLM is not a Hub service, so a Hub restart does not
+# reload the model. Its settings (`c.GatewayApp.*` in the site config) go on its command line.
 if not any(s.get("name") == LLM_SERVICE for s in c.JupyterHub.services):
     configure_llm_service(
         c,
@@ -140,8 +141,7 @@ if not any(s.get("name") == LLM_SERVICE for s in c.JupyterHub.services):
         port=settings.llm_port,
         upstream_url=settings.vllm_upstream_url,
         key_file=settings.vllm_key_file,
-        audit_log=settings.state_path("llm-audit.jsonl"),
-        start_vllm=False,
+        audit_log=settings.llm_audit_log,
     )
 # Workspaces call it with their own JUPYTERHUB_API_TOKEN (explain, rewrite, Jupyternaut).
 TOKENIZER_IN_WORKSPACE = "/opt/codeyard/tokenizer.json"

@@ -1,17 +1,22 @@
 """The shared model: the LLM gateway's port, the model name workspaces ask for, the vLLM the
 gateway forwards to and its key, and the tokenizer workspaces count with
-(docs/hub.md, hub_config/vllm/README.md).
+(docs/hub.md, docs/gateway.md, hub_config/vllm/README.md).
 
-Part of `CodeyardHub` (hub_settings.py).
+Part of `CodeyardHub` (hub_settings.py). These are the only Python readers of the vLLM and
+gateway variables (CODEYARD_VLLM_URL, CODEYARD_VLLM_PORT, ...): jupyterhub_config.py hands
+the computed values to the gateway as its settings, and to workspaces as
+CODEYARD_LLM_URL / CODEYARD_LLM_MODEL / CODEYARD_TOKENIZER_FILE.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from core_settings import CoreSettings, env
 from traitlets import Integer, Unicode, default
+
+# 8001 is the proxy's API port (CoreSettings.proxy_api_port), so vLLM takes 8003.
+DEFAULT_VLLM_PORT = 8003
 
 
 class ModelSettings(CoreSettings):
@@ -52,15 +57,18 @@ class ModelSettings(CoreSettings):
 
     vllm_port = Integer(
         help="""Loopback port of the vLLM `make up` starts. Env: CODEYARD_VLLM_PORT.
-        Default 8003 (8001 is the proxy API); keep in step with hub_config/up.d/10-vllm.sh.""",
+        Default 8003, not 8001, which is the proxy's API (`proxy_api_port`). The shell
+        scripts that start vLLM (hub_config/up.d/10-vllm.sh, hub_config/vllm/serve.sh)
+        default to the same port; they read CODEYARD_VLLM_PORT, not the site config.""",
     ).tag(config=True)
 
     @default("vllm_port")
     def _default_vllm_port(self) -> int:
-        return int(env("CODEYARD_VLLM_PORT", "8003"))
+        return int(env("CODEYARD_VLLM_PORT", str(DEFAULT_VLLM_PORT)))
 
     @property
     def vllm_upstream_url(self) -> str:
+        """What the gateway forwards to: `vllm_url`, else the vLLM `make up` starts."""
         return self.vllm_url or f"http://127.0.0.1:{self.vllm_port}"
 
     vllm_key_file = Unicode(
@@ -76,13 +84,15 @@ class ModelSettings(CoreSettings):
         help="""The served model's tokenizer.json on this machine, mounted read-only into
         workspaces so explain/rewrite count their context budget exactly (missing: they
         estimate). Env: CODEYARD_TOKENIZER_FILE. Default: tokenizer.json in
-        CODEYARD_MODEL_DIR, else in $CODEYARD_CACHE/models/smollm2.""",
+        CODEYARD_MODEL_DIR, else in `<cache_dir>/models/smollm2`.""",
     ).tag(config=True)
 
     @default("tokenizer_file")
     def _default_tokenizer_file(self) -> str:
-        if os.environ.get("CODEYARD_TOKENIZER_FILE"):
-            return os.environ["CODEYARD_TOKENIZER_FILE"]
-        cache = env("CODEYARD_CACHE", str(Path.home() / ".cache" / "codeyard"))
-        model_dir = env("CODEYARD_MODEL_DIR", os.path.join(cache, "models", "smollm2"))
-        return os.path.join(model_dir, "tokenizer.json")
+        model_dir = env("CODEYARD_MODEL_DIR", os.path.join(self.cache_dir, "models", "smollm2"))
+        return env("CODEYARD_TOKENIZER_FILE", os.path.join(model_dir, "tokenizer.json"))
+
+    @property
+    def llm_audit_log(self) -> str:
+        """The gateway's audit trail (digests and counts, never text)."""
+        return self.state_path("llm-audit.jsonl")

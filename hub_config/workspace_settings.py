@@ -28,8 +28,9 @@ class WorkspaceSettings(CoreSettings):
 
     @default("image")
     def _default_image(self) -> str:
-        if os.environ.get("CODEYARD_IMAGE"):
-            return os.environ["CODEYARD_IMAGE"]
+        image = os.environ.get("CODEYARD_IMAGE")
+        if image:
+            return image
         tag_file = Path(self.state_dir) / "singleuser-image"
         if tag_file.exists():
             return tag_file.read_text().strip()

@@ -2,12 +2,12 @@
 # Install configurable-http-proxy@5 into a project-local folder (no global npm install).
 #
 # Usage: install-proxy.sh
-# Env:   CODEYARD_PROXY_DIR  target folder (default $HOME/.cache/codeyard/proxy)
+# Env:   CODEYARD_PROXY_DIR  target folder (default $CODEYARD_CACHE/proxy, $HOME/.cache/codeyard/proxy)
 # Output: the last stdout line is the path of the configurable-http-proxy executable.
 # Idempotent: does nothing when a 5.x proxy is already there.
 set -euo pipefail
 
-DIR="${CODEYARD_PROXY_DIR:-$HOME/.cache/codeyard/proxy}"
+DIR="${CODEYARD_PROXY_DIR:-${CODEYARD_CACHE:-$HOME/.cache/codeyard}/proxy}"
 BIN="$DIR/node_modules/.bin/configurable-http-proxy"
 log() { echo "[install-proxy] $*" >&2; }
 

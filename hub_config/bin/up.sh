@@ -8,9 +8,10 @@
 # Ctrl-C stops exactly what this script started: the Hub (which stops its proxy), hook
 # services, and dockerd if this script had to start it. Workspaces keep their files.
 #
-# Env: CODEYARD_STATE (default ~/.cache/codeyard/state), CODEYARD_ADMIN (default admin),
-#      CODEYARD_BIND_URL (default http://127.0.0.1:8000), any other CODEYARD_* setting
-#      from hub_config/*_settings.py, and CODEYARD_SITE_CONFIG for a site config file.
+# Env: CODEYARD_STATE (default $CODEYARD_CACHE/state, i.e. ~/.cache/codeyard/state),
+#      CODEYARD_ADMIN (default admin), CODEYARD_BIND_URL (default http://127.0.0.1:8000),
+#      any other CODEYARD_* setting from hub_config/*_settings.py, and
+#      CODEYARD_SITE_CONFIG for a site config file.
 #
 # Hooks: every executable hub_config/up.d/*.sh runs before the Hub starts (vLLM and the
 # model gateway go there). A hook starts its service in the background and prints
@@ -21,7 +22,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
-export CODEYARD_STATE="${CODEYARD_STATE:-$HOME/.cache/codeyard/state}"
+export CODEYARD_STATE="${CODEYARD_STATE:-${CODEYARD_CACHE:-$HOME/.cache/codeyard}/state}"
 VENV_BIN="${CODEYARD_VENV_BIN:-$REPO/.venv/bin}"
 log() { echo "[up] $*" >&2; }
 

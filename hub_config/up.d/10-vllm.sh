@@ -8,6 +8,8 @@
 # the key in $CODEYARD_STATE/vllm.key. Its progress goes to this terminal, vLLM's log to
 # $CODEYARD_STATE/vllm.log. Prints "pid <PID>" so up.sh stops it on exit (serve.sh stops
 # vLLM on SIGTERM). A vLLM already answering there with our key is reused.
+# This hook runs before the Hub and does not read the site config: choose vLLM's port and
+# key file with CODEYARD_VLLM_PORT / CODEYARD_VLLM_KEY_FILE, which both sides read.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"

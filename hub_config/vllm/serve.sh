@@ -6,9 +6,10 @@
 # If vLLM exits during start-up, the last log lines and the likely cause are printed.
 #
 # Settings (environment):
-#   CODEYARD_VLLM_PORT          port on 127.0.0.1 (default 8001)
+#   CODEYARD_VLLM_PORT          port on 127.0.0.1 (default 8003, as CodeyardHub.vllm_port;
+#                               never 8001, the proxy's API port)
 #   CODEYARD_VLLM_KEY_FILE      file holding the API key; created (mode 0600) when missing
-#                               (default $CODEYARD_CACHE/state/vllm.key). The gateway reads it.
+#                               (default $CODEYARD_STATE/vllm.key). The gateway reads it.
 #   CODEYARD_MODEL_DIR          Hugging Face model folder (default: the converted SmolLM2)
 #   CODEYARD_SERVED_MODEL_NAME  model id clients use (default smollm2)
 #   CODEYARD_VLLM_MAX_MODEL_LEN context length (default 4096)
@@ -18,9 +19,10 @@
 #                               jupyter-ai's Jupyternaut sends tools with tool_choice=auto,
 #                               which vLLM refuses unless auto tool choice is on.
 #   CODEYARD_VLLM_EXTRA_ARGS    more `vllm serve` flags, split on spaces
-#   CODEYARD_VLLM_LOG           log file (default $CODEYARD_CACHE/state/vllm-<port>.log)
+#   CODEYARD_VLLM_LOG           log file (default $CODEYARD_STATE/vllm-<port>.log)
 #   CODEYARD_VLLM_URL           external vLLM: this script does nothing and says so
 #   CODEYARD_VLLM_FLAVOR        see setup.sh
+#   CODEYARD_CACHE, CODEYARD_STATE  as everywhere: ~/.cache/codeyard and its state/ folder
 #
 # Flags:
 #   --print-command  print the `vllm serve` command line and exit (the GPU path is tested this way)
@@ -28,12 +30,13 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${CODEYARD_CACHE:-$HOME/.cache/codeyard}"
-PORT="${CODEYARD_VLLM_PORT:-8001}"
-KEY_FILE="${CODEYARD_VLLM_KEY_FILE:-$CACHE/state/vllm.key}"
+STATE="${CODEYARD_STATE:-$CACHE/state}"
+PORT="${CODEYARD_VLLM_PORT:-8003}"
+KEY_FILE="${CODEYARD_VLLM_KEY_FILE:-$STATE/vllm.key}"
 NAME="${CODEYARD_SERVED_MODEL_NAME:-smollm2}"
 MAX_LEN="${CODEYARD_VLLM_MAX_MODEL_LEN:-4096}"
 KV_CACHE="${CODEYARD_VLLM_KV_CACHE:-256M}"
-LOG="${CODEYARD_VLLM_LOG:-$CACHE/state/vllm-$PORT.log}"
+LOG="${CODEYARD_VLLM_LOG:-$STATE/vllm-$PORT.log}"
 PRINT_ONLY=0
 [[ "${1:-}" == "--print-command" ]] && PRINT_ONLY=1
 

@@ -5,7 +5,7 @@
 # Env:   BASE_IMAGE           base image (default: the offline debootstrap base from
 #                             build-base.sh; also used when BASE_IMAGE cannot be had)
 #        INSTALL_JUPYTER_AI   1 (default) or 0
-#        CODEYARD_STATE       state dir (default $HOME/.cache/codeyard/state)
+#        CODEYARD_STATE       state dir (default $CODEYARD_CACHE/state, $HOME/.cache/codeyard/state)
 #        FORCE_BUILD=1        build even when the hash tag exists
 # Output: codeyard/singleuser:<hash> and :latest; the last stdout line is the tag, also
 # written to $CODEYARD_STATE/singleuser-image. Progress and build logs go to stderr.
@@ -13,7 +13,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
-STATE="${CODEYARD_STATE:-$HOME/.cache/codeyard/state}"
+STATE="${CODEYARD_STATE:-${CODEYARD_CACHE:-$HOME/.cache/codeyard}/state}"
 DOCKER=/usr/bin/docker
 INSTALL_JUPYTER_AI="${INSTALL_JUPYTER_AI:-1}"
 log() { echo "[build-images] $*" >&2; }

@@ -2,7 +2,7 @@
 # Make sure a Docker engine answers on the default socket.
 #
 # Usage: ensure-docker.sh [STATE_DIR]
-#   STATE_DIR defaults to $CODEYARD_STATE, then $HOME/.cache/codeyard/state.
+#   STATE_DIR defaults to $CODEYARD_STATE, then $CODEYARD_CACHE/state ($HOME/.cache/codeyard/state).
 # If no engine answers, installs docker.io (apt) when dockerd is missing and starts
 # dockerd in the background, logging to STATE_DIR/dockerd.log.
 # Output: the last stdout line is the PID file path when this script started dockerd
@@ -11,7 +11,7 @@
 # Env: DOCKER_WAIT_SECONDS (default 60).
 set -euo pipefail
 
-STATE="${1:-${CODEYARD_STATE:-$HOME/.cache/codeyard/state}}"
+STATE="${1:-${CODEYARD_STATE:-${CODEYARD_CACHE:-$HOME/.cache/codeyard}/state}}"
 WAIT="${DOCKER_WAIT_SECONDS:-60}"
 DOCKER=/usr/bin/docker
 log() { echo "[ensure-docker] $*" >&2; }

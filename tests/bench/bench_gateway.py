@@ -39,8 +39,11 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
-import llm_stack
+# A script's own folder is on sys.path, tests/ is not: add it for `support`, as pytest's
+# `pythonpath` does for the suites.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support import llm_stack
+from support.hub import JsonApiHub
 
 PROMPT = [{"role": "user", "content": "Write one sentence about the sea."}]
 PATHS = ("direct", "gateway")
@@ -231,7 +234,7 @@ def audit_overhead(audit: Path, skip: int, label: str) -> int:
 
 
 async def run(
-    args: argparse.Namespace, vllm: llm_stack.Vllm, synth: llm_stack.Vllm, hub: llm_stack.Hub
+    args: argparse.Namespace, vllm: llm_stack.Vllm, synth: llm_stack.Vllm, hub: JsonApiHub
 ) -> None:
     rng = random.Random(args.seed)
     tokens = [hub.user_token(f"bench{i}", ["custom:codeyard-llm"]) for i in range(16)]

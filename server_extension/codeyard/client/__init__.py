@@ -67,11 +67,13 @@ def discover(env: dict[str, str] | None = None, cwd: str | None = None) -> Endpo
         return Endpoint(_local_url(env["CODEYARD_SERVER_URL"]), env.get("CODEYARD_TOKEN", ""))
     if env.get("JUPYTERHUB_SERVICE_URL") and env.get("JUPYTERHUB_API_TOKEN"):
         return Endpoint(_local_url(env["JUPYTERHUB_SERVICE_URL"]), env["JUPYTERHUB_API_TOKEN"])
+    servers: list[dict[str, Any]] = []
     try:
         from jupyter_server.serverapp import list_running_servers
     except ImportError:  # pragma: no cover - the client may run without jupyter_server
-        list_running_servers = None
-    servers = list(list_running_servers()) if list_running_servers else []
+        pass
+    else:
+        servers = list(list_running_servers())
     if not servers:
         raise ServerNotFound(
             "no running Jupyter server found; set CODEYARD_SERVER_URL and CODEYARD_TOKEN"

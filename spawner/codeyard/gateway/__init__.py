@@ -5,7 +5,9 @@ It runs as a JupyterHub service. A caller proves who it is with its own JupyterH
 per-user limits, forwards an allow-list of OpenAI paths to vLLM with vLLM's private key,
 and records metrics and an audit row with hashes, never text.
 
-Run it with `python -m codeyard.gateway` (see `GatewayApp` for the settings).
+The Hub runs it as a managed service, `python -m codeyard.gateway --GatewayApp.<name>=...`,
+registered by `hubconfig.configure_llm_service`; `GatewayApp` lists the settings and
+docs/gateway.md describes the whole.
 
 Token cache: the Hub's answer about a token (owner, scopes) is reused for
 `GatewayApp.token_cache_seconds` (default 30 s; 0 asks the Hub on every call). That is also

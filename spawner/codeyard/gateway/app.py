@@ -1,8 +1,11 @@
 """`GatewayApp`: the gateway's settings as traitlets and its tornado server.
 
-Settings come from a config file (`--config=...`, `c.GatewayApp.<name> = ...`), the command
-line (`--GatewayApp.port=...`) or, for the defaults, the environment JupyterHub gives a
-managed service (`JUPYTERHUB_SERVICE_URL`, `JUPYTERHUB_SERVICE_PREFIX`, `JUPYTERHUB_API_*`).
+Settings come from the command line (`--GatewayApp.port=...`; the Hub config passes every
+value it computed this way, see `hubconfig`) or a config file (`--config=...`,
+`c.GatewayApp.<name> = ...`). The only environment the gateway reads is what JupyterHub
+gives a managed service (`JUPYTERHUB_SERVICE_URL`, `JUPYTERHUB_SERVICE_PREFIX`,
+`JUPYTERHUB_API_*`): where vLLM runs, its key and the audit file are passed in, so the
+Hub's settings (`CodeyardHub`) are the one place they are decided.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from .limits import UserLimiter
 from .metrics import GatewayMetrics
 from .upstream import UpstreamPool
 
-DEFAULT_STATE = Path.home() / ".cache" / "codeyard" / "state"
 SCOPE = "custom:codeyard-llm"
 
 
@@ -84,24 +86,18 @@ class GatewayApp(Application):
         return "/" if value == "//" else value
 
     upstream_url = Unicode(
-        help="""Base URL of the vLLM OpenAI server, without `/v1`. Defaults to
-        CODEYARD_VLLM_URL, else http://127.0.0.1:8001 (what hub_config/vllm/serve.sh starts).
-        Point it at an external vLLM to share a GPU host."""
+        "",
+        help="""Base URL of the vLLM OpenAI server, without `/v1`. Required: the Hub config
+        passes `CodeyardHub.vllm_url`, else the vLLM `make up` starts on
+        `CodeyardHub.vllm_port`. Point it at an external vLLM to share a GPU host.""",
     ).tag(config=True)
-
-    @default("upstream_url")
-    def _default_upstream(self) -> str:
-        return os.environ.get("CODEYARD_VLLM_URL", "http://127.0.0.1:8001")
 
     upstream_api_key_file = Unicode(
+        "",
         help="""File holding vLLM's API key (serve.sh creates it, mode 0600). Only the gateway
-        reads it; workspaces never see it. Defaults to CODEYARD_VLLM_KEY_FILE, else
-        ~/.cache/codeyard/state/vllm.key. A missing file means no key is sent."""
+        reads it; workspaces never see it. The Hub config passes `CodeyardHub.vllm_key_file`.
+        Empty or a missing file means no key is sent.""",
     ).tag(config=True)
-
-    @default("upstream_api_key_file")
-    def _default_key_file(self) -> str:
-        return os.environ.get("CODEYARD_VLLM_KEY_FILE", str(DEFAULT_STATE / "vllm.key"))
 
     connect_timeout = Float(
         5.0, help="""Seconds to wait for a TCP connection to vLLM before answering 503."""
@@ -172,8 +168,8 @@ class GatewayApp(Application):
         default_value=[SCOPE],
         help=f"""A caller's token must hold at least one of these JupyterHub scopes, else 403.
         Define `{SCOPE}` in `c.JupyterHub.custom_scopes` and grant it to users and to
-        server tokens (see hub_config/services_llm.py). `access:services!service=<name>`
-        works as well.""",
+        server tokens (`codeyard.gateway.hubconfig.configure_llm_service` does).
+        `access:services!service=<name>` works as well.""",
     ).tag(config=True)
 
     metrics_require_auth = Bool(
@@ -183,13 +179,10 @@ class GatewayApp(Application):
     ).tag(config=True)
 
     audit_log_path = Unicode(
-        help="""JSONL file for the audit rows (digests and counts, never text). Defaults to
-        CODEYARD_LLM_AUDIT_LOG, else ~/.cache/codeyard/state/llm-audit.jsonl."""
+        "",
+        help="""JSONL file for the audit rows (digests and counts, never text). Required:
+        the Hub config passes `<CodeyardHub.state_dir>/llm-audit.jsonl`.""",
     ).tag(config=True)
-
-    @default("audit_log_path")
-    def _default_audit(self) -> str:
-        return os.environ.get("CODEYARD_LLM_AUDIT_LOG", str(DEFAULT_STATE / "llm-audit.jsonl"))
 
     hub_auth = Instance(HubAuth, help="The HubAuth that checks callers' tokens.")
 
@@ -208,6 +201,9 @@ class GatewayApp(Application):
         return self._api_key
 
     def reload_api_key(self) -> None:
+        if not self.upstream_api_key_file:
+            self._api_key = ""
+            return
         key_file = Path(self.upstream_api_key_file).expanduser()
         try:
             self._api_key = key_file.read_text().strip()
@@ -218,7 +214,16 @@ class GatewayApp(Application):
         super().initialize(argv)
         if self.config_file:
             self.load_config_file(self.config_file)
-        if not self.upstream_api_key:
+        # No guessed defaults: a gateway pointed at the wrong vLLM (8001 is the proxy's API)
+        # or auditing into a folder nobody reads is worse than one that does not start.
+        missing = [name for name in ("upstream_url", "audit_log_path") if not getattr(self, name)]
+        if missing:
+            self.exit(
+                "codeyard-llm-gateway: set "
+                + " and ".join(f"--GatewayApp.{name}" for name in missing)
+                + " (the Hub config passes them; see codeyard.gateway.hubconfig)"
+            )
+        if self.upstream_api_key_file and not self.upstream_api_key:
             self.log.warning(
                 "no vLLM key at %s yet: will read it again on each call until it appears",
                 self.upstream_api_key_file,

@@ -1,7 +1,8 @@
 """HTTP side of the gateway: check the caller, apply limits, relay to vLLM chunk by chunk.
 
-Errors follow the OpenAI shape `{"error": {"message", "type", "code"}}` so the usual
-clients (openai, litellm) show the message to the user.
+Errors are `codeyard.jsonapi.JSONError`s answered in OpenAI's shape
+`{"error": {"message", "type", "code"}}` (`jsonapi.openai_shape`), so the usual clients
+(openai, litellm) show the message to the user.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import httputil, web
 from tornado.iostream import StreamClosedError
+
+from codeyard.jsonapi import JSONError, JSONHandlerMixin, openai_shape, parse_json_object
 
 from .accounting import AnswerTally, prompt_digest
 from .audit import AuditRow
@@ -35,18 +38,17 @@ ALLOWED = {
 _AUTH = re.compile(r"(?:token|bearer)\s+(\S+)", re.IGNORECASE)
 
 
-class GatewayError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, *, retry_after: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class RateLimited(JSONError):
+    """429 from a per-user limit; `retry_after` (seconds) goes out as `Retry-After`."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(429, "rate_limited", message)
         self.retry_after = retry_after
 
 
-class BaseHandler(web.RequestHandler):
+class BaseHandler(JSONHandlerMixin, web.RequestHandler):
+    error_shape = staticmethod(openai_shape)
+
     @property
     def gateway(self) -> GatewayApp:
         return self.settings["gateway"]  # type: ignore[no-any-return]
@@ -55,20 +57,22 @@ class BaseHandler(web.RequestHandler):
         # Token-authenticated API only; no cookies are ever accepted.
         return
 
-    def send_gateway_error(self, err: GatewayError) -> None:
-        self.set_status(err.status)
-        if err.retry_after is not None:
+    def send_json_error(self, err: JSONError) -> None:
+        if isinstance(err, RateLimited):
             self.set_header("Retry-After", str(err.retry_after))
-        self.set_header("Content-Type", "application/json")
-        self.finish(
-            json.dumps({"error": {"message": err.message, "type": err.code, "code": err.code}})
-        )
+        super().send_json_error(err)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        err = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(err, RateLimited):
+            self.set_header("Retry-After", str(err.retry_after))
+        super().write_error(status_code, **kwargs)
 
     async def authenticate(self) -> dict[str, Any]:
         """Return the Hub's model of the token's owner, or raise 401/403."""
         match = _AUTH.match(self.request.headers.get("Authorization", ""))
         if not match:
-            raise GatewayError(
+            raise JSONError(
                 401, "unauthorized", "send your JupyterHub token as 'Authorization: Bearer <token>'"
             )
         try:
@@ -76,19 +80,12 @@ class BaseHandler(web.RequestHandler):
                 match.group(1), use_cache=self.gateway.token_cache_seconds > 0, sync=False
             )
         except web.HTTPError as exc:
-            raise GatewayError(
+            raise JSONError(
                 503, "hub_unavailable", f"cannot check the token with JupyterHub: {exc.log_message}"
             ) from None
         if not user:
-            raise GatewayError(401, "unauthorized", "the token is not valid (expired or revoked?)")
+            raise JSONError(401, "unauthorized", "the token is not valid (expired or revoked?)")
         return user
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.set_header("Content-Type", "application/json")
-        reason = self._reason or "error"
-        self.finish(
-            json.dumps({"error": {"message": reason, "type": "error", "code": status_code}})
-        )
 
 
 class ProxyHandler(BaseHandler):
@@ -120,31 +117,29 @@ class ProxyHandler(BaseHandler):
             user = await self.authenticate()
             user_name = str(user.get("name", "-"))
             if not gw.hub_auth.check_scopes(set(gw.required_scopes), user):
-                raise GatewayError(
+                raise JSONError(
                     403,
                     "forbidden",
                     f"this token may not use the model: it needs one of the scopes "
                     f"{sorted(gw.required_scopes)}",
                 )
             if (method, path) not in ALLOWED:
-                raise GatewayError(404, "not_found", f"{method} /v1/{path} is not offered here")
+                raise JSONError(404, "not_found", f"{method} /v1/{path} is not offered here")
             body = self._checked_body(method)
             if body is not None:
                 model = str(body.get("model", "-"))
             refusal = gw.limiter.acquire(user_name)
             if refusal is not None:
                 gw.metrics.errors.labels(user_name, model, refusal.reason).inc()
-                raise GatewayError(
-                    429, "rate_limited", refusal.message, retry_after=refusal.retry_after
-                )
-        except GatewayError as err:
+                raise RateLimited(refusal.message, refusal.retry_after)
+        except JSONError as err:
             reason = {401: "auth", 403: "forbidden", 404: "not_found", 413: "too_large"}.get(
                 err.status, err.code
             )
             if err.status != 429:
                 gw.metrics.errors.labels(user_name, model, reason).inc()
             gw.metrics.requests.labels(user_name, model, path, str(err.status)).inc()
-            self.send_gateway_error(err)
+            self.send_json_error(err)
             return
 
         # Tokens are small writes: without TCP_NODELAY, Nagle's algorithm and the client's
@@ -212,15 +207,10 @@ class ProxyHandler(BaseHandler):
         gw = self.gateway
         raw = self.request.body or b""
         if len(raw) > gw.max_body_bytes:
-            raise GatewayError(
+            raise JSONError(
                 413, "request_too_large", f"request body over the {gw.max_body_bytes} byte limit"
             )
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise GatewayError(400, "bad_request", "request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise GatewayError(400, "bad_request", "request body must be a JSON object")
+        body = parse_json_object(raw)
         cap = gw.max_tokens_cap
         if cap > 0:
             # Clamp rather than refuse: a client asking for "as much as possible" still works.
@@ -297,8 +287,8 @@ class ProxyHandler(BaseHandler):
         except Abort:
             return 499, first[0] if first else None, "client_gone"
         except UpstreamUnavailable as exc:
-            self.send_gateway_error(
-                GatewayError(
+            self.send_json_error(
+                JSONError(
                     503,
                     "model_unavailable",
                     "the model server (vLLM) is not reachable: it is down or still starting "
@@ -314,16 +304,16 @@ class ProxyHandler(BaseHandler):
                 return upstream["status"], first[0], reason
             if reason == "upstream_timeout":
                 message = f"the model server did not answer within {gw.upstream_timeout:g} s"
-                self.send_gateway_error(GatewayError(504, reason, message))
+                self.send_json_error(JSONError(504, reason, message))
                 return 504, None, reason
             message = "the model server closed the connection without answering"
-            self.send_gateway_error(GatewayError(502, reason, message))
+            self.send_json_error(JSONError(502, reason, message))
             return 502, None, reason
         ttft = first[0] if first else None
         if upstream.get("misconfigured") or upstream["status"] == 401:
             gw.reload_api_key()  # vLLM may have been restarted with a new key
-            self.send_gateway_error(
-                GatewayError(502, "gateway_misconfigured", "vLLM rejected the gateway's API key")
+            self.send_json_error(
+                JSONError(502, "gateway_misconfigured", "vLLM rejected the gateway's API key")
             )
             return 502, ttft, "upstream_auth"
         if not first:
@@ -357,9 +347,9 @@ class MetricsHandler(BaseHandler):
             try:
                 user = await self.authenticate()
                 if not gw.hub_auth.check_scopes({"read:metrics"}, user):
-                    raise GatewayError(403, "forbidden", "metrics need the read:metrics scope")
-            except GatewayError as err:
-                self.send_gateway_error(err)
+                    raise JSONError(403, "forbidden", "metrics need the read:metrics scope")
+            except JSONError as err:
+                self.send_json_error(err)
                 return
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(gw.metrics.registry))
@@ -374,4 +364,4 @@ class HealthHandler(BaseHandler):
 
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
-        self.send_gateway_error(GatewayError(404, "not_found", "not found"))
+        self.send_json_error(JSONError(404, "not_found", "not found"))

@@ -41,9 +41,6 @@ class UserLimiter:
             spent.popleft()
         return spent
 
-    def tokens_used(self, user: str, now: float | None = None) -> int:
-        return sum(n for _, n in self._window(user, time.monotonic() if now is None else now))
-
     def acquire(self, user: str, now: float | None = None) -> Refusal | None:
         now = time.monotonic() if now is None else now
         if self.max_concurrent > 0 and self._in_flight[user] >= self.max_concurrent:

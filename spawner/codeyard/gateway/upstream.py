@@ -1,9 +1,9 @@
 """Keep-alive HTTP/1.1 connections to the upstream (vLLM), on tornado's own HTTP/1 code.
 
-tornado's `AsyncHTTPClient` opens and closes a TCP connection per call, so every model call
-paid a connect plus vLLM's accept (about 1 ms on loopback, more when vLLM's event loop is
+tornado's `AsyncHTTPClient` opens and closes a TCP connection per call, which would cost every
+model call a connect plus vLLM's accept (about 1 ms on loopback, more when vLLM's event loop is
 busy streaming to others). httpx pools connections but costs more per chunk than it saves: in
-a 16-stream test against a zero-latency upstream its time to first chunk was two to three
+a 16-stream test against a zero-latency upstream its time to first chunk is two to three
 times tornado's. This module keeps tornado's parser and adds the pool: idle connections are kept
 for `idle_seconds` (below vLLM's own keep-alive timeout) and checked for a close by the peer
 before reuse; a reused connection that turns out dead before any answer byte is replaced once.
