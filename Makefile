@@ -49,8 +49,9 @@ format: venv
 
 # Debian packages the suites drive for real: dockerd, debootstrap (offline base image),
 # Chromium (browser tests), OpenSSH (ssh:// Docker hosts), git, strace (reads the patch
-# engine's real fsync/syncfs calls).
-SYSTEM_PACKAGES := docker.io debootstrap chromium openssh-server openssh-client git strace
+# engine's real fsync/syncfs calls), PostgreSQL (the Hub and placement databases in tests).
+SYSTEM_PACKAGES := docker.io debootstrap chromium openssh-server openssh-client git strace \
+  postgresql
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -89,9 +90,11 @@ test-labextension: venv
 	cd labextension && ../$(BIN)/jlpm install --silent && ../$(BIN)/jlpm test
 
 # One real vLLM (SmolLM2 on CPU) serves every suite that needs the model: with-vllm.sh starts
-# it once and the fixtures reuse it through CODEYARD_TEST_VLLM_URL.
-test: lint test-labextension
-	hub_config/vllm/with-vllm.sh $(MAKE) --no-print-directory $(addprefix test-,$(SUITES))
+# it once and the fixtures reuse it through CODEYARD_TEST_VLLM_URL. One PostgreSQL likewise
+# (with-postgres.sh, CODEYARD_TEST_POSTGRES_URL); each test makes its own database on it.
+test: lint test-labextension system-deps
+	hub_config/vllm/with-vllm.sh tests/support/with-postgres.sh \
+	  $(MAKE) --no-print-directory $(addprefix test-,$(SUITES))
 
 # Docker engine, single-user image, proxy, secrets, model services, then the Hub in the
 # foreground on http://127.0.0.1:8000. Ctrl-C stops what it started.

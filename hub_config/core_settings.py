@@ -1,5 +1,5 @@
-"""The Hub's own settings: the state folder, who is admin, sign-up approval, the database and
-the addresses the Hub and its proxy listen on.
+"""The Hub's own settings: the state folder, who is admin, sign-up approval, the login lock,
+the database and the addresses the Hub and its proxy listen on.
 
 The base of `CodeyardHub` (hub_settings.py); the other settings groups read `cache_dir`,
 `state_dir` and `hub_ip` from here, and every default can come from a `CODEYARD_*`
@@ -62,10 +62,14 @@ class CoreSettings(HasTraits):
         return os.path.abspath(os.path.expanduser(proposal["value"]))
 
     admin_user = Unicode(
-        help="""User name that becomes admin. Sign up with this name to become admin.
+        help="""User name that becomes admin with Codeyard's sign-up (the default login).
 
-        NativeAuthenticator approves it without an admin (there is none yet), so sign it
-        up right after the first start. Env: CODEYARD_ADMIN. Default: admin.
+        Nobody can claim it by signing up first: it is registered only through the one-time
+        link `make up` prints, which carries the secret in `<state_dir>/admin_bootstrap`
+        (`admin_bootstrap_file`). NativeAuthenticator approves it without an admin (there is
+        none yet). With another authenticator (LDAP, OAuth) this name is not made admin:
+        admins are the site config's `c.Authenticator.admin_users`, or users given the Hub's
+        admin flag. Env: CODEYARD_ADMIN. Default: admin.
         """,
     ).tag(config=True)
 
@@ -91,10 +95,46 @@ class CoreSettings(HasTraits):
     def _default_require_approval(self) -> bool:
         return env_bool("CODEYARD_REQUIRE_APPROVAL", False)
 
-    database_url = Unicode(
-        help="""SQLAlchemy URL of the Hub database, e.g. postgresql://user@db/jupyterhub.
+    failed_logins_before_lock = Integer(
+        help="""Failed logins in a row after which a user name is locked for
+        `login_lock_seconds` (NativeAuthenticator's `allowed_failed_logins`). While locked,
+        even the right password is refused and the login page says how long to wait; after
+        that, each further failure locks it again until a login succeeds. Unknown names are
+        counted too, so a lock does not reveal which names exist. Anybody can lock a name
+        this way, which is the price of slowing down password guessing.
+        Env: CODEYARD_FAILED_LOGINS. Default 5; 0 turns the lock off.""",
+    ).tag(config=True)
 
-        PostgreSQL needs a driver in the Hub's environment (`pip install psycopg2`).
+    @default("failed_logins_before_lock")
+    def _default_failed_logins_before_lock(self) -> int:
+        return int(env("CODEYARD_FAILED_LOGINS", "5"))
+
+    @validate("failed_logins_before_lock")
+    def _check_failed_logins_before_lock(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] < 0:
+            raise ValueError("failed_logins_before_lock must be 0 (off) or more")
+        return int(proposal["value"])
+
+    login_lock_seconds = Integer(
+        help="""Seconds a user name stays locked after `failed_logins_before_lock` failed
+        logins (NativeAuthenticator's `seconds_before_next_try`).
+        Env: CODEYARD_LOGIN_LOCK_SECONDS. Default 300.""",
+    ).tag(config=True)
+
+    @default("login_lock_seconds")
+    def _default_login_lock_seconds(self) -> int:
+        return int(env("CODEYARD_LOGIN_LOCK_SECONDS", "300"))
+
+    @validate("login_lock_seconds")
+    def _check_login_lock_seconds(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] <= 0:
+            raise ValueError("login_lock_seconds must be positive")
+        return int(proposal["value"])
+
+    database_url = Unicode(
+        help="""SQLAlchemy URL of the Hub database, e.g.
+        postgresql+psycopg://user:password@db/jupyterhub (psycopg 3 comes with the `hub`
+        extra; the placement registry needs a database of its own, `placement_db_url`).
         Env: CODEYARD_DATABASE_URL. Default: SQLite in the state folder.
         """,
     ).tag(config=True)
@@ -178,3 +218,8 @@ class CoreSettings(HasTraits):
 
     def state_path(self, *parts: str) -> str:
         return os.path.join(self.state_dir, *parts)
+
+    @property
+    def admin_bootstrap_file(self) -> str:
+        """The one-time admin sign-up secret (0600; renamed to `.used` once used)."""
+        return self.state_path("admin_bootstrap")
