@@ -11,6 +11,7 @@ PostgreSQL comes from `support.postgres`: the run's shared server when the tests
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 from collections import Counter
@@ -28,6 +29,7 @@ from support import postgres
 from test_registry import *  # noqa: F403
 
 from codeyard.placement.__main__ import main as cli
+from codeyard.placement.crypto import KEY_ENV, CredentialCipher
 from codeyard.placement.database import (
     DatabaseSchemaMismatch,
     alembic_config,
@@ -217,3 +219,33 @@ def test_concurrent_placements_never_exceed_a_hosts_capacity(registry: Registry)
     assert Counter(outcomes) == {"small": 3, "refused": 7}
     assert registry.get_server("small")["load"]["running"] == 3
     assert len(registry.list_placements(server="small")) == 3
+
+
+def test_two_registries_on_one_database_never_exceed_a_hosts_capacity(
+    db_url: str, crypt_keys: tuple[str, str]
+) -> None:
+    """Two processes' registries (two session factories, two in-process locks) place into
+    one PostgreSQL database: the database's own lock keeps them from overfilling a host."""
+    first = Registry(open_db(db_url), CredentialCipher(os.environ[KEY_ENV]))
+    second = Registry(open_db(db_url), CredentialCipher(os.environ[KEY_ENV]))
+    first.add_server({"name": "small", "endpoint": "unix:///run/s.sock", "max_workspaces": 3})
+    outcomes: list[str] = []
+    start = threading.Barrier(2)
+
+    def spawn_five(registry: Registry, who: str) -> None:
+        start.wait()
+        for i in range(5):
+            try:
+                outcomes.append(registry.place(f"{who}{i}").server_name)
+            except NoHostAvailable:
+                outcomes.append("refused")
+
+    threads = [
+        threading.Thread(target=spawn_five, args=(r, w)) for r, w in ((first, "a"), (second, "b"))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert Counter(outcomes) == {"small": 3, "refused": 7}
+    assert len(second.list_placements(server="small")) == 3

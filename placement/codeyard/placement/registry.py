@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from .crypto import CredentialCipher
@@ -232,6 +232,7 @@ class Registry(ServerRegistry):
         known_host: str = "",
     ) -> PlacementResult:
         with self.sessions.begin() as db:
+            serialize_placements(db)
             p = placement_row(db, user, workspace, create=True)
             old = p.server
             if old is None and known_host:
@@ -340,3 +341,21 @@ class Registry(ServerRegistry):
     def confirm_replacement(self, user: str, workspace: str) -> None:
         with self.sessions.begin() as db:
             placement_row(db, user, workspace).data_loss_confirmed = True
+
+
+# Any 64-bit key works; this one spells "codeyard" so it is recognisable in pg_locks.
+PLACEMENT_LOCK_KEY = int.from_bytes(b"codeyard", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def serialize_placements(db: Session) -> None:
+    """Hold the database-wide placement lock until `db`'s transaction ends.
+
+    The registry's own lock orders decisions inside one process. On PostgreSQL, several
+    processes (two Hubs, a Hub and the admin CLI) may place into one registry: without a
+    shared lock each reads the same load and a host fills past its capacity. A transaction
+    advisory lock makes them take turns and is released by commit or rollback, never
+    leaked. SQLite has one writer per file and no such lock; there the Hub is the only
+    process that places.
+    """
+    if db.get_bind().dialect.name == "postgresql":
+        db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PLACEMENT_LOCK_KEY})
