@@ -5,8 +5,9 @@ by round so a load spike on this shared machine hits both. The endpoint side goe
 a real `jupyter server` on 127.0.0.1 with a token (HTTP, auth, staging, journal, fsync,
 revert store, audit); each round is undone with `patch/{id}/revert`, untimed. The baseline
 is `git apply` in a git checkout, undone with `git apply -R`, untimed.
-Target (issue 2): apply / baseline <= 2, as the ratio of medians; the ratio of minimums
-(each side's best, least disturbed round) and the median of per-round ratios are printed too.
+Target: apply / baseline <= 2 (an atomic, audited apply may cost at most twice a bare
+`git apply`), as the ratio of medians; the ratio of minimums (each side's best, least
+disturbed round) and the median of per-round ratios are printed too.
 
 Two series run on the same server. "settled": an untimed `sync` after every untimed undo,
 so each timed operation starts with nothing dirty in the page cache and pays only for its
@@ -26,7 +27,7 @@ connection, as a browser or the notebook client does.
 An apply answers after one flush (the commit point); the flush that makes the swap durable
 and retires the journal runs in the background after the answer, so the untimed revert
 that follows may wait for it. Afterwards the same patch is applied in-process through
-`PatchManager` (no HTTP), from `PatchManager.timings`.
+`PatchManager` (no HTTP), its phases read from the `Timings` passed to each call.
 """
 
 from __future__ import annotations
@@ -34,14 +35,12 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
 from server import running_server
 
 FILES = int(os.environ.get("BENCH_PATCH_FILES", "100"))
@@ -86,7 +85,7 @@ def summary(name: str, seconds: list[float]) -> str:
 def in_process_phases(tmp: str, diff: str) -> None:
     """Apply through `PatchManager` directly and print the median of each phase."""
     from codeyard.server_extension.audit import AuditLog
-    from codeyard.server_extension.patching import PatchManager
+    from codeyard.server_extension.patches.manager import PatchManager, Timings
     from codeyard.server_extension.paths import WorkspacePaths
 
     ws = Path(tmp, "inprocess")
@@ -97,10 +96,11 @@ def in_process_phases(tmp: str, diff: str) -> None:
     phases: dict[str, list[float]] = defaultdict(list)
     totals = []
     for _ in range(ROUNDS // 2 + 1):
+        timings = Timings()
         start = time.perf_counter()
-        result = manager.apply(diff)
+        result = manager.apply(diff, timings=timings)
         totals.append(time.perf_counter() - start)
-        for phase, ms in manager.timings.items():
+        for phase, ms in timings.phases.items():
             phases[phase].append(ms)
         manager.revert(result["patch_id"])
     print(summary("in-process PatchManager.apply", totals[1:]))

@@ -20,23 +20,21 @@ git_diff
     `git_diff(before: dict[str, bytes|None], after: dict[str, bytes|None]) -> str`: a real
     `git diff -M --binary` between two trees built in a scratch repository.
 model_stack
-    Session-scoped: real vLLM + JupyterHub + the LLM gateway (tests/gateway/llm_stack.py),
+    Session-scoped: real vLLM + JupyterHub + the LLM gateway (tests/support/llm_stack.py),
     started on first use only; `{"url": gateway URL, "token": a user token}`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from jpconfig import server_config
+from support import llm_stack
 from tornado.httpclient import HTTPClientError
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
@@ -130,25 +128,10 @@ def git_diff(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
     return make
 
 
-def load_llm_stack() -> ModuleType:
-    """tests/gateway/llm_stack.py, loaded once under the name its dataclasses expect."""
-    if "llm_stack" in sys.modules:
-        return sys.modules["llm_stack"]
-    spec = importlib.util.spec_from_file_location(
-        "llm_stack", Path(__file__).resolve().parents[1] / "gateway" / "llm_stack.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["llm_stack"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def model_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     # Sync and session-scoped: pytest-jupyter's per-test event loop must not own these
     # processes, and vLLM takes about a minute to start on a loaded machine.
-    llm_stack = load_llm_stack()
     vllm = llm_stack.start_vllm(tmp_path_factory.mktemp("vllm"))
     hub = llm_stack.start_hub(tmp_path_factory.mktemp("hub"), vllm, {"codeyard-llm": []})
     try:

@@ -7,7 +7,7 @@ import json
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from codeyard.server_extension.handlers.base import CodeyardHandler
+from codeyard.server_extension.base import CodeyardHandler
 
 ENDPOINTS = [
     ("GET", "tree", None),

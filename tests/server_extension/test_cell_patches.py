@@ -16,7 +16,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from codeyard.server_extension.rewrite import unified_diff
+from codeyard.server_extension.patches.difftext import unified_diff
 
 MARKER = "zq_cell_marker_7f3a"
 
@@ -265,7 +265,7 @@ async def test_a_diff_that_changes_nothing_is_refused(api: Any, workspace: Path)
 
 def test_read_cell_gives_the_source_the_language_and_the_notebook_hash(workspace: Path) -> None:
     from codeyard.server_extension.files import FileReader
-    from codeyard.server_extension.notebook_cells import CellPatcher
+    from codeyard.server_extension.patches.cells import CellPatcher
     from codeyard.server_extension.paths import WorkspacePaths
 
     original = make_notebook(workspace)
@@ -299,7 +299,7 @@ async def test_requests_without_a_token_get_403(
 
 
 def test_cell_handlers_are_authenticated_and_scoped(jp_serverapp: Any) -> None:
-    from codeyard.server_extension.handlers.cells import CellApplyHandler, CellValidateHandler
+    from codeyard.server_extension.patches.handlers import CellApplyHandler, CellValidateHandler
 
     for handler in (CellValidateHandler, CellApplyHandler):
         assert jp_serverapp.web_app._check_handler_auth("cells", handler) == []

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from jpconfig import closed_port, server_config
 
-from codeyard.server_extension.completion import CodeyardCompleter, trim_completion
-from codeyard.server_extension.context import Redactor
-from codeyard.server_extension.llm_client import CodeyardLLM
+from codeyard.server_extension.llm.client import CodeyardLLM
+from codeyard.server_extension.llm.completion import CodeyardCompleter, trim_completion
+from codeyard.server_extension.llm.redaction import Redactor
 from codeyard.server_extension.paths import WorkspacePaths
 
 TOKENIZER = Path.home() / ".cache" / "codeyard" / "models" / "smollm2" / "tokenizer.json"
@@ -191,7 +191,7 @@ async def test_a_request_without_a_token_gets_403(
 
 @pytest.mark.parametrize("jp_server_config", [GATEWAY_DOWN])
 def test_complete_handler_is_authenticated_and_scoped(jp_serverapp: Any) -> None:
-    from codeyard.server_extension.handlers.complete import CompleteHandler
+    from codeyard.server_extension.llm.handlers import CompleteHandler
 
     assert jp_serverapp.web_app._check_handler_auth("complete", CompleteHandler) == []
     assert CompleteHandler.auth_resource == "codeyard:complete"

@@ -23,7 +23,7 @@ import pytest
 from trees import files_of, put
 
 from codeyard.server_extension.audit import AuditLog
-from codeyard.server_extension.patching import PatchManager
+from codeyard.server_extension.patches.manager import PatchManager
 from codeyard.server_extension.paths import WorkspacePaths
 
 N_FILES = 60
@@ -146,7 +146,7 @@ CHILD = """
 import sys, time
 from pathlib import Path
 from codeyard.server_extension.audit import AuditLog
-from codeyard.server_extension.patching import PatchManager
+from codeyard.server_extension.patches.manager import PatchManager
 from codeyard.server_extension.paths import WorkspacePaths
 
 root, pause_at = Path(sys.argv[1]), sys.argv[2]

@@ -15,23 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import load_llm_stack
+from support import llm_stack
 
-from codeyard.server_extension.context import (
-    ContextBuilder,
-    Redactor,
-    TokenCounter,
-    render_context,
-)
 from codeyard.server_extension.files import FileReader
-from codeyard.server_extension.llm_client import CodeyardLLM
+from codeyard.server_extension.llm.client import CodeyardLLM
+from codeyard.server_extension.llm.context import ContextBuilder
+from codeyard.server_extension.llm.prompt import render_context
+from codeyard.server_extension.llm.redaction import Redactor
+from codeyard.server_extension.llm.rewrite import Rewriter, extract_code
+from codeyard.server_extension.llm.tokens import TokenCounter
+from codeyard.server_extension.patches.difftext import unified_diff
 from codeyard.server_extension.paths import WorkspacePaths
-from codeyard.server_extension.rewrite import Rewriter, extract_code, unified_diff
 
 # Where hub_config/vllm/setup.sh (run by the model_stack fixture) puts the converted model.
 CACHE = Path(os.environ.get("CODEYARD_CACHE", Path.home() / ".cache" / "codeyard"))
 TOKENIZER = CACHE / "models" / "smollm2" / "tokenizer.json"
-llm_stack = load_llm_stack()
 
 CALC = '''"""Small helpers for arithmetic."""
 
@@ -113,7 +111,13 @@ async def test_explain_streams_several_events_and_ends_with_done(
 
 async def test_explain_json_says_what_a_small_function_does(api: Any, workspace: Path) -> None:
     (workspace / "calc.py").write_text(CALC)
-    status, body = await api("explain", body={"path": "calc.py", "start_line": 8, "end_line": 10})
+    # The selection alone: with the rest of the file as context, the 135M model at
+    # temperature 0 described the whole module (an "area of a circle calculator") on an
+    # AMD CI machine, every run. What is under test is that the selection is explained.
+    status, body = await api(
+        "explain",
+        body={"path": "calc.py", "start_line": 8, "end_line": 10, "context_lines": 0},
+    )
     assert status == 200, body
     text = body["text"].lower()
     assert text.strip()

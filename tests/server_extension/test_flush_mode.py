@@ -21,7 +21,7 @@ from traitlets import TraitError
 
 from codeyard.server_extension.app import CodeyardApp
 from codeyard.server_extension.audit import AuditLog
-from codeyard.server_extension.patching import PatchManager
+from codeyard.server_extension.patches.manager import PatchManager
 from codeyard.server_extension.paths import WorkspacePaths
 
 STRACE = shutil.which("strace") or "/usr/bin/strace"
@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
     import sys
     from pathlib import Path
     from codeyard.server_extension.audit import AuditLog
-    from codeyard.server_extension.patching import PatchManager
+    from codeyard.server_extension.patches.manager import PatchManager
     from codeyard.server_extension.paths import WorkspacePaths
 
     root, mode, diff = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]).read_text()

@@ -15,7 +15,9 @@ import pytest
 from jpconfig import closed_port
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from codeyard.server_extension.context import ContextBuilder, TokenCounter, render_context
+from codeyard.server_extension.llm.context import ContextBuilder
+from codeyard.server_extension.llm.prompt import render_context
+from codeyard.server_extension.llm.tokens import TokenCounter
 from codeyard.server_extension.paths import WorkspacePaths
 
 MAX_TOKENS_LIMIT = 300

@@ -10,7 +10,7 @@ from typing import Any
 
 from codeyard.server_extension.audit import AuditLog
 from codeyard.server_extension.errors import CodeyardError
-from codeyard.server_extension.patching import PatchManager
+from codeyard.server_extension.patches.manager import PatchManager
 from codeyard.server_extension.paths import WorkspacePaths
 
 ORIGINAL = b"".join(b"original %d\n" % i for i in range(40))

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from codeyard.server_extension.audit import AuditLog
-from codeyard.server_extension.diffparse import parse_diff
 from codeyard.server_extension.errors import CodeyardError
-from codeyard.server_extension.patching import PatchManager
+from codeyard.server_extension.patches.diffparse import parse_diff
+from codeyard.server_extension.patches.manager import PatchManager
 from codeyard.server_extension.paths import WorkspacePaths
 
 

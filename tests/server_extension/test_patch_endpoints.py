@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from trees import files_of, put
 
-from codeyard.server_extension.patching import PatchManager
+from codeyard.server_extension.patches.manager import PatchManager
 
 GitDiff = Callable[..., str]
 

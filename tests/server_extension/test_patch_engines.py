@@ -17,9 +17,9 @@ from trees import files_of, put
 
 from codeyard.server_extension.app import CodeyardApp
 from codeyard.server_extension.audit import AuditLog
-from codeyard.server_extension.diffparse import parse_diff
 from codeyard.server_extension.errors import CodeyardError
-from codeyard.server_extension.gitapply import (
+from codeyard.server_extension.patches.diffparse import parse_diff
+from codeyard.server_extension.patches.gitapply import (
     MIN_FILES_PER_ENGINE,
     EngineRun,
     FileOutcome,
@@ -27,7 +27,7 @@ from codeyard.server_extension.gitapply import (
     engine_shares,
     merge_verdicts,
 )
-from codeyard.server_extension.patching import PatchManager
+from codeyard.server_extension.patches.manager import PatchManager
 from codeyard.server_extension.paths import WorkspacePaths
 
 N = 2 * MIN_FILES_PER_ENGINE + 8

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from trees import files_of
 
 from codeyard.server_extension.audit import AuditLog
-from codeyard.server_extension.patching import PatchManager
+from codeyard.server_extension.patches.manager import PatchManager
 from codeyard.server_extension.paths import WorkspacePaths
 
 NAMES = ["a.txt", "b.py", "dir/c.txt", "dir/sub/d.md", "e/f.txt"]

@@ -18,7 +18,7 @@ from jpconfig import server_config
 
 from codeyard.server_extension.audit import AuditLog
 from codeyard.server_extension.errors import CodeyardError
-from codeyard.server_extension.patching import PatchManager
+from codeyard.server_extension.patches.manager import PatchManager
 from codeyard.server_extension.paths import WorkspacePaths
 
 

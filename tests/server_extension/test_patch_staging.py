@@ -18,10 +18,10 @@ import pytest
 from trees import walk_files
 
 from codeyard.server_extension.audit import AuditLog
-from codeyard.server_extension.diffparse import FilePatch
 from codeyard.server_extension.errors import CodeyardError
-from codeyard.server_extension.gitapply import FileOutcome, GitVerdict
-from codeyard.server_extension.patching import PatchManager
+from codeyard.server_extension.patches.diffparse import FilePatch
+from codeyard.server_extension.patches.gitapply import FileOutcome, GitVerdict
+from codeyard.server_extension.patches.manager import PatchManager
 from codeyard.server_extension.paths import WorkspacePaths
 
 OLD = {
@@ -133,7 +133,7 @@ def test_an_engine_writing_through_a_link_is_refused(tmp_path: Path) -> None:
 
 def test_staging_trees_are_reused_and_bounded(tmp_path: Path, monkeypatch) -> None:
     """A swapped transaction's empty `work/` tree is kept in `spare/` and reused."""
-    from codeyard.server_extension import journaled
+    from codeyard.server_extension.patches import journal as journaled
 
     build(tmp_path, {"pkg/sub/a.txt": b"a\n"})
     manager = manager_for(tmp_path)

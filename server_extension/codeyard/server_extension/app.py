@@ -11,25 +11,26 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 
 from .audit import AuditLog
-from .completion import CodeyardCompleter
-from .context import ContextBuilder, TokenCounter
-from .explain import Explainer
 from .files import FileReader
-from .handlers.audit import AuditHandler
-from .handlers.cells import CellApplyHandler, CellValidateHandler
-from .handlers.complete import CompleteHandler
-from .handlers.explain import ExplainHandler
-from .handlers.files import FilesHandler
-from .handlers.patch import PatchApplyHandler, PatchRevertHandler, PatchValidateHandler
-from .handlers.rewrite import RewriteHandler
-from .handlers.status import StatusHandler
-from .handlers.tree import TreeHandler
-from .llm_client import CodeyardLLM
-from .notebook_cells import CellPatcher
-from .patching import PatchManager
+from .handlers import AuditHandler, FilesHandler, TreeHandler
+from .llm.client import CodeyardLLM
+from .llm.completion import CodeyardCompleter
+from .llm.context import ContextBuilder
+from .llm.explain import Explainer
+from .llm.handlers import CompleteHandler, ExplainHandler, RewriteHandler, StatusHandler
+from .llm.rewrite import Rewriter
+from .llm.tokens import TokenCounter
+from .patches.cells import CellPatcher
+from .patches.handlers import (
+    CellApplyHandler,
+    CellValidateHandler,
+    PatchApplyHandler,
+    PatchRevertHandler,
+    PatchValidateHandler,
+)
+from .patches.manager import PatchManager
+from .patches.transactions import FLUSH_MODES
 from .paths import STATE_DIRNAME, WorkspacePaths
-from .rewrite import Rewriter
-from .transactions import FLUSH_MODES
 from .tree import TreeLister
 
 

@@ -1,29 +1,26 @@
-"""One exception type that carries an HTTP status and a machine-readable code.
+"""The workspace API's error type: `jsonapi.JSONError` under the name the managers raise.
 
-The managers raise it and know nothing of HTTP; the handler base turns it into the
-JSON error body `{"error": code, "message": text}` that every endpoint promises.
+The managers raise it and know nothing of HTTP; the handler base (`base.CodeyardHandler`)
+answers it as `{"error": code, "message": text, **extra}` with its status, the body every
+endpoint promises. The helpers below name the common cases so call sites stay short.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from codeyard.jsonapi import JSONError, codeyard_shape
 
-class CodeyardError(Exception):
+
+class CodeyardError(JSONError):
     """An error with a status code, a short code and a message safe to show a user.
 
     `message` must never contain file content, diff text or secrets: it reaches logs.
     """
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.extra = extra
-
     def to_json(self) -> dict[str, Any]:
-        return {"error": self.code, "message": self.message, **self.extra}
+        """The JSON error body this error is answered with."""
+        return codeyard_shape(self)
 
 
 def bad_request(message: str, **extra: Any) -> CodeyardError:

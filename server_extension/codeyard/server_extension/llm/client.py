@@ -20,7 +20,7 @@ from tornado.simple_httpclient import HTTPTimeoutError
 from traitlets import Float, Int, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from .errors import CodeyardError
+from ..errors import CodeyardError
 from .model_options import Limits
 
 
@@ -104,7 +104,7 @@ class CodeyardLLM(LoggingConfigurable):
         help="""The served model's `tokenizer.json`, used to count the context budget exactly.
         Defaults to CODEYARD_TOKENIZER_FILE, else the converted SmolLM2 folder under
         ~/.cache/codeyard/models/smollm2. Missing file or `tokenizers` library: the budget is
-        estimated at 3 bytes per token (see context.py).""",
+        estimated at 3 bytes per token (see `llm/tokens.py`).""",
     ).tag(config=True)
 
     @default("tokenizer_file")

@@ -1,8 +1,8 @@
 """rewrite: the model proposes new code for a region; the server returns it as a diff.
 
 The model is asked for the replacement of the selected lines only. The server splices it
-into the current file and builds the unified diff itself with difflib, so the diff is always
-well-formed, then checks it with the patch validator. Nothing is written: the user applies
+into the current file and builds the unified diff itself (`patches.difftext`), so the diff
+is always well-formed, then checks it with the patch validator. Nothing is written: the user applies
 the diff through `patch/apply` with the returned `base`.
 """
 
@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import difflib
 import re
 import textwrap
 from typing import Any, NotRequired, TypedDict
 
-from .context import Context, ContextBuilder, render_context
-from .errors import CodeyardError, bad_request
-from .files import FileReader
-from .llm_client import CodeyardLLM, Usage
+from ..errors import CodeyardError, bad_request
+from ..files import FileReader
+from ..patches.difftext import unified_diff
+from .client import CodeyardLLM, Usage
+from .context import Context, ContextBuilder
 from .model_options import Limits, parse_model_options
+from .prompt import render_context
 
 
 class RewriteRequest(TypedDict):
@@ -115,24 +116,6 @@ def fit_replacement(original: str, code: str) -> str:
     if original.endswith(("\n", "\r")):
         text += "\n"
     return text.replace("\n", newline)
-
-
-def unified_diff(rel: str, before: str, after: str) -> str:
-    """A git-style unified diff of one file, with `\\ No newline at end of file` markers."""
-    out = [f"diff --git a/{rel} b/{rel}\n"]
-    for line in difflib.unified_diff(
-        before.splitlines(keepends=True),
-        after.splitlines(keepends=True),
-        f"a/{rel}",
-        f"b/{rel}",
-        n=3,
-    ):
-        if line.startswith(("---", "+++")):
-            line = line.rstrip("\n") + "\n"
-        out.append(line)
-        if not line.endswith("\n"):
-            out.append("\n\\ No newline at end of file\n")
-    return "".join(out)
 
 
 def read_code(files: FileReader, cells: Any, path: str, cell_id: str | None) -> dict[str, Any]:

@@ -19,10 +19,10 @@ from tornado import httpclient
 from traitlets import Float, Int, validate
 from traitlets.config import LoggingConfigurable
 
-from .context import Redactor
-from .errors import bad_request
-from .llm_client import CodeyardLLM, Usage
-from .paths import WorkspacePaths
+from ..errors import bad_request
+from ..paths import WorkspacePaths
+from .client import CodeyardLLM, Usage
+from .redaction import Redactor
 
 PYTHON_SUFFIXES = frozenset({".py", ".pyi", ".ipynb"})
 _STRINGS = re.compile(r"'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\"|#.*$")

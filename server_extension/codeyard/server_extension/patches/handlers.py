@@ -1,4 +1,8 @@
-"""`POST patch/validate`, `patch/apply`, `patch/{id}/revert`: thin HTTP over PatchManager."""
+"""The patch endpoints: `POST patch/validate`, `patch/apply`, `patch/{id}/revert`, and the
+notebook-cell pair `patch/cell/validate` and `patch/cell/apply`.
+
+Thin HTTP over `PatchManager` and `CellPatcher`. git and nbformat run off the event loop.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..patching import PatchManager
-from .base import CodeyardHandler
+from ..base import CodeyardHandler
+from .cells import CellPatcher, CellPatchRequest, parse_request
+from .manager import PatchManager, Timings
 
 
 class PatchHandler(CodeyardHandler):
@@ -24,7 +29,7 @@ class PatchHandler(CodeyardHandler):
         return manager
 
     def diff_and_base(self) -> tuple[Any, Any]:
-        body = self.get_json_body_dict()
+        body = self.json_body()
         return body.get("diff"), body.get("base")
 
 
@@ -43,9 +48,10 @@ class PatchApplyHandler(PatchHandler):
     async def post(self) -> None:
         diff, base = self.diff_and_base()
         user = self.username
-        phases: dict[str, float] = {}
+        timings = Timings()
         start = time.perf_counter()
-        result = await asyncio.to_thread(self.patches.apply, diff, base, user=user, timings=phases)
+        result = await asyncio.to_thread(self.patches.apply, diff, base, user=user, timings=timings)
+        phases = timings.phases
         phases["worker"] = (time.perf_counter() - start) * 1000
         phases["request"] = self.request.request_time() * 1000
         # Phase names and durations only: lets a client see where an apply's time went.
@@ -59,3 +65,35 @@ class PatchRevertHandler(PatchHandler):
     async def post(self, patch_id: str) -> None:
         user = self.username
         self.write_json(await asyncio.to_thread(self.patches.revert, patch_id, user=user))
+
+
+class CellPatchHandler(CodeyardHandler):
+    """Shared by the cell-patch family: one `auth_resource` and body parsing."""
+
+    auth_resource = "codeyard:cells"
+
+    @property
+    def cells(self) -> CellPatcher:
+        patcher: CellPatcher = self.settings["codeyard_cells"]
+        return patcher
+
+    def cell_request(self) -> CellPatchRequest:
+        return parse_request(self.json_body())
+
+
+class CellValidateHandler(CellPatchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        request = self.cell_request()
+        # nbformat and git run off the event loop.
+        self.write_json(await asyncio.to_thread(self.cells.validate, request))
+
+
+class CellApplyHandler(CellPatchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        request = self.cell_request()
+        user = self.username
+        self.write_json(await asyncio.to_thread(self.cells.apply, request, user=user))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-from .errors import bad_request
+from ..errors import bad_request
 
 
 class ModelOptions(TypedDict, total=False):

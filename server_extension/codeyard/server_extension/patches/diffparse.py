@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import CodeyardError, bad_request
+from ..errors import CodeyardError, bad_request
 
 Op = Literal["modify", "create", "delete", "rename"]
 
@@ -72,10 +72,6 @@ class FilePatch:
         name = self.new_path if self.new_path is not None else self.old_path
         assert name is not None
         return name
-
-    @property
-    def is_symlink(self) -> bool:
-        return self.new_mode == "120000"
 
 
 def _malformed(lineno: int, why: str) -> CodeyardError:

@@ -10,11 +10,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, NotRequired, TypedDict
 
-from .context import Context, ContextBuilder, render_context
-from .errors import bad_request
-from .files import FileReader
-from .llm_client import CodeyardLLM, Usage
+from ..errors import bad_request
+from ..files import FileReader
+from .client import CodeyardLLM, Usage
+from .context import Context, ContextBuilder
 from .model_options import Limits, parse_model_options
+from .prompt import render_context
 from .rewrite import read_code
 
 

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
 import nbformat
 
+from ..errors import CodeyardError, bad_request, not_found
+from ..files import FileReader, sha256_bytes
 from . import transactions as tx
 from .diffparse import FilePatch, parse_diff
-from .errors import CodeyardError, bad_request, not_found
-from .files import FileReader, sha256_bytes
+from .difftext import unified_diff
 from .gitapply import run_git_apply
-from .patching import PatchManager
-from .patchreport import AppliedFile, FileReport, describe, raise_first_problem
-from .rewrite import unified_diff
+from .manager import PatchManager
+from .report import AppliedFile, FileReport, describe, raise_first_problem
 
 # nbformat 4.5's rule for cell ids; checking it first keeps odd text out of messages.
 CELL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -67,6 +68,17 @@ class CellText(TypedDict):
     content: str
     language: str  # the kernel's language for code cells, "markdown" or "" otherwise
     sha256: str  # of the whole notebook file: the `base` of a later cell patch
+
+
+@dataclass
+class PreparedCell:
+    """A cell diff applied in scratch space, as a whole-notebook change."""
+
+    path: str  # the notebook, checked and normalised
+    sha256: str  # of the notebook as read: the `base` of the notebook patch
+    diff: str  # the notebook's diff; "" when the cell diff does not apply or changes nothing
+    problems: dict[str, Any] | None  # `base`: the user's base hashes that do not match
+    entry: FileReport  # the cell's file report
 
 
 def parse_request(body: dict[str, Any]) -> CellPatchRequest:
@@ -152,14 +164,8 @@ class CellPatcher:
             "sha256": current["sha256"],
         }
 
-    def prepare(
-        self, request: CellPatchRequest
-    ) -> tuple[str, str, str, dict[str, Any] | None, FileReport]:
-        """Apply the cell diff in scratch space.
-
-        Returns (notebook path, its sha256 as read, notebook diff or "" when the cell diff
-        does not apply, checked user base problems, the cell's file report).
-        """
+    def prepare(self, request: CellPatchRequest) -> PreparedCell:
+        """Apply the cell diff in scratch space and turn it into a notebook diff."""
         checked = self.patches.checks.check_base(request.get("base"))
         wrong = self.patches.checks.base_errors(checked)
         cell_fp = _cell_patch(request["diff"])
@@ -185,23 +191,23 @@ class CellPatcher:
             )
         problems = {"base": wrong} if wrong else None
         if new_source is None or not entry["applies"]:
-            return rel, current["sha256"], "", problems, entry
+            return PreparedCell(rel, current["sha256"], "", problems, entry)
         try:
             patched = new_source.decode("utf-8")
         except UnicodeDecodeError:
             raise bad_request("the patched cell is not valid UTF-8") from None
         if patched == source:
-            return rel, current["sha256"], "", problems, entry
+            return PreparedCell(rel, current["sha256"], "", problems, entry)
         nb.cells[index].source = patched
         diff = unified_diff(rel, current["content"], notebook_text(nb))
-        return rel, current["sha256"], diff, problems, entry
+        return PreparedCell(rel, current["sha256"], diff, problems, entry)
 
     def validate(self, request: CellPatchRequest) -> CellValidateResult:
         """Whether the cell diff applies to the cell now. Writes nothing."""
-        rel, digest, diff, problems, entry = self.prepare(request)
-        cell_id = request["cell_id"]
-        if diff:
-            verdict: Any = self.patches.validate(diff, {rel: digest})
+        prepared = self.prepare(request)
+        cell_id, problems, entry = request["cell_id"], prepared.problems, prepared.entry
+        if prepared.diff:
+            verdict: Any = self.patches.validate(prepared.diff, {prepared.path: prepared.sha256})
             result: CellValidateResult = {
                 "ok": verdict["ok"],
                 "cell_id": cell_id,
@@ -218,13 +224,14 @@ class CellPatcher:
 
     def apply(self, request: CellPatchRequest, *, user: str = "anonymous") -> CellPatchResult:
         """Apply the cell diff as one notebook patch; 409 on a stale base or failing hunk."""
-        rel, digest, diff, problems, entry = self.prepare(request)
-        raise_first_problem([entry], problems or {})
+        prepared = self.prepare(request)
+        rel, diff = prepared.path, prepared.diff
+        raise_first_problem([prepared.entry], prepared.problems or {})
         if not diff:
             raise CodeyardError(
                 400, "cell_unchanged", f"the diff leaves cell {request['cell_id']} as it is"
             )
-        applied = self.patches.apply(diff, {rel: digest}, user=user)
+        applied = self.patches.apply(diff, {rel: prepared.sha256}, user=user)
         notebook = applied["files"][0]
         # The engine's own record has the hashes; this one ties its patch to the cell.
         self.patches.audit.append(

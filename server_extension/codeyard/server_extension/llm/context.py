@@ -25,23 +25,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CodeyardError, bad_request
-from .paths import STATE_DIRNAME, WorkspacePaths
-from .prompt import render_context
-from .redaction import Redactor, is_env_file
+from ..errors import CodeyardError, bad_request
+from ..paths import STATE_DIRNAME, WorkspacePaths
+from .redaction import Redactor
 from .tokens import TokenCounter
-
-# Redactor, TokenCounter and render_context live in their own modules; importing them from
-# here still works.
-__all__ = [
-    "Context",
-    "ContextBuilder",
-    "Definition",
-    "Redactor",
-    "TokenCounter",
-    "is_env_file",
-    "render_context",
-]
 
 # ---- context ---------------------------------------------------------------------------
 

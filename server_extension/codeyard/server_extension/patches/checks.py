@@ -1,6 +1,6 @@
 """Checks a patch must pass before git sees it: its text, its paths, `base`, and file state.
 
-Kept apart from `patching` so each rule can be read (and tested) on its own; every one of
+Kept apart from the manager so each rule can be read (and tested) on its own; every one of
 them raises `CodeyardError` or returns per-file error codes, never file content.
 """
 
@@ -11,9 +11,9 @@ import re
 import stat
 from typing import Any
 
+from ..errors import bad_request, forbidden_path
+from ..paths import Step, WorkspacePaths
 from .diffparse import FilePatch, parse_diff
-from .errors import bad_request, forbidden_path
-from .paths import Step, WorkspacePaths
 from .staging import digest as _digest
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NotRequired, TypedDict
 
+from ..errors import conflict, forbidden_path
 from .diffparse import FilePatch
-from .errors import conflict, forbidden_path
 from .gitapply import FileOutcome
 
 

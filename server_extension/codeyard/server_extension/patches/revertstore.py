@@ -3,7 +3,7 @@
 Without pruning it grows forever: every patch keeps the files it replaced. After each
 apply, revert data beyond the newest `keep` patches or older than `max_age` seconds is
 removed. The audit log still records the patch, which is how a revert of a pruned patch
-gets a precise 410 instead of a 404 (see `Reverting.revert`).
+gets a precise 410 instead of a 404 (see `PatchManager.revert`).
 """
 
 from __future__ import annotations

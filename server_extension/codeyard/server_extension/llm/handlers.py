@@ -1,4 +1,8 @@
-"""`POST codeyard/api/explain`: Server-Sent Events with `Accept: text/event-stream`, else JSON."""
+"""The model endpoints: `POST explain`, `rewrite`, `complete` and `GET status`.
+
+Thin HTTP over `Explainer`, `Rewriter`, `CodeyardCompleter` and `gateway_status`; the
+model itself is only ever reached through the gateway (`client.CodeyardLLM`).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,19 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from ..base import CodeyardHandler
 from ..errors import CodeyardError
-from ..explain import Explainer, ExplainRequest
-from ..llm_client import Usage
-from .base import CodeyardHandler
+from .client import CodeyardLLM, Usage
+from .completion import CodeyardCompleter
+from .explain import Explainer, ExplainRequest
+from .rewrite import Rewriter
+from .status import gateway_status
 
 
 class ExplainHandler(CodeyardHandler):
+    """`POST codeyard/api/explain`: Server-Sent Events with `Accept: text/event-stream`,
+    else JSON."""
+
     auth_resource = "codeyard:explain"
 
     @property
@@ -26,7 +36,7 @@ class ExplainHandler(CodeyardHandler):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        request = self.explainer.parse_request(self.get_json_body_dict())
+        request = self.explainer.parse_request(self.json_body())
         if "text/event-stream" in self.request.headers.get("Accept", ""):
             await self._stream(request)
         else:
@@ -62,3 +72,45 @@ class ExplainHandler(CodeyardHandler):
         finally:
             await events.aclose()  # type: ignore[attr-defined]
         self.finish(set_content_type="text/event-stream; charset=utf-8")
+
+
+class RewriteHandler(CodeyardHandler):
+    """`POST codeyard/api/rewrite`: a unified diff for one region, built by the server, not
+    applied."""
+
+    auth_resource = "codeyard:rewrite"
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        rewriter: Rewriter = self.settings["codeyard_rewriter"]
+        request = rewriter.parse_request(self.json_body())
+        cells = self.settings.get("codeyard_cells")
+        self.write_json(await rewriter.rewrite(request, cells))
+
+
+class CompleteHandler(CodeyardHandler):
+    """`POST codeyard/api/complete`: one short inline completion from the gateway."""
+
+    auth_resource = "codeyard:complete"
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        completer: CodeyardCompleter = self.settings["codeyard_completer"]
+        request = completer.parse_request(self.json_body())
+        self.write_json(await completer.complete(request))
+
+
+class StatusHandler(CodeyardHandler):
+    """`GET codeyard/api/status`: the model's name and whether the gateway answers, for the
+    panel."""
+
+    auth_resource = "codeyard:status"
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        llm: CodeyardLLM = self.settings["codeyard_explainer"].llm
+        self.set_header("Cache-Control", "no-store")
+        self.write_json(await gateway_status(llm))

@@ -1,11 +1,11 @@
 """The transaction life cycle shared by apply and revert: lock, commit, swap, retire, recover.
 
-`transactions` holds the file-level steps; this mixin of `PatchManager` holds the order
-they run in and the state between them. A transaction is committed by one flush of its
-journal and staged files (`_commit`), swapped in and recorded (`_finish`), answered, and
-retired later (`_retire_locked`): a second flush makes the swap and the audit record
-durable, then the journal is dropped. Every locked step retires what is pending first, so a
-replay after a crash can never undo a later transaction.
+`transactions` holds the file-level steps; `Journal` holds the order they run in and the
+state between them. A transaction is committed by one flush of its journal and staged
+files (`commit`), swapped in and recorded (`finish`), answered, and retired later: a second
+flush makes the swap and the audit record durable, then the journal is dropped. Every
+locked step retires what is pending first, so a replay after a crash can never undo a
+later transaction.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +26,9 @@ from typing import Any
 
 import orjson
 
+from ..audit import AuditLog
 from . import staging
 from . import transactions as tx
-from .audit import AuditLog
 from .revertstore import PATCH_ID, RevertStore
 
 
@@ -63,37 +63,58 @@ SPARE_TREES = 2
 SPARE_TREE_FOLDERS = 256
 
 
-class Journaled:
-    """Lock, commit, swap, retire and recover; `PatchManager` sets the attributes below.
+class Journal:
+    """Runs the transactions of one workspace's state folder, one at a time.
+
+    Its folders: `state/tx/<id>/` (one per transaction: journal and staging tree),
+    `state/scratch/` (emptied by recovery: throw-away work and folders on their way out)
+    and `state/spare/` (staging trees kept for reuse); old files live in the revert store.
 
     Staging trees are reused: after a swap a transaction's `work/` holds only empty
-    folders, and it is kept in `state/spare/` for the next transaction instead of being
-    taken down. Fresh folders cost a mkdir each and, worse, land wherever the file system
+    folders, and it is kept in `spare/` for the next transaction instead of being taken
+    down. Fresh folders cost a mkdir each and, worse, land wherever the file system
     places new folders, which on a busy ext4 made `git apply` in them two to three times
-    slower than in long-lived folders (issue 2's benchmark).
+    slower than in long-lived folders.
+
+    `fault(point)` is called at the crash-relevant moments of a swap (`swapped:<n>`); the
+    patch manager passes its own hook so tests can inject failures there.
     """
 
-    root: str
-    state: Path
-    tx_root: Path
-    scratch_root: Path
-    store_root: Path
-    spare_root: Path
-    audit: AuditLog
-    revert_store: RevertStore
-    flush_mode: str
-    log: logging.Logger | Any
-    _lock: threading.Lock
-    _needs_recovery: bool
-    _unretired: list[Unretired]
-    _retirer: ThreadPoolExecutor
-    _spares: list[tuple[str, int]]  # (path, folders in it)
-
-    def fault(self, point: str) -> None:
-        """Called at crash-relevant points; tests override it to inject failures."""
+    def __init__(
+        self,
+        root: str,
+        state: Path,
+        audit: AuditLog,
+        revert_store: RevertStore,
+        *,
+        flush_mode: str = "syncfs",
+        fault: Callable[[str], None] | None = None,
+        log: logging.Logger | Any | None = None,
+    ) -> None:
+        if flush_mode not in tx.FLUSH_MODES:
+            raise ValueError(f"flush_mode must be one of {tx.FLUSH_MODES}, not {flush_mode!r}")
+        self.root = root
+        self.state = state
+        self.audit = audit
+        self.revert_store = revert_store
+        self.flush_mode = flush_mode
+        self.fault = fault or (lambda point: None)
+        self.log = log or logging.getLogger(__name__)
+        self.tx_root = state / "tx"
+        self.scratch_root = state / "scratch"
+        self.spare_root = state / "spare"
+        self.store_root = revert_store.root
+        for folder in (self.tx_root, self.scratch_root, self.store_root, self.spare_root):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._needs_recovery = False
+        # Transactions answered but not yet retired, and the thread that retires them.
+        self._unretired: list[Unretired] = []
+        self._retirer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codeyard-retire")
+        self._spares: list[tuple[str, int]] = []  # (path, folders in it)
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
         """Thread lock plus a file lock, so a second server on the same state also waits."""
         with self._lock:
             fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -108,7 +129,7 @@ class Journaled:
             finally:
                 os.close(fd)
 
-    def _commit(
+    def commit(
         self,
         tx_dir: Path,
         journal: dict[str, Any],
@@ -128,14 +149,14 @@ class Journaled:
             tx.discard(tx_dir)
             raise
 
-    def _finish(
+    def finish(
         self,
         tx_dir: Path,
         journal: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
         folders: staging.Folders | None = None,
     ) -> None:
-        """Swap a committed transaction in and record it; `_retire_locked` finishes it.
+        """Swap a committed transaction in and record it; retiring it comes later.
 
         A fresh apply passes what it holds in memory; recovery reads it back from disk.
         """
@@ -174,6 +195,20 @@ class Journaled:
             )
         self._unretired.append(Unretired(tx_dir, changed, folders))
 
+    def abandon(self, tx_dir: Path, *also: Path) -> None:
+        """Clean up after a transaction failed, still under the lock.
+
+        Uncommitted (no journal yet): the workspace is untouched, so `tx_dir` and `also`
+        (e.g. the patch's revert data) are thrown away. Committed: it must be finished, so
+        recovery runs before the next transaction.
+        """
+        if tx.read_journal(tx_dir) is None:
+            tx.discard(tx_dir)
+            for path in also:
+                tx.discard(path)
+        else:
+            self._needs_recovery = True
+
     def _retire_locked(self) -> None:
         """Flush answered swaps and their audit records, then drop their journals.
 
@@ -195,7 +230,7 @@ class Journaled:
         if pruned:
             self.log.info("codeyard pruned the revert data of %d patches", len(pruned))
 
-    def _retire_later(self) -> None:
+    def retire_later(self) -> None:
         """Retire in the background, right after the answer: nobody waits for it."""
         if self._unretired:
             self._retirer.submit(self._retire_quietly)
@@ -208,10 +243,10 @@ class Journaled:
 
     def settle(self) -> None:
         """Retire every answered transaction now (shutdown and tests call this)."""
-        with self._locked():
+        with self.locked():
             pass
 
-    def _take_work_tree(self, work: str) -> int:
+    def take_work_tree(self, work: str) -> int:
         """Put a spare staging tree at `work` (else a new folder); its folder count."""
         os.makedirs(os.path.dirname(work), mode=0o700, exist_ok=True)
         while self._spares:
@@ -263,7 +298,7 @@ class Journaled:
 
     def recover(self) -> list[str]:
         """At start-up: finish committed transactions, throw away uncommitted ones."""
-        with self._locked():
+        with self.locked():
             return self._recover_locked()
 
     def _recover_locked(self) -> list[str]:
@@ -284,7 +319,7 @@ class Journaled:
                 continue
             journal["recovered"] = True
             tx.commit(tx_dir, journal)
-            self._finish(tx_dir)
+            self.finish(tx_dir)
             finished.append(str(journal["patch_id"]))
             self.log.warning("codeyard finished interrupted transaction %s", tx_dir.name)
         self._needs_recovery = False

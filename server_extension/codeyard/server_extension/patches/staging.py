@@ -4,8 +4,8 @@ Why hard links: `git apply` never edits a file in place. For every file it chang
 removes the old name and creates a new file (`write_out_one_result` in git's apply.c, for
 content, mode and rename changes alike), so a staging folder may share inodes with the
 workspace and the workspace keeps its bytes. A link costs one metadata write where a copy
-costs a create, a write and two reads per file; copying was the largest part of an apply
-(issue 2). `PatchManager.stage_links` turns linking off for an engine that edits in place,
+costs a create, a write and two reads per file, and copying would be the largest part of
+an apply. `PatchManager.stage_links` turns linking off for an engine that edits in place,
 and `digest` reports inodes so the manager can check the engine kept that promise.
 
 Everything here works on `str` paths with `os` calls: pathlib built ~1,600 objects per
@@ -21,8 +21,8 @@ import posixpath
 import stat
 from collections.abc import Callable
 
+from ..errors import CodeyardError, bad_request, conflict
 from .diffparse import FilePatch
-from .errors import CodeyardError, bad_request, conflict
 
 Inode = tuple[int, int]  # (st_dev, st_ino)
 

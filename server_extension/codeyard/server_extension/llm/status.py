@@ -15,8 +15,8 @@ from typing import Any, TypedDict
 from tornado import httpclient
 from tornado.simple_httpclient import HTTPTimeoutError
 
-from .errors import CodeyardError
-from .llm_client import CodeyardLLM
+from ..errors import CodeyardError
+from .client import CodeyardLLM
 
 
 class Status(TypedDict):
