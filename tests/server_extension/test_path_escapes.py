@@ -47,6 +47,17 @@ CASES = [
     ("dotdot-traditional", "--- a/../a.txt\n+++ b/../a.txt\n@@ -1 +1 @@\n-a\n+b\n"),
     ("absolute-git", create("{out}/abs.txt")),
     ("absolute-rename", rename("a.txt", "{out}/moved.txt")),
+    # Absolute before -p1 stripping: git would write them as `etc/...` inside the workspace.
+    ("absolute-traditional-create", "--- /dev/null\n+++ /etc/planted\n@@ -0,0 +1 @@\n+x\n"),
+    ("absolute-traditional-modify", "--- /a.txt\n+++ /a.txt\n@@ -1 +1 @@\n-a\n+b\n"),
+    (
+        "absolute-traditional-outside",
+        "--- {out}/secret.txt\n+++ {out}/secret.txt\n@@ -1 +1 @@\n-a\n+b\n",
+    ),
+    (
+        "absolute-git-headers",
+        "diff --git /a.txt /a.txt\n--- /a.txt\n+++ /a.txt\n@@ -1 +1 @@\n-a\n+b\n",
+    ),
     ("dotdot-rename", rename("a.txt", "../moved.txt")),
     ("nul-byte", create("x\\000y.txt", quoted=True)),
     ("url-encoded-dotdot", create("%2e%2e/escaped.txt")),

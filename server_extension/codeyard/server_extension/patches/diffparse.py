@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..errors import CodeyardError, bad_request
+from ..errors import CodeyardError, bad_request, forbidden_path
 
 Op = Literal["modify", "create", "delete", "rename"]
 
@@ -112,7 +112,15 @@ def _decode(name: bytes, lineno: int) -> str:
 
 
 def _strip_prefix(name: bytes, lineno: int) -> str:
-    """Drop the first component (`a/`, `b/`), as `git apply -p1` does."""
+    """Drop the first component (`a/`, `b/`), as `git apply -p1` does.
+
+    A name that is absolute before stripping (`+++ /etc/x`) is refused: stripping would turn
+    it into the workspace path `etc/x`, a file the author never named.
+    """
+    if name.startswith(b"/"):
+        raise forbidden_path(
+            f"line {lineno}: absolute path in the patch; paths are relative to the workspace"
+        )
     if b"/" not in name:
         raise _malformed(lineno, "path lacks the a/ or b/ prefix")
     return _decode(name.split(b"/", 1)[1], lineno)
