@@ -239,3 +239,20 @@ def test_a_key_file_made_after_start_up_is_picked_up(llm: Any, hub: Any, vllm: A
     assert r.json()["error"]["code"] == "gateway_misconfigured"
     (Path(hub.workdir) / "late.key").write_text(vllm.key)
     assert llm("GET", "models", base=late).status_code == 200
+
+
+def test_a_call_without_a_model_goes_to_the_served_model(llm: Any) -> None:
+    r = llm("POST", "completions", json={"prompt": "def add(a, b):", "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "smollm2"
+
+
+def test_metrics_label_unknown_paths_and_models_other(llm: Any, gateway: str, hub: Any) -> None:
+    llm("POST", "no-such-route-4711", json={})
+    llm("POST", "chat/completions", json={**CHAT, "model": "no-such-model-4711"})
+    r = requests.get(
+        f"{gateway}/metrics", headers={"Authorization": f"token {hub.admin_token}"}, timeout=10
+    )
+    assert "4711" not in r.text
+    assert metric(r.text, "codeyard_llm_requests_total", user="alice", path="other") >= 1
+    assert metric(r.text, "codeyard_llm_requests_total", user="alice", model="other") >= 1

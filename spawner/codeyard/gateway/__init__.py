@@ -16,6 +16,13 @@ working here. JupyterHub's own service default is 300 s; 30 s bounds that window
 minute while the lookup (one Hub API call, a few ms) is paid at most twice a minute per
 active token, which does not show in any percentile.
 
+Quotas: `accounting.TokenLedger` reserves a call's most possible cost (prompt estimate plus
+`max_tokens`) before it goes to vLLM and settles it with vLLM's usage at the end, or with the
+whole reservation when the answer was cut short (the caller hung up), so abandoned streams
+are charged. Calls that would fan out into several answers (`n`, `best_of`, several
+prompts, `ignore_eos`, `min_tokens`) are refused (`body_checks`), and only allowed models
+reach vLLM (`models.ModelCatalog`). Metric labels take values from bounded sets only.
+
 Overhead: calls to vLLM reuse kept-alive connections (`upstream.UpstreamPool`;
 `upstream_keepalive_seconds`, below vLLM's 5 s keep-alive). Each audit row and the histogram
 `codeyard_llm_gateway_overhead_seconds{stage}` record the gateway's own time per call:

@@ -11,6 +11,7 @@ Hub's settings (`CodeyardHub`) are the one place they are decided.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -23,11 +24,12 @@ from tornado.httpserver import HTTPServer
 from traitlets import Bool, Float, Instance, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
+from .accounting import TokenLedger
 from .audit import GatewayAudit
 from .handlers import HealthHandler, MetricsHandler, NotFoundHandler, ProxyHandler
-from .limits import UserLimiter
 from .metrics import GatewayMetrics
-from .upstream import UpstreamPool
+from .models import ModelCatalog
+from .upstream import UpstreamPool, UpstreamRejected
 
 SCOPE = "custom:codeyard-llm"
 
@@ -148,7 +150,21 @@ class GatewayApp(Application):
     max_tokens_cap = Int(
         2048,
         help="""Upper bound on `max_tokens`/`max_completion_tokens`. Larger or missing values
-        are lowered to this cap (not refused). 0 disables the cap.""",
+        are lowered to this cap (not refused). It is also what a call reserves of its
+        user's token budget for the answer (`tokens_per_minute_per_user`), and what a call
+        cut short is charged for it. 0 disables the cap; a call without `max_tokens` then
+        reserves its prompt alone and is charged only what vLLM reports.""",
+    ).tag(config=True)
+
+    allowed_models = List(
+        Unicode(),
+        help="""Model names callers may ask for (the `model` field of a request). Any other
+        name gets 404 `model_not_found` without reaching vLLM, and shows as `other` in the
+        metrics' `model` label. Empty (the default): the names vLLM serves, learned from its
+        `GET /v1/models` when first needed and again every 5 minutes (its
+        `--served-model-name`, `smollm2` out of the box). `configure_llm_service(model=...)`
+        sets it to the one name the Hub config serves. A request without `model` is sent
+        to the first allowed name.""",
     ).tag(config=True)
 
     max_concurrent_per_user = Int(
@@ -160,7 +176,12 @@ class GatewayApp(Application):
     tokens_per_minute_per_user = Int(
         60_000,
         help="""Prompt plus completion tokens one user may spend in any 60 s window; past it,
-        requests get 429 with Retry-After until the window frees up. 0 means unlimited.""",
+        requests get 429 with Retry-After until the window frees up. A call is admitted
+        only if its reservation (its prompt, estimated at 3 bytes a token, plus
+        `max_tokens`) fits next to what the user spent and what their calls in flight
+        reserved; it is charged vLLM's reported usage when it ends, or the whole
+        reservation if the answer was cut short (the caller hung up). 0 means
+        unlimited.""",
     ).tag(config=True)
 
     required_scopes = List(
@@ -229,9 +250,46 @@ class GatewayApp(Application):
                 self.upstream_api_key_file,
             )
         self.metrics = GatewayMetrics()
-        self.limiter = UserLimiter(self.max_concurrent_per_user, self.tokens_per_minute_per_user)
+        self.ledger = TokenLedger(self.max_concurrent_per_user, self.tokens_per_minute_per_user)
         self.audit = GatewayAudit(self.audit_log_path)
         self.upstream = self.make_upstream()
+        self.models = ModelCatalog(self.allowed_models, self.fetch_served_models)
+
+    async def fetch_served_models(self) -> list[str]:
+        """The model names vLLM serves, from its `GET /v1/models`.
+
+        Raises `UpstreamUnavailable`/`UpstreamClosed`/`TimeoutError` as a forwarded call
+        would, and `UpstreamRejected` for any answer but 200 (401: vLLM refused our key).
+        """
+        headers = {"Accept": "application/json"}
+        if self.upstream_api_key:
+            headers["Authorization"] = f"Bearer {self.upstream_api_key}"
+        answer: dict[str, Any] = {"status": 0, "body": bytearray()}
+
+        def on_headers(status: int, _headers: Any) -> None:
+            answer["status"] = status
+
+        def on_chunk(chunk: bytes) -> None:
+            answer["body"] += chunk
+
+        def on_sent(new_connection: bool) -> None:
+            if new_connection:
+                self.metrics.upstream_connections.inc()
+
+        self.metrics.upstream_requests.labels("models").inc()
+        async with asyncio.timeout(self.connect_timeout + 10):
+            await self.upstream.request(
+                "GET", "/v1/models", headers, None, on_headers, on_chunk, on_sent
+            )
+        if answer["status"] != 200:
+            if answer["status"] == 401:
+                self.reload_api_key()  # vLLM may have been restarted with a new key
+            raise UpstreamRejected(answer["status"])
+        try:
+            listing = json.loads(bytes(answer["body"]))
+            return [str(m["id"]) for m in listing["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise UpstreamRejected(answer["status"], "model list is not OpenAI's shape") from None
 
     def make_upstream(self) -> UpstreamPool:
         """One pool for every upstream call: connections to vLLM are kept and reused."""

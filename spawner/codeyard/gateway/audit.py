@@ -25,6 +25,9 @@ class AuditRow:
     stream: bool
     prompt_tokens: int
     completion_tokens: int
+    # What the call cost its user's budget: prompt plus completion tokens as vLLM reported
+    # them, or the call's whole reservation when the answer was cut short (see accounting).
+    charged_tokens: int
     latency_ms: float
     ttft_ms: float | None
     # The gateway's own cost. forward_ms: from reading the request to having sent it to vLLM

@@ -1,5 +1,11 @@
 """HTTP side of the gateway: check the caller, apply limits, relay to vLLM chunk by chunk.
 
+A forwarded call goes: token (401/403) → route (404) → body (413, 400 for anything that
+would fan out into several answers, `body_checks`) → model allow-list (404
+`model_not_found`, `models`) → the token ledger's reservation (429, `accounting`) → vLLM.
+When it ends, the ledger is settled with vLLM's usage, or with the whole reservation if the
+answer was cut short; a caller that hangs up drops the upstream call at once.
+
 Errors are `codeyard.jsonapi.JSONError`s answered in OpenAI's shape
 `{"error": {"message", "type", "code"}}` (`jsonapi.openai_shape`), so the usual clients
 (openai, litellm) show the message to the user.
@@ -20,9 +26,13 @@ from tornado.iostream import StreamClosedError
 
 from codeyard.jsonapi import JSONError, JSONHandlerMixin, openai_shape, parse_json_object
 
-from .accounting import AnswerTally, prompt_digest
+from .accounting import LimitExceeded, Reservation
+from .answers import AnswerTally, prompt_digest
 from .audit import AuditRow
-from .upstream import Abort, UpstreamClosed, UpstreamUnavailable
+from .body_checks import check_fan_out, reservation_tokens
+from .metrics import route_label
+from .models import OTHER, UNREAD
+from .upstream import Abort, UpstreamClosed, UpstreamRejected, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from .app import GatewayApp
@@ -36,6 +46,25 @@ ALLOWED = {
 }
 
 _AUTH = re.compile(r"(?:token|bearer)\s+(\S+)", re.IGNORECASE)
+
+# The `reason` label of `codeyard_llm_errors_total` for a refusal's error code, where the two
+# differ; any other code is its own reason.
+_REASONS = {"unauthorized": "auth", "request_too_large": "too_large"}
+
+# Ways an answer can end early while vLLM was (or may have been) generating. Without a
+# `usage` block nobody knows how far it got, so the call is charged its whole reservation.
+_CUT_SHORT = {"client_gone", "upstream_timeout", "upstream_broken"}
+
+
+def unreachable(exc: Exception) -> JSONError:
+    """503 for a vLLM that cannot be reached, saying what to do about it."""
+    return JSONError(
+        503,
+        "model_unavailable",
+        "the model server (vLLM) is not reachable: it is down or still starting "
+        f"({exc}). Try again in a minute; if it persists, ask an administrator to "
+        "check the codeyard-llm service.",
+    )
 
 
 class RateLimited(JSONError):
@@ -93,6 +122,7 @@ class ProxyHandler(BaseHandler):
 
     def initialize(self) -> None:
         self._client_gone = False
+        self._abort_upstream: Any = None
         # The gateway's own cost, measured per request (see `_overhead`).
         self._sent_upstream_at: float | None = None
         self._first_chunk_s: float | None = None
@@ -100,6 +130,10 @@ class ProxyHandler(BaseHandler):
 
     def on_connection_close(self) -> None:
         self._client_gone = True
+        # Stop vLLM now, not at its next chunk: the prompt may still be in prefill, or a
+        # non-streamed answer may be minutes away.
+        if self._abort_upstream is not None:
+            self._abort_upstream()
 
     async def get(self, path: str) -> None:
         await self._handle("GET", path)
@@ -112,7 +146,9 @@ class ProxyHandler(BaseHandler):
         started = time.perf_counter()
         # Time since tornado read the request line: header and body parsing, routing.
         received = self.request.request_time()
-        user_name, model = "-", "-"
+        user_name, model = "-", UNREAD
+        route = route_label(path)
+        reservation: Reservation | None = None
         try:
             user = await self.authenticate()
             user_name = str(user.get("name", "-"))
@@ -125,22 +161,24 @@ class ProxyHandler(BaseHandler):
                 )
             if (method, path) not in ALLOWED:
                 raise JSONError(404, "not_found", f"{method} /v1/{path} is not offered here")
-            body = self._checked_body(method)
+            body = self._checked_body(method, path)
             if body is not None:
-                model = str(body.get("model", "-"))
-            refusal = gw.limiter.acquire(user_name)
-            if refusal is not None:
-                gw.metrics.errors.labels(user_name, model, refusal.reason).inc()
-                raise RateLimited(refusal.message, refusal.retry_after)
+                model = OTHER  # the label if the allow-list refuses the name
+                model = await self._checked_model(body)
+            try:
+                cost = 0 if body is None else reservation_tokens(body)
+                reservation = gw.ledger.reserve(user_name, cost)
+            except LimitExceeded as exc:
+                gw.metrics.errors.labels(user_name, model, exc.reason).inc()
+                raise RateLimited(exc.message, exc.retry_after) from None
         except JSONError as err:
-            reason = {401: "auth", 403: "forbidden", 404: "not_found", 413: "too_large"}.get(
-                err.status, err.code
-            )
             if err.status != 429:
+                reason = _REASONS.get(err.code, err.code)
                 gw.metrics.errors.labels(user_name, model, reason).inc()
-            gw.metrics.requests.labels(user_name, model, path, str(err.status)).inc()
+            gw.metrics.requests.labels(user_name, model, route, str(err.status)).inc()
             self.send_json_error(err)
             return
+        assert reservation is not None  # every path above that did not reserve returned
 
         # Tokens are small writes: without TCP_NODELAY, Nagle's algorithm and the client's
         # delayed ACK hold each one back by up to 40 ms.
@@ -155,6 +193,7 @@ class ProxyHandler(BaseHandler):
         try:
             status, ttft, error = await self._relay(method, path, body, tally, started)
         finally:
+            self._abort_upstream = None
             forward = None
             if self._sent_upstream_at is not None:
                 forward = received + self._sent_upstream_at - started
@@ -162,11 +201,14 @@ class ProxyHandler(BaseHandler):
             if self._first_chunk_s is not None:
                 gw.metrics.overhead.labels("first_chunk").observe(self._first_chunk_s)
             tally.finish()
-            gw.limiter.release(user_name, tally.total_tokens)
+            charged = self._charge(reservation, tally, error, ttft)
+            gw.ledger.settle(reservation, charged)
             gw.metrics.in_flight.labels(user_name).dec()
             elapsed = time.perf_counter() - started
             labels = (user_name, model)
-            gw.metrics.requests.labels(user_name, model, path, str(status)).inc()
+            gw.metrics.requests.labels(user_name, model, route, str(status)).inc()
+            if charged:
+                gw.metrics.charged.labels(*labels).inc(charged)
             if error:
                 gw.metrics.errors.labels(*labels, error).inc()
             if ttft is not None:
@@ -185,6 +227,7 @@ class ProxyHandler(BaseHandler):
                         stream=tally.streaming,
                         prompt_tokens=tally.prompt_tokens,
                         completion_tokens=tally.completion_tokens,
+                        charged_tokens=charged,
                         latency_ms=round(elapsed * 1000, 2),
                         ttft_ms=None if ttft is None else round(ttft * 1000, 2),
                         forward_ms=None if forward is None else round(forward * 1000, 3),
@@ -201,7 +244,60 @@ class ProxyHandler(BaseHandler):
         if not self._finished:
             self.finish()
 
-    def _checked_body(self, method: str) -> dict[str, Any] | None:
+    def _charge(
+        self,
+        reservation: Reservation,
+        tally: AnswerTally,
+        error: str | None,
+        ttft: float | None,
+    ) -> int:
+        """What the call costs its user: vLLM's usage when it reported one; the whole
+        reservation when the answer was cut short after vLLM got the call; else nothing."""
+        if tally.total_tokens:
+            return tally.total_tokens
+        if self._sent_upstream_at is None or error not in _CUT_SHORT:
+            return 0
+        if error == "upstream_broken" and ttft is None:
+            return 0  # vLLM closed the connection before answering: it generated nothing
+        return reservation.tokens
+
+    async def _checked_model(self, body: dict[str, Any]) -> str:
+        """The allowed model the body asks for, or 404 `model_not_found` (vLLM not asked)."""
+        gw = self.gateway
+        try:
+            names = await gw.models.allowed()
+        except UpstreamUnavailable as exc:
+            raise unreachable(exc) from None
+        except UpstreamRejected as exc:
+            if exc.status == 401:
+                raise JSONError(
+                    502, "gateway_misconfigured", "vLLM rejected the gateway's API key"
+                ) from None
+            raise JSONError(502, "upstream_broken", f"cannot list the models: {exc}") from None
+        except UpstreamClosed:
+            raise JSONError(
+                502, "upstream_broken", "the model server closed the connection without answering"
+            ) from None
+        except TimeoutError:
+            raise JSONError(
+                504, "upstream_timeout", "the model server did not list its models in time"
+            ) from None
+        asked = body.get("model")
+        if asked is None and names:
+            asked = body["model"] = names[0]
+        if not isinstance(asked, str) or asked not in names:
+            shown = repr(asked)
+            if len(shown) > 80:
+                shown = shown[:77] + "..."
+            offered = ", ".join(names) or "none"
+            raise JSONError(
+                404,
+                "model_not_found",
+                f"the model {shown} does not exist here; this gateway offers: {offered}",
+            )
+        return asked
+
+    def _checked_body(self, method: str, path: str) -> dict[str, Any] | None:
         if method != "POST":
             return None
         gw = self.gateway
@@ -211,6 +307,7 @@ class ProxyHandler(BaseHandler):
                 413, "request_too_large", f"request body over the {gw.max_body_bytes} byte limit"
             )
         body = parse_json_object(raw)
+        check_fan_out(body, path)
         cap = gw.max_tokens_cap
         if cap > 0:
             # Clamp rather than refuse: a client asking for "as much as possible" still works.
@@ -272,30 +369,35 @@ class ProxyHandler(BaseHandler):
                 return None
             return _client_drained(flushed)
 
+        def on_abortable(abort: Any) -> None:
+            self._abort_upstream = abort
+
         def on_sent(new_connection: bool) -> None:
             self._sent_upstream_at = time.perf_counter()
             if new_connection:
                 self._new_connection = True
                 gw.metrics.upstream_connections.inc()
 
+        if self._client_gone:
+            return 499, None, "client_gone"  # hung up while waiting for the Hub or the ledger
         content = None if body is None else json.dumps(body).encode("utf-8")
+        gw.metrics.upstream_requests.labels(route_label(path)).inc()
         try:
             async with asyncio.timeout(gw.upstream_timeout):
                 await gw.upstream.request(
-                    method, f"/v1/{path}", headers, content, on_headers, on_chunk, on_sent
+                    method,
+                    f"/v1/{path}",
+                    headers,
+                    content,
+                    on_headers,
+                    on_chunk,
+                    on_sent,
+                    on_abortable,
                 )
         except Abort:
             return 499, first[0] if first else None, "client_gone"
         except UpstreamUnavailable as exc:
-            self.send_json_error(
-                JSONError(
-                    503,
-                    "model_unavailable",
-                    "the model server (vLLM) is not reachable: it is down or still starting "
-                    f"({exc}). Try again in a minute; if it persists, ask an administrator to "
-                    "check the codeyard-llm service.",
-                )
-            )
+            self.send_json_error(unreachable(exc))
             return 503, None, "upstream_down"
         except (TimeoutError, UpstreamClosed) as exc:
             reason = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_broken"
@@ -364,4 +466,8 @@ class HealthHandler(BaseHandler):
 
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
+        # Counted, but under fixed labels: the path asked for is not a label value.
+        metrics = self.gateway.metrics
+        metrics.errors.labels("-", UNREAD, "not_found").inc()
+        metrics.requests.labels("-", UNREAD, "other", "404").inc()
         self.send_json_error(JSONError(404, "not_found", "not found"))

@@ -101,6 +101,7 @@ def configure_llm_service(
     upstream_url: str,
     key_file: str,
     audit_log: str,
+    model: str = "",
     name: str = SERVICE_NAME,
     ip: str = "127.0.0.1",
     python: str = sys.executable,
@@ -110,14 +111,18 @@ def configure_llm_service(
     """Add the gateway service, its scope and the role grants to the Hub config `c`.
 
     `upstream_url` is vLLM's base URL, `key_file` the file with vLLM's API key, `audit_log`
-    the gateway's JSONL audit file. `extra_args` come last on the gateway's command line, so
-    they win over the site config's `c.GatewayApp`. Returns the service definition added.
+    the gateway's JSONL audit file. `model`, if given, is the one model name callers may ask
+    for (`GatewayApp.allowed_models`; without it the gateway learns vLLM's names).
+    `extra_args` come last on the gateway's command line, so they win over the site
+    config's `c.GatewayApp`. Returns the service definition added.
     """
     settings: dict[str, Any] = {
         "upstream_url": upstream_url,
         "upstream_api_key_file": key_file,
         "audit_log_path": audit_log,
     }
+    if model:
+        settings["allowed_models"] = [model]
     if "GatewayApp" in c:
         settings.update(c["GatewayApp"])
     # traitlets refuses a setting given twice on one command line: `extra_args` replace.

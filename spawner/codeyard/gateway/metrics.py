@@ -1,12 +1,29 @@
 """Prometheus metrics of the gateway, in their own registry (not the process default).
 
-Labels are the JupyterHub user name and the model id the client asked for. Both sets are
-small on one deployment, so per-user series stay affordable.
+Every label takes its values from a bounded set, whatever callers send, so no caller can
+grow the number of series (and the scraper's memory) by sending made-up values:
+
+- `user`: a JupyterHub user name once the Hub has vouched for the token (bounded by the
+  Hub's users), else `-`;
+- `model`: an allowed model name (`models.ModelCatalog`), `other` for any other name, `-`
+  when the body was not read (no token, wrong path, unreadable body);
+- `path`: one of the offered routes (`ROUTES`), else `other`;
+- `status`, `reason`, `kind`, `stage`, `route`: values the gateway's own code chooses.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# The routes the gateway forwards, the only values of the `path` and `route` labels
+# besides `other`.
+ROUTES = ("chat/completions", "completions", "models")
+OTHER = "other"
+
+
+def route_label(path: str) -> str:
+    """`path` (below `/v1/`) if it is an offered route, else `other`."""
+    return path if path in ROUTES else OTHER
 
 
 class GatewayMetrics:
@@ -22,6 +39,14 @@ class GatewayMetrics:
             "codeyard_llm_tokens",
             "Tokens reported by the upstream, by kind (prompt or completion).",
             ["user", "model", "kind"],
+            registry=self.registry,
+        )
+        self.charged = Counter(
+            "codeyard_llm_charged_tokens",
+            "Tokens charged against users' budgets: vLLM's usage when it reported one, the "
+            "call's whole reservation (prompt estimate plus max_tokens) when the answer was "
+            "cut short.",
+            ["user", "model"],
             registry=self.registry,
         )
         self.errors = Counter(
@@ -57,6 +82,13 @@ class GatewayMetrics:
             "codeyard_llm_upstream_connections",
             "TCP connections opened to vLLM. Idle ones are reused, so this grows far slower "
             "than the request count.",
+            registry=self.registry,
+        )
+        self.upstream_requests = Counter(
+            "codeyard_llm_upstream_requests",
+            "Requests the gateway sent to vLLM, by route (including its own model-list "
+            "lookups on `models`).",
+            ["route"],
             registry=self.registry,
         )
         self.in_flight = Gauge(

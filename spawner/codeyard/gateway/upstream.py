@@ -38,6 +38,14 @@ class UpstreamClosed(ConnectionError):
     """The upstream closed the connection before or while answering."""
 
 
+class UpstreamRejected(ConnectionError):
+    """The upstream answered, but not with what the gateway asked for (e.g. 401: our key)."""
+
+    def __init__(self, status: int, detail: str = "") -> None:
+        super().__init__(detail or f"the model server answered {status}")
+        self.status = status
+
+
 class Abort(Exception):
     """Raised by `on_chunk` (or its awaitable) to stop reading: the connection is dropped."""
 
@@ -66,7 +74,7 @@ class _Delegate(httputil.HTTPMessageDelegate):
         try:
             pending = self.on_chunk(chunk)
         except Abort:
-            self._abort()
+            self.abort()
             return None
         return None if pending is None else self._settle(pending)
 
@@ -74,10 +82,14 @@ class _Delegate(httputil.HTTPMessageDelegate):
         try:
             await pending
         except Abort:
-            self._abort()
+            self.abort()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         # Closing the socket ends tornado's read loop and tells vLLM to stop generating.
+        # Once the answer is complete the connection may be back in the pool, serving
+        # another call: it is not ours to close any more.
+        if self.finished or self.aborted:
+            return
         self.aborted = True
         self.stream.close()
 
@@ -183,10 +195,14 @@ class UpstreamPool:
         on_headers: OnHeaders,
         on_chunk: OnChunk,
         on_sent: Callable[[bool], Any] | None = None,
+        on_abortable: Callable[[Callable[[], None]], Any] | None = None,
     ) -> None:
         """Send one request and feed the answer to the callbacks as it arrives.
 
         `on_sent(new_connection)` is called once the request has been handed to the socket.
+        `on_abortable(abort)` is handed a function that drops the call at once (this method
+        then raises `Abort`): for a caller that hangs up while vLLM is still working on the
+        prompt, when no chunk arrives to notice it by.
         Raises `UpstreamUnavailable` if no connection could be made, `UpstreamClosed` if the
         answer was cut off, `Abort` if `on_chunk` asked to stop. If the caller cancels (a
         timeout), the connection is dropped, which makes vLLM abort the generation.
@@ -208,6 +224,8 @@ class UpstreamPool:
                 conn.finish()
                 if on_sent is not None:
                     on_sent(not reused)
+                if on_abortable is not None:
+                    on_abortable(delegate.abort)
                 keep = await conn.read_response(delegate)
             except StreamClosedError:
                 keep = False
