@@ -27,8 +27,10 @@ from typing import Any
 import docker
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hub"))
-from hubprocess import HubProcess, ensure_images, ensure_proxy
+# A script's own folder is on sys.path, tests/ is not: add it for `support`, as pytest's
+# `pythonpath` does for the suites.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.hub import HubProcess, ensure_images, ensure_proxy
 
 READY_TIMEOUT = 600
 

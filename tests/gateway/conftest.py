@@ -6,10 +6,10 @@ per session: vLLM takes 30-70 s on two CPU cores.
 Fixtures
 --------
 vllm (session)
-    `llm_stack.Vllm`: the model server started by hub_config/vllm/serve.sh on a free
+    `support.llm_stack.Vllm`: the model server started by hub_config/vllm/serve.sh on a free
     127.0.0.1 port (`.url`, `.key`, `.start_seconds`).
 hub (session)
-    `llm_stack.Hub`: a JupyterHub subprocess with four managed gateway services
+    `support.hub.JsonApiHub`: a minimal JupyterHub subprocess with six managed gateway services
     (`hub.gateways[name].url`): `codeyard-llm` (defaults), `codeyard-llm-strict` (1 request
     at a time, 60 tokens/min, 2000-byte bodies, max_tokens 8), `codeyard-llm-down` (upstream is
     a closed port), `codeyard-llm-slow` (50 ms upstream timeout), `codeyard-llm-latekey`
@@ -36,7 +36,8 @@ from typing import Any
 
 import pytest
 import requests
-from llm_stack import Hub, Vllm, start_hub, start_vllm
+from support.hub import JsonApiHub
+from support.llm_stack import Vllm, start_hub, start_vllm
 
 SCOPE = "custom:codeyard-llm"
 
@@ -49,34 +50,34 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vllm]:
 
 
 @pytest.fixture(scope="session")
-def hub(vllm: Vllm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+def hub(vllm: Vllm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JsonApiHub]:
     running = start_hub(tmp_path_factory.mktemp("hub"), vllm)
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="session")
-def gateway(hub: Hub) -> str:
+def gateway(hub: JsonApiHub) -> str:
     return hub.gateways["codeyard-llm"].url
 
 
 @pytest.fixture(scope="session")
-def strict_gateway(hub: Hub) -> str:
+def strict_gateway(hub: JsonApiHub) -> str:
     return hub.gateways["codeyard-llm-strict"].url
 
 
 @pytest.fixture(scope="session")
-def down_gateway(hub: Hub) -> str:
+def down_gateway(hub: JsonApiHub) -> str:
     return hub.gateways["codeyard-llm-down"].url
 
 
 @pytest.fixture(scope="session")
-def slow_gateway(hub: Hub) -> str:
+def slow_gateway(hub: JsonApiHub) -> str:
     return hub.gateways["codeyard-llm-slow"].url
 
 
 @pytest.fixture(scope="session")
-def token(hub: Hub) -> str:
+def token(hub: JsonApiHub) -> str:
     return hub.user_token("alice", [SCOPE])
 
 
@@ -95,7 +96,7 @@ def llm(gateway: str, token: str) -> Callable[..., requests.Response]:
 
 
 @pytest.fixture
-def audit_rows(hub: Hub) -> Callable[[str], list[dict[str, Any]]]:
+def audit_rows(hub: JsonApiHub) -> Callable[[str], list[dict[str, Any]]]:
     def rows(service: str) -> list[dict[str, Any]]:
         path = Path(hub.workdir) / f"{service}-audit.jsonl"
         if not path.exists():

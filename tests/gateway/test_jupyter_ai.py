@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llm_stack import HUB_CONFIG, free_port, stop_process, wait_http
+from support.hub import HUB_CONFIG
+from support.processes import free_port, stop_process, wait_http
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 

@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from llm_stack import HUB_CONFIG, free_port
+from support.hub import HUB_CONFIG
+from support.processes import free_port
 
 SETUP = HUB_CONFIG / "vllm" / "setup.sh"
 SERVE = HUB_CONFIG / "vllm" / "serve.sh"

@@ -46,9 +46,16 @@ from typing import Any
 
 import docker
 import pytest
-from hubprocess import DOCKER_BRIDGE_IP, HubProcess, ensure_images, ensure_proxy, free_port
+from support.hub import DOCKER_BRIDGE_IP, HubProcess, ensure_images, ensure_proxy, model_env
+from support.processes import free_port
 
 WORKSPACE_LIMIT = 4
+
+# For Hubs started through up.sh with this process's environment (test_up.py): the model the
+# other Hubs of these tests use, and a gateway port picked on loopback (the docker bridge may
+# not exist yet).
+os.environ.update(model_env())
+os.environ.setdefault("CODEYARD_LLM_PORT", str(free_port()))
 
 
 @pytest.fixture(scope="session")

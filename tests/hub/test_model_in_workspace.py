@@ -15,7 +15,8 @@ from pathlib import Path
 import docker
 import pytest
 import requests
-from hubprocess import Browser, HubProcess, start_workspace
+from support.browser import Browser, start_workspace
+from support.hub import HubProcess
 
 pytestmark = pytest.mark.slow
 

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hub_secrets import ensure_secret
 
 from codeyard.placement.hosts import LocalHostProvider, UnknownHost
 from codeyard.spawner import PlacementSpawner
 from codeyard.spawner.profiles import InvalidOptions, SizeProfile, WorkspaceOptions
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hub_config"))
-from hub_secrets import ensure_secret
 
 PROFILES = {
     "small": SizeProfile.from_config("small", {"cpu": 1, "mem": "2G"}),

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 import requests
-from hubprocess import REPO, Browser, HubProcess, start_workspace
+from support.browser import Browser, start_workspace
+from support.hub import REPO, HubProcess
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hubprocess import Browser, HubProcess
+from support.browser import Browser
+from support.hub import HubProcess
 
 PASSWORD = "correct-horse-battery-7"
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from hubprocess import DOCKER_BRIDGE_IP, REPO, free_port
+from support.hub import DOCKER_BRIDGE_IP, REPO
+from support.processes import free_port
 
 from codeyard.placement.database import open_db
 from codeyard.placement.registry import Registry

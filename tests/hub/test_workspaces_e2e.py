@@ -13,7 +13,8 @@ from typing import Any
 import docker
 import pytest
 import requests
-from hubprocess import Browser, HubProcess
+from support.browser import Browser
+from support.hub import HubProcess
 
 pytestmark = pytest.mark.slow
 

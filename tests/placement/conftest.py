@@ -18,7 +18,7 @@ sshd
     An OpenSSH server on 127.0.0.4 with key authentication only (session scope;
     `placement_sshd.SSHServer`: `.endpoint(remote_socket)`, `.client_key`, `.known_hosts`).
 hub
-    A real JupyterHub process (session scope; `placement_hub.Hub`) that knows the placement
+    A real JupyterHub process (session scope; `support.hub.JsonApiHub`) that knows the placement
     service, the `custom:codeyard-admin` scope (granted to `admin1`, not to `dev1`), behind
     configurable-http-proxy when `hub_config/bin/install-proxy.sh` provides one.
 hub_tokens
@@ -39,6 +39,7 @@ import pytest
 import pytest_asyncio
 from cryptography.fernet import Fernet
 from placement_pki import CA
+from support.hub import HUB_CONFIG, JsonApiHub
 
 from codeyard.placement.crypto import KEY_ENV, CredentialCipher
 from codeyard.placement.database import open_db
@@ -112,20 +113,36 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 def _proxy_command() -> str:
     """configurable-http-proxy from the project's installer, or "" if it cannot be had."""
     import subprocess
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "hub_config" / "bin" / "install-proxy.sh"
+    script = HUB_CONFIG / "bin" / "install-proxy.sh"
     if not script.exists():
         return ""
     out = subprocess.run([str(script)], capture_output=True, text=True, check=False)
     return out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else ""
 
 
-@pytest.fixture(scope="session")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    from placement_hub import Hub
+# A tiny stand-in single-user server (JupyterHub's own test spawner) for the restart tests,
+# two users of the dummy login, and no periodic Hub checks in the middle of a test.
+PLACEMENT_HUB_CONFIG = """
+c.JupyterHub.spawner_class = "jupyterhub.tests.mocking.MockSpawner"
+c.JupyterHub.default_url = "/hub/home"
+c.Authenticator.allowed_users = {"admin1", "dev1"}
+c.JupyterHub.check_running_interval = 3600
+c.JupyterHub.last_activity_interval = 3600
+"""
 
-    h = Hub(tmp_path_factory.mktemp("hub"), proxy_command=_proxy_command())
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JsonApiHub]:
+    """A minimal Hub that knows the placement service (run in-process by `service`) and
+    grants its admin scope to `admin1`; behind configurable-http-proxy when there is one."""
+    h = JsonApiHub(
+        state_dir=tmp_path_factory.mktemp("hub"),
+        proxy_command=_proxy_command(),
+        external_placement=True,
+        placement_admins=("admin1",),
+        site_config=PLACEMENT_HUB_CONFIG,
+    )
     h.start()
     yield h
     h.stop()
@@ -141,12 +158,13 @@ async def service(hub, registry: Registry):  # type: ignore[no-untyped-def]
     """The placement service in-process on the port the Hub knows, over `registry`."""
     from jupyterhub.services.auth import HubOAuth
 
-    from codeyard.placement.service.config import ServiceContext, make_app
+    from codeyard.placement.service.app import make_app
+    from codeyard.placement.service.context import ServiceContext
 
     prefix = "/services/codeyard-placement/"
     auth = HubOAuth(
         api_url=hub.api_url,
-        api_token=hub.service_token,
+        api_token=hub.placement_token,
         oauth_client_id="service-codeyard-placement",
         base_url=prefix,
         hub_prefix="/hub/",
@@ -154,8 +172,8 @@ async def service(hub, registry: Registry):  # type: ignore[no-untyped-def]
     )
     ctx = ServiceContext(registry, auth)
     app = make_app(ctx, prefix)
-    server = app.listen(hub.service_port, "127.0.0.1")
-    ctx.url = f"http://127.0.0.1:{hub.service_port}{prefix}"
+    server = app.listen(hub.placement_port, "127.0.0.1")
+    ctx.url = f"http://127.0.0.1:{hub.placement_port}{prefix}"
     yield ctx
     server.stop()
     await server.close_all_connections()

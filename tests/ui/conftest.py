@@ -12,7 +12,7 @@ labextension_dir (session)
     with `jlpm build:prod` when missing; fails with the build log if that fails.
 model_stack (session)
     `(gateway_url, user_token)`: vLLM with SmolLM2 (hub_config/vllm/serve.sh) and a JupyterHub
-    running the `codeyard-llm` gateway service, started through tests/gateway/llm_stack.py.
+    running the `codeyard-llm` gateway service, started through tests/support/llm_stack.py.
     Set CODEYARD_TEST_VLLM_URL / CODEYARD_TEST_VLLM_KEY_FILE to reuse a running vLLM.
 lab (session)
     `Lab`: a `jupyter lab` subprocess on a free port with a random token, its workspace folder
@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -49,6 +48,8 @@ from typing import Any
 
 import pytest
 import requests
+from support.llm_stack import start_hub, start_vllm
+from support.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "server_extension" / "codeyard" / "server_extension" / "labextension"
@@ -64,12 +65,6 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 EXT_NAME = "codeyard-labextension"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:
@@ -98,9 +93,6 @@ def labextension_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def model_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    sys.path.insert(0, str(REPO / "tests" / "gateway"))
-    from llm_stack import start_hub, start_vllm  # type: ignore[import-not-found]
-
     vllm = start_vllm(tmp_path_factory.mktemp("vllm"))
     try:
         hub = start_hub(tmp_path_factory.mktemp("hub"), vllm, {"codeyard-llm": []})
@@ -163,7 +155,7 @@ def start_lab(base_dir: Path, labextension_dir: Path, gateway_url: str, user_tok
     notification = base_dir / "settings" / "@jupyterlab" / "apputils-extension"
     notification.mkdir(parents=True)
     (notification / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
-    port = _free_port()
+    port = free_port()
     token = secrets.token_hex(16)
     env = {
         **os.environ,
@@ -230,7 +222,7 @@ def lab_without_model(
 ) -> Iterator[Lab]:
     """A second `jupyter lab` whose gateway URL is a closed loopback port: every model call
     and status check meets a real refused connection."""
-    closed = f"http://127.0.0.1:{_free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     running = start_lab(tmp_path_factory.mktemp("lab-down"), labextension_dir, closed, "t")
     yield running
     _stop(running.proc)
