@@ -1,7 +1,7 @@
 """explain and rewrite against a real jupyter-server, through the real gateway to real vLLM.
 
 The model stack (vLLM + JupyterHub + gateway) starts once per session as subprocesses from a
-sync fixture (pytest-jupyter's event loop must not own them); see tests/gateway/llm_stack.py.
+sync fixture (pytest-jupyter's event loop must not own them); see tests/support/llm_stack.py.
 The pure parts (redaction, context, diff building) are tested directly as well.
 """
 
