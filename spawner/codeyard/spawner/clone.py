@@ -8,6 +8,14 @@ a hostile repository or URL never runs code on the Hub.
 
 The clone goes to a hidden `.<name>.partial` folder that is renamed into place only when
 git succeeded, so a failed clone leaves no half-made workspace.
+
+git talks to a server the user chose and writes what it sends, so the helper runs as the
+workspace user (uid 1000), with no capabilities, no new privileges and a read-only root,
+like the workspace itself: what git writes is then owned by that user without a chown.
+That needs the user's folder (`<storage_root>/<user>`, the helper's /homes) to belong to
+the workspace user. Where the Hub shares the host's file system it sees to that itself;
+on other hosts a first container does only that, as root with CAP_CHOWN alone and no
+network, before git runs (`HelperJob.fix_owner`).
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from typing import Any
 
 from docker.errors import APIError, NotFound
 
-# $1 mode (prepare|remove), $2 home folder name, $3 git URL or "", $4 branch or "", $5 uid
+# $1 mode (prepare|remove), $2 home folder name, $3 git URL or "", $4 branch or "", $5 uid.
+# Runs as the workspace user, so everything it makes is theirs.
 HELPER_SCRIPT = r"""
 set -u
 mode="$1"; ws="$2"; url="$3"; branch="$4"; uid="$5"
@@ -45,7 +54,12 @@ if [ -n "$url" ]; then
 else
     mkdir -- "$tmp"
 fi
-chown -R "$uid:$uid" -- "$tmp" && mv -T -- "$tmp" "$ws"
+mv -T -- "$tmp" "$ws"
+"""
+
+# $1 uid. Runs as root with only CAP_CHOWN: hand the user's folder to the workspace user.
+OWNER_SCRIPT = r"""
+cd /homes && chown "$1:$1" .
 """
 
 CLONE_FAILED_EXIT = 3
@@ -70,6 +84,10 @@ class HelperJob:
     mem_limit: int | None = None
     cpu_limit: float | None = None
     labels: dict[str, str] | None = None
+    #: More host config for both containers: hardening, the workspace network, pids limit.
+    host_config: dict[str, Any] | None = None
+    #: Whether /homes must first be given to `uid` by a root container with CAP_CHOWN.
+    fix_owner: bool = False
 
 
 def last_lines(text: str, n: int = 6) -> str:
@@ -79,25 +97,67 @@ def last_lines(text: str, n: int = 6) -> str:
 
 async def run_helper(docker: DockerCall, client: Any, job: HelperJob, time_limit: float) -> str:
     """Run the helper to completion on the job's host; return its output or raise."""
+    if job.fix_owner:
+        await _run_container(
+            docker,
+            client,
+            job,
+            name=f"{job.name}-owner",
+            user="0:0",
+            entrypoint=["/bin/sh", "-c", OWNER_SCRIPT, "codeyard-home-owner"],
+            command=[str(job.uid)],
+            # chown of the folder is all it does: no network, one capability.
+            host_config={"network_mode": "none", "cap_add": ["CHOWN"]},
+            time_limit=time_limit,
+        )
+    return await _run_container(
+        docker,
+        client,
+        job,
+        name=job.name,
+        user=f"{job.uid}:{job.uid}",
+        entrypoint=["/bin/sh", "-c", HELPER_SCRIPT, "codeyard-home"],
+        command=[job.mode, job.home_name, job.repo_url, job.branch, str(job.uid)],
+        host_config={},
+        time_limit=time_limit,
+    )
+
+
+async def _run_container(
+    docker: DockerCall,
+    client: Any,
+    job: HelperJob,
+    *,
+    name: str,
+    user: str,
+    entrypoint: list[str],
+    command: list[str],
+    host_config: dict[str, Any],
+    time_limit: float,
+) -> str:
     with contextlib.suppress(NotFound):
-        await docker("remove_container", job.name, force=True)
-    host_config: dict[str, Any] = {"binds": {job.user_dir: {"bind": "/homes", "mode": "rw"}}}
+        await docker("remove_container", name, force=True)
+    config: dict[str, Any] = {
+        **(job.host_config or {}),
+        "binds": {job.user_dir: {"bind": "/homes", "mode": "rw"}},
+        **host_config,
+    }
     if job.mem_limit:
-        host_config["mem_limit"] = job.mem_limit
+        config["mem_limit"] = job.mem_limit
     if job.cpu_limit:
-        host_config["cpu_period"] = 100_000
-        host_config["cpu_quota"] = int(job.cpu_limit * 100_000)
+        config["cpu_period"] = 100_000
+        config["cpu_quota"] = int(job.cpu_limit * 100_000)
     obj = await docker(
         "create_container",
         image=job.image,
-        name=job.name,
-        user="0",
-        entrypoint=["/bin/sh", "-c", HELPER_SCRIPT, "codeyard-home"],
-        command=[job.mode, job.home_name, job.repo_url, job.branch, str(job.uid)],
+        name=name,
+        user=user,
+        entrypoint=entrypoint,
+        command=command,
         environment={"GIT_TERMINAL_PROMPT": "0", "HOME": "/tmp"},  # noqa: S108 - inside the helper
         working_dir="/homes",
         labels=job.labels or {},
-        host_config=client.create_host_config(**host_config),
+        host_config=client.create_host_config(**config),
     )
     cid = obj["Id"]
     try:

@@ -37,9 +37,22 @@ def can_prepare_locally(host: DockerHost, uid: int) -> bool:
     return host.storage_is_local and os.geteuid() in (0, uid)
 
 
+def ensure_user_dir(home: HomeLocation, uid: int) -> None:
+    """Make the user's folder, owned by `uid`, so a helper running as `uid` can work in it.
+
+    The home helper clones as the workspace user (never root), and it makes, renames and
+    removes homes inside this folder. An existing folder owned by someone else (an older
+    Hub made them as root) is handed over.
+    """
+    os.makedirs(home.user_dir, mode=0o755, exist_ok=True)
+    st = os.stat(home.user_dir)
+    if (st.st_uid, st.st_gid) != (uid, uid) and os.geteuid() != uid:
+        os.chown(home.user_dir, uid, uid)
+
+
 def make_empty_home(home: HomeLocation, uid: int) -> bool:
     """Create an empty home owned by `uid` unless it exists; return whether it was made."""
-    os.makedirs(home.user_dir, mode=0o755, exist_ok=True)
+    ensure_user_dir(home, uid)
     if os.path.lexists(home.path):
         return False
     partial = os.path.join(home.user_dir, f".{home.home_name}.partial")

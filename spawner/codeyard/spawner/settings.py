@@ -9,12 +9,14 @@ allow-list, and the spawn form. The lifecycle is in `spawner.py`.
 from __future__ import annotations
 
 import html
+import posixpath
+import re
 from typing import Any
 
 from dockerspawner import DockerSpawner
 from jupyterhub.traitlets import EntryPointType
 from tornado import web
-from traitlets import Bool, Dict, Float, Integer, Set, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Integer, List, Set, Unicode, default, validate
 
 from codeyard.placement.hosts import HostProvider, LocalHostProvider
 
@@ -100,7 +102,11 @@ class SpawnerSettings(DockerSpawner):
 
     home_uid = Integer(
         1000,
-        help="""Owner (uid and gid) of new homes: the image's non-root user.""",
+        help="""Owner (uid and gid) of new homes: the image's non-root user.
+
+        Workspace containers and the home helper run as this uid and gid, whatever the
+        image's USER says, so everything in a home belongs to it.
+        """,
     ).tag(config=True)
 
     delete_data_on_remove = Bool(
@@ -124,6 +130,155 @@ class SpawnerSettings(DockerSpawner):
         help="""Seconds a first-start git clone may take before the spawn fails.""",
     ).tag(config=True)
 
+    # ---- container hardening and isolation ------------------------------------------
+
+    pids_limit = Integer(
+        1024,
+        help="""Most processes and threads (together) one workspace container may run.
+
+        Stops a fork bomb or a runaway thread pool from exhausting the host's process
+        table, which would break every workspace on that host. 1024 leaves room for
+        JupyterLab, the Codeyard and jupyter-ai extensions, several kernels with their BLAS
+        threads, terminals and a parallel build (`make -j`), which together use a few
+        hundred; the kernel counts threads, not just processes. 0 means no limit.
+        """,
+    ).tag(config=True)
+
+    @validate("pids_limit")
+    def _check_pids_limit(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] < 0:
+            raise ValueError("pids_limit must be 0 (no limit) or positive")
+        return int(proposal["value"])
+
+    cap_drop = List(
+        Unicode(),
+        ["ALL"],
+        help="""Linux capabilities removed from workspace and home-helper containers.
+
+        All of them: the image runs Jupyter as its non-root user (uid 1000), which needs
+        none, and without them even a root process in the container (after a kernel or
+        setuid bug) cannot change file owners, bind low ports, use raw sockets or trace
+        other processes.
+        """,
+    ).tag(config=True)
+
+    cap_add = List(
+        Unicode(),
+        [],
+        help="""Capabilities given back to workspace containers after `cap_drop`.
+
+        None by default, because none is needed: Jupyter, kernels, terminals, git and pip
+        all run as the unprivileged user. Name each one you add and why in the site
+        config, e.g. ["SYS_PTRACE"] to let users attach a debugger such as gdb.
+        """,
+    ).tag(config=True)
+
+    security_opt = List(
+        Unicode(),
+        ["no-new-privileges:true"],
+        help="""Docker security options of workspace and home-helper containers.
+
+        `no-new-privileges:true` makes setuid/setgid programs and file capabilities
+        powerless, so nothing in a workspace can become root again (sudo, su, ping's file
+        capability). Add a seccomp or AppArmor profile here if your hosts have one.
+        """,
+    ).tag(config=True)
+
+    read_only_root = Bool(
+        True,
+        help="""Whether workspace containers get a read-only root file system.
+
+        Nothing a user runs can then change the image's programs, libraries or system
+        files (a replaced `python` or a line added to /etc would fool every later process
+        of the workspace), and nothing is written where the admin does not expect it.
+        Writable places remain: the persistent home (`home_mount`) and `tmpfs_mounts`. The
+        home helper gets a read-only root too, with a writable /tmp.
+        """,
+    ).tag(config=True)
+
+    tmpfs_mounts = Dict(
+        value_trait=Unicode(),
+        help="""Writable in-memory folders of each workspace container: path -> mount options.
+
+        With `read_only_root` these are the only writable places besides the home.
+        Default: `/tmp`, and the parent of `home_mount` (the image user's HOME,
+        /home/jovyan), where Jupyter keeps its runtime files, settings, caches and
+        `pip install --user` packages. They are `exec` (Docker's default is noexec, which
+        breaks `~/.local/bin` scripts and builds in /tmp). Their contents are lost when the
+        container is replaced, as the container layer was before; their pages count
+        against the workspace's memory limit, so the size profile bounds them.
+        """,
+    ).tag(config=True)
+
+    @default("tmpfs_mounts")
+    def _default_tmpfs_mounts(self) -> dict[str, str]:
+        mounts = {"/tmp": "rw,exec,nosuid,nodev,mode=1777"}  # noqa: S108 - in the container
+        user_home = posixpath.dirname(self.home_mount.rstrip("/"))
+        if user_home not in ("", "/"):
+            uid = self.home_uid
+            mounts[user_home] = f"rw,exec,nosuid,nodev,mode=0755,uid={uid},gid={uid}"
+        return mounts
+
+    workspace_network = Unicode(
+        "codeyard-workspaces",
+        help="""Docker network of workspace and home-helper containers on every host.
+
+        A bridge network made on first use on each host with `workspace_network_options`,
+        which by default turn inter-container traffic off, so one user's workspace cannot
+        connect to another's. Workspaces still reach the Hub API and the LLM gateway on the
+        host's address, and the proxy reaches them through their published port. An
+        existing network of this name is used as it is. "bridge" (or "", which leaves it
+        to DockerSpawner's `network_name`) puts workspaces back on Docker's default
+        bridge, where they can reach each other.
+        """,
+    ).tag(config=True)
+
+    @validate("workspace_network")
+    def _check_workspace_network(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"])
+        # Docker's own rule for names; it also keeps the name safe in label templates.
+        if value and not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", value):
+            raise ValueError(f"Not a Docker network name: {value!r}")
+        return value
+
+    workspace_network_options = Dict(
+        value_trait=Unicode(),
+        default_value={"com.docker.network.bridge.enable_icc": "false"},
+        help="""Bridge driver options used when `workspace_network` is created on a host.
+
+        `enable_icc=false` makes the engine drop traffic between two containers of the
+        network (it needs the engine's iptables management, on by default). Only used when
+        the network is made; changing it later needs the network removed by an admin.
+        """,
+    ).tag(config=True)
+
+    def hardening_host_config(self) -> dict[str, Any]:
+        """Docker host config every container of a workspace gets, the home helper too:
+        no capabilities, no new privileges, the pids limit, and the workspace network."""
+        config: dict[str, Any] = {
+            "cap_drop": list(self.cap_drop),
+            "security_opt": list(self.security_opt),
+        }
+        if self.pids_limit:
+            config["pids_limit"] = self.pids_limit
+        if self.workspace_network:
+            config["network_mode"] = self.workspace_network
+        if self.read_only_root:
+            config["read_only"] = True
+            config["tmpfs"] = {"/tmp": "rw,nosuid,nodev,mode=1777"}  # noqa: S108 - in the container
+        return config
+
+    def workspace_host_config(self) -> dict[str, Any]:
+        """`hardening_host_config` plus what only the workspace itself gets: `cap_add`
+        and the writable `tmpfs_mounts` (the home helper writes only /homes and /tmp)."""
+        config = self.hardening_host_config()
+        if self.cap_add:
+            config["cap_add"] = list(self.cap_add)
+        config.pop("tmpfs", None)
+        if self.tmpfs_mounts:
+            config["tmpfs"] = dict(self.tmpfs_mounts)
+        return config
+
     # DockerSpawner defaults that fit workspaces.
 
     @default("prefix")
@@ -138,10 +293,15 @@ class SpawnerSettings(DockerSpawner):
     def _default_extra_create_kwargs(self) -> dict[str, Any]:
         # Rendered by DockerSpawner's templates at create time.
         return {
+            # The home's owner, whatever the image's USER says: files the workspace makes
+            # stay the user's, and it never runs as root (which `cap_drop` would cripple).
+            "user": f"{self.home_uid}:{self.home_uid}",
             "labels": {
                 "codeyard.user": "{raw_username}",
                 "codeyard.workspace": "{servername}",
-            }
+                # Which network it was made on, for clean-up and failover tools.
+                "codeyard.network": self.workspace_network or self.network_name,
+            },
         }
 
     @default("extra_host_config")

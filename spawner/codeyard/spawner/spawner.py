@@ -2,13 +2,16 @@
 
 A workspace is a JupyterHub named server. Its container runs on a host chosen by the
 host provider (`codeyard.placement.hosts`), its files live in a persistent home on that
-host, and it is created with the CPU and memory of its size profile.
+host, and it is created with the CPU and memory of its size profile. Every container runs
+hardened (no capabilities, no new privileges, a pids limit, a read-only root) on the host's
+workspace network, where workspaces cannot reach each other (`settings.py`, `network.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
@@ -21,7 +24,7 @@ from traitlets import Bool, Unicode
 
 from codeyard.placement.hosts import DockerHost, HostProvider, UnknownHost
 
-from . import clients, homes
+from . import clients, homes, network
 from .clone import HelperJob, HomeSetupFailed, last_lines, run_helper
 from .profiles import InvalidOptions, WorkspaceOptions
 from .settings import SpawnerSettings
@@ -50,6 +53,8 @@ class PlacementSpawner(SpawnerSettings):
 
     #: JupyterHub's traitlet, typed here for mypy (which cannot infer it through traitlets).
     user_options: dict[str, Any]
+    #: DockerSpawner's traitlet (a dict, or a callable returning one), typed for mypy.
+    extra_host_config: Any
 
     # ---- state ---------------------------------------------------------------------
 
@@ -173,7 +178,8 @@ class PlacementSpawner(SpawnerSettings):
     async def prepare_home(self, host: DockerHost, opts: WorkspaceOptions) -> None:
         """Make the home on first start: an empty folder, or a clone of the repository."""
         home = self.home_location(host)
-        if not opts.repo_url and homes.can_prepare_locally(host, self.home_uid):
+        local = homes.can_prepare_locally(host, self.home_uid)
+        if not opts.repo_url and local:
             self.emit(20, "Creating workspace home")
             await asyncio.wrap_future(
                 self.executor.submit(homes.make_empty_home, home, self.home_uid)
@@ -184,6 +190,12 @@ class PlacementSpawner(SpawnerSettings):
             self.emit(20, f"Cloning {opts.repo_url}{branch}")
         else:
             self.emit(20, "Creating workspace home")
+        if local:
+            # The helper runs as the workspace user: give it the user's folder.
+            await asyncio.wrap_future(
+                self.executor.submit(homes.ensure_user_dir, home, self.home_uid)
+            )
+        await self.ensure_workspace_network()
         job = HelperJob(
             mode="prepare",
             user_dir=home.user_dir,
@@ -196,8 +208,20 @@ class PlacementSpawner(SpawnerSettings):
             mem_limit=opts.profile.mem_bytes,
             cpu_limit=opts.profile.cpu,
             labels={"codeyard.user": self.user.name, "codeyard.helper": "home"},
+            host_config=self.hardening_host_config(),
+            fix_owner=not local,
         )
         await run_helper(self.docker, self.client, job, self.clone_timeout)
+
+    async def ensure_workspace_network(self) -> None:
+        """Create `workspace_network` on this workspace's host if it is not there yet."""
+        await network.ensure_network(
+            self.docker,
+            self.host.client_key,
+            self.workspace_network,
+            self.workspace_network_options,
+            labels={"codeyard.network": "workspaces"},
+        )
 
     async def start(self) -> tuple[str, int]:
         self._progress_events = []
@@ -286,8 +310,23 @@ class PlacementSpawner(SpawnerSettings):
             client.close()
 
     async def create_object(self) -> dict[str, Any]:
+        """Create the container with the hardening and network of `workspace_host_config`.
+
+        They are merged under the admin's `extra_host_config` for this one call, so
+        replacing `extra_host_config` in a site config never silently drops them, while a
+        key set there on purpose (e.g. `pids_limit`) still wins.
+        """
         self.emit(40, "Creating container")
-        return await super().create_object()
+        await self.ensure_workspace_network()
+        configured = self.extra_host_config
+        extra = self._eval_if_callable(configured)
+        if inspect.isawaitable(extra):
+            extra = await extra
+        self.extra_host_config = {**self.workspace_host_config(), **(extra or {})}
+        try:
+            return await super().create_object()
+        finally:
+            self.extra_host_config = configured
 
     async def start_object(self) -> None:
         self.emit(60, "Starting Jupyter server")
@@ -342,6 +381,10 @@ class PlacementSpawner(SpawnerSettings):
                     home_name=home.home_name,
                     image=self.image,
                     name=f"{self.object_name}-home",
+                    uid=self.home_uid,
+                    # Removing files needs no network at all.
+                    host_config={**self.hardening_host_config(), "network_mode": "none"},
+                    fix_owner=True,
                 )
                 await run_helper(self.docker, self.client, job, self.clone_timeout)
             self.log.info("%s: removed home %s", self._log_name, home.path)
