@@ -67,6 +67,7 @@ class Engine:
     subnet: str = ""
     proc: subprocess.Popen[bytes] | None = None
     client_bundle: dict[str, str] = field(default_factory=dict)
+    network_bridges: set[str] = field(default_factory=set)
 
     @property
     def name(self) -> str:
@@ -147,8 +148,25 @@ class Engine:
             time.sleep(0.2)
         raise RuntimeError(f"dockerd for {self.ip} not ready in {wait}s; see {self.log}")
 
+    def remember_network_bridges(self) -> None:
+        """Note the Linux bridges of the engine's own networks (the spawner's workspace
+        network, `br-<id>`), while it still answers: a killed engine leaves them behind,
+        each holding a 172.x/16 route, and repeated runs would use up Docker's pools."""
+        if not (self.proc and self.proc.poll() is None):
+            return
+        out = subprocess.run(
+            ["docker", "-H", f"unix://{self.root / 'docker.sock'}", "network", "ls",
+             "--no-trunc", "--filter", "driver=bridge", "--format", "{{.ID}} {{.Name}}"],
+            capture_output=True, text=True, timeout=20, check=False,
+        ).stdout  # fmt: skip
+        for line in out.splitlines():
+            net_id, _, name = line.partition(" ")
+            if net_id and name != "bridge":
+                self.network_bridges.add(f"br-{net_id[:12]}")
+
     def kill(self) -> None:
         """SIGKILL the engine by its PID (the failover tests' 'host dies')."""
+        self.remember_network_bridges()
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
@@ -174,9 +192,11 @@ class Engine:
                         time.sleep(0.1)
 
     def teardown(self) -> None:
+        self.remember_network_bridges()
         self.stop()
-        if self.bridge:
-            _ip("link", "del", self.bridge, check=False)
+        for bridge in [self.bridge, *sorted(self.network_bridges)]:
+            if bridge:
+                _ip("link", "del", bridge, check=False)
         # overlay mounts of a killed engine may linger under data/
         mounts = [
             line.split()[1]
