@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from hub_secrets import ensure_secret
 from hub_settings import CodeyardHub
+from login_setup import configure_login
 from placement_setup import PROVIDERS, configure_registry, uses_registry
 
 from codeyard.gateway.hubconfig import SERVICE_NAME as LLM_SERVICE
@@ -60,17 +61,10 @@ setdefault(c.ConfigurableHTTPProxy, "auth_token", ensure_secret(settings.state_p
 # ---- Hub restart keeps workspaces running ----------------------------------------------
 setdefault(c.JupyterHub, "cleanup_servers", False)
 
-# ---- Login: NativeAuthenticator sign-up ------------------------------------------------
-setdefault(c.JupyterHub, "authenticator_class", "native")
-setdefault(c.Authenticator, "admin_users", {settings.admin_user})
-setdefault(c.NativeAuthenticator, "open_signup", not settings.require_approval)
-if c.JupyterHub.authenticator_class in ("native", "nativeauthenticator.NativeAuthenticator"):
-    # NativeAuthenticator itself refuses users an admin has not approved; JupyterHub 5's
-    # own allow list would refuse everyone else. Other authenticators keep JupyterHub's
-    # default (nobody) until the site config says who is allowed.
-    setdefault(c.Authenticator, "allow_all", True)
-setdefault(c.NativeAuthenticator, "minimum_password_length", 8)
-setdefault(c.NativeAuthenticator, "check_common_password", True)
+# ---- Login: Codeyard's sign-up (hub_config/login_setup.py) ---------------------------
+# NativeAuthenticator sign-up with admin names only through the one-time bootstrap link,
+# a lock after failed logins, and bcrypt off the event loop (codeyard.hubauth).
+configure_login(c, settings)
 
 # ---- Workspaces: named servers in PlacementSpawner containers -------------------------
 setdefault(c.JupyterHub, "spawner_class", "codeyard.spawner.PlacementSpawner")

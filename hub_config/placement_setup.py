@@ -68,7 +68,7 @@ def configure_registry(c: Any, settings: CodeyardHub) -> None:
     )
     if any(s.get("name") == SERVICE_NAME for s in c.JupyterHub.get("services", [])):
         return  # the site config set the service up itself
-    admins = sorted(c.Authenticator.get("admin_users", set()) or {settings.admin_user})
+    admins = sorted(c.Authenticator.get("admin_users", set()))
     configure_placement_service(
         c,
         port=settings.placement_port,

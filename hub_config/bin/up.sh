@@ -9,7 +9,8 @@
 # services, and dockerd if this script had to start it. Workspaces keep their files.
 #
 # Env: CODEYARD_STATE (default $CODEYARD_CACHE/state, i.e. ~/.cache/codeyard/state),
-#      CODEYARD_ADMIN (default admin), CODEYARD_BIND_URL (default http://127.0.0.1:8000),
+#      CODEYARD_ADMIN (default admin; registered only through the one-time link printed
+#      below), CODEYARD_BIND_URL (default http://127.0.0.1:8000),
 #      any other CODEYARD_* setting from hub_config/*_settings.py, and
 #      CODEYARD_SITE_CONFIG for a site config file.
 #
@@ -74,8 +75,10 @@ log "single-user image: $CODEYARD_IMAGE"
 PROXY="$("$HERE/install-proxy.sh" | tail -n 1)"
 export CODEYARD_PROXY_DIR="${CODEYARD_PROXY_DIR:-$(dirname "$(dirname "$(dirname "$PROXY")")")}"
 
-# 4. Secrets: made once, mode 0600, in the state folder.
+# 4. Secrets: made once, mode 0600, in the state folder; with Codeyard's sign-up also the
+#    one-time admin bootstrap secret, whose sign-up link is printed below (empty once used).
 "$VENV_BIN/python" "$HERE/../hub_secrets.py" >/dev/null
+BOOTSTRAP_URL="$("$VENV_BIN/python" "$HERE/../login_setup.py")"
 
 # 5. Model services (vLLM, gateway): hooks in hub_config/up.d/.
 if [ -d "$HERE/../up.d" ]; then
@@ -91,11 +94,19 @@ fi
 # 6. The Hub, in the foreground.
 ADMIN="${CODEYARD_ADMIN:-admin}"
 URL="${CODEYARD_BIND_URL:-http://127.0.0.1:8000}"
+if [ -n "$BOOTSTRAP_URL" ]; then
+    ADMIN_MSG="To become admin: open this one-time link and sign up as \"$ADMIN\":
+      $BOOTSTRAP_URL
+  (change the name with CODEYARD_ADMIN). Nobody can sign up under that name without the
+  link, and it works once. Others sign up at $URL/hub/signup."
+else
+    ADMIN_MSG="Admins log in at $URL/hub/login (the admin account is registered, or the site
+  config's authenticator decides who is admin). Others sign up at $URL/hub/signup."
+fi
 cat >&2 <<MSG
 
   Codeyard is starting on $URL
-  To become admin: open $URL/hub/signup and sign up as "$ADMIN"
-  (change the name with CODEYARD_ADMIN). Others sign up there too.
+  $ADMIN_MSG
   Docker hosts and placement (admins): $URL/services/codeyard-placement/
   (this machine's engine is registered there as "local"; add more hosts there).
   State (database, secrets, homes): $CODEYARD_STATE

@@ -38,7 +38,9 @@ def test_new_users_wait_for_an_admin_and_the_first_admin_comes_from_the_setting(
     hub = approval_hub
     admin_name = hub.extra_env["CODEYARD_ADMIN"]
     admin = Browser(hub.url)
-    admin.signup(admin_name, PASSWORD)
+    # an admin name is registered only through the one-time link `make up` prints
+    secret = (hub.state_dir / "admin_bootstrap").read_text().strip()
+    admin.signup(admin_name, PASSWORD, bootstrap=secret)
     assert admin.login(admin_name, PASSWORD).url.endswith("/hub/home")
     assert admin.api("GET", f"/users/{admin_name}").json()["admin"] is True
 

@@ -35,14 +35,19 @@ class Browser:
                 return str(c.value)
         return ""
 
-    def signup(self, username: str, password: str) -> requests.Response:
+    def signup(
+        self, username: str, password: str, bootstrap: str | None = None
+    ) -> requests.Response:
+        """Sign up through the form; `bootstrap` is the one-time admin secret of the link
+        `make up` prints (the only way to register an admin name)."""
+        page = f"/hub/signup?bootstrap={bootstrap}" if bootstrap is not None else "/hub/signup"
         data = {
-            "_xsrf": self.xsrf("/hub/signup"),
+            "_xsrf": self.xsrf(page),
             "username": username,
             "signup_password": password,
             "signup_password_confirmation": password,
         }
-        return self.s.post(f"{self.hub_url}/hub/signup", data=data, timeout=30)
+        return self.s.post(f"{self.hub_url}{page}", data=data, timeout=30)
 
     def login(self, username: str, password: str) -> requests.Response:
         data = {"_xsrf": self.xsrf("/hub/login"), "username": username, "password": password}
