@@ -11,7 +11,9 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 
 from .audit import AuditLog
+from .errors import CodeyardError
 from .files import FileReader
+from .git.handlers import git_routes, git_settings
 from .handlers import AuditHandler, FilesHandler, TreeHandler
 from .llm.client import CodeyardLLM
 from .llm.completion import CodeyardCompleter
@@ -147,7 +149,12 @@ class CodeyardApp(ExtensionApp):
         help="""Folder for Codeyard's private state: the audit log, revert data, staging.
 
         Defaults to `.codeyard/` under the workspace root, which keeps staging on the same
-        file system as the files so swaps are atomic renames. Patches may never write here.
+        file system as the files so swaps are atomic renames (it must be on the workspace's
+        file system). Patches may never write here. Inside a git working tree it is added
+        to `.git/info/exclude`, so `git status` does not list it; `git clean -fdx` still
+        deletes it, and the next request then rebuilds it and records a `state_lost` audit
+        record (the audit records and revert data in it are gone). If it cannot be written,
+        patch requests answer 507 `state_unwritable`.
         """,
     ).tag(config=True)
 
@@ -162,7 +169,6 @@ class CodeyardApp(ExtensionApp):
     def initialize_settings(self) -> None:
         paths = WorkspacePaths(self.workspace_root)
         state = Path(self.state_dir)
-        state.mkdir(mode=0o700, parents=True, exist_ok=True)
         audit = AuditLog(state / "audit.jsonl")
         contents_manager = self.serverapp.contents_manager if self.serverapp else None
         allow_hidden = bool(getattr(contents_manager, "allow_hidden", False))
@@ -177,7 +183,10 @@ class CodeyardApp(ExtensionApp):
             engine_processes=self.patch_engine_processes,
             log=self.log,
         )
-        patches.recover()
+        try:
+            patches.recover()
+        except CodeyardError as exc:  # an unwritable state folder: patches answer 507
+            self.log.error("codeyard could not recover patch transactions: %s", exc.message)
         llm = CodeyardLLM(parent=self)
         builder = ContextBuilder(
             paths,
@@ -189,6 +198,7 @@ class CodeyardApp(ExtensionApp):
         self.settings.update(
             codeyard_paths=paths,
             codeyard_audit=audit,
+            codeyard_state=patches.state_folder,
             codeyard_tree=TreeLister(paths, allow_hidden=allow_hidden),
             codeyard_files=FileReader(paths, max_size=self.max_file_size),
             codeyard_patches=patches,
@@ -197,6 +207,9 @@ class CodeyardApp(ExtensionApp):
             codeyard_rewriter=Rewriter(llm_files, builder, llm, patches),
             codeyard_cells=CellPatcher(llm_files, patches),
             codeyard_completer=CodeyardCompleter(llm, paths, parent=self),
+            **git_settings(
+                self, audit=audit, patches=patches, llm=llm, counter=builder.counter
+            ),
         )
 
     def initialize_handlers(self) -> None:
@@ -217,9 +230,13 @@ class CodeyardApp(ExtensionApp):
                 (rf"{api}/status", StatusHandler),
             ]
         )
+        self.handlers.extend(git_routes(api))
 
     async def stop_extension(self) -> None:
         """Retire answered patch transactions so a clean stop leaves no journal behind."""
         patches = self.settings.get("codeyard_patches")
         if isinstance(patches, PatchManager):
-            await asyncio.to_thread(patches.settle)
+            try:
+                await asyncio.to_thread(patches.settle)
+            except CodeyardError as exc:  # the state folder is unwritable; nothing to retire
+                self.log.error("codeyard could not retire transactions: %s", exc.message)

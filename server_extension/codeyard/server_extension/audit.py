@@ -3,6 +3,11 @@
 Records hold hashes and metadata only: never file content, diff text, prompts or answers.
 Each record's `hash` covers its own fields and the previous record's hash, so editing or
 dropping a line breaks the chain and `verify()` reports it.
+
+The file lives in the workspace's state folder, which the user can delete (`git clean
+-fdx`). An append notices a file that is gone and starts a new chain (seq 1, prev
+`GENESIS`) instead of continuing one nobody can verify; `lost()` lets the state folder's
+keeper write a `state_lost` record as that chain's first (see `state.StateFolder`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,35 @@ class AuditLog:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._seq, self._prev = self._last_link()
+        # The file as this object last saw it; a change means someone else wrote it.
+        self._seen = self._identity()
+
+    def _identity(self) -> tuple[int, int, int] | None:
+        """(device, inode, size) of the file, or None if it is not there."""
+        try:
+            st = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st.st_dev, st.st_ino, st.st_size
+
+    def _sync(self) -> None:
+        """Pick up the chain as the file now holds it (under the lock, before a write).
+
+        A file that is gone starts a new chain; one written by someone else (a second
+        server on the same state, a restored backup) is re-read for its last link.
+        """
+        now = self._identity()
+        if now == self._seen:
+            return
+        self._seq, self._prev = self._last_link() if now is not None else (0, GENESIS)
+        self._seen = now
+
+    def lost(self) -> tuple[int, str] | None:
+        """`(seq, hash)` of the last record of a chain whose file is gone, else None."""
+        with self._lock:
+            if self._seq and self._identity() is None:
+                return self._seq, self._prev
+        return None
 
     def _last_link(self) -> tuple[int, str]:
         last = None
@@ -63,6 +97,7 @@ class AuditLog:
         itself right after (the patch engine's one `syncfs` covers its swap and this).
         """
         with self._lock:
+            self._sync()
             record: dict[str, Any] = {
                 "seq": self._seq + 1,
                 "ts": round(time.time(), 6),
@@ -82,6 +117,8 @@ class AuditLog:
                 os.write(fd, line.encode("utf-8"))
                 if durable:
                     os.fsync(fd)
+                st = os.fstat(fd)
+                self._seen = (st.st_dev, st.st_ino, st.st_size)
             finally:
                 os.close(fd)
             self._seq, self._prev = record["seq"], record["hash"]
@@ -101,14 +138,17 @@ class AuditLog:
             newest = deque((line for line in fh if line.strip()), maxlen=limit)
         return [json.loads(line) for line in reversed(newest)]
 
-    def find(self, patch_id: str) -> list[dict[str, Any]]:
-        """Every record of one patch, oldest first (only lines naming it are parsed)."""
+    def mentioning(self, text: str) -> list[dict[str, Any]]:
+        """Every record whose line contains `text`, oldest first (only those are parsed)."""
         if not self.path.exists():
             return []
-        needle = patch_id.encode("utf-8")
+        needle = text.encode("utf-8")
         with self.path.open("rb") as fh:
-            found = (json.loads(line) for line in fh if needle in line)
-            return [r for r in found if r.get("patch_id") == patch_id]
+            return [json.loads(line) for line in fh if needle in line]
+
+    def find(self, patch_id: str) -> list[dict[str, Any]]:
+        """Every record of one patch, oldest first (only lines naming it are parsed)."""
+        return [r for r in self.mentioning(patch_id) if r.get("patch_id") == patch_id]
 
     def verify(self) -> bool:
         """Walk the whole chain; False if any record was edited, dropped or reordered."""

@@ -14,7 +14,8 @@ from tornado import web
 
 from .audit import AuditLog
 from .base import CodeyardHandler
-from .errors import bad_request
+from .errors import CodeyardError, bad_request
+from .state import StateFolder
 
 
 class TreeHandler(CodeyardHandler):
@@ -61,6 +62,25 @@ class AuditHandler(CodeyardHandler):
     async def get(self) -> None:
         limit = self.int_argument("limit", 50, minimum=1, maximum=10_000)
         audit: AuditLog = self.settings["codeyard_audit"]
-        records = await asyncio.to_thread(audit.tail, limit)
-        chain_ok = await asyncio.to_thread(audit.verify)
-        self.write_json({"records": records, "chain_ok": chain_ok})
+        state: StateFolder = self.settings["codeyard_state"]
+        self.write_json(await asyncio.to_thread(self._read, audit, state, limit))
+
+    @staticmethod
+    def _read(audit: AuditLog, state: StateFolder, limit: int) -> dict[str, object]:
+        """Records and chain check, after a deleted state folder is rebuilt and recorded.
+
+        Reading needs no writable folder: if it is unwritable, what can be read is
+        answered, and only a log that cannot be read either answers that error (507).
+        """
+        problem: CodeyardError | None = None
+        try:
+            state.ensure()
+        except CodeyardError as exc:
+            problem = exc
+        try:
+            return {"records": audit.tail(limit), "chain_ok": audit.verify()}
+        except OSError as exc:
+            clear = problem or state.translate(exc)
+            if clear is None:
+                raise
+            raise clear from exc

@@ -172,6 +172,7 @@ class CellPatcher:
         current, nb, index = self._load(request["path"], request["cell_id"])
         rel, cell_id = current["path"], request["cell_id"]
         source = nb.cells[index].source
+        self.patches.state_folder.ensure()  # scratch lives there; it may have been deleted
         work = self.patches.scratch_root / uuid.uuid4().hex / "work"
         try:
             work.mkdir(parents=True)

@@ -89,6 +89,7 @@ class Journal:
         *,
         flush_mode: str = "syncfs",
         fault: Callable[[str], None] | None = None,
+        ensure_state: Callable[[], object] | None = None,
         log: logging.Logger | Any | None = None,
     ) -> None:
         if flush_mode not in tx.FLUSH_MODES:
@@ -104,8 +105,9 @@ class Journal:
         self.scratch_root = state / "scratch"
         self.spare_root = state / "spare"
         self.store_root = revert_store.root
-        for folder in (self.tx_root, self.scratch_root, self.store_root, self.spare_root):
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Makes the folders above (again, if someone deleted them) or refuses with a clear
+        # error; the patch manager passes `StateFolder.ensure`.
+        self.ensure_state = ensure_state or (lambda: None)
         self._lock = threading.Lock()
         self._needs_recovery = False
         # Transactions answered but not yet retired, and the thread that retires them.
@@ -117,6 +119,7 @@ class Journal:
     def locked(self) -> Iterator[None]:
         """Thread lock plus a file lock, so a second server on the same state also waits."""
         with self._lock:
+            self.ensure_state()
             fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -220,7 +223,13 @@ class Journal:
         pending, self._unretired = self._unretired, []
         paths = [p for u in pending for p in u.flush_paths]
         try:
-            tx.flush(self.tx_root, [*paths, str(self.audit.path)], mode=self.flush_mode)
+            try:
+                tx.flush(self.tx_root, [*paths, str(self.audit.path)], mode=self.flush_mode)
+            except FileNotFoundError:
+                # (fsync mode) the state folder was deleted and rebuilt since these swaps:
+                # what is still there is flushed, what is gone needs no flush.
+                alive = [p for p in [*paths, str(self.audit.path)] if os.path.lexists(p)]
+                tx.flush(self.tx_root, alive, mode=self.flush_mode)
         except BaseException:
             self._unretired = pending + self._unretired
             raise
@@ -297,9 +306,20 @@ class Journal:
         )
 
     def recover(self) -> list[str]:
-        """At start-up: finish committed transactions, throw away uncommitted ones."""
-        with self.locked():
-            return self._recover_locked()
+        """At start-up: finish committed transactions, throw away uncommitted ones.
+
+        If it cannot run now (an unwritable state folder), the next transaction runs it.
+        """
+        try:
+            with self.locked():
+                return self._recover_locked()
+        except BaseException:
+            self._needs_recovery = True
+            raise
+
+    def forget_spares(self) -> None:
+        """Drop the spare staging trees from memory (their folder was deleted)."""
+        self._spares = []
 
     def _recover_locked(self) -> list[str]:
         finished: list[str] = []
@@ -324,5 +344,5 @@ class Journal:
             self.log.warning("codeyard finished interrupted transaction %s", tx_dir.name)
         self._needs_recovery = False
         self._retire_locked()
-        self.revert_store.forget()
+        self.revert_store.reload()
         return finished

@@ -15,6 +15,10 @@ Flow of an apply, all under the journal's lock so two patches never interleave:
 
 A revert runs through the same journaled swap, so it is all or nothing as well. Revert data
 (the old files) lives in `state/patches/<id>/`, never in the audit log.
+
+The state folder may be deleted or made unwritable under a running server; `StateFolder`
+(`state.py`) rebuilds it before each request or refuses with 507, and file-system errors
+inside it become those clear answers too, never a bare 500.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +39,7 @@ from typing import Any
 from ..audit import AuditLog
 from ..errors import CodeyardError, bad_request, conflict, forbidden_path, not_found
 from ..paths import WorkspacePaths
+from ..state import StateFolder
 from . import staging
 from . import transactions as tx
 from .checks import PatchChecks, sha256_of
@@ -149,10 +155,37 @@ class PatchManager:
             flush_mode=flush_mode,
             # Looked up at each call, so a test may replace `fault` on the instance.
             fault=lambda point: self.fault(point),
+            ensure_state=lambda: self.state_folder.ensure(),
             log=self.log,
         )
+        self.state_folder = StateFolder(
+            self.root,
+            self.state,
+            audit,
+            known_patches=self.revert_store.known,
+            forget=self._forget_state,
+            log=self.log,
+        )
+        # Made now if it can be (if not, each request answers why: 507), hidden from git.
+        self.state_folder.start()
         # One helper thread hashes the old files while git runs (2 cores: real overlap).
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codeyard-hash")
+
+    def _forget_state(self) -> None:
+        """The state folder was deleted: what was remembered about its contents is void."""
+        self.revert_store.forget()
+        self.journal.forget_spares()
+
+    @contextlib.contextmanager
+    def _state_errors(self) -> Iterator[None]:
+        """Answer a file-system failure inside the state folder as 507 or 503, not 500."""
+        try:
+            yield
+        except OSError as exc:
+            clear = self.state_folder.translate(exc)
+            if clear is None:
+                raise
+            raise clear from exc
 
     @property
     def scratch_root(self) -> Path:
@@ -287,6 +320,11 @@ class PatchManager:
 
     def validate(self, diff: Any, base: Any = None) -> ValidateResult:
         """Report whether and how each file of `diff` applies. Writes nothing in the workspace."""
+        with self._state_errors():
+            self.state_folder.ensure()
+            return self._validate(diff, base)
+
+    def _validate(self, diff: Any, base: Any) -> ValidateResult:
         scratch = os.path.join(self.journal.scratch_root, uuid.uuid4().hex)
         work, keep = os.path.join(scratch, "work"), os.path.join(scratch, "old")
         try:
@@ -315,6 +353,10 @@ class PatchManager:
 
         `timings`, if given, is filled with milliseconds per phase (for `Server-Timing`).
         """
+        with self._state_errors():
+            return self._apply(diff, base, user, timings)
+
+    def _apply(self, diff: Any, base: Any, user: str, timings: Timings | None) -> PatchResult:
         timings = timings if timings is not None else Timings()
         patch_id = uuid.uuid4().hex
         tx_dir = self.journal.tx_root / patch_id
@@ -398,6 +440,10 @@ class PatchManager:
         """Put back exactly the files as they were before `patch_id`; 409 if they changed."""
         if not PATCH_ID.match(patch_id):
             raise not_found("no such patch")
+        with self._state_errors():
+            return self._revert(patch_id, user)
+
+    def _revert(self, patch_id: str, user: str) -> PatchResult:
         store = self.revert_store.root / patch_id
         tx_dir = self.journal.tx_root / f"{patch_id}-revert"
         with self.journal.locked():
@@ -416,10 +462,26 @@ class PatchManager:
         return result
 
     def _missing(self, patch_id: str) -> CodeyardError:
-        """Why a patch has no revert data: never applied (404), reverted or pruned."""
-        actions = {r.get("action") for r in self.audit.find(patch_id)}
+        """Why a patch has no revert data: never applied (404), reverted, pruned or lost."""
+        mentions = self.audit.mentioning(patch_id)
+        actions = {r.get("action") for r in mentions if r.get("patch_id") == patch_id}
+        lost = [
+            r
+            for r in mentions
+            if r.get("action") == "state_lost" and patch_id in r.get("lost_patches", ())
+        ]
         if "patch.revert" in actions:
             return conflict("already_reverted", f"patch {patch_id} was already reverted")
+        if lost or self.revert_store.holds(patch_id):
+            folder = self.state_folder.label(self.state)
+            return CodeyardError(
+                410,
+                "revert_data_lost",
+                f"the revert data of patch {patch_id} is gone: it was deleted from {folder} "
+                "outside Codeyard (for example by git clean -fdx). The patch stays applied; "
+                "undo it with a new patch",
+                patch_id=patch_id,
+            )
         if "patch.apply" in actions:
             return CodeyardError(
                 410,

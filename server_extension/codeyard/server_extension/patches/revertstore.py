@@ -61,6 +61,21 @@ class RevertStore:
         """Re-read the folder at the next prune (after recovery finished patches there)."""
         self._created = None
 
+    def reload(self) -> None:
+        """Read the folder now, so `known()` can name what a deletion of it loses."""
+        try:
+            self._created = self._load()
+        except OSError:
+            self._created = None
+
+    def known(self) -> list[str]:
+        """The patches this store believes it holds (as last read or added), oldest first."""
+        return list(self._created or ())
+
+    def holds(self, patch_id: str) -> bool:
+        """Whether the store believes it holds `patch_id` (it did not prune it)."""
+        return self._created is not None and patch_id in self._created
+
     def prune(self, now: float | None = None) -> list[str]:
         """Remove revert data beyond `keep` patches or older than `max_age`; return the ids."""
         if not self.keep and not self.max_age:
