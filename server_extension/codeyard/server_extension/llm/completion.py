@@ -93,6 +93,19 @@ def trim_completion(prefix: str, text: str, suffix: str = "", *, python: bool = 
     return text
 
 
+# Text above the prompt's cut that is redacted with it: more than any PEM key is long.
+REDACTION_LEAD_CHARS = 64 * 1024
+
+
+def _tail(text: str, limit: int) -> str:
+    """The last `limit` characters of `text`, cut at a line start when there is one."""
+    if len(text) <= limit:
+        return text
+    tail = text[-limit:]
+    start = tail.find("\n")
+    return tail[start + 1 :] if 0 <= start < len(tail) - 1 else tail
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
@@ -167,12 +180,10 @@ class CodeyardCompleter(LoggingConfigurable):
         return request
 
     def prompt(self, request: CompletionRequest, redactor: Redactor) -> str:
-        prefix = request["prefix"]
-        if len(prefix) > self.max_prefix_chars:
-            tail = prefix[-self.max_prefix_chars :]
-            start = tail.find("\n")
-            prefix = tail[start + 1 :] if 0 <= start < len(tail) - 1 else tail
-        return redactor.redact(prefix, request["path"])
+        # Redact before cutting, with room above the cut, so a key that starts above the
+        # last `max_prefix_chars` is still recognised whole and not sent half-seen.
+        prefix = _tail(request["prefix"], self.max_prefix_chars + REDACTION_LEAD_CHARS)
+        return _tail(redactor.redact(prefix, request["path"]), self.max_prefix_chars)
 
     def _http_request(self, body: dict[str, Any]) -> httpclient.HTTPRequest:
         return self.llm.request(

@@ -10,8 +10,12 @@ A prompt is assembled from, in order of priority:
 Each part is added only while the total stays under the budget, counted with the model's
 own tokenizer (`TokenCounter`, tokens.py).
 
-Before anything is counted, obvious secrets are replaced by numbered placeholders
-(`Redactor`, redaction.py), so they never leave the container.
+Before anything is cut or counted, the whole file is redacted once: secrets become
+numbered placeholders (`Redactor`, redaction.py) and never leave the container. Redaction
+keeps every line where it was, so the parts above are then cut from the redacted text at
+the same line numbers; a key spanning the selection's edge is hidden whole, not seen half
+in the selection and half in the lines after it. Definitions from other workspace files are
+cut from those files redacted whole in the same way.
 """
 
 from __future__ import annotations
@@ -87,7 +91,8 @@ _SKIP_DIRS = {
     "__pycache__",
     ".ipynb_checkpoints",
 }
-_IGNORED_NAMES = set(keyword.kwlist) | set(dir(builtins)) | {"self", "cls"}
+# `redacted` is the word inside placeholders (`<redacted-1>`), not a name to look up.
+_IGNORED_NAMES = set(keyword.kwlist) | set(dir(builtins)) | {"self", "cls", "redacted"}
 
 
 def split_lines(text: str) -> list[str]:
@@ -109,9 +114,22 @@ def check_range(lines: list[str], start: int | None, end: int | None) -> tuple[i
     return start, end
 
 
-def file_header(lines: list[str], language: str, limit: int = 40) -> str:
-    """Leading comments/docstring plus the import lines anywhere at top level."""
-    head: list[str] = []
+def file_header(
+    lines: list[str], language: str, limit: int = 40, shown: list[str] | None = None
+) -> str:
+    """Leading comments/docstring plus the import lines anywhere at top level.
+
+    The header is found in `lines`; its text is taken from `shown` (the same lines,
+    redacted) when given, since a redacted file may no longer parse.
+    """
+    picked = header_lines(lines, language)[:limit]
+    source = lines if shown is None else shown
+    return "".join(source[i] for i in picked)
+
+
+def header_lines(lines: list[str], language: str) -> list[int]:
+    """Indexes (0-based) of the lines `file_header` quotes, in order."""
+    head: list[int] = []
     i = 0
     if language == "python":
         text = "".join(lines)
@@ -123,14 +141,16 @@ def file_header(lines: list[str], language: str, limit: int = 40) -> str:
             value = tree.body[0].value
             if isinstance(value, ast.Constant) and isinstance(value.value, str):
                 i = tree.body[0].end_lineno or 0
-                head.extend(lines[:i])
+                head.extend(range(i))
     while i < len(lines) and lines[i].lstrip().startswith(("#", "//", "/*", " *")):
-        head.append(lines[i])
+        head.append(i)
         i += 1
     imports = [
-        line for line in lines[i:] if _IMPORT.match(line) and not line.startswith((" ", "\t"))
+        j
+        for j in range(i, len(lines))
+        if _IMPORT.match(lines[j]) and not lines[j].startswith((" ", "\t"))
     ]
-    return "".join((head + imports)[:limit])
+    return head + imports
 
 
 def used_names(selection: str) -> list[str]:
@@ -189,6 +209,21 @@ def other_definition(lines: list[str], name: str, max_lines: int) -> tuple[int, 
     return None
 
 
+def redacted_lines(redactor: Redactor, text: str, rel: str, lines: list[str]) -> list[str]:
+    """`text` redacted whole, as lines that match `lines` (its unredacted lines) one to one.
+
+    Redaction keeps line structure by design; if it ever did not, line numbers would point
+    at the wrong code, so the request fails rather than quote misaligned (or unredacted)
+    text.
+    """
+    shown = split_lines(redactor.redact(text, rel))
+    if len(shown) != len(lines):
+        raise CodeyardError(
+            500, "redaction_failed", "redacting the file changed its lines; nothing was sent"
+        )
+    return shown
+
+
 class ContextBuilder:
     """Builds a `Context` for a file region. Pure logic over the workspace; no HTTP."""
 
@@ -227,7 +262,10 @@ class ContextBuilder:
         start, end = check_range(lines, start, end)
         language = _LANGS.get(Path(rel).suffix.lower(), "")
         redactor = Redactor()
-        selection = redactor.redact("".join(lines[start - 1 : end]), rel)
+        # Structure (ranges, definitions, header) is read from `lines`; every text that goes
+        # into the prompt is cut from `shown_lines`, the file redacted whole.
+        shown_lines = redacted_lines(redactor, text, rel, lines)
+        selection = "".join(shown_lines[start - 1 : end])
         ctx = Context(rel, start, end, selection, redactor=redactor, language=language)
         used = overhead + self.counter.count(selection)
         if used > self.budget:
@@ -243,8 +281,8 @@ class ContextBuilder:
         n = wanted
         while n > 0:
             before_start = max(1, start - n)
-            before = redactor.redact("".join(lines[before_start - 1 : start - 1]), rel)
-            after = redactor.redact("".join(lines[end : end + n]), rel)
+            before = "".join(shown_lines[before_start - 1 : start - 1])
+            after = "".join(shown_lines[end : end + n])
             cost = self.counter.count(before) + self.counter.count(after)
             if used + cost <= self.budget:
                 ctx.before, ctx.before_start, ctx.after = before, before_start, after
@@ -257,7 +295,7 @@ class ContextBuilder:
 
         # The header is taken from above the visible window: what is shown is not repeated.
         above = lines[: (ctx.before_start or start) - 1]
-        header = redactor.redact(file_header(above, language), rel)
+        header = file_header(above, language, shown=shown_lines[: len(above)])
         if header.strip():
             cost = self.counter.count(header)
             if used + cost <= self.budget:
@@ -267,8 +305,10 @@ class ContextBuilder:
                 ctx.dropped.append("file header")
 
         shown = (ctx.before_start or start, end + (ctx.after.count("\n") if ctx.after else 0))
-        for definition in self._definitions(rel, text, lines, used_names(selection), shown):
-            definition.text = redactor.redact(definition.text, definition.path)
+        found = self._definitions(
+            rel, text, lines, shown_lines, used_names(selection), shown, redactor
+        )
+        for definition in found:
             cost = self.counter.count(definition.text) + 10
             if used + cost > self.budget:
                 ctx.dropped.append(f"definition of {definition.name}")
@@ -279,7 +319,14 @@ class ContextBuilder:
         return ctx
 
     def _definitions(
-        self, rel: str, text: str, lines: list[str], names: list[str], shown: tuple[int, int]
+        self,
+        rel: str,
+        text: str,
+        lines: list[str],
+        shown_lines: list[str],
+        names: list[str],
+        shown: tuple[int, int],
+        redactor: Redactor,
     ) -> list[Definition]:
         found: list[Definition] = []
         missing: list[str] = []
@@ -297,13 +344,16 @@ class ContextBuilder:
             if first >= shown[0] and last <= shown[1]:
                 continue  # already visible in the selection or around it
             last = min(last, first + self.max_definition_lines - 1)
-            found.append(Definition(name, rel, first, "".join(lines[first - 1 : last])))
+            found.append(Definition(name, rel, first, "".join(shown_lines[first - 1 : last])))
         if missing:
-            found.extend(self._workspace_definitions(rel, missing))
+            found.extend(self._workspace_definitions(rel, missing, redactor))
         return found
 
-    def _workspace_definitions(self, rel: str, names: list[str]) -> list[Definition]:
-        """Search other files of the same kind for top-level definitions of `names`."""
+    def _workspace_definitions(
+        self, rel: str, names: list[str], redactor: Redactor
+    ) -> list[Definition]:
+        """Search other files of the same kind for top-level definitions of `names`; a file
+        a definition is quoted from is redacted whole first, like the selected one."""
         suffix = Path(rel).suffix
         if not suffix:
             return []
@@ -342,6 +392,7 @@ class ContextBuilder:
                 if not pattern.search(content):
                     continue
                 other_lines = split_lines(content)
+                other_shown: list[str] | None = None
                 spans = python_definitions(content) if suffix == ".py" else {}
                 for name in sorted(wanted):
                     span = (
@@ -353,8 +404,10 @@ class ContextBuilder:
                         continue
                     first, last = span
                     last = min(last, first + self.max_definition_lines - 1)
+                    if other_shown is None:
+                        other_shown = redacted_lines(redactor, content, other, other_lines)
                     results.append(
-                        Definition(name, other, first, "".join(other_lines[first - 1 : last]))
+                        Definition(name, other, first, "".join(other_shown[first - 1 : last]))
                     )
                     wanted.discard(name)
         return results

@@ -1,84 +1,92 @@
-"""Secrets out of prompts: obvious keys, tokens and passwords become numbered placeholders.
+"""Secrets out of prompts: keys, tokens and passwords become numbered placeholders.
 
-The context builder runs every piece of code through one `Redactor` before it is counted or
-sent, so secrets never leave the container; `Redactor.restore` puts them back into a model's
-answer, locally, so a rewrite does not replace a real value with a placeholder.
+`secret_finder.py` says where the secrets are; `Redactor` replaces them with
+`<redacted-N>` and remembers the values for one request. Redaction preserves line
+structure (a multi-line secret becomes one placeholder per line), so the context builder
+redacts a whole file once and only then cuts it into the pieces a prompt quotes: a key can
+never be split between two pieces and slip through half-seen. `Redactor.restore` puts the
+values back into a model's answer, locally, so a rewrite does not replace a real value
+with a placeholder.
+
+The finder needs detect-secrets and google-re2. They are imported on first use: without
+them the server still starts, and every request that would send code to the model fails
+closed with 503 instead of sending it unredacted.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import PurePosixPath
 
-_PEM = re.compile(
-    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
-    re.DOTALL,
-)
-_TOKENS = re.compile(
-    r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}\b"  # AWS access key ids
-    r"|\bgh[pousr]_[A-Za-z0-9]{36,}\b"  # GitHub tokens
-    r"|\bxox[abprs]-[A-Za-z0-9-]{10,}\b"  # Slack tokens
-    r"|\bAIza[0-9A-Za-z_-]{35}\b"  # Google API keys
-    r"|\bsk-[A-Za-z0-9_-]{20,}\b"  # OpenAI-style keys
-)
-_ASSIGNMENT = re.compile(
-    r"""(?P<key>\b[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|"""
-    r"""private[_-]?key|credentials?|auth)[\w.-]*["']?\s*(?::=|=|:)\s*)"""
-    r"""(?P<quote>["']?)(?P<value>[^\s"',;]+)""",
-    re.IGNORECASE,
-)
-_ENV_LINE = re.compile(r"^(?P<key>\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_]*\s*=\s*)(?P<value>.+)$")
+from ..errors import CodeyardError
+
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+# `restore` works on a model's answer, which may hold lone surrogates RE2 cannot take; this
+# pattern is a literal followed by one digit run, linear on Python's engine too.
+_PLACEHOLDER = re.compile(r"<redacted-[0-9]+>")
 
 
 def is_env_file(path: str) -> bool:
-    name = Path(path).name
+    name = PurePosixPath(path).name
     return name == ".env" or name.startswith(".env.") or name.endswith(".env")
 
 
 class Redactor:
-    """Replaces secrets with `<redacted-N>` and remembers them to restore an answer."""
+    """Replaces secrets with `<redacted-N>` and remembers them to restore an answer.
+
+    One instance serves one request: the same value gets the same placeholder in every
+    piece it redacts, and `restore` knows all of them.
+    """
 
     def __init__(self) -> None:
         self.secrets: dict[str, str] = {}
+        self._placeholders: dict[str, str] = {}
 
     def _hide(self, value: str) -> str:
-        for placeholder, known in self.secrets.items():
-            if known == value:
-                return placeholder
-        placeholder = f"<redacted-{len(self.secrets) + 1}>"
-        self.secrets[placeholder] = value
+        placeholder = self._placeholders.get(value)
+        if placeholder is None:
+            placeholder = f"<redacted-{len(self.secrets) + 1}>"
+            self.secrets[placeholder] = value
+            self._placeholders[value] = placeholder
         return placeholder
 
+    def _hide_lines(self, value: str) -> str:
+        """One placeholder per line of `value`, keeping its line breaks, so the redacted
+        text has exactly the lines of the original (`str.splitlines` counts them)."""
+        parts = []
+        for piece in value.splitlines(keepends=True):
+            body = piece.rstrip(_LINE_BREAKS)
+            if body.strip():
+                parts.append(self._hide(body))
+            else:
+                parts.append(body)
+            parts.append(piece[len(body) :])
+        return "".join(parts)
+
     def redact(self, text: str, path: str = "") -> str:
-        text = _PEM.sub(lambda m: self._hide(m.group(0)), text)
-        text = _TOKENS.sub(lambda m: self._hide(m.group(0)), text)
-
-        def assignment(m: re.Match[str]) -> str:
-            value = m.group("value")
-            if value.startswith("<redacted-") or not _looks_secret(value):
-                return m.group(0)
-            return m.group("key") + m.group("quote") + self._hide(value)
-
-        text = _ASSIGNMENT.sub(assignment, text)
-        if is_env_file(path):
-            lines = []
-            for line in text.splitlines(keepends=True):
-                body = line.rstrip("\r\n")
-                m = _ENV_LINE.match(body)
-                if m and not body.lstrip().startswith("#") and "<redacted-" not in body:
-                    line = m.group("key") + self._hide(m.group("value")) + line[len(body) :]
-                lines.append(line)
-            text = "".join(lines)
-        return text
+        """`text` with every secret replaced; `path` (the file's) selects the rules that
+        depend on the kind of file (`.env`, `.netrc`, a programming language)."""
+        try:
+            from .secret_finder import find_secrets
+        except ImportError as exc:
+            raise CodeyardError(
+                503,
+                "redaction_unavailable",
+                f"secret redaction is not installed ({exc.name}); no code was sent",
+            ) from None
+        spans = find_secrets(text, path)
+        if not spans:
+            return text
+        out: list[str] = []
+        pos = 0
+        for start, end in spans:
+            out.append(text[pos:start])
+            out.append(self._hide_lines(text[start:end]))
+            pos = end
+        out.append(text[pos:])
+        return "".join(out)
 
     def restore(self, text: str) -> str:
-        for placeholder, value in self.secrets.items():
-            text = text.replace(placeholder, value)
-        return text
-
-
-def _looks_secret(value: str) -> bool:
-    # Skip code like `password=password` or `token=get_token()`: only literal-looking values.
-    if value.isidentifier() and not any(c.isdigit() for c in value) and len(value) < 12:
-        return False
-    return not (value.endswith(")") or value.startswith(("self.", "os.", "$")))
+        if not self.secrets or "<redacted-" not in text:
+            return text
+        return _PLACEHOLDER.sub(lambda m: self.secrets.get(m.group(0), m.group(0)), text)
