@@ -164,12 +164,21 @@ class CoreSettings(HasTraits):
         return env("CODEYARD_BIND_URL", "http://127.0.0.1:8000")
 
     hub_ip = Unicode(
-        help="""Address the Hub API listens on, reachable from workspace containers.
+        help="""Address the Hub API and the LLM gateway listen on, reachable from workspace
+        containers of every registered host.
 
-        Default: the docker0 gateway 172.17.0.1, so containers reach the Hub and nothing
-        outside does. Env: CODEYARD_HUB_IP.
+        Default: the docker0 gateway 172.17.0.1, so containers of the Hub's own engine reach
+        the Hub and nothing outside does. With Docker hosts on other machines, 0.0.0.0 (each
+        host's containers are then told the Hub's address on their route, and a firewall
+        admits only the hosts) or one address every host reaches; docs/multi-machine.md.
+        Env: CODEYARD_HUB_IP.
         """,
     ).tag(config=True)
+
+    @property
+    def hub_listens_everywhere(self) -> bool:
+        """Whether `hub_ip` is the wildcard (every interface)."""
+        return self.hub_ip in ("0.0.0.0", "::")  # noqa: S104 - compares, binds nothing
 
     @default("hub_ip")
     def _default_hub_ip(self) -> str:

@@ -42,6 +42,11 @@ def setdefault(section, name, value):
 setdefault(c.JupyterHub, "bind_url", settings.bind_url)
 setdefault(c.JupyterHub, "hub_ip", settings.hub_ip)
 setdefault(c.JupyterHub, "hub_port", settings.hub_port)
+# A Hub that serves other machines listens on every interface (docs/multi-machine.md): its
+# own services then call it on loopback, and each workspace is told its host's address for
+# the Hub (PlacementSpawner, codeyard.placement.addresses).
+if settings.hub_listens_everywhere:
+    setdefault(c.JupyterHub, "hub_connect_ip", "127.0.0.1")
 setdefault(c.ConfigurableHTTPProxy, "api_url", f"http://127.0.0.1:{settings.proxy_api_port}")
 setdefault(c.ConfigurableHTTPProxy, "command", [settings.proxy_command])
 setdefault(c.ConfigurableHTTPProxy, "pid_file", settings.state_path("proxy.pid"))
@@ -84,6 +89,14 @@ setdefault(c.LocalHostProvider, "storage_root", settings.state_path("homes"))
 # CODEYARD_HOST_PROVIDER=local, or a site config's host_provider_class, chooses otherwise.
 setdefault(c.PlacementSpawner, "host_provider_class", PROVIDERS[settings.host_provider])
 setdefault(c.JupyterHub, "extra_handlers", list(workspace_handlers.handlers))
+# The home page lists workspaces, and a link to a stopped one starts it (hub_config/templates).
+# No unnamed "My Server": links without a workspace (user-redirect) go to one named "default".
+setdefault(
+    c.JupyterHub,
+    "template_paths",
+    [os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")],
+)
+setdefault(c.JupyterHub, "default_server_name", "default")
 
 # ---- Services: idle culler and a metrics scraper --------------------------------------
 services = list(c.JupyterHub.get("services", []))
@@ -137,10 +150,12 @@ if not any(s.get("name") == LLM_SERVICE for s in c.JupyterHub.services):
         key_file=settings.vllm_key_file,
         audit_log=settings.llm_audit_log,
     )
-# Workspaces call it with their own JUPYTERHUB_API_TOKEN (explain, rewrite, Jupyternaut).
+# Workspaces call it with their own JUPYTERHUB_API_TOKEN (explain, rewrite, Jupyternaut), at
+# the address their own host reaches the Hub at: PlacementSpawner sets CODEYARD_LLM_URL per
+# host from `gateway_port` (a site config's CODEYARD_LLM_URL in c.Spawner.environment wins).
 TOKENIZER_IN_WORKSPACE = "/opt/codeyard/tokenizer.json"
+setdefault(c.PlacementSpawner, "gateway_port", settings.llm_port)
 workspace_env = dict(c.Spawner.environment) if "environment" in c.Spawner else {}
-workspace_env.setdefault("CODEYARD_LLM_URL", settings.llm_url)
 workspace_env.setdefault("CODEYARD_LLM_MODEL", settings.llm_model)
 if os.path.isfile(settings.tokenizer_file) and "extra_volumes" not in c.PlacementSpawner:
     c.PlacementSpawner.extra_volumes = {

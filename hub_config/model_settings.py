@@ -5,7 +5,8 @@ gateway forwards to and its key, and the tokenizer workspaces count with
 Part of `CodeyardHub` (hub_settings.py). These are the only Python readers of the vLLM and
 gateway variables (CODEYARD_VLLM_URL, CODEYARD_VLLM_PORT, ...): jupyterhub_config.py hands
 the computed values to the gateway as its settings, and to workspaces as
-CODEYARD_LLM_URL / CODEYARD_LLM_MODEL / CODEYARD_TOKENIZER_FILE.
+CODEYARD_LLM_MODEL / CODEYARD_TOKENIZER_FILE; CODEYARD_LLM_URL is built per host by the
+spawner from `llm_port` (`PlacementSpawner.gateway_port`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class ModelSettings(CoreSettings):
 
     @property
     def llm_url(self) -> str:
-        """The gateway's base URL as a workspace container sees it (CODEYARD_LLM_URL)."""
+        """The gateway's base URL as the Hub's own engine's containers see it when the Hub
+        listens on one address; each workspace's CODEYARD_LLM_URL is its own host's view."""
         return f"http://{self.hub_ip}:{self.llm_port}"
 
     llm_model = Unicode(

@@ -60,7 +60,7 @@ def configure_registry(c: Any, settings: CodeyardHub) -> None:
             "name": settings.local_host_name,
             "endpoint": local_endpoint(),
             "region": "local",
-            "labels": {"host_ip": "127.0.0.1"},
+            "publish_ip": "127.0.0.1",
             "storage_root": settings.state_path("homes"),
             "storage_shared": False,
         },

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from traitlets import Bool, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
+from .addresses import LOCAL_BRIDGE_IP, HostAddresses
+
 if TYPE_CHECKING:
     from jupyterhub.spawner import Spawner
 
@@ -59,7 +61,12 @@ class DockerHost:
     """One Docker engine that can run workspaces.
 
     `host_ip` is the address on which the engine publishes workspace ports and the proxy
-    reaches them. `storage_root` is a folder *on that engine's machine* under which homes
+    reaches them. `hub_connect_ip` is where its containers reach the Hub API and the LLM
+    gateway (`hub_connect_ip_set`: an admin set it, else it was derived from the route;
+    `addresses.effective_hub_connect_ip` decides what the spawner hands out).
+    `on_hub_machine` says the engine runs on the Hub's own machine (its unix socket or a
+    loopback endpoint), where the docker bridge leads to the Hub. `storage_root` is a
+    folder *on that engine's machine* under which homes
     live as `<storage_root>/<user>/<workspace>`. `storage_is_local` says the Hub shares that
     file system (the local engine), which lets the spawner create empty homes without a
     helper container.
@@ -73,6 +80,17 @@ class DockerHost:
     tls: DockerTLS | None = None
     storage_is_local: bool = False
     labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    hub_connect_ip: str = LOCAL_BRIDGE_IP
+    hub_connect_ip_set: bool = False
+    on_hub_machine: bool = True
+
+    @property
+    def addresses(self) -> HostAddresses:
+        return HostAddresses(
+            hub_connect_ip=self.hub_connect_ip,
+            publish_ip=self.host_ip,
+            hub_connect_ip_set=self.hub_connect_ip_set,
+        )
 
     @property
     def client_key(self) -> tuple[Any, ...]:
@@ -175,6 +193,15 @@ class LocalHostProvider(HostProvider):
 
     region = Unicode("local", help="""Region label of the local host.""").tag(config=True)
 
+    hub_connect_ip = Unicode(
+        "",
+        help="""Where this engine's containers reach the Hub API and the LLM gateway.
+
+        Empty: the Hub's `hub_ip` when it listens on one address, else the docker bridge
+        172.17.0.1 (`codeyard.placement.addresses`).
+        """,
+    ).tag(config=True)
+
     @property
     def host(self) -> DockerHost:
         return DockerHost(
@@ -184,6 +211,9 @@ class LocalHostProvider(HostProvider):
             host_ip=self.host_ip,
             region=self.region,
             storage_is_local=self.storage_is_local,
+            hub_connect_ip=self.hub_connect_ip or LOCAL_BRIDGE_IP,
+            hub_connect_ip_set=bool(self.hub_connect_ip),
+            on_hub_machine=True,
         )
 
     async def choose(self, spawner: Spawner) -> DockerHost:

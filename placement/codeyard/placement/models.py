@@ -68,6 +68,11 @@ class Server(Base):
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     storage_root: Mapped[str] = mapped_column(String(1024), default="")
     storage_shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Where this host's containers reach the Hub API and the gateway, and where its engine
+    # publishes workspace ports for the proxy. NULL: derived from the endpoint
+    # (`addresses.py`); set only where the route says otherwise (NAT, several networks).
+    hub_connect_ip: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    publish_ip: Mapped[str | None] = mapped_column(String(255), nullable=True)
     max_workspaces: Mapped[int] = mapped_column(Integer, default=0)  # 0: unlimited
     cpu_capacity: Mapped[float] = mapped_column(Float, default=0.0)  # cores; 0: unknown
     mem_capacity: Mapped[int] = mapped_column(Integer, default=0)  # MiB; 0: unknown

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
+from .addresses import on_hub_machine
 from .connect import SSHTunnel
 from .crypto import KEY_ENV, CredentialCipher
 from .database import DB_ENV, DEFAULT_DB_URL, open_db
@@ -198,17 +199,18 @@ class RegistryHostProvider(HostProvider):
             tls = self._tls_files(server, secret)
         elif parts.scheme == "ssh" and kind == "ssh" and secret:
             base_url = self._tunnel(server, secret).base_url
-        host_ip = server["labels"].get("host_ip") or (
-            parts.hostname if parts.scheme in ("tcp", "ssh") and parts.hostname else "127.0.0.1"
-        )
+        addresses = server["addresses"]
         return DockerHost(
             name=server["name"],
             base_url=base_url,
             storage_root=server["storage_root"] or self.default_storage_root,
-            host_ip=host_ip,
+            host_ip=addresses["publish_ip"],
             region=server["region"],
             tls=tls,
             storage_is_local=parts.scheme == "unix",
+            hub_connect_ip=addresses["hub_connect_ip"],
+            hub_connect_ip_set=addresses["hub_connect_ip_set"],
+            on_hub_machine=on_hub_machine(endpoint),
             labels=dict(server["labels"]),
         )
 

@@ -7,6 +7,7 @@ session, so they share them without reaching into this class.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,12 +15,14 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from .addresses import host_addresses
 from .crypto import CredentialCipher, fingerprints
 from .models import Credential, CredentialKind, Placement, Server, ServerState, utcnow
 from .policies import HostLoad
 from .shapes import (
     LOADED,
     SERVER_FIELDS,
+    AddressesModel,
     Conflict,
     CredentialModel,
     LoadModel,
@@ -54,6 +57,31 @@ def host_loads(db: Session) -> dict[int, tuple[int, int]]:
         .group_by(Placement.server_id)
     )
     return {sid: (n, int(mem)) for sid, n, mem in rows if sid is not None}
+
+
+#: Registry columns that hold an IP address or NULL (empty means NULL: derive it).
+ADDRESS_FIELDS = ("hub_connect_ip", "publish_ip")
+
+
+def _address_or_none(key: str, value: object) -> str | None:
+    value = str(value or "").strip()
+    if not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise RegistryError(f"{key} must be an IP address (or empty: derived)") from None
+
+
+def _addresses(server: Server) -> AddressesModel:
+    """What is in effect for `server`: the admin's addresses, else the derived ones."""
+    a = host_addresses(server.endpoint, server.hub_connect_ip, server.publish_ip)
+    return AddressesModel(
+        hub_connect_ip=a.hub_connect_ip,
+        publish_ip=a.publish_ip,
+        hub_connect_ip_set=a.hub_connect_ip_set,
+        publish_ip_set=a.publish_ip_set,
+    )
 
 
 def _validate_endpoint(endpoint: str) -> None:
@@ -115,6 +143,8 @@ class ServerRegistry:
                 raise RegistryError(f"field {key!r} has the wrong type")
             if key == "endpoint":
                 _validate_endpoint(str(value))
+            if key in ADDRESS_FIELDS:
+                value = _address_or_none(key, value)
             setattr(server, key, value)
         if "state" in data:
             try:
@@ -229,6 +259,9 @@ class ServerRegistry:
             labels=dict(server.labels or {}),
             storage_root=server.storage_root,
             storage_shared=server.storage_shared,
+            hub_connect_ip=server.hub_connect_ip,
+            publish_ip=server.publish_ip,
+            addresses=_addresses(server),
             max_workspaces=server.max_workspaces,
             cpu_capacity=server.cpu_capacity,
             mem_capacity=server.mem_capacity,

@@ -17,6 +17,8 @@ SERVER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "labels": dict,
     "storage_root": str,
     "storage_shared": bool,
+    "hub_connect_ip": (str, type(None)),
+    "publish_ip": (str, type(None)),
     "max_workspaces": int,
     "cpu_capacity": (int, float),
     "mem_capacity": int,
@@ -55,6 +57,13 @@ class LoadModel(TypedDict):
     load: float
 
 
+class AddressesModel(TypedDict):
+    hub_connect_ip: str
+    publish_ip: str
+    hub_connect_ip_set: bool
+    publish_ip_set: bool
+
+
 class ServerModel(TypedDict):
     id: int
     name: str
@@ -63,6 +72,9 @@ class ServerModel(TypedDict):
     labels: dict[str, str]
     storage_root: str
     storage_shared: bool
+    hub_connect_ip: str | None  # the admin's, or None: derived (`addresses`)
+    publish_ip: str | None
+    addresses: AddressesModel  # what is in effect, derived or set
     max_workspaces: int
     cpu_capacity: float
     mem_capacity: int

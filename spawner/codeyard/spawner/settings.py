@@ -122,7 +122,18 @@ class SpawnerSettings(DockerSpawner):
         help="""More binds for every workspace container, as host path ->
         {"bind": container path, "mode": "ro" or "rw"}; e.g. the model's tokenizer.json,
         read-only. Added only on hosts that share the Hub's file system
-        (`storage_is_local`), where the host path exists. The home is always mounted.""",
+        (`storage_is_local`), where the host path exists. The home is always mounted.
+        On other hosts, environment variables that point into these mounts are not set
+        either, so nothing in the workspace names a file that is not there.""",
+    ).tag(config=True)
+
+    gateway_port = Integer(
+        0,
+        help="""Port of the LLM gateway on the Hub's machine. Set, every workspace gets
+        CODEYARD_LLM_URL = http://<its host's address for the Hub>:<gateway_port>, the
+        address its own host's containers reach the Hub at (`DockerHost.hub_connect_ip`),
+        unless `environment` sets CODEYARD_LLM_URL itself (a gateway elsewhere).
+        0: CODEYARD_LLM_URL only as `environment` sets it.""",
     ).tag(config=True)
 
     clone_timeout = Float(

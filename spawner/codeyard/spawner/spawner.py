@@ -22,9 +22,10 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient
 from traitlets import Bool, Unicode
 
+from codeyard.placement.addresses import HubUnreachable
 from codeyard.placement.hosts import DockerHost, HostProvider, UnknownHost
 
-from . import clients, homes, network
+from . import clients, homes, host_env, network
 from .clone import HelperJob, HomeSetupFailed, last_lines, run_helper
 from .profiles import InvalidOptions, WorkspaceOptions
 from .settings import SpawnerSettings
@@ -145,6 +146,37 @@ class PlacementSpawner(SpawnerSettings):
         self.host_name, self._host = host.name, host
         return host
 
+    # ---- addresses ---------------------------------------------------------------------
+
+    _hub_address: str = ""
+
+    def use_host_addresses(self, host: DockerHost) -> None:
+        """Publish on `host`'s address and tell the container where the Hub is from there.
+
+        The proxy reaches the workspace at `host.host_ip` and its published port; the
+        container reaches the Hub API, its activity URL and the gateway at the host's Hub
+        address (`host_env`), so nothing on the spawn path assumes the Hub's own bridge.
+        """
+        try:
+            self._hub_address = host_env.hub_address(self.hub.ip, host)
+        except HubUnreachable as e:
+            raise web.HTTPError(503, "%s", str(e)) from None
+        self.host_ip = host.host_ip
+        self.hub_connect_url = host_env.hub_connect_url(self._hub_address, self.hub.port)
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        if self._host is None or not self._hub_address:
+            return env
+        return host_env.host_environment(
+            env,
+            self._host,
+            self._hub_address,
+            self.gateway_port,
+            self.environment,
+            self.extra_volumes,
+        )
+
     # ---- progress ------------------------------------------------------------------
 
     _progress_events: list[dict[str, Any]]
@@ -239,7 +271,7 @@ class PlacementSpawner(SpawnerSettings):
             self.emit(5, "Placing workspace")
             host = await self.place()
             self.emit(10, f"Placed on host {host.name}")
-            self.host_ip = host.host_ip
+            self.use_host_addresses(host)
             self.image = await self.check_allowed(opts.image_key)
             home = self.home_location(host)
             extra = dict(self.extra_volumes) if host.storage_is_local else {}

@@ -117,7 +117,8 @@ class RegisterPage(PageHandler):
     @web.authenticated
     async def post(self) -> None:
         arg = self.get_body_argument
-        form = {k: arg(k, "") for k in ("name", "endpoint", "region", "storage_root")}
+        fields = ("name", "endpoint", "region", "storage_root", "hub_connect_ip", "publish_ip")
+        form = {k: arg(k, "") for k in fields}
         try:
             data: dict[str, Any] = {
                 **{k: v.strip() for k, v in form.items()},

@@ -1,0 +1,80 @@
+"""What a workspace is told about the Hub, per host: the Hub API, the gateway, mounted files.
+
+A container dials the Hub API (JUPYTERHUB_API_URL, the activity URL) and the LLM gateway
+(CODEYARD_LLM_URL) from inside its own host's network. The address that works depends on the
+host: on the Hub's machine the docker bridge 172.17.0.1 leads to the Hub, on any other
+machine it leads to that machine's own bridge. So the URLs are built per host from its
+`hub_connect_ip` (`codeyard.placement.addresses`), never from one Hub-wide value.
+
+Files the Hub bind-mounts from its own disk (`PlacementSpawner.extra_volumes`, e.g. the
+tokenizer) exist only on hosts that share that disk; elsewhere the mount is left out, and so
+is every variable that would point into it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from jupyterhub.utils import fmt_ip_url
+
+from codeyard.placement.addresses import effective_hub_connect_ip
+from codeyard.placement.hosts import DockerHost
+
+LLM_URL_ENV = "CODEYARD_LLM_URL"
+
+
+def hub_address(hub_ip: str, host: DockerHost) -> str:
+    """The address `host`'s containers dial for the Hub (raises `HubUnreachable`)."""
+    return effective_hub_connect_ip(hub_ip, host.name, host.addresses, host.on_hub_machine)
+
+
+def hub_connect_url(address: str, hub_port: int) -> str:
+    """`Spawner.hub_connect_url`: JupyterHub builds JUPYTERHUB_API_URL and the activity URL
+    from it."""
+    return f"http://{fmt_ip_url(address)}:{hub_port}"
+
+
+def gateway_url(address: str, gateway_port: int) -> str:
+    return f"http://{fmt_ip_url(address)}:{gateway_port}"
+
+
+def unmounted_paths(extra_volumes: Mapping[str, Any]) -> list[str]:
+    """Container paths of the Hub's extra mounts, for a host that does not get them."""
+    paths = []
+    for spec in extra_volumes.values():
+        bind = spec.get("bind") if isinstance(spec, Mapping) else spec
+        if bind:
+            paths.append(os.path.normpath(str(bind)))
+    return paths
+
+
+def points_into(value: str, paths: list[str]) -> bool:
+    """Whether `value` names one of `paths` or something inside one."""
+    if not value.startswith("/"):
+        return False
+    value = os.path.normpath(value)
+    return any(value == p or value.startswith(p.rstrip("/") + "/") for p in paths)
+
+
+def host_environment(
+    env: dict[str, str],
+    host: DockerHost,
+    address: str,
+    gateway_port: int,
+    configured: Mapping[str, Any],
+    extra_volumes: Mapping[str, Any],
+) -> dict[str, str]:
+    """`env` (the spawner's environment) for a container on `host`, which reaches the Hub at
+    `address`: the gateway's URL for that host unless the config (`configured`, the
+    spawner's `environment`) names one, and no variables pointing into mounts the host
+    does not get."""
+    env = dict(env)
+    if gateway_port and LLM_URL_ENV not in configured:
+        env[LLM_URL_ENV] = gateway_url(address, gateway_port)
+    if not host.storage_is_local:
+        missing = unmounted_paths(extra_volumes)
+        for key in [k for k, v in env.items() if isinstance(v, str) and points_into(v, missing)]:
+            del env[key]
+    return env

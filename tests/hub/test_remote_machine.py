@@ -1,0 +1,316 @@
+"""A workspace on another machine, for real: the project Hub places it on a namespace machine
+(`support.machines`: its own network stack, its own docker0 at 172.17.0.1, its own disk for
+homes) and it works end to end.
+
+The Hub listens on every interface (`CODEYARD_HUB_IP=0.0.0.0`, docs/multi-machine.md); the
+machine is registered in the placement registry over TLS and the Hub's own engine (`local`)
+is drained, so placement must choose the machine. What the workspace then does proves each
+route: the proxy reaches its published port on the machine's address (Lab page, tree); the
+container reaches the Hub API (the Lab page's OAuth, token checks, activity reports) and the
+gateway (explain, with the shared vLLM) at the Hub's address on the machine's route, never
+at 172.17.0.1, which there is the machine's own bridge. Its home is on the machine's private
+storage: it survives stop and start, and the same path on the Hub's machine does not exist.
+
+The tests run in file order and share one Hub, one machine and one workspace.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import requests
+from support.browser import Browser
+from support.hub import HubProcess, ensure_images
+from support.machines import Machine, can_run_machines, machines
+
+from codeyard.placement.crypto import CredentialCipher
+from codeyard.placement.database import open_db
+from codeyard.placement.models import ServerState
+from codeyard.placement.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "correct-horse-battery-7"
+WS = "far"
+LOCAL_WS = "near"
+CODE = '''def add(a, b):
+    """Return the sum of a and b."""
+    return a + b
+'''
+# Activity reports every few seconds instead of JupyterHub's 300, so the test sees one.
+SITE_CONFIG = """
+c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]
+c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "5"}
+"""
+SPAWN_TIMES: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """The single-user image: `CODEYARD_TEST_IMAGE` (a tag already built, to test the
+    multi-machine paths against a known-good image while the tree's own does not build),
+    else the tree's, built if needed."""
+    return os.environ.get("CODEYARD_TEST_IMAGE") or ensure_images()
+
+
+@pytest.fixture(scope="module")
+def machine(image: str) -> Iterator[Machine]:
+    if why := can_run_machines():
+        pytest.skip(f"namespace machines unavailable: {why}")
+    with machines(1) as running:
+        m = running[0]
+        took = m.load_image(image)
+        print(f"\nimage {image} loaded into {m.name} in {took:.1f}s (0: already there)")
+        yield m
+
+
+def _remove_user_containers(client: docker.APIClient, user: str) -> None:
+    for c in client.containers(all=True, filters={"label": f"codeyard.user={user}"}):
+        client.remove_container(c["Id"], force=True)
+
+
+@pytest.fixture(scope="module")
+def remote_hub(
+    tmp_path_factory: pytest.TempPathFactory,
+    test_vllm: str,
+    image: str,
+    proxy_command: str,
+    users,
+    docker_client: docker.APIClient,
+    machine: Machine,
+) -> Iterator[HubProcess]:
+    state = tmp_path_factory.mktemp("hubstate-remote")
+    hub = HubProcess(
+        state_dir=state,
+        image=image,
+        proxy_command=proxy_command,
+        extra_env={"CODEYARD_HUB_IP": "0.0.0.0"},  # the multi-machine setting
+        site_config=SITE_CONFIG,
+    )
+    hub.start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+        with machine.client() as c:
+            for name in users.all():
+                _remove_user_containers(c.api, name)
+        for name in users.all():
+            _remove_user_containers(docker_client, name)
+        import shutil
+
+        shutil.rmtree(state / "homes", ignore_errors=True)
+
+
+def registry_of(hub: HubProcess) -> Registry:
+    """The Hub's placement registry (its database and credential key in the state folder)."""
+    key = (hub.state_dir / "placement_crypt_key").read_text().strip()
+    return Registry(
+        open_db(f"sqlite:///{hub.state_dir / 'placement.sqlite'}"), CredentialCipher(key)
+    )
+
+
+@pytest.fixture(scope="module")
+def user(remote_hub: HubProcess, users) -> Browser:
+    b = Browser(remote_hub.url)
+    assert "signup was successful" in b.signup(users.alice, PASSWORD).text
+    assert b.login(users.alice, PASSWORD).url.endswith("/hub/home")
+    return b
+
+
+@pytest.fixture(scope="module")
+def token(user: Browser, users) -> dict[str, str]:
+    r = user.api("POST", f"/users/{users.alice}/tokens", json={"note": "remote"})
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"token {r.json()['token']}"}
+
+
+def server_model(hub: HubProcess, user: str, ws: str) -> dict[str, Any] | None:
+    return hub.api("GET", f"/users/{user}").json()["servers"].get(ws)
+
+
+def spawn_and_time(hub: HubProcess, b: Browser, user: str, ws: str) -> float:
+    started = time.monotonic()
+    r = b.api("POST", f"/users/{user}/servers/{ws}", json={"profile": "small"})
+    assert r.status_code in (201, 202), r.text
+    deadline = started + 300
+    while not (server_model(hub, user, ws) or {}).get("ready"):
+        assert time.monotonic() < deadline, f"{user}/{ws} not ready\n{hub.log_tail()}"
+        time.sleep(0.3)
+    return time.monotonic() - started
+
+
+def stop(hub: HubProcess, b: Browser, user: str, ws: str) -> None:
+    r = b.api("DELETE", f"/users/{user}/servers/{ws}")
+    assert r.status_code in (202, 204), r.text
+    deadline = time.monotonic() + 60
+    while server_model(hub, user, ws):
+        assert time.monotonic() < deadline, hub.log_tail()
+        time.sleep(0.3)
+
+
+def remote_container(machine: Machine, user: str, ws: str) -> dict[str, Any]:
+    with machine.client() as c:
+        found = c.api.containers(
+            all=True, filters={"label": [f"codeyard.user={user}", f"codeyard.workspace={ws}"]}
+        )
+        assert len(found) == 1, found
+        return c.api.inspect_container(found[0]["Id"])
+
+
+def on_machine(machine: Machine, *cmd: str) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` in the machine's own mount namespace (where its storage root is mounted)."""
+    return subprocess.run(
+        ["nsenter", "-t", str(machine.pid), "-m", *cmd], capture_output=True, text=True
+    )
+
+
+def test_a_local_spawn_for_comparison(remote_hub: HubProcess, user: Browser, users) -> None:
+    SPAWN_TIMES["local"] = spawn_and_time(remote_hub, user, users.alice, LOCAL_WS)
+    status = user.api("GET", f"/codeyard/workspaces/{users.alice}/{LOCAL_WS}/status").json()
+    assert status["host"] == "local", status
+    stop(remote_hub, user, users.alice, LOCAL_WS)
+
+
+def test_register_the_machine_and_drain_local(remote_hub: HubProcess, machine: Machine) -> None:
+    registry = registry_of(remote_hub)
+    server = registry.add_server(
+        {
+            "name": machine.name,
+            "endpoint": machine.endpoint,
+            "credential": machine.credential,
+            "region": "far",
+            "storage_root": machine.storage_root,
+            "storage_shared": False,
+        }
+    )
+    # Derived from the route: the Hub's address on the test bridge, the machine's address.
+    assert server["addresses"]["hub_connect_ip"] == machine.gateway, server
+    assert server["addresses"]["publish_ip"] == machine.ip, server
+    assert registry.set_state("local", ServerState.draining)["state"] == "draining"
+
+
+def test_workspace_spawns_on_the_machine(
+    remote_hub: HubProcess, user: Browser, machine: Machine, users
+) -> None:
+    SPAWN_TIMES["remote"] = spawn_and_time(remote_hub, user, users.alice, WS)
+    status = user.api("GET", f"/codeyard/workspaces/{users.alice}/{WS}/status").json()
+    assert status["state"] == "RUNNING" and status["host"] == machine.name, status
+    print(
+        f"\nspawn to ready: local engine {SPAWN_TIMES.get('local', float('nan')):.1f}s,"
+        f" namespace machine {machine.name} {SPAWN_TIMES['remote']:.1f}s"
+    )
+
+
+def test_container_is_told_the_hub_on_its_own_route(
+    remote_hub: HubProcess, machine: Machine, users
+) -> None:
+    info = remote_container(machine, users.alice, WS)
+    env = dict(e.split("=", 1) for e in info["Config"]["Env"])
+    hub_url = f"http://{machine.gateway}:{remote_hub.hub_port}"
+    assert env["JUPYTERHUB_API_URL"] == f"{hub_url}/hub/api", env
+    assert env["JUPYTERHUB_ACTIVITY_URL"].startswith(f"{hub_url}/hub/api/users/"), env
+    assert env["CODEYARD_LLM_URL"] == f"http://{machine.gateway}:{remote_hub.llm_port}", env
+    # The tokenizer is a file on the Hub's disk: neither mounted nor named here.
+    assert "CODEYARD_TOKENIZER_FILE" not in env, env
+    assert "172.17.0.1" not in " ".join(env.values())
+    # Published on the machine's address, which is where the proxy goes.
+    bindings = info["HostConfig"]["PortBindings"]
+    assert {b["HostIp"] for port in bindings.values() for b in port} == {machine.ip}, bindings
+
+
+def test_lab_page_through_the_proxy(
+    remote_hub: HubProcess, user: Browser, token: dict[str, str], users
+) -> None:
+    base = f"{remote_hub.url}/user/{users.alice}/{WS}/"
+    # The OAuth dance: the container calls the Hub API to finish it.
+    page = user.s.get(f"{base}lab", timeout=60)
+    assert page.status_code == 200 and page.url == f"{base}lab", page.status_code
+    r = requests.get(
+        f"{base}codeyard/api/tree", params={"path": "", "depth": "2"}, headers=token, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json()["entries"], list)
+
+
+def test_patch_apply_and_explain_through_the_gateway(
+    remote_hub: HubProcess, token: dict[str, str], users
+) -> None:
+    base = f"{remote_hub.url}/user/{users.alice}/{WS}"
+    diff = "--- /dev/null\n+++ b/made.txt\n@@ -0,0 +1 @@\n+made on the machine\n"
+    r = requests.post(f"{base}/codeyard/api/patch/apply", json={"diff": diff}, headers=token)
+    assert r.status_code == 200, r.text
+    r = requests.get(f"{base}/api/contents/made.txt", headers=token, timeout=30)
+    assert r.status_code == 200 and r.json()["content"] == "made on the machine\n", r.text
+
+    r = requests.put(
+        f"{base}/api/contents/calc.py",
+        json={"type": "file", "format": "text", "content": CODE},
+        headers=token,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    started = time.monotonic()
+    r = requests.post(
+        f"{base}/codeyard/api/explain",
+        json={"path": "calc.py", "start_line": 1, "end_line": 3},
+        headers=token,
+        timeout=300,
+    )
+    assert r.status_code == 200, f"{r.status_code} {r.text}\n{remote_hub.log_tail()}"
+    body = r.json()
+    assert body["text"].strip() and body["usage"]["completion_tokens"] > 0, body
+    print(f"\nexplain from the machine in {time.monotonic() - started:.1f}s")
+
+
+def test_activity_reaches_the_hub(remote_hub: HubProcess, token: dict[str, str], users) -> None:
+    before = (server_model(remote_hub, users.alice, WS) or {})["last_activity"]
+    time.sleep(1.5)
+    base = f"{remote_hub.url}/user/{users.alice}/{WS}"
+    deadline = time.monotonic() + 90
+    while True:
+        # Use the server directly, not through the Hub's pages, so only its report counts.
+        requests.get(f"{base}/api/contents", headers=token, timeout=30)
+        now = (server_model(remote_hub, users.alice, WS) or {})["last_activity"]
+        if now and now > before:
+            break
+        assert time.monotonic() < deadline, f"stayed {before}\n{remote_hub.log_tail()}"
+        time.sleep(3)
+
+
+def test_files_survive_stop_and_start_on_the_machine_only(
+    remote_hub: HubProcess, user: Browser, token: dict[str, str], machine: Machine, users
+) -> None:
+    base = f"{remote_hub.url}/user/{users.alice}/{WS}"
+    r = requests.put(
+        f"{base}/api/contents/notes.txt",
+        json={"type": "file", "format": "text", "content": "keep me"},
+        headers=token,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    home = remote_container(machine, users.alice, WS)
+    mounts = {m["Destination"]: m["Source"] for m in home["Mounts"]}
+    source = mounts["/home/jovyan/work"]
+    assert source.startswith(machine.storage_root + "/"), mounts
+
+    stop(remote_hub, user, users.alice, WS)
+    SPAWN_TIMES["remote restart"] = spawn_and_time(remote_hub, user, users.alice, WS)
+    print(f"\nrestart on {machine.name}: {SPAWN_TIMES['remote restart']:.1f}s")
+    status = user.api("GET", f"/codeyard/workspaces/{users.alice}/{WS}/status").json()
+    assert status["host"] == machine.name, status
+    r = requests.get(f"{base}/api/contents/notes.txt", headers=token, timeout=30)
+    assert r.status_code == 200 and r.json()["content"] == "keep me", r.text
+
+    # The home is on the machine's own storage, not on the Hub's disk.
+    assert not os.path.exists(source), f"{source} exists on the Hub's machine"
+    assert not any(Path(machine.storage_root).iterdir())
+    seen = on_machine(machine, "cat", f"{source}/notes.txt")
+    assert seen.returncode == 0 and seen.stdout == "keep me", seen
