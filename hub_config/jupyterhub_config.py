@@ -18,6 +18,8 @@ from hub_settings import CodeyardHub
 from login_setup import configure_login
 from placement_setup import PROVIDERS, configure_registry, uses_registry
 
+from codeyard.central_audit.hubconfig import SERVICE_NAME as AUDIT_SERVICE
+from codeyard.central_audit.hubconfig import configure_audit_service
 from codeyard.gateway.hubconfig import SERVICE_NAME as LLM_SERVICE
 from codeyard.gateway.hubconfig import configure_llm_service
 from codeyard.spawner import handlers as workspace_handlers
@@ -157,6 +159,20 @@ TOKENIZER_IN_WORKSPACE = "/opt/codeyard/tokenizer.json"
 setdefault(c.PlacementSpawner, "gateway_port", settings.llm_port)
 workspace_env = dict(c.Spawner.environment) if "environment" in c.Spawner else {}
 workspace_env.setdefault("CODEYARD_LLM_MODEL", settings.llm_model)
+# ---- The central audit: every workspace (and the gateway) sends its records there ------
+if not any(s.get("name") == AUDIT_SERVICE for s in c.JupyterHub.services):
+    configure_audit_service(
+        c,
+        ip=settings.hub_ip,
+        port=settings.audit_port,
+        db_url=settings.audit_db_url,
+        hmac_key_file=settings.audit_hmac_key_file,
+        signing_key_file=settings.audit_signing_key_file,
+        retention_days=settings.audit_retention_days,
+        admin_users=[settings.admin_user],
+        writer_services=[LLM_SERVICE],
+    )
+workspace_env.setdefault("CODEYARD_AUDIT_URL", settings.audit_url)
 if os.path.isfile(settings.tokenizer_file) and "extra_volumes" not in c.PlacementSpawner:
     c.PlacementSpawner.extra_volumes = {
         settings.tokenizer_file: {"bind": TOKENIZER_IN_WORKSPACE, "mode": "ro"}
