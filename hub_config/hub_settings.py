@@ -7,8 +7,9 @@ in its help. `jupyterhub_config.py` turns them into JupyterHub, authenticator an
 config, but only where the site config did not already set that value.
 
 The settings are grouped by topic in core_settings.py, workspace_settings.py,
-placement_settings.py and model_settings.py. Those groups are plain HasTraits, so an admin
-configures one section, `CodeyardHub`, whatever file a setting is defined in.
+placement_settings.py, model_settings.py and audit_settings.py. Those groups are plain
+HasTraits, so an admin configures one section, `CodeyardHub`, whatever file a setting is
+defined in.
 
 This is the site configurer: state paths, ports and URLs are computed here once, from the
 site config and the `CODEYARD_*` variables, and jupyterhub_config.py passes them down
@@ -18,11 +19,12 @@ workspaces.
 
 from __future__ import annotations
 
+from audit_settings import AuditSettings
 from model_settings import ModelSettings
 from placement_settings import PlacementSettings
 from traitlets.config import Configurable
 from workspace_settings import WorkspaceSettings
 
 
-class CodeyardHub(WorkspaceSettings, PlacementSettings, ModelSettings, Configurable):
+class CodeyardHub(WorkspaceSettings, PlacementSettings, ModelSettings, AuditSettings, Configurable):
     """Site settings for a Codeyard Hub."""

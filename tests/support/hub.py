@@ -143,6 +143,7 @@ class HubProcess:
     hub_port: int = 0  # 0: a free port on `hub_ip`
     proxy_api_port: int = field(default_factory=free_port)
     llm_port: int = 0  # 0: a free port on `hub_ip`
+    audit_port: int = 0  # 0: a free port on `hub_ip` (the project config's central audit)
     placement_port: int = field(default_factory=free_port)
     admin_token: str = field(default_factory=_token)
     placement_token: str = field(default_factory=_token)
@@ -153,6 +154,7 @@ class HubProcess:
             raise ValueError("the project config runs its own gateway and placement service")
         self.hub_port = self.hub_port or free_port(self.hub_ip)
         self.llm_port = self.llm_port or free_port(self.hub_ip)
+        self.audit_port = self.audit_port or free_port(self.hub_ip)
 
     @property
     def hub_ip(self) -> str:
@@ -193,6 +195,7 @@ class HubProcess:
                 CODEYARD_PROXY_API_PORT=str(self.proxy_api_port),
                 CODEYARD_CULL_TIMEOUT="0",
                 CODEYARD_LLM_PORT=str(self.llm_port),
+                CODEYARD_AUDIT_PORT=str(self.audit_port),
                 CODEYARD_PLACEMENT_PORT=str(self.placement_port),
             )
             env.update(model_env())

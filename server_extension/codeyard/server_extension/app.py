@@ -11,6 +11,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 
 from .audit import AuditLog
+from .audit_forward import forwarder_from_env
 from .errors import CodeyardError
 from .files import FileReader
 from .git.handlers import git_routes, git_settings
@@ -162,6 +163,17 @@ class CodeyardApp(ExtensionApp):
     def _default_state_dir(self) -> str:
         return str(Path(self.workspace_root) / STATE_DIRNAME)
 
+    audit_url = Unicode(
+        help="""Base URL of the Hub's central audit service; every audit record is spooled
+        under `state_dir/audit-spool/` and sent there in the background with the server's
+        JUPYTERHUB_API_TOKEN (`audit_forward`). Empty: records stay local only.
+        Default: the CODEYARD_AUDIT_URL environment variable the Hub gives workspaces.""",
+    ).tag(config=True)
+
+    @default("audit_url")
+    def _default_audit_url(self) -> str:
+        return os.environ.get("CODEYARD_AUDIT_URL", "")
+
     @property
     def workspace_root(self) -> str:
         return str(self.serverapp.root_dir) if self.serverapp else "."
@@ -170,6 +182,9 @@ class CodeyardApp(ExtensionApp):
         paths = WorkspacePaths(self.workspace_root)
         state = Path(self.state_dir)
         audit = AuditLog(state / "audit.jsonl")
+        self.audit_forwarder = forwarder_from_env(
+            audit, state / "audit-spool", self.audit_url, log=self.log
+        )
         contents_manager = self.serverapp.contents_manager if self.serverapp else None
         allow_hidden = bool(getattr(contents_manager, "allow_hidden", False))
         patches = PatchManager(
@@ -207,9 +222,7 @@ class CodeyardApp(ExtensionApp):
             codeyard_rewriter=Rewriter(llm_files, builder, llm, patches),
             codeyard_cells=CellPatcher(llm_files, patches),
             codeyard_completer=CodeyardCompleter(llm, paths, parent=self),
-            **git_settings(
-                self, audit=audit, patches=patches, llm=llm, counter=builder.counter
-            ),
+            **git_settings(self, audit=audit, patches=patches, llm=llm, counter=builder.counter),
         )
 
     def initialize_handlers(self) -> None:
@@ -234,6 +247,9 @@ class CodeyardApp(ExtensionApp):
 
     async def stop_extension(self) -> None:
         """Retire answered patch transactions so a clean stop leaves no journal behind."""
+        forwarder = getattr(self, "audit_forwarder", None)
+        if forwarder is not None:
+            await asyncio.to_thread(forwarder.stop)
         patches = self.settings.get("codeyard_patches")
         if isinstance(patches, PatchManager):
             try:

@@ -8,18 +8,30 @@ The file lives in the workspace's state folder, which the user can delete (`git 
 -fdx`). An append notices a file that is gone and starts a new chain (seq 1, prev
 `GENESIS`) instead of continuing one nobody can verify; `lost()` lets the state folder's
 keeper write a `state_lost` record as that chain's first (see `state.StateFolder`).
+
+The file's `epoch` is the hash of its first record: a new file after a loss starts a new
+epoch at seq 1, so (epoch, seq) names a record for good. Listeners (`add_listener`) are told
+of every record as it is written; the central audit's forwarder spools it from there
+(`audit_forward.AuditForwarder`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Told `(epoch, record)` of every record written, under the log's lock: keep it short.
+Listener = Callable[[str, dict[str, Any]], None]
 
 GENESIS = "0" * 64
 
@@ -37,8 +49,32 @@ class AuditLog:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._seq, self._prev = self._last_link()
+        self._epoch = self._first_hash()
         # The file as this object last saw it; a change means someone else wrote it.
         self._seen = self._identity()
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(epoch, record)` after each record is written (its errors are logged,
+        never raised: the record is already in the log)."""
+        self._listeners.append(listener)
+
+    @property
+    def epoch(self) -> str:
+        """The hash of the current file's first record (GENESIS while it has none)."""
+        with self._lock:
+            self._sync()
+            return self._epoch
+
+    def _first_hash(self) -> str:
+        try:
+            with self.path.open("rb") as fh:
+                for line in fh:
+                    if line.strip():
+                        return str(json.loads(line).get("hash") or GENESIS)
+        except (OSError, ValueError, AttributeError):
+            pass
+        return GENESIS
 
     def _identity(self) -> tuple[int, int, int] | None:
         """(device, inode, size) of the file, or None if it is not there."""
@@ -58,6 +94,7 @@ class AuditLog:
         if now == self._seen:
             return
         self._seq, self._prev = self._last_link() if now is not None else (0, GENESIS)
+        self._epoch = self._first_hash() if now is not None else GENESIS
         self._seen = now
 
     def lost(self) -> tuple[int, str] | None:
@@ -122,6 +159,13 @@ class AuditLog:
             finally:
                 os.close(fd)
             self._seq, self._prev = record["seq"], record["hash"]
+            if record["seq"] == 1:
+                self._epoch = record["hash"]
+            for listener in self._listeners:
+                try:
+                    listener(self._epoch, record)
+                except Exception:  # the record is written; a listener cannot undo that
+                    log.exception("codeyard audit listener %r failed", listener)
             return record
 
     def records(self) -> list[dict[str, Any]]:

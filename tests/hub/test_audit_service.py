@@ -1,0 +1,529 @@
+"""The central audit end to end: a real JupyterHub, the real audit service, real workspace
+servers (`jupyterhub-singleuser` with Codeyard, spawned by the Hub as local processes) that
+post their records with their own Hub tokens.
+
+No docker: the Hub is the minimal one of tests/support/hub.py with the local-process
+spawner, so a workspace is one process the test can SIGKILL. The audit service runs as a
+Hub service the test starts itself (`del service["command"]`, as the placement suite does),
+so it can be stopped and started again; between the workspaces and the service sits a small
+relay the test controls, which kills the workspace server in the middle of a send.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from support.hub import MINIMAL_ADMIN_SCOPES, HubProcess
+from support.processes import free_port, stop_process, wait_http
+
+from codeyard.central_audit.store import local_hash
+
+WORKSPACE = "ws1"
+AUDIT_PREFIX = "/services/codeyard-audit/"
+
+
+class Relay(ThreadingHTTPServer):
+    """Forwards the workspaces' POSTs to the audit service, or kills the workspace server
+    (SIGKILL) with the request in flight: `mode` is "pass", "kill_before" (the service never
+    sees the batch) or "kill_after" (the service stored it; the answer never arrives)."""
+
+    daemon_threads = True
+
+    def __init__(self, target: str) -> None:
+        super().__init__(("127.0.0.1", 0), RelayHandler)
+        self.target = target
+        self.mode = "pass"
+        self.kill: Callable[[], None] = lambda: None
+        self.killed = threading.Event()
+        self.posts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{AUDIT_PREFIX.rstrip('/')}"
+
+
+class RelayHandler(BaseHTTPRequestHandler):
+    server: Relay
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        relay = self.server
+        relay.posts += 1
+        mode = relay.mode
+        if mode == "kill_before":
+            relay.mode = "pass"
+            relay.kill()
+            relay.killed.set()
+            return
+        try:
+            resp = requests.post(
+                relay.target + self.path,
+                data=body,
+                headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
+                timeout=30,
+            )
+        except requests.RequestException:
+            self.send_error(502)
+            return
+        if mode == "kill_after":
+            relay.mode = "pass"
+            relay.kill()
+            relay.killed.set()
+            return
+        self.send_response(resp.status_code)
+        self.send_header("Content-Type", resp.headers.get("Content-Type", "application/json"))
+        self.send_header("Content-Length", str(len(resp.content)))
+        self.end_headers()
+        self.wfile.write(resp.content)
+
+
+@dataclass
+class AuditStack:
+    hub: HubProcess
+    state: Path
+    relay: Relay
+    port: int
+    service_token: str
+    ws_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{AUDIT_PREFIX}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state / "audit.sqlite"
+
+    def service_args(self) -> list[str]:
+        return [
+            f"--CentralAudit.db_url=sqlite:///{self.db_path}",
+            f"--CentralAudit.hmac_key_file={self.state / 'audit_hmac.key'}",
+            f"--CentralAudit.signing_key_file={self.state / 'audit_ed25519.pem'}",
+            "--CentralAudit.checkpoint_interval=0",
+        ]
+
+    def start_service(self) -> None:
+        env = dict(
+            os.environ,
+            JUPYTERHUB_API_URL=self.hub.api_url,
+            JUPYTERHUB_API_TOKEN=self.service_token,
+            JUPYTERHUB_SERVICE_PREFIX=AUDIT_PREFIX,
+            JUPYTERHUB_SERVICE_URL=f"http://127.0.0.1:{self.port}",
+            JUPYTERHUB_CLIENT_ID="service-codeyard-audit",
+            JUPYTERHUB_BASE_URL="/",
+            JUPYTERHUB_OAUTH_CALLBACK_URL=f"{AUDIT_PREFIX}oauth_callback",
+        )
+        log = (self.state / "audit-service.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "codeyard.central_audit", "serve", *self.service_args()],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_http(f"{self.url}api/public-key", 30, self.proc)
+
+    def stop_service(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def token(self, user: str) -> str:
+        if user not in self.tokens:
+            self.tokens[user] = self.hub.user_token(user)
+        return self.tokens[user]
+
+    def get(self, endpoint: str, as_user: str = "auditor", **params: Any) -> requests.Response:
+        return requests.get(
+            self.url + endpoint,
+            params=params,
+            headers={"Authorization": f"token {self.token(as_user)}"},
+            timeout=30,
+        )
+
+    def records(self, user: str = "alice") -> list[dict[str, Any]]:
+        r = self.get("api/records", as_user=user)
+        r.raise_for_status()
+        return list(r.json()["records"])
+
+    # ---- the workspace ------------------------------------------------------------------
+
+    def home(self, user: str) -> Path:
+        return self.state / "homes" / user
+
+    def start_workspace(self, user: str) -> None:
+        self.token(user)  # makes the user
+        r = self.hub.request("POST", f"users/{user}/servers/{WORKSPACE}", {})
+        assert r.status_code in (201, 202), r.text
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            server = self.server_model(user)
+            if server and server.get("ready"):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"workspace did not start:\n{self.hub.log_tail()}")
+
+    def stop_workspace(self, user: str) -> None:
+        self.hub.request("DELETE", f"users/{user}/servers/{WORKSPACE}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.server_model(user):
+            time.sleep(0.5)
+
+    def server_model(self, user: str) -> dict[str, Any] | None:
+        model = self.hub.api_json("GET", f"users/{user}")
+        return (model.get("servers") or {}).get(WORKSPACE)  # type: ignore[no-any-return]
+
+    def pid(self, user: str) -> int:
+        server = self.server_model(user)
+        assert server is not None
+        return int(server["state"]["pid"])
+
+    def apply(self, user: str, name: str, line: str) -> dict[str, Any]:
+        diff = f"--- /dev/null\n+++ b/{name}\n@@ -0,0 +1 @@\n+{line}\n"
+        r = requests.post(
+            f"http://127.0.0.1:{self.ws_port}/user/{user}/{WORKSPACE}/codeyard/api/patch/apply",
+            json={"diff": diff},
+            headers={"Authorization": f"token {self.token(user)}"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    def local_log(self, user: str) -> list[dict[str, Any]]:
+        path = self.home(user) / ".codeyard" / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def spool(self, user: str) -> list[Path]:
+        folder = self.home(user) / ".codeyard" / "audit-spool"
+        return sorted(folder.glob("*.json")) if folder.exists() else []
+
+    def wait_arrived(self, user: str, count: int, timeout: float = 90) -> list[dict[str, Any]]:
+        """Records of `user` once the service holds `count` and the spool is empty."""
+        deadline = time.monotonic() + timeout
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            rows = self.records(user)
+            if len(rows) >= count and not self.spool(user):
+                return rows
+            time.sleep(0.5)
+        raise AssertionError(f"{len(rows)} of {count} records arrived; spool {self.spool(user)}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditStack]:
+    state = tmp_path_factory.mktemp("audit")
+    port = free_port()
+    token = secrets.token_hex(16)
+    relay = Relay(f"http://127.0.0.1:{port}")
+    threading.Thread(target=relay.serve_forever, daemon=True).start()
+    ws_port = free_port()
+    singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
+    site = f"""
+from codeyard.central_audit.hubconfig import configure_audit_service
+audit = configure_audit_service(
+    c, port={port}, db_url="unused", hmac_key_file="unused", signing_key_file="unused",
+    admin_users=["auditor"],
+)
+del audit["command"]  # the test runs the service itself, to stop and start it
+audit["api_token"] = {token!r}
+c.Authenticator.allow_all = True
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = {str(state / "homes" / "{username}")!r}
+c.Spawner.cmd = [{str(singleuser)!r}]
+c.Spawner.args = ["--allow-root"]
+c.Spawner.ip = "127.0.0.1"
+c.Spawner.port = {ws_port}
+c.Spawner.poll_interval = 1
+c.Spawner.start_timeout = 90
+c.Spawner.http_timeout = 90
+c.Spawner.environment = {{"CODEYARD_AUDIT_URL": {relay.url!r}}}
+"""
+    hub = HubProcess(
+        state_dir=state,
+        project=False,
+        admin_scopes=(*MINIMAL_ADMIN_SCOPES, "admin:servers", "admin:server_state"),
+        site_config=site,
+    )
+    hub.start()
+    s = AuditStack(hub, state, relay, port, token, ws_port)
+    try:
+        s.start_service()
+        yield s
+    finally:
+        for user in ("alice", "bob"):
+            with contextlib.suppress(Exception):
+                s.stop_workspace(user)
+        s.stop_service()
+        hub.stop()
+        relay.shutdown()
+
+
+@pytest.fixture(scope="module")
+def alice(stack: AuditStack) -> str:
+    stack.token("auditor")
+    stack.start_workspace("alice")
+    return "alice"
+
+
+def test_records_arrive_with_their_seq_and_a_resend_stores_nothing_twice(
+    stack: AuditStack, alice: str
+) -> None:
+    for n in range(3):
+        stack.apply(alice, f"first{n}.txt", "x")
+    local = stack.local_log(alice)
+    rows = stack.wait_arrived(alice, len(local))
+    assert [(r["seq"], r["record_hash"]) for r in rows] == [(r["seq"], r["hash"]) for r in local]
+    assert {r["workspace"] for r in rows} == {WORKSPACE}
+    assert {r["user"] for r in rows} == {alice}
+    assert {r["action"] for r in rows} >= {"patch.apply"}
+
+    # The same batch again, with the workspace server's own token (read from its process).
+    environ = Path(f"/proc/{stack.pid(alice)}/environ").read_bytes().split(b"\0")
+    server_token = next(
+        v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"JUPYTERHUB_API_TOKEN=")
+    )
+    batch = [
+        {"epoch": local[0]["hash"], "seq": r["seq"], "hash": r["hash"], "record": r} for r in local
+    ]
+    r = requests.post(
+        stack.url + "api/records",
+        json={"records": batch},
+        headers={"Authorization": f"token {server_token}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert {x["status"] for x in r.json()["results"]} == {"duplicate"}
+    assert r.json()["source"] == f"{alice}/{WORKSPACE}"
+    assert len(stack.records(alice)) == len(local)
+
+    # A user's own token is not a workspace's: it may not write.
+    r = requests.post(
+        stack.url + "api/records",
+        json={"records": batch},
+        headers={"Authorization": f"token {stack.token(alice)}"},
+        timeout=30,
+    )
+    assert r.status_code == 403
+
+
+def _exactly_once(stack: AuditStack, user: str) -> None:
+    local = stack.local_log(user)
+    rows = stack.wait_arrived(user, len(local))
+    keys = [(r["epoch"], r["seq"]) for r in rows]
+    assert len(keys) == len(set(keys)), "a record was stored twice"
+    assert sorted(r["seq"] for r in rows) == [r["seq"] for r in local]
+    assert {r["seq"]: r["record_hash"] for r in rows} == {r["seq"]: r["hash"] for r in local}
+
+
+def test_service_down_records_wait_in_the_spool_then_arrive_once(
+    stack: AuditStack, alice: str
+) -> None:
+    before = len(stack.records(alice))
+    stack.stop_service()
+    try:
+        for n in range(3):
+            stack.apply(alice, f"down{n}.txt", "y")
+        time.sleep(1.5)
+        assert len(stack.spool(alice)) == 3
+    finally:
+        stack.start_service()
+    _exactly_once(stack, alice)
+    assert len(stack.records(alice)) == before + 3
+
+
+@pytest.mark.parametrize("mode", ["kill_before", "kill_after"])
+def test_workspace_killed_in_the_middle_of_a_send(stack: AuditStack, alice: str, mode: str) -> None:
+    """SIGKILL of the workspace server while its batch is in flight: before the service saw
+    it, or after the service stored it but before the answer came back. After a restart the
+    spool is sent again and the service holds each record exactly once."""
+    pid = stack.pid(alice)
+    stack.relay.kill = lambda: os.kill(pid, signal.SIGKILL)
+    stack.relay.killed.clear()
+    stack.relay.mode = mode
+    stack.apply(alice, f"{mode}.txt", "z")
+    assert stack.relay.killed.wait(30), "the forwarder never sent"
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the workspace server survived SIGKILL")
+    assert stack.spool(alice), "the unacknowledged record must still be spooled"
+    stack.stop_workspace(alice)
+    stack.start_workspace(alice)
+    _exactly_once(stack, alice)
+
+
+def _rechain(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Recompute the local (unkeyed) chain, as someone rewriting the log would."""
+    prev = "0" * 64
+    out = []
+    for r in records:
+        r = {**r, "prev": prev}
+        r["hash"] = local_hash(r)
+        prev = r["hash"]
+        out.append(r)
+    return out
+
+
+def _verify_local(stack: AuditStack, user: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    r = requests.post(
+        stack.url + "api/verify-local",
+        json={"user": user, "workspace": WORKSPACE, "log": text},
+        headers={"Authorization": f"token {stack.token('auditor')}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_verification_finds_truncation_rewrite_unsent_records_and_gaps(
+    stack: AuditStack, alice: str
+) -> None:
+    local = stack.local_log(alice)
+    stack.wait_arrived(alice, len(local))
+    assert _verify_local(stack, alice, local)["ok"] is True
+
+    truncated = _verify_local(stack, alice, local[:-2])
+    assert truncated["truncated"]["records_gone"] == 2
+    assert truncated["truncated"]["local_last_seq"] == local[-3]["seq"]
+
+    edited = [dict(r) for r in local]
+    edited[1]["paths"] = ["innocent.txt"]
+    rewritten = _verify_local(stack, alice, _rechain(edited))
+    assert rewritten["rewritten"] == [r["seq"] for r in local[1:]]
+    assert rewritten["truncated"] is None
+
+    extra = _rechain([*local, {**local[-1], "seq": local[-1]["seq"] + 1, "paths": ["new.txt"]}])
+    unsent = _verify_local(stack, alice, extra)
+    assert unsent["missing_at_service"] == [local[-1]["seq"] + 1]
+    assert unsent["rewritten"] == []
+
+    # A record deleted at the service: a gap in its sequence, and its MAC chain breaks.
+    import sqlite3
+
+    with sqlite3.connect(stack.db_path) as db:
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute(
+            "DELETE FROM codeyard_audit_records WHERE seq = 2 AND workspace = ?", (WORKSPACE,)
+        )
+    gap = _verify_local(stack, alice, local)
+    assert gap["gaps"]["service"] == [[2, 2]]
+    assert gap["missing_at_service"] == [2]
+    chains = stack.get("api/chains").json()["chains"]
+    chain = next(c for c in chains if c["source"] == f"{alice}/{WORKSPACE}")
+    assert chain["gaps"] == 1 and chain["epochs"][0]["gaps"] == [[2, 2]]
+    assert chain["mac_ok"] is False and chain["problems"]
+
+
+def test_export_verifies_with_the_public_key_alone_and_filters(
+    stack: AuditStack, alice: str, tmp_path: Path
+) -> None:
+    stack.apply(alice, "exported.txt", "e")
+    stack.wait_arrived(alice, len(stack.local_log(alice)) - 1)  # seq 2 was deleted above
+    export = stack.get("api/records", format="jsonl", user=alice)
+    assert export.status_code == 200
+    (tmp_path / "export.jsonl").write_bytes(export.content)
+    key = requests.get(stack.url + "api/public-key", timeout=10)
+    (tmp_path / "public.pem").write_bytes(key.content)
+
+    def verify(path: Path) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "codeyard.central_audit", "verify", "--export", str(path)]
+        cmd += ["--public-key", str(tmp_path / "public.pem")]
+        return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+    # Only the rows after the record deleted at the service link up to the checkpoint; the
+    # export of another, untouched workspace verifies in full.
+    # (One workspace runs at a time: the test's servers share one port.)
+    stack.stop_workspace(alice)
+    stack.start_workspace("bob")
+    try:
+        for n in range(2):
+            stack_apply_as(stack, "bob", f"b{n}.txt")
+        stack.wait_arrived("bob", len(stack.local_log("bob")))
+    finally:
+        stack.stop_workspace("bob")
+        stack.start_workspace(alice)
+    bob = stack.get("api/records", format="jsonl", user="bob").content
+    (tmp_path / "bob.jsonl").write_bytes(bob)
+    ok = verify(tmp_path / "bob.jsonl")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads(ok.stdout)["covered"] == json.loads(ok.stdout)["rows"] > 0
+
+    lines = [json.loads(line) for line in bob.splitlines()]
+    first = next(x for x in lines if x["kind"] == "record")
+    first["body"] = first["body"].replace('"patch.apply"', '"patch.revert"')
+    (tmp_path / "forged.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    bad = verify(tmp_path / "forged.jsonl")
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout)["problems"]
+
+    # Users read their own records only; admins filter everyone's.
+    assert {r["user"] for r in stack.records("bob")} == {"bob"}
+    assert stack.get("api/records", as_user="bob", user=alice).status_code == 403
+    only = stack.get("api/records", action="patch.apply").json()["records"]
+    assert {r["user"] for r in only} >= {alice, "bob"}
+    by_path = stack.get("api/records", path="b1.txt").json()["records"]
+    assert [(r["user"], json.loads(r["body"])["record"]["paths"]) for r in by_path] == [
+        ("bob", ["b1.txt"])
+    ]
+    csv_rows = list(csv.DictReader(io.StringIO(stack.get("api/records", format="csv").text)))
+    assert {r["user"] for r in csv_rows} >= {alice, "bob"}
+
+    page = stack.get("", workspace=WORKSPACE)
+    assert page.status_code == 200
+    assert "Chains" in page.text and f"{alice}</td>" in page.text and "format=jsonl" in page.text
+    own = stack.get("", as_user="bob")
+    assert own.status_code == 200 and f"{alice}</td>" not in own.text
+
+
+def stack_apply_as(stack: AuditStack, user: str, name: str) -> None:
+    stack.apply(user, name, "b")
+
+
+def test_no_marker_leaks_into_the_service_database_or_exports(
+    stack: AuditStack, alice: str
+) -> None:
+    """Code a patch adds never reaches the central audit: not its database (with its WAL),
+    not its JSONL or CSV exports, not the workspace's spool."""
+    markers = [f"MARKER-{uuid.uuid4().hex}" for _ in range(3)]
+    for n, marker in enumerate(markers):
+        stack.apply(alice, f"leak{n}.txt", marker)
+    stack.wait_arrived(alice, len(stack.local_log(alice)) - 1)  # seq 2 was deleted above
+    exports = [stack.get("api/records", format=fmt).content for fmt in ("jsonl", "csv", "json")]
+    stored = [p.read_bytes() for p in stack.state.glob("audit.sqlite*")]
+    spooled = [p.read_bytes() for p in stack.spool(alice)]
+    assert stored and exports
+    for marker in markers:
+        assert (stack.home(alice) / f"leak{markers.index(marker)}.txt").read_text().strip() == (
+            marker
+        )
+        for blob in [*exports, *stored, *spooled]:
+            assert marker.encode() not in blob
