@@ -3,7 +3,7 @@
 
 Part of `CodeyardHub` (hub_settings.py); jupyterhub_config.py passes these to
 `codeyard.central_audit.hubconfig.configure_audit_service` and gives workspaces
-`audit_url` as CODEYARD_AUDIT_URL.
+CODEYARD_AUDIT_URL through `audit_url_template`.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class AuditSettings(CoreSettings):
         return self.state_path("audit_ed25519.pem")
 
     @property
-    def audit_url(self) -> str:
-        """The service as the Hub's own engine's containers reach it (CODEYARD_AUDIT_URL)."""
-        host = "172.17.0.1" if self.hub_listens_everywhere else self.hub_ip
-        return f"http://{host}:{self.audit_port}/services/{AUDIT_SERVICE}"
+    def audit_url_template(self) -> str:
+        """The service's URL for workspaces (CODEYARD_AUDIT_URL), `{hub}` standing for the
+        address each host's containers reach the Hub at (`PlacementSpawner.hub_service_urls`)."""
+        return f"http://{{hub}}:{self.audit_port}/services/{AUDIT_SERVICE}"

@@ -153,10 +153,18 @@ if not any(s.get("name") == LLM_SERVICE for s in c.JupyterHub.services):
         audit_log=settings.llm_audit_log,
     )
 # Workspaces call it with their own JUPYTERHUB_API_TOKEN (explain, rewrite, Jupyternaut), at
-# the address their own host reaches the Hub at: PlacementSpawner sets CODEYARD_LLM_URL per
-# host from `gateway_port` (a site config's CODEYARD_LLM_URL in c.Spawner.environment wins).
+# the address their own host reaches the Hub at: PlacementSpawner sets CODEYARD_LLM_URL and
+# CODEYARD_AUDIT_URL per host from `hub_service_urls` (a site config's own value in
+# c.Spawner.environment wins).
 TOKENIZER_IN_WORKSPACE = "/opt/codeyard/tokenizer.json"
-setdefault(c.PlacementSpawner, "gateway_port", settings.llm_port)
+setdefault(
+    c.PlacementSpawner,
+    "hub_service_urls",
+    {
+        "CODEYARD_LLM_URL": settings.llm_url_template,
+        "CODEYARD_AUDIT_URL": settings.audit_url_template,
+    },
+)
 workspace_env = dict(c.Spawner.environment) if "environment" in c.Spawner else {}
 workspace_env.setdefault("CODEYARD_LLM_MODEL", settings.llm_model)
 # ---- The central audit: every workspace (and the gateway) sends its records there ------
@@ -172,7 +180,6 @@ if not any(s.get("name") == AUDIT_SERVICE for s in c.JupyterHub.services):
         admin_users=[settings.admin_user],
         writer_services=[LLM_SERVICE],
     )
-workspace_env.setdefault("CODEYARD_AUDIT_URL", settings.audit_url)
 if os.path.isfile(settings.tokenizer_file) and "extra_volumes" not in c.PlacementSpawner:
     c.PlacementSpawner.extra_volumes = {
         settings.tokenizer_file: {"bind": TOKENIZER_IN_WORKSPACE, "mode": "ro"}

@@ -6,7 +6,7 @@ Part of `CodeyardHub` (hub_settings.py). These are the only Python readers of th
 gateway variables (CODEYARD_VLLM_URL, CODEYARD_VLLM_PORT, ...): jupyterhub_config.py hands
 the computed values to the gateway as its settings, and to workspaces as
 CODEYARD_LLM_MODEL / CODEYARD_TOKENIZER_FILE; CODEYARD_LLM_URL is built per host by the
-spawner from `llm_port` (`PlacementSpawner.gateway_port`).
+spawner from `llm_url_template` (`PlacementSpawner.hub_service_urls`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ class ModelSettings(CoreSettings):
         return int(env("CODEYARD_LLM_PORT", "8002"))
 
     @property
-    def llm_url(self) -> str:
-        """The gateway's base URL as the Hub's own engine's containers see it when the Hub
-        listens on one address; each workspace's CODEYARD_LLM_URL is its own host's view."""
-        return f"http://{self.hub_ip}:{self.llm_port}"
+    def llm_url_template(self) -> str:
+        """The gateway's URL for workspaces (CODEYARD_LLM_URL), `{hub}` standing for the
+        address each host's containers reach the Hub at (`PlacementSpawner.hub_service_urls`)."""
+        return f"http://{{hub}}:{self.llm_port}"
 
     llm_model = Unicode(
         help="""Model name workspaces ask the gateway for (vLLM's served model name).

@@ -149,17 +149,26 @@ def test_container_environment_per_host() -> None:
     address = host_env.hub_address("0.0.0.0", far)
     assert address == "10.9.0.1"
     assert host_env.hub_connect_url(address, 8081) == "http://10.9.0.1:8081"
-    out = host_env.host_environment(env, far, address, 8002, {}, volumes)
-    assert out == {"CODEYARD_LLM_URL": "http://10.9.0.1:8002", "OTHER": "/opt/x"}
-    out = host_env.host_environment(env, here, LOCAL_BRIDGE_IP, 8002, {}, volumes)
+    services = {
+        "CODEYARD_LLM_URL": "http://{hub}:8002",
+        "CODEYARD_AUDIT_URL": "http://{hub}:8004/services/codeyard-audit",
+    }
+    out = host_env.host_environment(env, far, address, services, {}, volumes)
+    assert out == {
+        "CODEYARD_LLM_URL": "http://10.9.0.1:8002",
+        "CODEYARD_AUDIT_URL": "http://10.9.0.1:8004/services/codeyard-audit",
+        "OTHER": "/opt/x",
+    }
+    out = host_env.host_environment(env, here, LOCAL_BRIDGE_IP, services, {}, volumes)
     assert out["CODEYARD_LLM_URL"] == "http://172.17.0.1:8002"
+    assert out["CODEYARD_AUDIT_URL"] == "http://172.17.0.1:8004/services/codeyard-audit"
     assert out["CODEYARD_TOKENIZER_FILE"] == "/opt/codeyard/tokenizer.json"
-    # A gateway URL the site config set is its own choice.
+    # A service URL the site config set is its own choice.
     configured = {"CODEYARD_LLM_URL": "http://llm.example:80"}
     env2 = {**env, **configured}
-    assert host_env.host_environment(env2, far, address, 8002, configured, volumes)[
-        "CODEYARD_LLM_URL"
-    ] == ("http://llm.example:80")
+    out = host_env.host_environment(env2, far, address, services, configured, volumes)
+    assert out["CODEYARD_LLM_URL"] == "http://llm.example:80"
+    assert out["CODEYARD_AUDIT_URL"] == "http://10.9.0.1:8004/services/codeyard-audit"
 
 
 @pytest.mark.asyncio

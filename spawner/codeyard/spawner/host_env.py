@@ -1,7 +1,8 @@
 """What a workspace is told about the Hub, per host: the Hub API, the gateway, mounted files.
 
-A container dials the Hub API (JUPYTERHUB_API_URL, the activity URL) and the LLM gateway
-(CODEYARD_LLM_URL) from inside its own host's network. The address that works depends on the
+A container dials the Hub API (JUPYTERHUB_API_URL, the activity URL) and the Hub's services
+(the LLM gateway's CODEYARD_LLM_URL, the central audit's CODEYARD_AUDIT_URL) from inside its
+own host's network. The address that works depends on the
 host: on the Hub's machine the docker bridge 172.17.0.1 leads to the Hub, on any other
 machine it leads to that machine's own bridge. So the URLs are built per host from its
 `hub_connect_ip` (`codeyard.placement.addresses`), never from one Hub-wide value.
@@ -22,8 +23,6 @@ from jupyterhub.utils import fmt_ip_url
 from codeyard.placement.addresses import effective_hub_connect_ip
 from codeyard.placement.hosts import DockerHost
 
-LLM_URL_ENV = "CODEYARD_LLM_URL"
-
 
 def hub_address(hub_ip: str, host: DockerHost) -> str:
     """The address `host`'s containers dial for the Hub (raises `HubUnreachable`)."""
@@ -36,8 +35,10 @@ def hub_connect_url(address: str, hub_port: int) -> str:
     return f"http://{fmt_ip_url(address)}:{hub_port}"
 
 
-def gateway_url(address: str, gateway_port: int) -> str:
-    return f"http://{fmt_ip_url(address)}:{gateway_port}"
+def service_url(template: str, address: str) -> str:
+    """A Hub service's URL (`template` with `{hub}`) from a host whose containers reach the
+    Hub at `address`."""
+    return template.replace("{hub}", fmt_ip_url(address))
 
 
 def unmounted_paths(extra_volumes: Mapping[str, Any]) -> list[str]:
@@ -62,17 +63,18 @@ def host_environment(
     env: dict[str, str],
     host: DockerHost,
     address: str,
-    gateway_port: int,
+    service_urls: Mapping[str, str],
     configured: Mapping[str, Any],
     extra_volumes: Mapping[str, Any],
 ) -> dict[str, str]:
     """`env` (the spawner's environment) for a container on `host`, which reaches the Hub at
-    `address`: the gateway's URL for that host unless the config (`configured`, the
-    spawner's `environment`) names one, and no variables pointing into mounts the host
-    does not get."""
+    `address`: each Hub service's URL for that host (`service_urls`) unless the config
+    (`configured`, the spawner's `environment`) names one, and no variables pointing into
+    mounts the host does not get."""
     env = dict(env)
-    if gateway_port and LLM_URL_ENV not in configured:
-        env[LLM_URL_ENV] = gateway_url(address, gateway_port)
+    for name, template in service_urls.items():
+        if name not in configured:
+            env[name] = service_url(template, address)
     if not host.storage_is_local:
         missing = unmounted_paths(extra_volumes)
         for key in [k for k, v in env.items() if isinstance(v, str) and points_into(v, missing)]:

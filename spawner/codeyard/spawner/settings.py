@@ -16,7 +16,18 @@ from typing import Any
 from dockerspawner import DockerSpawner
 from jupyterhub.traitlets import EntryPointType
 from tornado import web
-from traitlets import Bool, Dict, Float, Integer, List, Set, Unicode, default, validate
+from traitlets import (
+    Bool,
+    Dict,
+    Float,
+    Integer,
+    List,
+    Set,
+    TraitError,
+    Unicode,
+    default,
+    validate,
+)
 
 from codeyard.placement.hosts import HostProvider, LocalHostProvider
 
@@ -127,14 +138,25 @@ class SpawnerSettings(DockerSpawner):
         either, so nothing in the workspace names a file that is not there.""",
     ).tag(config=True)
 
-    gateway_port = Integer(
-        0,
-        help="""Port of the LLM gateway on the Hub's machine. Set, every workspace gets
-        CODEYARD_LLM_URL = http://<its host's address for the Hub>:<gateway_port>, the
-        address its own host's containers reach the Hub at (`DockerHost.hub_connect_ip`),
-        unless `environment` sets CODEYARD_LLM_URL itself (a gateway elsewhere).
-        0: CODEYARD_LLM_URL only as `environment` sets it.""",
+    hub_service_urls = Dict(
+        value_trait=Unicode(),
+        help="""Hub services a workspace calls, as {environment variable: URL template}, in
+        which `{hub}` stands for the address the workspace's own host reaches the Hub at
+        (`DockerHost.hub_connect_ip`; 172.17.0.1 on the Hub's machine, another address on
+        other machines), e.g. {"CODEYARD_LLM_URL": "http://{hub}:8002"}. Every workspace
+        gets each variable with its host's address, unless `environment` sets that variable
+        itself (a service elsewhere).""",
     ).tag(config=True)
+
+    @validate("hub_service_urls")
+    def _check_hub_service_urls(self, proposal: Any) -> dict[str, str]:
+        urls = dict(proposal["value"])
+        for name, template in urls.items():
+            if "{hub}" not in template or not template.startswith(("http://", "https://")):
+                raise TraitError(
+                    f"hub_service_urls[{name!r}] must be an http(s) URL with {{hub}} as its host"
+                )
+        return urls
 
     clone_timeout = Float(
         600,

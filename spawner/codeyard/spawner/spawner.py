@@ -172,7 +172,7 @@ class PlacementSpawner(SpawnerSettings):
             env,
             self._host,
             self._hub_address,
-            self.gateway_port,
+            self.hub_service_urls,
             self.environment,
             self.extra_volumes,
         )
