@@ -53,6 +53,10 @@ class Relay(ThreadingHTTPServer):
         self.mode = "pass"
         self.kill: Callable[[], None] = lambda: None
         self.killed = threading.Event()
+        # The kill waits for this: the forwarder may send before the patch/apply answer has
+        # reached the test, and a kill then would cut that answer instead of the send.
+        self.answered = threading.Event()
+        self.answered.set()
         self.posts = 0
 
     @property
@@ -71,6 +75,8 @@ class RelayHandler(BaseHTTPRequestHandler):
         relay = self.server
         relay.posts += 1
         mode = relay.mode
+        if mode != "pass":
+            relay.answered.wait(30)
         if mode == "kill_before":
             relay.mode = "pass"
             relay.kill()
@@ -363,8 +369,10 @@ def test_workspace_killed_in_the_middle_of_a_send(stack: AuditStack, alice: str,
     pid = stack.pid(alice)
     stack.relay.kill = lambda: os.kill(pid, signal.SIGKILL)
     stack.relay.killed.clear()
+    stack.relay.answered.clear()
     stack.relay.mode = mode
     stack.apply(alice, f"{mode}.txt", "z")
+    stack.relay.answered.set()
     assert stack.relay.killed.wait(30), "the forwarder never sent"
     for _ in range(50):
         try:
