@@ -49,9 +49,10 @@ format: venv
 
 # Debian packages the suites drive for real: dockerd, debootstrap (offline base image),
 # Chromium (browser tests), OpenSSH (ssh:// Docker hosts), git, strace (reads the patch
-# engine's real fsync/syncfs calls), PostgreSQL (the Hub and placement databases in tests).
+# engine's real fsync/syncfs calls), PostgreSQL (the Hub and placement databases in tests),
+# docker-registry + apache2-utils (the image registry and its htpasswd login).
 SYSTEM_PACKAGES := docker.io debootstrap chromium openssh-server openssh-client git strace \
-  postgresql
+  postgresql docker-registry apache2-utils
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -91,9 +92,10 @@ test-labextension: venv
 
 # One real vLLM (SmolLM2 on CPU) serves every suite that needs the model: with-vllm.sh starts
 # it once and the fixtures reuse it through CODEYARD_TEST_VLLM_URL. One PostgreSQL likewise
-# (with-postgres.sh, CODEYARD_TEST_POSTGRES_URL); each test makes its own database on it.
+# (with-postgres.sh, CODEYARD_TEST_POSTGRES_URL); each test makes its own database on it. One
+# image registry too (with-registry.sh, CODEYARD_TEST_REGISTRY).
 test: lint test-labextension system-deps
-	hub_config/vllm/with-vllm.sh tests/support/with-postgres.sh \
+	hub_config/vllm/with-vllm.sh tests/support/with-postgres.sh tests/support/with-registry.sh \
 	  $(MAKE) --no-print-directory $(addprefix test-,$(SUITES))
 
 # Docker engine, single-user image, proxy, secrets, model services, then the Hub in the

@@ -7,6 +7,7 @@
 #        INSTALL_JUPYTER_AI   1 (default) or 0
 #        CODEYARD_STATE       state dir (default $CODEYARD_CACHE/state, $HOME/.cache/codeyard/state)
 #        FORCE_BUILD=1        build even when the hash tag exists
+#        CODEYARD_REGISTRY    when set (host:port), push the image there (push-image.sh)
 # Output: codeyard/singleuser:<hash> and :latest; the last stdout line is the tag, also
 # written to $CODEYARD_STATE/singleuser-image. Progress and build logs go to stderr.
 set -euo pipefail
@@ -79,4 +80,7 @@ fi
 "$DOCKER" tag "$TAG" codeyard/singleuser:latest
 log "Size: $("$DOCKER" image inspect -f '{{.Size}}' "$TAG" | awk '{printf "%d MB", $1/1e6}')"
 echo "$TAG" >"$STATE/singleuser-image"
+if [ -n "${CODEYARD_REGISTRY:-}" ] && [ "$CODEYARD_REGISTRY" != none ]; then
+    "$HERE/push-image.sh" "$TAG" >&2
+fi
 echo "$TAG"

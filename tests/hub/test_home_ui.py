@@ -75,11 +75,12 @@ def test_home_lists_workspaces_and_has_no_start_my_server(alice: HubPage) -> Non
     sizes = page.locator("#cy-profile option").evaluate_all("os => os.map(o => o.value)")
     assert sizes == ["small", "medium", "large"]
     assert page.locator("#cy-image option").count() >= 1
-    # The credential field is there but off, and never part of the form's data.
+    # The credential field is off until an https:// URL is typed, and never part of the
+    # form's data: it goes to the Hub's encrypted store, not into the workspace's options.
     credential = page.locator("#cy-credential")
     assert credential.get_attribute("type") == "password"
     assert credential.is_disabled() and credential.get_attribute("name") is None
-    assert "Credential store: coming" in page.inner_text("#cy-credential-help")
+    assert "stored encrypted" in page.inner_text("#cy-credential-help")
     alice.shot("home-empty")
     assert alice.console_errors == []
 

@@ -85,7 +85,7 @@ class SSHServer:
         return f"ssh://root@{self.ip}:{self.port}{remote_socket}"
 
     def start(self) -> None:
-        sshd, libs = _ensure_sshd()
+        _ensure_sshd()
         _ensure_privsep()
         host_private, host_public = _keypair()
         self.client_key, client_public = _keypair()
@@ -113,6 +113,10 @@ X11Forwarding no
 PermitTTY no
 """
         )
+        self._run()
+
+    def _run(self) -> None:
+        sshd, libs = _ensure_sshd()
         log = (self.root / "sshd.log").open("ab")
         self.proc = subprocess.Popen(
             [str(sshd), "-D", "-e", "-f", str(self.root / "sshd_config")],
@@ -132,6 +136,16 @@ PermitTTY no
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError("sshd did not answer")
+
+    def restart_with_new_host_key(self) -> None:
+        """Give the server a new host key (a reinstalled or impostor host) on the same
+        address, port and client key; `known_hosts` then names the new key."""
+        self.stop()
+        host_private, host_public = _keypair()
+        (self.root / "host_key").write_text(host_private)
+        (self.root / "host_key").chmod(0o600)
+        self.known_hosts = f"[{self.ip}]:{self.port} {host_public}\n"
+        self._run()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

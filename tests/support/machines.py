@@ -11,9 +11,10 @@ The engines of tests/placement (§4) share this box's network stack and disk, wh
 exactly what breaks on a real second machine: a container dialling 172.17.0.1 reaches its
 own machine, not the Hub; a file the Hub can read is not on the other machine.
 
-Images: each machine has its own image store and there is no registry yet, so
-`Machine.load_image(tag)` copies an image from this box's engine with `docker save | docker
-load` over the machine's engine API (the interim path; docs/multi-machine.md).
+Images: each machine has its own image store. `Machine.load_image(tag)` copies an image from
+this box's engine with `docker save | docker load` over the machine's engine API, for tests
+that need the image there before the Hub starts; the product's own paths (a registry pull,
+else a stream) are `codeyard.spawner.image_transfer` (docs/multi-machine.md).
 
 Start them once per run and share them: `tests/support/with-machines.sh CMD...` (or
 `python -m support.machines CMD...`) starts the machines, exports their description as
@@ -97,6 +98,7 @@ class Machine:
     client_cert: str = field(default="", repr=False)
     client_key: str = field(default="", repr=False)
     pid: int = 0  # dockerd's process id
+    data_size: str = ""  # tmpfs size of its image store ("" : this box's disk)
 
     @property
     def endpoint(self) -> str:
@@ -210,6 +212,10 @@ def _dockerd_command(m: Machine) -> list[str]:
     )
     # Its own mount namespace with a tmpfs over the storage root: the machine's own disk.
     script = f"mount -t tmpfs -o mode=0755 tmpfs {m.storage_root} && {dockerd}"
+    if m.data_size:
+        # A small image store, for a machine whose disk is full.
+        mount_data = f"mkdir -p {r}/data && mount -t tmpfs -o size={m.data_size} tmpfs {r}/data"
+        script = f"{mount_data} && {script}"
     return [
         "nsenter",
         f"--net=/var/run/netns/{m.name}",
@@ -224,7 +230,13 @@ def _dockerd_command(m: Machine) -> list[str]:
 
 
 def _start_machine(
-    net: Network, tag: str, n: int, ca: CA, started: list[Machine], wait: float = 60.0
+    net: Network,
+    tag: str,
+    n: int,
+    ca: CA,
+    started: list[Machine],
+    wait: float = 60.0,
+    data_size: str = "",
 ) -> Machine:
     """Start machine `n`; it is in `started` from its first step, so clean-up finds it."""
     name = f"cy{tag}h{n}"
@@ -237,6 +249,7 @@ def _start_machine(
         root=str(root),
         storage_root=str(storage),
         veth=f"cv{tag}{n}",
+        data_size=data_size,
     )
     started.append(m)
     storage.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -298,8 +311,9 @@ def _stop_machine(m: Machine) -> None:
 
 
 @contextlib.contextmanager
-def start_machines(count: int = 1) -> Iterator[list[Machine]]:
-    """Start `count` namespace machines on a fresh test bridge; remove everything afterwards."""
+def start_machines(count: int = 1, data_size: str = "") -> Iterator[list[Machine]]:
+    """Start `count` namespace machines on a fresh test bridge; remove everything afterwards.
+    `data_size` (e.g. "8m") puts each machine's image store on a tmpfs of that size."""
     if why := can_run_machines():
         raise RuntimeError(f"namespace machines unavailable: {why}")
     tag = secrets.token_hex(2)
@@ -309,7 +323,7 @@ def start_machines(count: int = 1) -> Iterator[list[Machine]]:
     try:
         net = _start_network(tag)
         for n in range(1, count + 1):
-            _start_machine(net, tag, n, ca, started)
+            _start_machine(net, tag, n, ca, started, data_size=data_size)
         yield started
     finally:
         for m in started:

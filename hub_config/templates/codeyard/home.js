@@ -17,6 +17,9 @@
   var createButton = document.getElementById("cy-create");
   var newProgress = cy.progressView(document.getElementById("cy-new-progress"));
   var profileSelect = document.getElementById("cy-profile");
+  var credUser = document.getElementById("cy-cred-user");
+  var credSecret = document.getElementById("cy-credential");
+  var HTTP_RE = /^https?:\/\//i;
   var NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
   var STATE_CLASS = {
     RUNNING: "text-bg-success",
@@ -361,9 +364,13 @@
     newProgress.reset();
     newProgress.show({ progress: 0, message: "Requesting workspace " + name });
     refresh();
-    follow(name, newProgress, { options: options })
+    storeCredential(name, repo)
+      .then(function () {
+        return follow(name, newProgress, { options: options });
+      })
       .then(function (last) {
         form.reset();
+        credentialFields();
         if (last.ready) newProgress.hide();
         else if (!last.failed) newProgress.show({ message: "See the workspace's state above." });
       })
@@ -378,6 +385,29 @@
         createButton.disabled = false;
       });
   });
+
+  // The credential goes to the Hub's store, never into the workspace's options; the
+  // fields are emptied once it is stored.
+  function storeCredential(name, repo) {
+    if (credSecret.disabled || !credSecret.value || !HTTP_RE.test(repo)) {
+      return Promise.resolve();
+    }
+    var body = { username: credUser.value.trim(), secret: credSecret.value };
+    var path =
+      "codeyard/workspaces/" + encodeURIComponent(user) + "/" + encodeURIComponent(name) + "/credential";
+    return cy.api("PUT", path, body).then(function () {
+      credSecret.value = "";
+    });
+  }
+
+  // Only http(s) remotes take a user name and token.
+  function credentialFields() {
+    var on = HTTP_RE.test(form.elements.repo_url.value.trim());
+    credUser.disabled = !on;
+    credSecret.disabled = !on;
+  }
+  form.elements.repo_url.addEventListener("input", credentialFields);
+  credentialFields();
 
   document.getElementById("cy-new-link").addEventListener("click", function (e) {
     e.preventDefault();

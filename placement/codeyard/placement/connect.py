@@ -13,6 +13,12 @@ stored key only (`IdentitiesOnly`, `BatchMode`). docker-py's own ssh transports 
 a stored key (they read `~/.ssh/config`), and a forwarded socket also serves the spawner's
 long-lived clients as a plain `unix://` URL. The remote sshd needs `AllowStreamLocalForwarding`
 and `AllowTcpForwarding` `local` or `yes` (sshd gates socket forwarding on the latter too).
+
+The host key is pinned: every tunnel runs with `StrictHostKeyChecking=yes` and a known_hosts
+file holding only the key stored at registration (`known_hosts`, given by the admin or
+scanned with `scan_host_key` and confirmed by its fingerprint). A host without a pinned key
+is refused, never trusted on first sight, and a host presenting another key fails with
+`HostKeyChanged`, which the health monitor turns into "down: host key changed".
 """
 
 from __future__ import annotations
@@ -49,12 +55,53 @@ class SSHTunnelError(ConnectionError):
     pass
 
 
+class HostKeyChanged(SSHTunnelError):
+    """The host did not present its pinned key: a new machine, a reinstall, or an attacker."""
+
+
+class NoPinnedHostKey(SSHTunnelError):
+    """The stored credential has no host key to check the host against."""
+
+
+#: Key types `scan_host_key` asks for, most preferred first; the first one found is pinned.
+SCAN_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+
+
+def scan_host_key(endpoint: str, timeout: float = 10.0) -> str:
+    """The host's key as one known_hosts line (`ssh-keyscan`), for an admin to confirm.
+
+    Only its fingerprint is worth anything: the scan itself is unauthenticated, so the admin
+    compares it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host.
+    """
+    parts = urlsplit(endpoint)
+    if parts.scheme != "ssh" or not parts.hostname:
+        raise ValueError(f"{endpoint}: not an ssh:// endpoint")
+    if parts.hostname.startswith("-"):
+        raise ValueError(f"{endpoint}: bad host name")
+    cmd = ["ssh-keyscan", "-T", str(max(1, int(timeout))), "-t", ",".join(SCAN_KEY_TYPES)]
+    if parts.port:
+        cmd += ["-p", str(parts.port)]
+    cmd += ["--", parts.hostname]
+    try:
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout + 5, check=False
+        ).stdout
+    except subprocess.TimeoutExpired:
+        raise SSHTunnelError(f"ssh: no host key from {parts.hostname} in {timeout:.0f}s") from None
+    lines = [line for line in out.splitlines() if line and not line.startswith("#")]
+    for kind in SCAN_KEY_TYPES:
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 3 and kind in fields[1]:
+                return f"{fields[0]} {fields[1]} {fields[2]}\n"
+    raise SSHTunnelError(f"ssh: {parts.hostname} sent no host key (is sshd listening there?)")
+
+
 class SSHTunnel:
     """`ssh -N -L <local.sock>:<remote docker.sock>` with the stored key; one per host.
 
-    The secret is `{"key": <private key>, "known_hosts": <optional known_hosts lines>}`.
-    With `known_hosts` the host key is checked strictly; without it the first key seen is
-    trusted (`accept-new`) and pinned for this tunnel's life.
+    The secret is `{"key": <private key>, "known_hosts": <the pinned host key line>}`; the
+    host key is always checked strictly against it, and a secret without one is refused.
     """
 
     def __init__(
@@ -68,10 +115,16 @@ class SSHTunnel:
         if not parts.hostname:
             raise ValueError(f"{endpoint}: no host")
         self.endpoint = endpoint
+        pinned = secret.get("known_hosts", "")
+        if not pinned.strip():
+            raise NoPinnedHostKey(
+                "ssh: no pinned host key for this host; store its known_hosts line (or"
+                " confirm the fingerprint the registration page shows) before it is used"
+            )
         self.dir = _private_dir(runtime_dir)
         self.socket = os.path.join(self.dir, "docker.sock")
         key = _write_private(os.path.join(self.dir, "id_key"), secret["key"])
-        known = _write_private(os.path.join(self.dir, "known_hosts"), secret.get("known_hosts", ""))
+        known = _write_private(os.path.join(self.dir, "known_hosts"), pinned)
         remote = parts.path if parts.path and parts.path != "/" else DEFAULT_REMOTE_SOCKET
         cmd = [
             "ssh", "-N", "-T",
@@ -80,7 +133,8 @@ class SSHTunnel:
             "-o", "IdentityAgent=none",
             "-o", f"UserKnownHostsFile={known}",
             "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=" + ("yes" if secret.get("known_hosts") else "accept-new"),
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "UpdateHostKeys=no",
             "-o", "ExitOnForwardFailure=yes",
             "-o", "StreamLocalBindUnlink=yes",
             "-o", "ServerAliveInterval=15",
@@ -106,7 +160,13 @@ class SSHTunnel:
                     else ""
                 )
                 self.close()
-                raise SSHTunnelError(f"ssh: {err.splitlines()[-1] if err else 'exited'}")
+                last = err.splitlines()[-1] if err else "exited"
+                if "Host key verification failed" in err:
+                    raise HostKeyChanged(
+                        f"ssh: host key changed: {last} (the host did not present the"
+                        " pinned key; check the host, then store its new key)"
+                    )
+                raise SSHTunnelError(f"ssh: {last}")
             if time.monotonic() > deadline:
                 self.close()
                 raise SSHTunnelError("ssh: timed out opening the tunnel")

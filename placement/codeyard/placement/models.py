@@ -2,8 +2,8 @@
 
 Schema changes go through alembic (`codeyard/placement/alembic/versions/`): never
 `create_all` on a database that already holds data. Secrets live only in
-`Credential.encrypted`, a MultiFernet token (see `crypto.py`); every other column is safe to
-show to an admin.
+`Credential.encrypted` and `WorkspaceGitCredential.encrypted`, MultiFernet tokens (see
+`crypto.py`); every other column is safe to show to an admin.
 """
 
 from __future__ import annotations
@@ -137,6 +137,25 @@ class Placement(Base):
     pinned_server: Mapped[Server | None] = relationship(foreign_keys=[pinned_server_id])
 
 
+class WorkspaceGitCredential(Base):
+    """The git credential (user name and token) a user gave for one workspace's clone.
+
+    Written and read only by the Hub (`codeyard.spawner.credentials`), encrypted under keys
+    derived from the Hub's `CryptKeeper` keys, not the registry's: the placement service
+    never needs it. Never copied into `user_options`, logs or the status API.
+    """
+
+    __tablename__ = "git_credentials"
+    __table_args__ = (UniqueConstraint("user", "workspace"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(255))
+    workspace: Mapped[str] = mapped_column(String(255))
+    encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
 class PolicySetting(Base):
     """The active policy: `group == ""` is the default, other rows override per group."""
 
@@ -174,3 +193,21 @@ class PolicyCursor(Base):
 
     scope: Mapped[str] = mapped_column(String(255), primary_key=True)
     last_server: Mapped[str] = mapped_column(String(255), default="")
+
+
+class HostImage(Base):
+    """An image a host holds because Codeyard put it there, and how (`path`): "registry"
+    (the host pulled it; `digest` is the registry's) or "stream" (saved on the Hub's engine
+    and loaded into the host's; `digest` is the image id), with why in `detail`."""
+
+    __tablename__ = "host_images"
+    __table_args__ = (UniqueConstraint("server_id", "image"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    image: Mapped[str] = mapped_column(String(512))
+    digest: Mapped[str] = mapped_column(String(255), default="")
+    path: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -13,7 +13,7 @@ from typing import Any
 import requests
 from docker.errors import APIError, DockerException
 
-from .connect import HostClient, SSHTunnelError
+from .connect import HostClient, HostKeyChanged, SSHTunnelError
 
 
 def describe_error(exc: BaseException) -> str:
@@ -88,6 +88,9 @@ def probe(
                 except (APIError, requests.RequestException):
                     result["disk_used"] = None
             result["ok"] = True
+    except HostKeyChanged as e:
+        result["error"] = str(e)
+        result["host_key_changed"] = True
     except SSHTunnelError as e:
         result["error"] = str(e)
     except (DockerException, requests.RequestException, OSError, ValueError) as e:

@@ -177,6 +177,18 @@ class RegistryHostProvider(HostProvider):
         with contextlib.suppress(NotFound):
             await self._blocking(self.registry.mark, spawner.user.name, spawner.name or "", state)
 
+    async def record_image(self, transfer: Any) -> None:
+        """An image reached a host (`image_transfer.Transfer`): keep how, for the host page."""
+        await self._blocking(
+            self.registry.record_image,
+            transfer.host,
+            transfer.image,
+            transfer.path,
+            digest=transfer.digest,
+            detail=transfer.detail,
+            seconds=transfer.seconds,
+        )
+
     # ---- building hosts ----------------------------------------------------------------
 
     def _runtime_path(self) -> Path:

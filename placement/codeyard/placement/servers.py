@@ -16,8 +16,17 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from .addresses import host_addresses
-from .crypto import CredentialCipher, fingerprints
-from .models import Credential, CredentialKind, Placement, Server, ServerState, utcnow
+from .connect import SSHTunnelError, scan_host_key
+from .crypto import CredentialCipher, fingerprints, known_hosts_fingerprint
+from .models import (
+    Credential,
+    CredentialKind,
+    HostImage,
+    Placement,
+    Server,
+    ServerState,
+    utcnow,
+)
 from .policies import HostLoad
 from .shapes import (
     LOADED,
@@ -90,6 +99,62 @@ def _validate_endpoint(endpoint: str) -> None:
         raise RegistryError(f"endpoint {endpoint!r}: use tcp://host:port, ssh://... or unix://")
 
 
+def with_pinned_host_key(data: Mapping[str, Any], endpoint: str = "") -> dict[str, Any]:
+    """`data` (a registration or an update) with its SSH credential's host key pinned.
+
+    What the admin API and pages call before `add_server`/`update_server`: an admin who
+    registers an ssh:// host must pin its key (`pin_host_key`). `endpoint` is the host's
+    current one, for an update that changes only the credential.
+    """
+    if not isinstance(data, Mapping):
+        return data  # the registry refuses it with its own message
+    credential = data.get("credential")
+    if not isinstance(credential, Mapping) or credential.get("kind") != CredentialKind.ssh:
+        return dict(data)
+    secret = {k: v for k, v in credential.items() if k != "kind"}
+    target = str(data.get("endpoint") or endpoint)
+    return {**data, "credential": {"kind": "ssh", **pin_host_key(target, secret)}}
+
+
+def pin_host_key(endpoint: str, secret: dict[str, Any]) -> dict[str, Any]:
+    """The SSH secret with the host key it will be checked against (`known_hosts`).
+
+    Given `known_hosts`, that is pinned. Otherwise the host is scanned: without
+    `host_key_fingerprint` the registration stops with the scanned key's fingerprint for the
+    admin to compare with the host's own (`HostKeyUnconfirmed`, 409); with it, the scanned
+    key is pinned only if it is still the key the admin confirmed.
+    """
+    secret = dict(secret)
+    confirmed = str(secret.pop("host_key_fingerprint", "") or "").strip()
+    if str(secret.get("known_hosts") or "").strip() or not endpoint.startswith("ssh://"):
+        return secret
+    try:
+        line = scan_host_key(endpoint)
+    except (SSHTunnelError, ValueError) as e:
+        raise RegistryError(f"credential: could not read the host key: {e}") from None
+    seen = known_hosts_fingerprint(line)
+    if not confirmed:
+        raise HostKeyUnconfirmed(seen, line)
+    if confirmed != seen:
+        raise Conflict(
+            f"host key changed: the host now presents {seen}, not the confirmed {confirmed}"
+        )
+    return {**secret, "known_hosts": line}
+
+
+class HostKeyUnconfirmed(Conflict):
+    """An SSH host registered without a host key: the admin must confirm the scanned one."""
+
+    def __init__(self, fingerprint: str, known_hosts: str) -> None:
+        super().__init__(
+            f"confirm the host key {fingerprint}: compare it with the host's own"
+            " (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) and register again with"
+            " credential.host_key_fingerprint set to it, or give credential.known_hosts"
+        )
+        self.fingerprint = fingerprint
+        self.known_hosts = known_hosts
+
+
 class ServerRegistry:
     """The registered hosts, over one database (`sessions`)."""
 
@@ -117,7 +182,11 @@ class ServerRegistry:
             raise RegistryError(
                 f"credential kind must be one of {list(CredentialKind.__members__)}"
             )
-        secret = {k: v for k, v in spec.items() if k != "kind" and isinstance(v, str)}
+        secret = {
+            k: v
+            for k, v in spec.items()
+            if k not in ("kind", "host_key_fingerprint") and isinstance(v, str)
+        }
         try:
             prints = fingerprints(kind, secret)
         except ValueError as e:
@@ -191,6 +260,16 @@ class ServerRegistry:
             self._apply(server, data)
             db.flush()
             return self._view(server, host_loads(db))
+
+    def register_pinned(self, data: Mapping[str, Any]) -> ServerModel:
+        """`add_server` with the SSH host key pinned first (`with_pinned_host_key`)."""
+        return self.add_server(with_pinned_host_key(data))
+
+    def update_pinned(self, server_id: int | str, data: Mapping[str, Any]) -> ServerModel:
+        """`update_server` with a new SSH credential's host key pinned first."""
+        wants_credential = isinstance(data, Mapping) and data.get("credential")
+        endpoint = self.get_server(server_id)["endpoint"] if wants_credential else ""
+        return self.update_server(server_id, with_pinned_host_key(data, endpoint))
 
     def delete_server(self, server_id: int | str) -> None:
         with self.sessions.begin() as db:
@@ -301,14 +380,61 @@ class ServerRegistry:
                     )
             else:
                 server.consecutive_failures += 1
-                if (
-                    server.state != ServerState.down
-                    and server.consecutive_failures >= self.settings.failure_threshold
+                # A changed host key is no passing outage: down at once, until an admin
+                # checks the host and stores its new key.
+                if server.state != ServerState.down and (
+                    result.get("host_key_changed")
+                    or server.consecutive_failures >= self.settings.failure_threshold
                 ):
                     server.state = ServerState.down
             if details or not result.get("ok"):
                 server.last_test = dict(result)
             return server.state.value
+
+    # ---- images ----------------------------------------------------------------------
+
+    def record_image(
+        self,
+        server_id: int | str,
+        image: str,
+        path: str,
+        digest: str = "",
+        detail: str = "",
+        seconds: float = 0.0,
+    ) -> None:
+        """Remember that `image` reached the host by `path` ("registry" or "stream")."""
+        with self.sessions.begin() as db:
+            server = server_row(db, server_id)
+            row = db.scalar(
+                select(HostImage).where(HostImage.server_id == server.id, HostImage.image == image)
+            )
+            if row is None:
+                row = HostImage(server_id=server.id, image=image)
+                db.add(row)
+            row.path, row.digest, row.detail = path, digest[:255], detail
+            row.seconds, row.at = float(seconds), utcnow()
+
+    def host_images(self) -> dict[str, list[dict[str, Any]]]:
+        """{host name: [{image, path, digest, detail, seconds, at}, ...]}, newest first."""
+        with self.sessions() as db:
+            rows = db.execute(
+                select(Server.name, HostImage)
+                .join(HostImage, HostImage.server_id == Server.id)
+                .order_by(Server.name, HostImage.at.desc())
+            ).all()
+            found: dict[str, list[dict[str, Any]]] = {}
+            for name, row in rows:
+                found.setdefault(name, []).append(
+                    {
+                        "image": row.image,
+                        "path": row.path,
+                        "digest": row.digest,
+                        "detail": row.detail,
+                        "seconds": round(row.seconds, 1),
+                        "at": iso_timestamp(row.at),
+                    }
+                )
+            return found
 
     # ---- keys ------------------------------------------------------------------------
 

@@ -22,11 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from docker.errors import APIError, NotFound
+
+# git runs this (`!` helper) as `sh -c '<it> "$@"' get|store|erase` with the request on stdin.
+# It answers `get` for the clone URL's own host only (a redirect elsewhere gets nothing) and
+# never prints anything else; the secret is read from the environment, never from argv.
+CREDENTIAL_HELPER = (
+    'f() { test "$1" = get || { cat >/dev/null; return 0; };'
+    ' h=; while IFS= read -r l; do case "$l" in host=*) h="${l#host=}";; esac; done;'
+    ' test "$h" = "$CODEYARD_GIT_HOST" || return 0;'
+    ' printf "username=%s\\npassword=%s\\n"'
+    ' "$CODEYARD_GIT_USERNAME" "$CODEYARD_GIT_PASSWORD"; }; f'
+)
 
 # $1 mode (prepare|remove), $2 home folder name, $3 git URL or "", $4 branch or "", $5 uid.
 # Runs as the workspace user, so everything it makes is theirs.
@@ -45,8 +57,15 @@ if [ -e "$ws" ]; then
 fi
 rm -rf -- "$tmp"
 if [ -n "$url" ]; then
-    if [ -n "$branch" ]; then set -- --branch "$branch"; else set --; fi
-    if ! git clone --quiet "$@" -- "$url" "$tmp" 2>/tmp/git.err; then
+    # No helper from the image's or user's git config (one could store the secret); ours
+    # answers only `get`, only for the URL's own host, from the environment.
+    set -- -c credential.helper=
+    if [ -n "${CODEYARD_GIT_PASSWORD:-}" ]; then
+        set -- "$@" -c @CREDENTIAL_HELPER@
+    fi
+    set -- "$@" clone --quiet
+    if [ -n "$branch" ]; then set -- "$@" --branch "$branch"; fi
+    if ! git "$@" -- "$url" "$tmp" 2>/tmp/git.err; then
         cat /tmp/git.err >&2
         rm -rf -- "$tmp"
         exit 3
@@ -55,7 +74,7 @@ else
     mkdir -- "$tmp"
 fi
 mv -T -- "$tmp" "$ws"
-"""
+""".replace("@CREDENTIAL_HELPER@", shlex.quote("credential.helper=!" + CREDENTIAL_HELPER))
 
 # $1 uid. Runs as root with only CAP_CHOWN: hand the user's folder to the workspace user.
 OWNER_SCRIPT = r"""
@@ -65,6 +84,28 @@ cd /homes && chown "$1:$1" .
 CLONE_FAILED_EXIT = 3
 
 DockerCall = Callable[..., Awaitable[Any]]
+
+
+class GitCredential:
+    """A user name and a token or password for one clone; never shown in a repr or log."""
+
+    __slots__ = ("password", "username")
+
+    def __init__(self, username: str, password: str) -> None:
+        self.username = username
+        self.password = password
+
+    def __repr__(self) -> str:
+        return "GitCredential(<hidden>)"
+
+    def environment(self, host: str) -> dict[str, str]:
+        """What the helper container's credential helper reads: only the helper gets it,
+        never the workspace container, and never an argument (argv is world-readable)."""
+        return {
+            "CODEYARD_GIT_HOST": host,
+            "CODEYARD_GIT_USERNAME": self.username,
+            "CODEYARD_GIT_PASSWORD": self.password,
+        }
 
 
 class HomeSetupFailed(RuntimeError):
@@ -88,6 +129,23 @@ class HelperJob:
     host_config: dict[str, Any] | None = None
     #: Whether /homes must first be given to `uid` by a root container with CAP_CHOWN.
     fix_owner: bool = False
+    #: The stored credential for the clone, answered by `CREDENTIAL_HELPER` only.
+    credential: GitCredential | None = field(default=None, repr=False)
+    #: The URL's host as git names it to a credential helper (`profiles.git_host`).
+    credential_host: str = ""
+    #: Transports git may use (`GIT_ALLOW_PROTOCOL`), so no URL, redirect or submodule
+    #: reaches `ext::`, `fd::` or `file://` unless the admin offers that scheme.
+    allowed_protocols: tuple[str, ...] = ("https", "http", "git", "ssh")
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            "GIT_TERMINAL_PROMPT": "0",
+            "HOME": "/tmp",  # noqa: S108 - inside the helper
+            "GIT_ALLOW_PROTOCOL": ":".join(self.allowed_protocols),
+        }
+        if self.credential is not None and self.mode == "prepare":
+            env.update(self.credential.environment(self.credential_host))
+        return env
 
 
 def last_lines(text: str, n: int = 6) -> str:
@@ -108,6 +166,7 @@ async def run_helper(docker: DockerCall, client: Any, job: HelperJob, time_limit
             command=[str(job.uid)],
             # chown of the folder is all it does: no network, one capability.
             host_config={"network_mode": "none", "cap_add": ["CHOWN"]},
+            environment={"HOME": "/tmp"},  # noqa: S108 - inside the helper
             time_limit=time_limit,
         )
     return await _run_container(
@@ -119,6 +178,7 @@ async def run_helper(docker: DockerCall, client: Any, job: HelperJob, time_limit
         entrypoint=["/bin/sh", "-c", HELPER_SCRIPT, "codeyard-home"],
         command=[job.mode, job.home_name, job.repo_url, job.branch, str(job.uid)],
         host_config={},
+        environment=job.environment(),
         time_limit=time_limit,
     )
 
@@ -133,6 +193,7 @@ async def _run_container(
     entrypoint: list[str],
     command: list[str],
     host_config: dict[str, Any],
+    environment: dict[str, str],
     time_limit: float,
 ) -> str:
     with contextlib.suppress(NotFound):
@@ -154,7 +215,7 @@ async def _run_container(
         user=user,
         entrypoint=entrypoint,
         command=command,
-        environment={"GIT_TERMINAL_PROMPT": "0", "HOME": "/tmp"},  # noqa: S108 - inside the helper
+        environment=environment,
         working_dir="/homes",
         labels=job.labels or {},
         host_config=client.create_host_config(**config),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from jupyterhub.traitlets import ByteSpecification
 
@@ -57,24 +57,77 @@ class SizeProfile:
         return profile
 
 
+# git's `<transport>::<address>` syntax (`ext::sh -c ...`, `fd::3`): runs a remote helper.
+_TRANSPORT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
+# Schemes whose URLs can carry a password or token in their user part.
+_HTTP_SCHEMES = {"http", "https"}
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 or c.isspace() for c in text)
+
+
 def check_git_url(url: str, allowed_schemes: set[str]) -> str:
-    """Accept `scheme://...` with an allowed scheme, or scp-like `git@host:path` for ssh."""
+    """Accept `scheme://...` with an allowed scheme, or scp-like `git@host:path` for ssh.
+
+    git hands the host of an ssh URL to `ssh` as an argument and the path to the remote
+    shell, so a host, user or path that starts with `-` (`ssh://-oProxyCommand=...`)
+    would be read as an option; it is refused, also when percent-encoded (git decodes ssh
+    URLs). A password or token in the URL would end up in `user_options`, the status API,
+    the spawn log and the clone's `.git/config`: it is refused with a pointer to the
+    credential field, whose secret reaches git only through a credential helper.
+    `ext::`/`fd::` transports run programs; `file://` reads the helper's own disk: both only
+    when the admin lists the scheme in `git_schemes`.
+    """
     url = url.strip()
     if not url:
         return ""
-    if url.startswith("-") or any(c.isspace() for c in url):
+    if url.startswith("-") or _has_control(url):
         raise InvalidOptions("The git URL may not start with '-' or contain spaces.")
+    transport = _TRANSPORT_RE.match(url)
+    if transport and transport.group(0)[:-2].lower() not in allowed_schemes:
+        raise InvalidOptions(
+            f"Unsupported git URL: git's {transport.group(0)!r} transport runs programs"
+            " and is not allowed here."
+        )
     if _SCP_RE.match(url) and "://" not in url:
         if "ssh" not in allowed_schemes:
             raise InvalidOptions("ssh git URLs are not allowed here.")
+        host_path = url.split("@", 1)[1]
+        if host_path.split(":", 1)[1].startswith("-"):
+            raise InvalidOptions("The path of a git URL may not start with '-'.")
         return url
     parts = urlsplit(url)
-    if parts.scheme not in allowed_schemes or not parts.netloc:
+    scheme = parts.scheme.lower()
+    if scheme not in allowed_schemes or not (parts.netloc or scheme == "file"):
         raise InvalidOptions(
             f"Unsupported git URL {url!r}; use one of: "
             + ", ".join(f"{s}://" for s in sorted(allowed_schemes))
         )
+    if parts.password is not None or (scheme in _HTTP_SCHEMES and parts.username is not None):
+        raise InvalidOptions(
+            "The git URL may not contain a user name, password or token: give the URL"
+            " without them and put the credential in the Credential field."
+        )
+    decoded = {
+        "host": unquote(parts.hostname or ""),
+        "user": unquote(parts.username or ""),
+        "path": unquote(parts.path).lstrip("/"),
+    }
+    for what, value in decoded.items():
+        if value.startswith("-"):
+            raise InvalidOptions(f"The {what} of a git URL may not start with '-'.")
+        if _has_control(value):
+            raise InvalidOptions(f"The {what} of a git URL may not contain control characters.")
     return url
+
+
+def git_host(url: str) -> str:
+    """The `host` (with a port if the URL has one) that git names to a credential helper."""
+    parts = urlsplit(url)
+    if parts.scheme and parts.netloc:
+        return parts.netloc.rsplit("@", 1)[-1]
+    return ""
 
 
 def check_branch(branch: str) -> str:

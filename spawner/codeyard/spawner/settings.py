@@ -103,7 +103,13 @@ class SpawnerSettings(DockerSpawner):
 
     git_schemes = Set(
         {"https", "http", "git", "ssh"},
-        help="""URL schemes users may clone from. `file` is never a good idea here.""",
+        help="""URL schemes users may clone from; also git's `GIT_ALLOW_PROTOCOL` in the
+        clone helper, so redirects and submodules are held to the same list.
+
+        `file` (the helper's own disk) and git's program-running transports `ext::` and
+        `fd::` are refused unless listed here (as "file", "ext", "fd"), which is never a
+        good idea on a shared Hub. URLs carrying a password or token are always refused:
+        users give those in the credential field (`GitCredentialStore`).""",
     ).tag(config=True)
 
     home_mount = Unicode(

@@ -25,9 +25,10 @@ from traitlets import Bool, Unicode
 from codeyard.placement.addresses import HubUnreachable
 from codeyard.placement.hosts import DockerHost, HostProvider, UnknownHost
 
-from . import clients, homes, host_env, network
+from . import clients, homes, host_env, image_transfer, network
 from .clone import HelperJob, HomeSetupFailed, last_lines, run_helper
-from .profiles import InvalidOptions, WorkspaceOptions
+from .credentials import CredentialStoreUnavailable, GitCredentialStore
+from .profiles import InvalidOptions, WorkspaceOptions, git_host
 from .settings import SpawnerSettings
 
 # Exit codes of a container we stopped ourselves (clean exit, SIGTERM, SIGKILL after grace).
@@ -242,8 +243,42 @@ class PlacementSpawner(SpawnerSettings):
             labels={"codeyard.user": self.user.name, "codeyard.helper": "home"},
             host_config=self.hardening_host_config(),
             fix_owner=not local,
+            allowed_protocols=tuple(sorted(self.git_schemes)),
+            **self.clone_credential(opts),
         )
-        await run_helper(self.docker, self.client, job, self.clone_timeout)
+        try:
+            await run_helper(self.docker, self.client, job, self.clone_timeout)
+        except HomeSetupFailed as e:
+            if job.credential is not None:
+                raise HomeSetupFailed(
+                    f"{e} (with the credential stored for this workspace; store a new one"
+                    " if it was refused)"
+                ) from e
+            raise
+
+    def clone_credential(self, opts: WorkspaceOptions) -> dict[str, Any]:
+        """The stored git credential for this workspace's clone (`credentials.py`), as
+        `HelperJob` fields; none for URLs git sends no credential over (git://)."""
+        host = git_host(opts.repo_url)
+        if not host or not opts.repo_url.lower().startswith(("https://", "http://")):
+            return {}
+        try:
+            credential = GitCredentialStore.instance(config=self.config).get(
+                self.user.name, self.name
+            )
+        except CredentialStoreUnavailable as e:
+            raise HomeSetupFailed(f"git clone failed: {e}") from None
+        if credential is None:
+            return {}
+        self.emit(22, "Using the git credential stored for this workspace")
+        return {"credential": credential, "credential_host": host}
+
+    async def pull_image(self, image: str) -> None:
+        """Put `image` on this workspace's host when it lacks it (`image_transfer`: a pull
+        from the site's registry, else a stream from the Hub's engine), with progress."""
+        if self.pull_policy == "skip":
+            return
+        await image_transfer.put_image_on_host(self, image)
 
     async def ensure_workspace_network(self) -> None:
         """Create `workspace_network` on this workspace's host if it is not there yet."""
@@ -392,7 +427,12 @@ class PlacementSpawner(SpawnerSettings):
             return f"host {self.host_name!r} is gone"
 
     async def delete_forever(self) -> None:
-        """Remove the container; remove the home too if `delete_data_on_remove`."""
+        """Remove the container and forget the workspace's git credential; remove the home
+        too if `delete_data_on_remove`. A new workspace of the same name starts without it."""
+        try:
+            GitCredentialStore.instance(config=self.config).delete(self.user.name, self.name)
+        except CredentialStoreUnavailable:
+            self.log.warning("%s: could not forget its git credential", self._log_name)
         if not self.host_name:
             return
         try:

@@ -37,7 +37,7 @@ class ServersHandler(APIHandler):
     @web.authenticated
     async def post(self) -> None:
         self.write_json(
-            await self.run(self.registry.add_server, self.json_body(required=False)), 201
+            await self.run(self.registry.register_pinned, self.json_body(required=False)), 201
         )
 
 
@@ -49,7 +49,7 @@ class ServerHandler(APIHandler):
     @web.authenticated
     async def patch(self, server_id: str) -> None:
         self.write_json(
-            await self.run(self.registry.update_server, server_id, self.json_body(required=False))
+            await self.run(self.registry.update_pinned, server_id, self.json_body(required=False))
         )
 
     @web.authenticated

@@ -16,6 +16,7 @@ from tornado import web
 from ...models import ServerState
 from ...probe import probe
 from ...registry import RegistryError
+from ...servers import HostKeyUnconfirmed
 from .base import BaseHandler
 
 STATE_CLASS = {
@@ -36,9 +37,12 @@ class PageHandler(BaseHandler):
             if isinstance(self.xsrf_token, bytes)
             else self.xsrf_token,
             state_class=STATE_CLASS,
-            message=self.get_argument("message", None),
-            message_kind=self.get_argument("kind", "info"),
-            **ns,
+            # A page's own message (a failed form) wins over one carried in the URL.
+            **{
+                "message": self.get_argument("message", None),
+                "message_kind": self.get_argument("kind", "info"),
+                **ns,
+            },
         )
         self.finish(html)
 
@@ -74,7 +78,8 @@ class ServersPage(PageHandler):
     @web.authenticated
     async def get(self) -> None:
         servers = await self.blocking(self.registry.list_servers)
-        self.render_page("servers.html", page="servers", servers=servers)
+        images = await self.blocking(self.registry.host_images)
+        self.render_page("servers.html", page="servers", servers=servers, images=images)
 
 
 class ServerActionPage(PageHandler):
@@ -143,11 +148,30 @@ class RegisterPage(PageHandler):
                 **{p: self._file_or_field(p) for p in ("ca", "cert", "key")},
             }
         elif kind == "ssh":
-            data["credential"] = {"kind": "ssh", "key": self._file_or_field("key")}
+            data["credential"] = {
+                "kind": "ssh",
+                "key": self._file_or_field("key"),
+                "known_hosts": self._file_or_field("known_hosts"),
+                "host_key_fingerprint": arg("host_key_fingerprint", ""),
+            }
         elif kind == "token":
             data["credential"] = {"kind": "token", "token": arg("token", "")}
         try:
-            server = await self.blocking(self.registry.add_server, data)
+            server = await self.blocking(self.registry.register_pinned, data)
+        except HostKeyUnconfirmed as e:
+            # Step two of an SSH registration: the admin compares the fingerprint with the
+            # host's own, and registers again with it (the key file has to be chosen again:
+            # a browser never refills a file field).
+            self.set_status(e.status)
+            self.render_page(
+                "register.html",
+                page="register",
+                form={**form, "kind": "ssh"},
+                host_key={"fingerprint": e.fingerprint, "known_hosts": e.known_hosts},
+                message=f"Confirm the host key of {form['endpoint']}: {e.fingerprint}",
+                message_kind="warning",
+            )
+            return
         except RegistryError as e:
             self.set_status(e.status)
             self.render_page(
