@@ -41,6 +41,10 @@ def test_up_starts_the_hub_and_ctrl_c_stops_what_it_started(
         CODEYARD_ADMIN="root-admin",
         CODEYARD_CULL_TIMEOUT="613",
         CODEYARD_PLACEMENT_PORT=str(free_port()),
+        # The embedded registry would listen on this box's own address, which tests do not
+        # use; the registry path has its own tests on an address the tests make
+        # (tests/placement/test_image_distribution.py).
+        CODEYARD_REGISTRY="none",
     )
     out = tmp_path / "up.log"
     with open(out, "wb") as log:
