@@ -8,6 +8,11 @@ the image's jupyter_server_config.json; Jupyter loads both). It reads, at server
     JUPYTERHUB_API_TOKEN   this server's own token (JupyterHub sets it); the gateway accepts
                            it because the token holds custom:codeyard-llm
 
+jupyter-ai's heavy server extensions (Jupyternaut, litellm, the MCP server, the ACP client)
+load on the first chat or Jupyternaut request, not at start (`codeyard.jupyter_ai_on_demand`;
+docs/performance.md has the figures). A server without Codeyard's wheel (a plain jupyter-ai
+venv) loads them at start as jupyter-ai ships.
+
 The token is handed to litellm through HOSTED_VLLM_API_KEY rather than `model_parameters`,
 so it is not written to jupyter-ai's config.json nor returned by its config API. The user's
 own token is used, never a shared secret.
@@ -25,6 +30,13 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 c.PersonaManager.default_persona_id = (
     "jupyter-ai-personas::jupyter_ai_jupyternaut::JupyternautPersona"
 )
+
+try:
+    from codeyard.jupyter_ai_on_demand import defer_jupyter_ai
+except ImportError:  # jupyter-ai without Codeyard: everything loads at start.
+    pass
+else:
+    defer_jupyter_ai(c)
 
 _url = os.environ.get("CODEYARD_LLM_URL", "").rstrip("/")
 if _url:

@@ -132,3 +132,35 @@ def test_lab_does_not_phone_home(server):
     defaults = {k: v.get("default") for k, v in setting["schema"]["properties"].items()}
     assert defaults["fetchNews"] == "false", defaults
     assert defaults["checkForUpdates"] is False, defaults
+
+
+def test_jupyter_ai_heavy_extensions_load_on_first_use(server):
+    """Jupyternaut, litellm, MCP and ACP are not loaded at start; the first Jupyternaut
+    request loads them (307 to itself), after which the real handlers and MCP are there."""
+    auth = {"Authorization": f"token {server['token']}"}
+    out = ANSI.sub(
+        "", docker("exec", server["name"], "sh", "-c", "jupyter server extension list 2>&1")
+    )
+    assert re.search(r"codeyard\.jupyter_ai_on_demand\s+enabled", out), out
+    assert re.search(r"codeyard\.jupyter_ai_on_demand\s+OK", out), out
+
+    def mcp_listening() -> bool:
+        rows = docker("exec", server["name"], "cat", "/proc/net/tcp").splitlines()[1:]
+        return any(":0BB9" in r.split()[1] and r.split()[3] == "0A" for r in rows if r.strip())
+
+    probe = requests.get(f"{server['url']}/api/jupyternaut/get-example", headers=auth, timeout=30)
+    assert probe.status_code == 200 and probe.json()["loaded"] is False, probe.text
+    assert not mcp_listening()
+
+    config_url = f"{server['url']}/api/jupyternaut/config"
+    first = requests.get(config_url, headers=auth, timeout=STARTUP_TIMEOUT, allow_redirects=False)
+    assert first.status_code == 307, first.text
+    config = requests.get(config_url, headers=auth, timeout=60)
+    assert config.status_code == 200, config.text
+    assert "model_provider_id" in config.json(), config.text
+    probe = requests.get(f"{server['url']}/api/jupyternaut/get-example", headers=auth, timeout=30)
+    assert probe.status_code == 200 and "loaded" not in probe.json(), probe.text
+    deadline = time.monotonic() + 60
+    while not mcp_listening():
+        assert time.monotonic() < deadline, "the MCP server did not start after loading"
+        time.sleep(0.5)
