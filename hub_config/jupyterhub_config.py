@@ -91,6 +91,11 @@ setdefault(c.LocalHostProvider, "storage_root", settings.state_path("homes"))
 # CODEYARD_HOST_PROVIDER=local, or a site config's host_provider_class, chooses otherwise.
 setdefault(c.PlacementSpawner, "host_provider_class", PROVIDERS[settings.host_provider])
 setdefault(c.JupyterHub, "extra_handlers", list(workspace_handlers.handlers))
+# Hosts without the image pull it from the registry (or get it streamed when there is none).
+setdefault(c.ImageDistribution, "registry", settings.registry)
+setdefault(c.ImageDistribution, "registry_username", settings.registry_username)
+setdefault(c.ImageDistribution, "registry_password", settings.registry_password)
+setdefault(c.ImageDistribution, "registry_ca_file", settings.registry_ca_file)
 # The home page lists workspaces, and a link to a stopped one starts it (hub_config/templates).
 # No unnamed "My Server": links without a workspace (user-redirect) go to one named "default".
 setdefault(

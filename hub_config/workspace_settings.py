@@ -103,3 +103,50 @@ class WorkspaceSettings(CoreSettings):
     def _default_profiles(self) -> dict[str, Any]:
         raw = os.environ.get("CODEYARD_PROFILES")
         return json.loads(raw) if raw else {}
+
+    # ---- the image registry hosts pull from (codeyard.spawner.image_transfer) ----------
+
+    registry = Unicode(
+        help="""Image registry every Docker host pulls the workspace image from, `host:port`.
+
+        Env: CODEYARD_REGISTRY (`none`: no registry; hosts get the image streamed over their
+        engine API). Default: the registry `make up` started (hub_config/up.d/05-registry.sh
+        writes its address to `<state>/registry/address`), if any.""",
+    ).tag(config=True)
+
+    @default("registry")
+    def _default_registry(self) -> str:
+        value = env("CODEYARD_REGISTRY", "")
+        if value:
+            return "" if value == "none" else value
+        path = Path(self.state_dir, "registry", "address")
+        return path.read_text().strip() if path.exists() else ""
+
+    registry_username = Unicode(
+        help="""Login for the registry, if it needs one. Env: CODEYARD_REGISTRY_USER.""",
+    ).tag(config=True)
+
+    @default("registry_username")
+    def _default_registry_username(self) -> str:
+        return env("CODEYARD_REGISTRY_USER", "")
+
+    registry_password = Unicode(
+        help="""Password of that login. Env: CODEYARD_REGISTRY_PASSWORD.""",
+    ).tag(config=True)
+
+    @default("registry_password")
+    def _default_registry_password(self) -> str:
+        return env("CODEYARD_REGISTRY_PASSWORD", "")
+
+    registry_ca_file = Unicode(
+        help="""CA the Hub checks the registry's certificate with. Env: CODEYARD_REGISTRY_CA.
+        Default: `<state>/registry/ca.crt` when it exists (the registry `make up` runs).""",
+    ).tag(config=True)
+
+    @default("registry_ca_file")
+    def _default_registry_ca_file(self) -> str:
+        value = env("CODEYARD_REGISTRY_CA", "")
+        if value:
+            return value
+        path = Path(self.state_dir, "registry", "ca.crt")
+        return str(path) if path.exists() else ""

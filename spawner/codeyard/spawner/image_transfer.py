@@ -25,7 +25,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -132,60 +131,28 @@ def _pull_percent(layers: dict[str, tuple[int, int]]) -> int:
 
 class ImageDistribution(LoggingConfigurable):
     """Where images come from for hosts that lack them; configured as
-    `c.ImageDistribution.*` (the Hub config fills these from `CODEYARD_REGISTRY*`)."""
+    `c.ImageDistribution.*` (jupyterhub_config.py fills the registry from the site settings)."""
 
     registry = Unicode(
         help="""Image registry hosts pull workspace images from, as `host:port` (no scheme;
         TLS is required). Empty: no registry, images are streamed from the Hub's engine.
-
-        Env: CODEYARD_REGISTRY. Default: the registry `make up` started on this machine
-        (the address `images/bin/ensure-registry.sh` wrote to
-        `$CODEYARD_STATE/registry/address`), if any.
-        """,
+        The Hub config sets it from `CodeyardHub.registry` (the registry `make up` started,
+        or the site's `CODEYARD_REGISTRY`).""",
     ).tag(config=True)
-
-    @default("registry")
-    def _default_registry(self) -> str:
-        if "CODEYARD_REGISTRY" in os.environ:
-            value = os.environ["CODEYARD_REGISTRY"]
-            return "" if value == "none" else value
-        state = os.environ.get("CODEYARD_STATE", "")
-        path = Path(state, "registry", "address")
-        if state and path.exists():
-            return path.read_text().strip()
-        return ""
 
     registry_username = Unicode(
-        help="""User name for the registry, when it needs a login. Env: CODEYARD_REGISTRY_USER.""",
+        help="""User name for the registry, when it needs a login.""",
     ).tag(config=True)
-
-    @default("registry_username")
-    def _default_username(self) -> str:
-        return os.environ.get("CODEYARD_REGISTRY_USER", "")
 
     registry_password = Unicode(
-        help="""Password for the registry login. Env: CODEYARD_REGISTRY_PASSWORD.""",
+        help="""Password for the registry login.""",
     ).tag(config=True)
-
-    @default("registry_password")
-    def _default_password(self) -> str:
-        return os.environ.get("CODEYARD_REGISTRY_PASSWORD", "")
 
     registry_ca_file = Unicode(
-        help="""CA certificate the Hub checks the registry's TLS certificate with.
-
-        Env: CODEYARD_REGISTRY_CA. Default: `$CODEYARD_STATE/registry/ca.crt` when it exists
-        (the CA of the registry `make up` runs), else the system's CAs. Hosts trust the
-        registry through `/etc/docker/certs.d/<host:port>/ca.crt` on their own machine.
-        """,
+        help="""CA certificate the Hub checks the registry's TLS certificate with; empty: the
+        system's CAs. Hosts trust the registry through `/etc/docker/certs.d/<host:port>/ca.crt`
+        on their own machine.""",
     ).tag(config=True)
-
-    @default("registry_ca_file")
-    def _default_ca(self) -> str:
-        if os.environ.get("CODEYARD_REGISTRY_CA"):
-            return os.environ["CODEYARD_REGISTRY_CA"]
-        path = Path(os.environ.get("CODEYARD_STATE", ""), "registry", "ca.crt")
-        return str(path) if os.environ.get("CODEYARD_STATE") and path.exists() else ""
 
     check_timeout = Float(
         5.0,
