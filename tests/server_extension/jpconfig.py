@@ -26,7 +26,12 @@ def server_config(**sections: dict[str, Any]) -> dict[str, Any]:
 
     Terminals are off: they ship an undecorated websocket handler that would trip the
     auth-warning check in conftest, and workspaces here don't test them.
+
+    The external-change watcher is off unless a `CodeyardApp` section turns it on: its
+    records arrive on their own schedule (after a debounce) and would land between the
+    exact record sequences other modules assert on. test_change_records.py turns it on.
     """
+    codeyard = {"external_changes": False, **sections.pop("CodeyardApp", {})}
     return {
         "ServerApp": {
             "jpserver_extensions": {
@@ -36,5 +41,6 @@ def server_config(**sections: dict[str, Any]) -> dict[str, Any]:
             "terminals_enabled": False,
             "allow_unauthenticated_access": False,
         },
+        "CodeyardApp": codeyard,
         **sections,
     }

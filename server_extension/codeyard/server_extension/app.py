@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
+from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
 
 from .audit import AuditLog
 from .audit_forward import forwarder_from_env
+from .change_records import start_change_records
 from .errors import CodeyardError
 from .files import FileReader
 from .git.handlers import git_routes, git_settings
@@ -35,6 +36,7 @@ from .patches.manager import PatchManager
 from .patches.transactions import FLUSH_MODES
 from .paths import STATE_DIRNAME, WorkspacePaths
 from .tree import TreeLister
+from .watcher import DEFAULT_EXCLUDE
 
 
 class CodeyardApp(ExtensionApp):
@@ -174,6 +176,56 @@ class CodeyardApp(ExtensionApp):
     def _default_audit_url(self) -> str:
         return os.environ.get("CODEYARD_AUDIT_URL", "")
 
+    patch_only = Bool(
+        help="""Refuse every write through the Contents API, so files change only by patches.
+
+        When True, saves, uploads, new files and folders, renames, deletes and checkpoint
+        restores through `/api/contents` answer 403 with a message that points to the AI
+        panel's Apply and `codeyard/api/patch/apply`, and terminals are turned off (no
+        terminal handlers are registered: `/api/terminals` answers 404). Kernels still run;
+        what they write is recorded as `external.change`. Default: the
+        CODEYARD_PATCH_ONLY environment variable the Hub gives workspaces (`1`, `true` or
+        `yes` turn it on), else False. See docs/change-records.md.
+        """,
+    ).tag(config=True)
+
+    @default("patch_only")
+    def _default_patch_only(self) -> bool:
+        return os.environ.get("CODEYARD_PATCH_ONLY", "").strip().lower() in {"1", "true", "yes"}
+
+    external_changes = Bool(
+        True,
+        help="""Watch the workspace with inotify and record writes the extension did not make
+        (kernels, terminals, other processes) as `external.change` audit records, within
+        about a second. The state folder and `external_exclude` folders are not watched.
+        """,
+    ).tag(config=True)
+
+    external_max_watches = Int(
+        8192,
+        help="""Most folders the external-change watcher watches (one inotify watch each).
+
+        Past it, further folders are not watched and their changes are not recorded as they
+        happen; the log says so once and one `watcher.limit` audit record notes it. The
+        kernel's `fs.inotify.max_user_watches` (shared by the user's processes) caps it too.
+        """,
+    ).tag(config=True)
+
+    external_exclude = List(
+        Unicode(),
+        default_value=list(DEFAULT_EXCLUDE),
+        help="""Folder names the watcher skips wherever they are in the tree: git's own
+        files, notebook checkpoints (the Contents API's copies) and bytecode caches.""",
+    ).tag(config=True)
+
+    def _link_jupyter_server_extension(self, serverapp: Any) -> None:
+        """Turn terminals off for `patch_only` while the server is still being configured:
+        the terminals extension reads `terminals_enabled` when it loads, after every
+        extension is linked, so no terminal handler is ever registered."""
+        super()._link_jupyter_server_extension(serverapp)
+        if self.patch_only:
+            serverapp.terminals_enabled = False
+
     @property
     def workspace_root(self) -> str:
         return str(self.serverapp.root_dir) if self.serverapp else "."
@@ -224,6 +276,18 @@ class CodeyardApp(ExtensionApp):
             codeyard_completer=CodeyardCompleter(llm, paths, parent=self),
             **git_settings(self, audit=audit, patches=patches, llm=llm, counter=builder.counter),
         )
+        self.change_records = start_change_records(
+            self.serverapp,
+            str(paths.root),
+            audit,
+            patches.state_folder,
+            state_dir=str(state),
+            patch_only=self.patch_only,
+            watch=self.external_changes,
+            exclude=self.external_exclude,
+            max_watches=self.external_max_watches,
+            log=self.log,
+        )
 
     def initialize_handlers(self) -> None:
         api = r"/codeyard/api"
@@ -250,6 +314,9 @@ class CodeyardApp(ExtensionApp):
         forwarder = getattr(self, "audit_forwarder", None)
         if forwarder is not None:
             await asyncio.to_thread(forwarder.stop)
+        records = getattr(self, "change_records", None)
+        if records is not None:
+            await asyncio.to_thread(records.stop)
         patches = self.settings.get("codeyard_patches")
         if isinstance(patches, PatchManager):
             try:
