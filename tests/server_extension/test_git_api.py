@@ -210,6 +210,30 @@ async def test_commit_returns_the_hash_and_is_audited_without_its_message(
     assert "message-marker-7f3a" not in caplog.text
 
 
+async def test_commit_works_where_git_already_ignores_the_state_folder(
+    api: Any, repo: Path
+) -> None:
+    """A workspace that was a repository when the server started has `/.codeyard/` in
+    `.git/info/exclude` (the state folder puts it there); a commit must not name it again.
+    (This fixture's repository was made after the server started, so its first commit holds
+    the state folder: take it out first, as it is in such a workspace.)"""
+    git(repo, "rm", "-r", "-q", "--cached", ".codeyard")
+    git(repo, "commit", "-q", "-m", "untrack state")
+    exclude = repo / ".git" / "info" / "exclude"
+    exclude.parent.mkdir(exist_ok=True)
+    exclude.write_text("/.codeyard/\n")
+    status, _ = await api(
+        "patch/apply", body={"diff": "--- /dev/null\n+++ b/n.txt\n@@ -0,0 +1 @@\n+n\n"}
+    )
+    assert status == 200
+    assert (repo / ".codeyard").is_dir()
+    status, body = await api("git/commit", body={"message": "Add n"})
+    assert status == 200, body
+    assert body["paths"] == ["n.txt"]
+    assert ".codeyard" not in git(repo, "ls-files")
+    no_leftovers(repo)
+
+
 async def test_commit_of_some_paths_leaves_the_rest_as_it_was(api: Any, repo: Path) -> None:
     put(repo, {"a.txt": b"alpha staged\n"})
     git(repo, "add", "a.txt")

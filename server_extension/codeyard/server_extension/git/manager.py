@@ -402,7 +402,21 @@ class GitManager:
         """`git add -A` into the scratch `index`; what the commit would hold, vs HEAD."""
         env = {"GIT_INDEX_FILE": str(index)}
         specs = self.pathspecs(repo, paths)
-        added = self.git("add", "-A", "--", *specs, env=env)
+        # `git add` refuses a pathspec that names an ignored path, even to exclude it, and
+        # the state folder is ignored wherever `.git/info/exclude` names it (the state
+        # folder writes that line): add without it, then put it back in the scratch index
+        # as HEAD has it (nothing, unless an old commit holds it).
+        state = self.state_rel(repo)
+        add_specs = [s for s in specs if not s.startswith(":(top,exclude,")]
+        added = self.git("add", "-A", "--", *add_specs, env=env)
+        if added.ok and state:
+            state_spec = f":(top,literal){state}"
+            if head.commit:
+                added = self.git("reset", "-q", head.commit, "--", state_spec, env=env)
+            else:
+                added = self.git(
+                    "rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", state_spec, env=env
+                )
         if not added.ok:
             if "did not match any file" in added.err:
                 raise CodeyardError(
