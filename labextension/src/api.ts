@@ -1,6 +1,6 @@
 /**
  * The server contracts this extension uses, declared once. Shapes follow the server
- * extension (issue 2: files, patch, audit) and the model endpoints (explain, rewrite).
+ * extension (files, patch, audit) and the model endpoints (explain, rewrite, status).
  */
 import { ApiError } from './errors';
 import { requestAPI, requestStream } from './request';
@@ -61,6 +61,19 @@ export interface ICodeRange {
   cell_id?: string;
 }
 
+/** The server's checks of a proposal (`llm/proposal_checks.py`). */
+export interface IProposalChecks {
+  /** null: no parser for this file type. */
+  parses: boolean | null;
+  parser: 'python-ast' | 'json' | 'notebook' | null;
+  /** "SyntaxError: invalid syntax (line 3)"; never code text. */
+  error: string | null;
+  /** The same check on the text before the change. */
+  parsed_before?: boolean | null;
+  /** null when no selection was given. */
+  outside_selection: boolean | null;
+}
+
 export interface IRewriteResult {
   /** For a cell (`cell_id` set): a diff of the cell's source, for `patch/cell/apply`. */
   diff: string;
@@ -68,6 +81,18 @@ export interface IRewriteResult {
   unchanged: boolean;
   usage?: IUsage;
   cell_id?: string;
+  /** "length" when `max_tokens` cut the answer off. */
+  finish_reason?: string;
+  /** The model's answer as it came. */
+  raw?: string;
+  checks?: IProposalChecks;
+}
+
+/** `patch/validate` (and `patch/cell/validate`) with a `selection`. */
+export interface IValidateResult {
+  ok: boolean;
+  files: unknown[];
+  checks?: IProposalChecks | null;
 }
 
 export interface ICellPatchResult extends IPatchResult {
@@ -94,6 +119,10 @@ export interface IGatewayStatus {
   latency_ms?: number;
   error?: string;
   message?: string;
+  /** The largest `max_tokens` a request may ask for (`c.CodeyardLLM.max_tokens_limit`). */
+  max_tokens_limit?: number;
+  rewrite_max_tokens?: number;
+  explain_max_tokens?: number;
 }
 
 export interface IModelOptions {
@@ -124,6 +153,27 @@ export const api = {
     return requestAPI<ICellPatchResult>(
       'patch/cell/apply',
       json({ path, cell_id: cellId, diff, base })
+    );
+  },
+  /** Whether the diff applies now, and (with `selection`) the parse/selection checks. */
+  validatePatch(diff: string, base: Record<string, string>, selection: ICodeRange): Promise<IValidateResult> {
+    const { path, start_line, end_line } = selection;
+    return requestAPI<IValidateResult>(
+      'patch/validate',
+      json({ diff, base, selection: { path, start_line, end_line } })
+    );
+  },
+  validateCellPatch(
+    path: string,
+    cellId: string,
+    diff: string,
+    base: Record<string, string>,
+    selection: ICodeRange
+  ): Promise<IValidateResult> {
+    const { start_line, end_line } = selection;
+    return requestAPI<IValidateResult>(
+      'patch/cell/validate',
+      json({ path, cell_id: cellId, diff, base, selection: { start_line, end_line } })
     );
   },
   revertPatch(patchId: string): Promise<IPatchResult> {

@@ -61,6 +61,8 @@ export class CodeyardPanel extends Widget {
   private documents: OpenDocuments;
   private history: HistorySection;
   private gateway: GatewayState = { kind: 'unknown' };
+  /** `c.CodeyardLLM.max_tokens_limit`, from `GET status` (or a 400 that names it). */
+  private tokenLimit: number | null = null;
   private statusTimer: ReturnType<typeof setInterval> | null = null;
 
   constructor(
@@ -167,7 +169,11 @@ export class CodeyardPanel extends Widget {
       this.renderContext();
     }
     try {
-      this.gateway = stateFromStatus(await api.status(), new Date());
+      const status = await api.status();
+      if (typeof status.max_tokens_limit === 'number') {
+        this.tokenLimit = status.max_tokens_limit;
+      }
+      this.gateway = stateFromStatus(status, new Date());
     } catch (error) {
       this.gateway = { kind: 'down', model: null, reason: describeError(error), at: new Date() };
     }
@@ -191,13 +197,21 @@ export class CodeyardPanel extends Widget {
     this.renderContext();
   }
 
+  maxTokensLimit(): number | null {
+    return this.tokenLimit;
+  }
+
+  noteMaxTokensLimit(limit: number): void {
+    this.tokenLimit = limit;
+  }
+
   updateButtons(): void {
     const phase = this.flow.phase;
     const busy = phase === 'rewriting' || phase === 'applying';
     this.explainBtn.disabled = phase === 'explaining' || busy;
     this.stopBtn.disabled = phase !== 'explaining' && phase !== 'rewriting';
     this.rewriter.rewriteBtn.disabled = busy || phase === 'explaining';
-    this.rewriter.applyBtn.disabled = phase !== 'reviewing';
+    this.rewriter.applyBtn.disabled = phase !== 'reviewing' || !this.rewriter.gate.open;
     this.rewriter.discardBtn.disabled = phase !== 'reviewing';
     this.node.dataset.phase = phase;
   }

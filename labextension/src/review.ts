@@ -1,6 +1,7 @@
 /**
- * The review box of a proposed rewrite: a one-line summary, the diff in a CodeMirror merge
- * view, and the Apply/Discard buttons the panel passes in.
+ * The review box of a proposed rewrite: a one-line summary, the checks' notice (warnings and
+ * the "Apply anyway" confirmation), the diff in a CodeMirror merge view, and the
+ * Apply/Discard buttons the panel passes in.
  */
 import { EditorView } from '@codemirror/view';
 import { IEditorLanguageRegistry } from '@jupyterlab/codemirror';
@@ -16,9 +17,10 @@ export class ReviewBox {
 
   constructor(
     private languages: IEditorLanguageRegistry | null,
-    buttons: HTMLElement
+    buttons: HTMLElement,
+    notice: HTMLElement
   ) {
-    this.node.append(this.summary, this.diffBox, buttons);
+    this.node.append(this.summary, notice, this.diffBox, buttons);
     this.node.hidden = true;
   }
 

@@ -5,6 +5,10 @@
     ws.tree(); ws.read("src/app.py")
     result = ws.apply(diff, base={"src/app.py": sha})
     ws.revert(result["patch_id"])
+    ws.explain("src/app.py", 10, 20)["text"]
+    proposal = ws.rewrite("src/app.py", 10, 20, "add type hints")
+    if not proposal["unchanged"] and proposal["checks"]["parses"] is not False:
+        ws.apply(proposal["diff"], proposal["base"])
 
 It uses only the standard library so that it imports in any kernel.
 """
@@ -143,6 +147,82 @@ class Workspace:
 
     def audit(self, limit: int = 50) -> dict[str, Any]:
         return self._call("GET", "audit", {"limit": limit})
+
+    def explain(
+        self,
+        path: str,
+        start_line: int,
+        end_line: int,
+        question: str | None = None,
+        *,
+        cell_id: str | None = None,
+        max_tokens: int | None = None,
+        context_lines: int | None = None,
+    ) -> dict[str, Any]:
+        """The model's explanation of lines `start_line..end_line` (1-based, inclusive) of
+        `path`, or of a notebook cell's lines with `cell_id`: `{"text", "usage"}`.
+
+        One JSON answer, not the panel's event stream: a script wants the whole text.
+        `max_tokens` and `context_lines` must lie within the server's limits (else 400).
+        """
+        body = _range_body(path, start_line, end_line, cell_id, max_tokens, context_lines)
+        if question:
+            body["question"] = question
+        return self._call("POST", "explain", body=body)
+
+    def rewrite(
+        self,
+        path: str,
+        start_line: int,
+        end_line: int,
+        instruction: str,
+        *,
+        cell_id: str | None = None,
+        max_tokens: int | None = None,
+        context_lines: int | None = None,
+    ) -> dict[str, Any]:
+        """A proposed change of lines `start_line..end_line` as the instruction says, not
+        applied: `{"diff", "base", "unchanged", "usage", "finish_reason", "raw", "checks"}`.
+
+        Look at `checks` before applying: `parses` is False when the changed file no longer
+        parses, `outside_selection` True when the diff touches other lines. Apply a file's
+        diff with `apply(diff, base)`; a cell's (with `cell_id`) goes to
+        `patch/cell/apply`. `finish_reason == "length"` means `max_tokens` cut the answer.
+        """
+        body = _range_body(path, start_line, end_line, cell_id, max_tokens, context_lines)
+        body["instruction"] = instruction
+        return self._call("POST", "rewrite", body=body)
+
+    def complete(
+        self, path: str, prefix: str, suffix: str = "", *, max_tokens: int | None = None
+    ) -> dict[str, Any]:
+        """An inline completion of `prefix` (the text before the cursor in `path`), with
+        `suffix` after it: `{"completion", "usage"}`. `path` names the language and is
+        not read."""
+        body: dict[str, Any] = {"path": path, "prefix": prefix, "suffix": suffix}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        return self._call("POST", "complete", body=body)
+
+
+def _range_body(
+    path: str,
+    start_line: int,
+    end_line: int,
+    cell_id: str | None,
+    max_tokens: int | None,
+    context_lines: int | None,
+) -> dict[str, Any]:
+    """The fields explain and rewrite share; unset options are left to the server."""
+    body: dict[str, Any] = {"path": path, "start_line": start_line, "end_line": end_line}
+    for key, value in (
+        ("cell_id", cell_id),
+        ("max_tokens", max_tokens),
+        ("context_lines", context_lines),
+    ):
+        if value is not None:
+            body[key] = value
+    return body
 
 
 def _patch_body(diff: str, base: dict[str, str] | None) -> dict[str, Any]:

@@ -113,4 +113,16 @@ class StatusHandler(CodeyardHandler):
     async def get(self) -> None:
         llm: CodeyardLLM = self.settings["codeyard_explainer"].llm
         self.set_header("Cache-Control", "no-store")
-        self.write_json(await gateway_status(llm))
+        # The bounds go with every answer, healthy or not: the panel's "Retry with more
+        # tokens" raises `max_tokens` up to the admin's limit and no further.
+        limits = {
+            "max_tokens_limit": llm.max_tokens_limit,
+            "rewrite_max_tokens": llm.rewrite_max_tokens,
+            "explain_max_tokens": llm.explain_max_tokens,
+        }
+        try:
+            status = await gateway_status(llm)
+        except CodeyardError as err:
+            err.extra.update(limits)
+            raise
+        self.write_json({**status, **limits})

@@ -4,6 +4,11 @@ The model is asked for the replacement of the selected lines only. The server sp
 into the current file and builds the unified diff itself (`patches.difftext`), so the diff
 is always well-formed, then checks it with the patch validator. Nothing is written: the user applies
 the diff through `patch/apply` with the returned `base`.
+
+A small model often runs out of tokens or proposes nothing, and a proposal can look fine and
+still break the file. So the answer also carries the model's `finish_reason`, its `raw` text
+(the user's own code, returned only to that user and never logged) and `checks`
+(`proposal_checks`: does the file still parse, does the change stay inside the selection).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from .client import CodeyardLLM, Usage
 from .context import Context, ContextBuilder
 from .model_options import Limits, parse_model_options
 from .prompt import render_context
+from .proposal_checks import ProposalChecks, check_proposal
 
 
 class RewriteRequest(TypedDict):
@@ -38,6 +44,9 @@ class RewriteResult(TypedDict):
     base: dict[str, str]  # path -> sha256 of the file the diff was built against
     unchanged: bool
     usage: dict[str, Any]
+    finish_reason: str  # the model's: "stop", or "length" when max_tokens cut it off
+    raw: str  # the model's answer as it came (secrets it saw redacted are restored)
+    checks: ProposalChecks
     cell_id: NotRequired[str]
 
 
@@ -179,8 +188,14 @@ class Rewriter:
         usage: Usage | None = None,
     ) -> RewriteResult:
         code = extract_code(answer, ctx.language)
+        finish = usage.finish_reason if usage else ""
+        raw = ctx.redactor.restore(answer)
         if code is None:
-            extra = {"usage": usage.to_json()} if usage else {}
+            # `raw` and `finish_reason` go to the user in the body; the log line of a
+            # CodeyardError names only its status and code.
+            extra: dict[str, Any] = {"finish_reason": finish, "raw": raw}
+            if usage:
+                extra["usage"] = usage.to_json()
             if usage and usage.finish_reason == "length":
                 raise CodeyardError(
                     422,
@@ -201,12 +216,28 @@ class Rewriter:
         replacement = fit_replacement(region, ctx.redactor.restore(code))
         base = {current["path"]: current["sha256"]}
         cell_id = current.get("cell_id")
-        result: RewriteResult = {"diff": "", "base": base, "unchanged": True, "usage": {}}
+        after = "".join(lines[: ctx.start_line - 1]) + replacement + "".join(lines[ctx.end_line :])
+        checks = check_proposal(
+            current["path"],
+            text,
+            after,
+            ctx.start_line,
+            ctx.end_line,
+            cell_language=ctx.language if cell_id else None,
+        )
+        result: RewriteResult = {
+            "diff": "",
+            "base": base,
+            "unchanged": True,
+            "usage": {},
+            "finish_reason": finish,
+            "raw": raw,
+            "checks": checks,
+        }
         if cell_id:
             result["cell_id"] = cell_id
         if replacement == region:
             return result
-        after = "".join(lines[: ctx.start_line - 1]) + replacement + "".join(lines[ctx.end_line :])
         if cell_id:
             # A diff of the cell's source alone; `patch/cell/apply` turns it into a notebook patch.
             diff = unified_diff("cell", text, after)

@@ -1,5 +1,6 @@
 """The patch endpoints: `POST patch/validate`, `patch/apply`, `patch/{id}/revert`, and the
-notebook-cell pair `patch/cell/validate` and `patch/cell/apply`.
+notebook-cell pair `patch/cell/validate` and `patch/cell/apply`. Both validates take an
+optional `selection` and then answer `checks` as `rewrite` does.
 
 Thin HTTP over `PatchManager` and `CellPatcher`. git and nbformat run off the event loop.
 """
@@ -14,6 +15,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..base import CodeyardHandler
+from ..llm.proposal_checks import checks_for_cell, checks_for_file
 from .cells import CellPatcher, CellPatchRequest, parse_request
 from .manager import PatchManager, Timings
 
@@ -38,8 +40,15 @@ class PatchValidateHandler(PatchHandler):
     @authorized
     async def post(self) -> None:
         diff, base = self.diff_and_base()
+        selection = self.json_body().get("selection")
         # git runs in a subprocess; keep the event loop free meanwhile.
-        self.write_json(await asyncio.to_thread(self.patches.validate, diff, base))
+        result: Any = await asyncio.to_thread(self.patches.validate, diff, base)
+        if selection is not None:
+            # Parse and selection checks of the change (llm/proposal_checks.py), for the
+            # panel's confirmation before Apply.
+            files = self.settings["codeyard_files"]
+            result["checks"] = await asyncio.to_thread(checks_for_file, files, diff, selection)
+        self.write_json(result)
 
 
 class PatchApplyHandler(PatchHandler):
@@ -86,8 +95,14 @@ class CellValidateHandler(CellPatchHandler):
     @authorized
     async def post(self) -> None:
         request = self.cell_request()
+        selection = self.json_body().get("selection")
         # nbformat and git run off the event loop.
-        self.write_json(await asyncio.to_thread(self.cells.validate, request))
+        result: Any = await asyncio.to_thread(self.cells.validate, request)
+        if selection is not None:
+            result["checks"] = await asyncio.to_thread(
+                checks_for_cell, self.cells, request, selection
+            )
+        self.write_json(result)
 
 
 class CellApplyHandler(CellPatchHandler):
