@@ -31,14 +31,19 @@ class AuditSettings(CoreSettings):
     audit_db_url = Unicode(
         help="""SQLAlchemy URL of the central audit's tables. They may share the Hub's own
         PostgreSQL database (they are prefixed `codeyard_audit_`, with their own alembic
-        version table). Env: CODEYARD_AUDIT_DB_URL. Default: SQLite `audit.sqlite` in the
-        state folder.""",
+        version table). Env: CODEYARD_AUDIT_DB_URL. Default: the Hub's database when that
+        is a server (PostgreSQL), so one setting moves both; with the Hub on SQLite, SQLite
+        `audit.sqlite` in the state folder (a file of its own: SQLite has one writer).""",
     ).tag(config=True)
 
     @default("audit_db_url")
     def _default_audit_db_url(self) -> str:
         url = os.environ.get("CODEYARD_AUDIT_DB_URL", "")
-        return url or f"sqlite:///{os.path.join(self.state_dir, 'audit.sqlite')}"
+        if url:
+            return url
+        if not self.database_url.startswith("sqlite"):
+            return self.database_url
+        return f"sqlite:///{os.path.join(self.state_dir, 'audit.sqlite')}"
 
     audit_retention_days = Float(
         help="""Days the central audit keeps a record after receiving it; older ones are

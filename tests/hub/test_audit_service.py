@@ -486,7 +486,8 @@ def test_export_verifies_with_the_public_key_alone_and_filters(
     assert json.loads(ok.stdout)["covered"] == json.loads(ok.stdout)["rows"] > 0
 
     lines = [json.loads(line) for line in bob.splitlines()]
-    first = next(x for x in lines if x["kind"] == "record")
+    # The first patch record (the workspace's watcher may have written others before it).
+    first = next(x for x in lines if x["kind"] == "record" and '"patch.apply"' in x["body"])
     first["body"] = first["body"].replace('"patch.apply"', '"patch.revert"')
     (tmp_path / "forged.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     bad = verify(tmp_path / "forged.jsonl")

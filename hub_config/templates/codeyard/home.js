@@ -204,6 +204,10 @@
     return state;
   }
 
+  // Workspaces being deleted: a refresh already under way neither asks for their status
+  // (the Hub may answer 404 by then) nor draws them again.
+  var deleting = {};
+
   // One refresh at a time; a call during one runs another right after it.
   var inflight = null;
   var again = false;
@@ -232,7 +236,7 @@
         // The unnamed server is not a workspace: it is never listed or offered here.
         var names = Object.keys(servers)
           .filter(function (n) {
-            return n !== "";
+            return n !== "" && !deleting[n];
           })
           .sort();
         return Promise.all(
@@ -327,6 +331,7 @@
   function deleteWorkspace(name) {
     if (!window.confirm('Delete workspace "' + name + '"? Its container is removed.')) return;
     say("Deleting " + name + "…");
+    deleting[name] = true;
     return cy
       .remove(user, name)
       .then(function () {
@@ -337,6 +342,7 @@
         return refresh();
       })
       .catch(function (err) {
+        delete deleting[name];
         say("Could not delete " + name + ": " + err.message, "danger");
       });
   }
@@ -361,6 +367,7 @@
     if (repo) options.repo_url = repo;
     if (repo && branch) options.branch = branch;
     createButton.disabled = true;
+    delete deleting[name]; // a name used again is a new workspace
     newProgress.reset();
     newProgress.show({ progress: 0, message: "Requesting workspace " + name });
     refresh();
