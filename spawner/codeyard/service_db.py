@@ -133,3 +133,50 @@ class ServiceDatabase:
                     f"Back it up and run `{self.upgrade_command}`."
                 )
         return sessionmaker(engine, expire_on_commit=False)
+
+
+def run_alembic_env(
+    metadata: Any, version_table: str = "alembic_version", table_prefix: str = ""
+) -> None:
+    """The body of each history's alembic `env.py`: migrate offline (SQL out) or online.
+
+    Online, it uses the connection `ServiceDatabase` hands over in the config's attributes,
+    or opens the configured URL. `table_prefix` limits autogenerate to this history's
+    tables, for histories that share a database with their neighbours.
+    """
+    from alembic import context
+
+    def include(obj: Any, name: Any, type_: str, reflected: bool, compare_to: Any) -> bool:
+        return not table_prefix or type_ != "table" or str(name).startswith(table_prefix)
+
+    options: dict[str, Any] = {
+        "target_metadata": metadata,
+        "render_as_batch": True,
+        "version_table": version_table,
+        "include_object": include,
+    }
+    config = context.config
+
+    def run(connection: Any) -> None:
+        context.configure(connection=connection, **options)
+        with context.begin_transaction():
+            context.run_migrations()
+
+    if context.is_offline_mode():
+        context.configure(
+            url=config.get_main_option("sqlalchemy.url"), literal_binds=True, **options
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        run(connection)
+        return
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("alembic: no sqlalchemy.url and no connection given")
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        run(connection)
+    engine.dispose()
