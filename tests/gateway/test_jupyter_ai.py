@@ -9,23 +9,18 @@ CODEYARD_JUPYTER_AI_PYTHON at a Python that has `jupyter-ai[jupyternaut]==3.2.0`
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import subprocess
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.hub import HUB_CONFIG
+from support.jupyternaut import chat
 from support.processes import free_port, stop_process, wait_http
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
 
 JAI_PYTHON = os.environ.get("CODEYARD_JUPYTER_AI_PYTHON", "")
-PERSONA = "jupyter-ai-personas::jupyter_ai_jupyternaut::JupyternautPersona"
 
 pytestmark = pytest.mark.skipif(
     not (JAI_PYTHON and Path(JAI_PYTHON).exists()),
@@ -78,56 +73,17 @@ def jupyter_ai_server(hub: Any, gateway: str, tmp_path: Path) -> Any:
         stop_process(proc)
 
 
-async def chat(base: str, text: str, wait_s: float = 240) -> str:
-    request = HTTPRequest(
-        f"ws://{base}/api/chat/ws/test.chat", headers={"Authorization": "token jai-test"}
-    )
-    ws = await websocket_connect(request)
-    hello = json.loads(await ws.read_message())
-    assert hello["action"] == "connection"
-    # The persona manager attaches to a new chat shortly after the first client connects.
-    await asyncio.sleep(3)
-    message = {
-        "type": "client",
-        "action": "send",
-        "id": uuid.uuid4().hex,
-        "body": text,
-        "metadata": {"to_persona": PERSONA},
-    }
-    await ws.write_message(json.dumps(message))
-    deadline = time.monotonic() + wait_s
-    reply = ""
-    while time.monotonic() < deadline:
-        raw = await asyncio.wait_for(ws.read_message(), deadline - time.monotonic())
-        if raw is None:
-            break
-        frame = json.loads(raw)
-        body = frame.get("message") or {}
-        if frame.get("action") == "message" and body.get("sender") == PERSONA:
-            reply = body.get("body") or ""
-            if reply.strip():
-                # Streamed replies are updated in place; wait for a short quiet spell.
-                try:
-                    while True:
-                        raw = await asyncio.wait_for(ws.read_message(), 5)
-                        if raw is None:
-                            break
-                        frame = json.loads(raw)
-                        body = frame.get("message") or {}
-                        if body.get("sender") == PERSONA and body.get("body"):
-                            reply = body["body"]
-                except TimeoutError:
-                    pass
-                break
-    ws.close()
-    return reply
-
-
 def test_jupyternaut_replies_from_the_model_through_the_gateway(
     jupyter_ai_server: str, audit_rows: Any
 ) -> None:
     before = len([r for r in audit_rows("codeyard-llm") if r["user"] == "erin"])
-    reply = asyncio.run(chat(jupyter_ai_server, "What is 2+2? Answer briefly."))
+    reply = asyncio.run(
+        chat(
+            f"ws://{jupyter_ai_server}",
+            {"Authorization": "token jai-test"},
+            "What is 2+2? Answer briefly.",
+        )
+    )
     assert reply.strip()
     assert not reply.startswith("Error"), reply
     rows = [r for r in audit_rows("codeyard-llm") if r["user"] == "erin"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from pathlib import Path
 
 import docker
@@ -21,13 +20,11 @@ import pytest
 import requests
 from support.browser import Browser, start_workspace
 from support.hub import HubProcess
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
+from support.jupyternaut import chat
 
 pytestmark = pytest.mark.slow
 
 PASSWORD = "correct-horse-battery-7"
-PERSONA = "jupyter-ai-personas::jupyter_ai_jupyternaut::JupyternautPersona"
 MCP_PORT_HEX = ":0BB9"  # 3001, jupyter-ai's MCP server (bound to 127.0.0.1 in the image)
 
 
@@ -44,46 +41,6 @@ def mcp_listening(client: docker.APIClient, cid: str) -> bool:
     exec_id = client.exec_create(cid, ["cat", "/proc/net/tcp"])["Id"]
     rows = client.exec_start(exec_id).decode().splitlines()[1:]
     return any(MCP_PORT_HEX in r.split()[1] and r.split()[3] == "0A" for r in rows if r.strip())
-
-
-async def chat(ws_base: str, auth: dict[str, str], text: str, wait_s: float = 300) -> str:
-    """Send `text` to Jupyternaut in test.chat over the chat websocket; return its reply."""
-    ws = await websocket_connect(HTTPRequest(f"{ws_base}/api/chat/ws/test.chat", headers=auth))
-    hello = json.loads(await ws.read_message())
-    assert hello["action"] == "connection", hello
-    # The persona manager attaches to a chat when its first client connects.
-    await asyncio.sleep(3)
-    message = {
-        "type": "client",
-        "action": "send",
-        "id": uuid.uuid4().hex,
-        "body": text,
-        "metadata": {"to_persona": PERSONA},
-    }
-    await ws.write_message(json.dumps(message))
-    deadline = time.monotonic() + wait_s
-    reply = ""
-    while time.monotonic() < deadline:
-        raw = await asyncio.wait_for(ws.read_message(), deadline - time.monotonic())
-        if raw is None:
-            break
-        body = json.loads(raw).get("message") or {}
-        if body.get("sender") == PERSONA and (body.get("body") or "").strip():
-            reply = body["body"]
-            # Streamed replies are updated in place; wait for a quiet spell.
-            try:
-                while True:
-                    raw = await asyncio.wait_for(ws.read_message(), 5)
-                    if raw is None:
-                        break
-                    body = json.loads(raw).get("message") or {}
-                    if body.get("sender") == PERSONA and body.get("body"):
-                        reply = body["body"]
-            except TimeoutError:
-                pass
-            break
-    ws.close()
-    return reply
 
 
 def audit_rows_for(hub: HubProcess, user: str) -> list[dict[str, object]]:
