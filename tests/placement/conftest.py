@@ -22,7 +22,8 @@ hub
     service, the `custom:codeyard-admin` scope (granted to `admin1`, not to `dev1`), behind
     configurable-http-proxy when `hub_config/bin/install-proxy.sh` provides one.
 hub_tokens
-    `{"admin": <admin1's token>, "dev": <dev1's token>}`, created through the Hub API.
+    `{"admin": <admin1's token>, "dev": <dev1's token>, "boss": <boss1's token>}`, created
+    through the Hub API; boss1 is a Hub admin (`admin_users`), not a named placement admin.
 service
     The placement service in-process (HubOAuth against `hub`) over `registry`; its
     `ServiceContext` with `.url` set to the service's base URL.
@@ -127,6 +128,7 @@ PLACEMENT_HUB_CONFIG = """
 c.JupyterHub.spawner_class = "jupyterhub.tests.mocking.MockSpawner"
 c.JupyterHub.default_url = "/hub/home"
 c.Authenticator.allowed_users = {"admin1", "dev1"}
+c.Authenticator.admin_users = {"boss1"}
 c.JupyterHub.check_running_interval = 3600
 c.JupyterHub.last_activity_interval = 3600
 """
@@ -150,7 +152,11 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JsonApiHub]:
 
 @pytest.fixture(scope="session")
 def hub_tokens(hub) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {"admin": hub.token_for("admin1"), "dev": hub.token_for("dev1")}
+    return {
+        "admin": hub.token_for("admin1"),
+        "dev": hub.token_for("dev1"),
+        "boss": hub.token_for("boss1"),  # a Hub admin (admin flag), not a named placement admin
+    }
 
 
 @pytest_asyncio.fixture
@@ -168,7 +174,7 @@ async def service(hub, registry: Registry):  # type: ignore[no-untyped-def]
         oauth_client_id="service-codeyard-placement",
         base_url=prefix,
         hub_prefix="/hub/",
-        cache_max_age=0,
+        cache_max_age=1,  # 0 would cache a token's model forever
     )
     ctx = ServiceContext(registry, auth)
     app = make_app(ctx, prefix)

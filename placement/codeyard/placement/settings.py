@@ -21,6 +21,8 @@ from .database import DB_ENV, DEFAULT_DB_URL
 from .shapes import PlacementSettings
 
 ADMIN_SCOPE = "custom:codeyard-admin"
+#: The scope of JupyterHub's own `admin` role that only admins hold by default.
+HUB_ADMIN_SCOPE = "admin-ui"
 
 
 class PlacementService(Configurable):
@@ -42,6 +44,16 @@ class PlacementService(Configurable):
         help="""The Hub scope an admin needs for every endpoint and page (others get 403).
 
         Declare it in `c.JupyterHub.custom_scopes` and grant it through `load_roles`.
+        """,
+    ).tag(config=True)
+
+    hub_admin_scope = Unicode(
+        HUB_ADMIN_SCOPE,
+        help="""A second scope that admits to every endpoint and page: by default `admin-ui`,
+        which JupyterHub's `admin` role holds. That role follows the Hub's admin flag, also for
+        a user promoted or demoted later in the Hub's admin UI, so Hub admins are placement
+        admins with no restart and no role to edit (JupyterHub refuses extra scopes on its
+        `admin` role). Empty: only `admin_scope` admits.
         """,
     ).tag(config=True)
 

@@ -69,6 +69,7 @@ class PlacementServiceApp(Application):
             registry,
             hub_auth,
             admin_scope=settings.admin_scope,
+            hub_admin_scope=settings.hub_admin_scope,
             probe_timeout=settings.probe_timeout,
         )
         prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")

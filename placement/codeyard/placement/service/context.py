@@ -16,7 +16,7 @@ from tornado import httpclient
 
 from ..health import HealthMonitor
 from ..registry import Registry
-from ..settings import ADMIN_SCOPE
+from ..settings import ADMIN_SCOPE, HUB_ADMIN_SCOPE
 
 
 @dataclass
@@ -24,6 +24,7 @@ class ServiceContext:
     registry: Registry
     hub_auth: Any
     admin_scope: str = ADMIN_SCOPE
+    hub_admin_scope: str = HUB_ADMIN_SCOPE
     probe_timeout: float = 5.0
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="codeyard-placement")

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..crypto import KEY_ENV
 from ..database import DB_ENV
-from ..settings import ADMIN_SCOPE
+from ..settings import ADMIN_SCOPE, HUB_ADMIN_SCOPE
 
 __all__ = ["DB_ENV", "SERVICE_NAME", "configure_placement_service", "write_service_config"]
 
@@ -64,7 +64,8 @@ def configure_placement_service(
             **{k: os.environ[k] for k in (KEY_ENV, DB_ENV) if k in os.environ},
             **(environment or {}),
         },
-        "oauth_client_allowed_scopes": [ADMIN_SCOPE],
+        # admin-ui: Hub admins (the admin flag) are placement admins too (`hub_admin_scope`)
+        "oauth_client_allowed_scopes": [ADMIN_SCOPE, HUB_ADMIN_SCOPE],
         "display": True,
         "oauth_no_confirm": True,  # an internal admin tool: no consent page
     }

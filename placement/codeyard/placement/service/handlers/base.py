@@ -2,8 +2,9 @@
 
 Authentication is HubOAuth (a token in `Authorization`, or the OAuth cookie of a browser
 that went through the Hub's login). Authorisation is one custom scope
-(`PlacementService.admin_scope`, default `custom:codeyard-admin`): anyone authenticated
-without it gets 403, anonymous API calls get 403 and anonymous page visits go to the login.
+(`PlacementService.admin_scope`, default `custom:codeyard-admin`), or the scope of the Hub's
+own admin role (`hub_admin_scope`, `admin-ui`): anyone authenticated without either gets 403,
+anonymous API calls get 403 and anonymous page visits go to the login.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
     @property
     def hub_scopes(self) -> set[str]:  # type: ignore[override]
-        return {self.ctx.admin_scope}
+        return {s for s in (self.ctx.admin_scope, self.ctx.hub_admin_scope) if s}
 
     async def prepare(self) -> None:
         # HubAuth.get_user(sync=True) would block the loop on a Hub round trip
