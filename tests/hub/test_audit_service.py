@@ -31,13 +31,14 @@ from typing import Any
 
 import pytest
 import requests
-from support.hub import MINIMAL_ADMIN_SCOPES, HubProcess
+from support.hub import MINIMAL_ADMIN_SCOPES, Gateway, HubProcess, model_env
 from support.processes import free_port, stop_process, wait_http
 
 from codeyard.central_audit.store import local_hash
 
 WORKSPACE = "ws1"
 AUDIT_PREFIX = "/services/codeyard-audit/"
+GATEWAY = "codeyard-llm"
 
 
 class Relay(ThreadingHTTPServer):
@@ -247,11 +248,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditStack]:
     threading.Thread(target=relay.serve_forever, daemon=True).start()
     ws_port = free_port()
     singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
+    # The LLM gateway sends its records to the same service (the shared vLLM when the run
+    # has one; else a closed port, and the gateway records its 503s all the same).
+    model = model_env()
+    gateway = Gateway(
+        GATEWAY,
+        upstream_url=model["CODEYARD_VLLM_URL"],
+        key_file=model.get("CODEYARD_VLLM_KEY_FILE", ""),
+        args=(f"--GatewayApp.central_audit_url=http://127.0.0.1:{port}{AUDIT_PREFIX.rstrip('/')}",),
+    )
     site = f"""
 from codeyard.central_audit.hubconfig import configure_audit_service
 audit = configure_audit_service(
     c, port={port}, db_url="unused", hmac_key_file="unused", signing_key_file="unused",
-    admin_users=["auditor"],
+    admin_users=["auditor"], writer_services=[{GATEWAY!r}],
 )
 del audit["command"]  # the test runs the service itself, to stop and start it
 audit["api_token"] = {token!r}
@@ -272,6 +282,7 @@ c.Spawner.environment = {{"CODEYARD_AUDIT_URL": {relay.url!r}}}
         state_dir=state,
         project=False,
         admin_scopes=(*MINIMAL_ADMIN_SCOPES, "admin:servers", "admin:server_state"),
+        gateways={GATEWAY: gateway},
         site_config=site,
     )
     hub.start()
@@ -521,11 +532,31 @@ def test_no_marker_leaks_into_the_service_database_or_exports(
     stack: AuditStack, alice: str
 ) -> None:
     """Code a patch adds never reaches the central audit: not its database (with its WAL),
-    not its JSONL or CSV exports, not the workspace's spool."""
+    not its JSONL or CSV exports, not the workspace's spool. Nor does a prompt sent through
+    the LLM gateway, whose records reach the same service."""
     markers = [f"MARKER-{uuid.uuid4().hex}" for _ in range(3)]
     for n, marker in enumerate(markers):
         stack.apply(alice, f"leak{n}.txt", marker)
     stack.wait_arrived(alice, len(stack.local_log(alice)) - 1)  # seq 2 was deleted above
+    prompt_marker = f"MARKER-{uuid.uuid4().hex}"
+    gateway_url = stack.hub.gateways[GATEWAY].url
+    carol = stack.hub.user_token("carol", ["custom:codeyard-llm"])
+    sent = requests.post(
+        f"{gateway_url}/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": f"Repeat {prompt_marker}"}],
+            "max_tokens": 8,
+        },
+        headers={"Authorization": f"Bearer {carol}"},
+        timeout=120,
+    )
+    assert sent.status_code in (200, 503), sent.text
+    deadline = time.monotonic() + 60
+    while not stack.records("carol") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    (gateway_row,) = stack.records("carol")
+    assert gateway_row["source"] == f"service/{GATEWAY}"
+    assert json.loads(gateway_row["body"])["record"]["prompt_sha256"]
     exports = [stack.get("api/records", format=fmt).content for fmt in ("jsonl", "csv", "json")]
     stored = [p.read_bytes() for p in stack.state.glob("audit.sqlite*")]
     spooled = [p.read_bytes() for p in stack.spool(alice)]
@@ -536,3 +567,7 @@ def test_no_marker_leaks_into_the_service_database_or_exports(
         )
         for blob in [*exports, *stored, *spooled]:
             assert marker.encode() not in blob
+    gateway_spool = stack.state / f"{GATEWAY}-audit-spool"
+    gateway_files = [stack.state / f"{GATEWAY}-audit.jsonl", *gateway_spool.glob("*.json")]
+    for blob in [*exports, *stored, *(p.read_bytes() for p in gateway_files)]:
+        assert prompt_marker.encode() not in blob

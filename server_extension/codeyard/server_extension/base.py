@@ -1,5 +1,7 @@
 """The handler base of every Codeyard endpoint: JSON errors in one shape, no code or secrets
-in logs, and query arguments read exactly as sent.
+in logs, query arguments read exactly as sent, and every request counted (`metrics`) once it
+is answered. Model calls (`explain`, `rewrite`) also leave a hash-free audit record, so usage
+per user can be counted from the audit stream like applies and reverts.
 
 Body parsing, `write_json` and `write_error` come from the shared scaffold
 (`codeyard.jsonapi.JSONHandlerMixin`) with the workspace API's envelope, `codeyard_shape`.
@@ -7,6 +9,8 @@ Body parsing, `write_json` and `write_error` come from the shared scaffold
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 from jupyter_server.base.handlers import APIHandler
@@ -14,7 +18,15 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 
 from codeyard.jsonapi import JSONError, JSONHandlerMixin, codeyard_shape
 
+from . import metrics
 from .errors import bad_request
+
+log = logging.getLogger(__name__)
+
+#: `auth_resource` of the endpoints that call the model -> their audit action. Their record
+#: holds the path asked about, the HTTP status and the outcome: never the selection, the
+#: prompt or the answer.
+MODEL_CALL_ACTIONS = {"codeyard:explain": "llm.explain", "codeyard:rewrite": "llm.rewrite"}
 
 
 class CodeyardHandler(JSONHandlerMixin, ExtensionHandlerMixin, APIHandler):
@@ -27,6 +39,8 @@ class CodeyardHandler(JSONHandlerMixin, ExtensionHandlerMixin, APIHandler):
 
     auth_resource = "codeyard"
     error_shape = staticmethod(codeyard_shape)
+    #: The API error code of the answer, when it is an error (for `metrics`).
+    _codeyard_error_code: str | None = None
 
     @property
     def username(self) -> str:
@@ -61,7 +75,45 @@ class CodeyardHandler(JSONHandlerMixin, ExtensionHandlerMixin, APIHandler):
             raise bad_request(f"{name} must be between {minimum} and {maximum}")
         return value
 
+    def on_finish(self) -> None:
+        super().on_finish()
+        try:
+            metrics.observe(self, self._codeyard_error_code)
+        except Exception:  # counting must never break an answer already sent
+            log.exception("codeyard metrics failed for %s", self.request.path)
+        action = MODEL_CALL_ACTIONS.get(self.auth_resource)
+        if action is not None and self.request.method == "POST":
+            self._record_model_call(action)
+
+    def _record_model_call(self, action: str) -> None:
+        """One audit record per explain or rewrite the server answered (or refused)."""
+        audit = self.settings.get("codeyard_audit")
+        if audit is None or self.get_status() in (401, 403):
+            return
+        try:
+            body = json.loads(self.request.body or b"null")
+        except ValueError:
+            body = None
+        path = body.get("path") if isinstance(body, dict) else None
+        status = self.get_status()
+        state = self.settings.get("codeyard_state")
+        try:
+            if state is not None:
+                state.ensure()  # a lost state folder is recorded as such before this record
+            audit.append(
+                user=self.username,
+                action=action,
+                paths=[path] if isinstance(path, str) else [],
+                status=status,
+                outcome="ok" if status < 400 else "error",
+                durable=False,
+            )
+        except (OSError, JSONError) as exc:
+            log.error("codeyard could not record %s: %s", action, exc)
+
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, JSONError):
+            self._codeyard_error_code = value.code
         # Expected errors carry only safe text; log the code, never a traceback with locals.
         if isinstance(value, JSONError):
             self.log.info(

@@ -16,6 +16,8 @@ from .handlers import (
     PageHandler,
     PublicKeyHandler,
     RecordsHandler,
+    UsageAPIHandler,
+    UsagePageHandler,
     VerifyLocalHandler,
 )
 from .store import AuditStore
@@ -42,6 +44,8 @@ def make_app(
         (prefix + "api/checkpoints", CheckpointsHandler),
         (prefix + "api/public-key", PublicKeyHandler),
         (prefix + "api/verify-local", VerifyLocalHandler),
+        (prefix + "api/usage", UsageAPIHandler),
+        (prefix + "usage", UsagePageHandler),
         (prefix + "?", PageHandler),
     ]
     return web.Application(

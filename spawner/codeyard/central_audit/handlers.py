@@ -11,17 +11,27 @@ import asyncio
 import csv
 import io
 import json
+import time
 from typing import Any
 from urllib.parse import urlencode
 
 from jupyterhub.services.auth import HubOAuthenticated
-from tornado import web
+from tornado import httpclient, web
 
 from codeyard.jsonapi import JSONError, JSONHandlerMixin, status_shape
 
 from .chain import sha256_text
 from .scopes import Caller
 from .store import AuditStore, BadBatch, Filters, parse_jsonl
+from .usage_report import (
+    DAY,
+    by_group,
+    charts,
+    compute_usage,
+    days_between,
+    rows_of,
+    to_csv,
+)
 
 CSV_COLUMNS = (
     "source",
@@ -258,5 +268,116 @@ class PageHandler(BaseHandler):
                 limit=PAGE_LIMIT,
                 prefix=self.settings["codeyard_prefix"],
                 qs=urlencode({k: v for k, v in query.items() if k not in ("format", "limit")}),
+            )
+        )
+
+
+GROUPS_CACHE_SECONDS = 60.0
+
+
+async def hub_groups(settings: dict[str, Any]) -> dict[str, list[str]]:
+    """group -> members, from the Hub's API with the service's own token (cached a minute;
+    {} when the Hub does not answer, so the page still shows users)."""
+    cached = settings.get("codeyard_groups")
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < GROUPS_CACHE_SECONDS:
+        return cached[1]  # type: ignore[no-any-return]
+    hub_auth = settings["hub_auth"]
+    request = httpclient.HTTPRequest(
+        hub_auth.api_url.rstrip("/") + "/groups",
+        headers={"Authorization": f"token {hub_auth.api_token}"},
+        request_timeout=10,
+    )
+    try:
+        resp = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
+        listing = json.loads(resp.body) if resp.code == 200 else []
+        groups = {str(g["name"]): [str(u) for u in g.get("users") or []] for g in listing}
+    except (OSError, ValueError, KeyError, TypeError):
+        groups = {}
+    settings["codeyard_groups"] = (now, groups)
+    return groups
+
+
+class UsageMixin(BaseHandler):
+    """The usage query: `days` (a window ending now, default 14), or `since`/`until`; a user
+    who is not admin sees their own usage only, and no group sums."""
+
+    async def usage(self) -> dict[str, Any]:
+        assert self.caller is not None
+        try:
+            days = float(self.get_query_argument("days", "14") or 14)
+        except ValueError:
+            raise JSONError(400, "bad_request", "days must be a number") from None
+        days = min(max(days, 1), 400)
+        until = time.time()
+        since = (int(until // DAY) + 1) * DAY - days * DAY
+        user = self.get_query_argument("user", "").strip() or None
+        if not self.caller.admin:
+            if user not in (None, self.caller.name):
+                raise JSONError(403, "forbidden", "you may read only your own usage")
+            user = self.caller.name
+        usage = await self.blocking(compute_usage, self.store, since, until, user)
+        groups = await hub_groups(self.settings) if self.caller.admin else {}
+        groups_of: dict[str, list[str]] = {}
+        for group, members in sorted(groups.items()):
+            for member in members:
+                groups_of.setdefault(member, []).append(group)
+        return {
+            "since": since,
+            "until": until,
+            "days": days_between(since, until),
+            "user": user,
+            "usage": usage,
+            "rows": rows_of(usage, groups_of),
+            "group_rows": rows_of(by_group(usage, groups), group_rows=True)
+            if self.caller.admin
+            else [],
+        }
+
+
+class UsageAPIHandler(UsageMixin, APIHandler):
+    async def get(self) -> None:
+        """`api/usage?days=&user=&by=user|group&format=json|csv`."""
+        self.signed_in()
+        report = await self.usage()
+        by = self.get_query_argument("by", "user")
+        if by not in ("user", "group"):
+            raise JSONError(400, "bad_request", "by must be user or group")
+        rows = report["group_rows"] if by == "group" else report["rows"]
+        fmt = self.get_query_argument("format", "json")
+        if fmt == "csv":
+            self.set_header("Content-Type", "text/csv; charset=utf-8")
+            self.set_header(
+                "Content-Disposition", f'attachment; filename="codeyard-usage-by-{by}.csv"'
+            )
+            self.finish(to_csv(rows))
+        elif fmt == "json":
+            self.send({"since": report["since"], "until": report["until"], "rows": rows})
+        else:
+            raise JSONError(400, "bad_request", "format must be json or csv")
+
+
+class UsagePageHandler(UsageMixin):
+    """The usage page: charts per day, then tables per user and day and per group and day."""
+
+    async def get(self) -> None:
+        if self.caller is None:
+            self.redirect(self.get_login_url())
+            return
+        try:
+            report = await self.usage()
+        except JSONError as err:
+            raise web.HTTPError(err.status, err.message) from None
+        query = {k: v[0].decode() for k, v in self.request.query_arguments.items() if v}
+        template = self.settings["codeyard_jinja"].get_template("usage.html")
+        self.finish(
+            template.render(
+                caller=self.caller,
+                charts=charts(report["usage"], report["days"]),
+                rows=report["rows"],
+                group_rows=report["group_rows"],
+                query=query,
+                prefix=self.settings["codeyard_prefix"],
+                qs=urlencode({k: v for k, v in query.items() if k in ("days", "user")}),
             )
         )

@@ -22,7 +22,11 @@ Adds the managed service `codeyard-audit`, its two custom scopes, and these gran
   (`access:servers!server=<user>/<name>`), and under that server;
 - the `user` role gets access to the service (to read one's own records and page);
 - `codeyard-audit-admin` (the given admins and groups) gets the admin scope;
-- services named in `writer_services` (the LLM gateway) get the write scope.
+- services named in `writer_services` (the LLM gateway) get the write scope;
+- the service itself may list the Hub's groups (the usage page sums per group);
+- with `spawn_events_dir`, the Hub records every workspace start and stop there and sends
+  them as the service `codeyard-spawn-events` (`spawn_events.SpawnEventRecorder`, added to
+  `c.EventLogger.handlers`), for the usage page's workspace-hours.
 
 Every setting reaches the service as `--CentralAudit.<name>=<value>`; a `c.CentralAudit`
 section in the Hub's config (the site config) is passed on too and wins.
@@ -35,6 +39,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .scopes import ADMIN_SCOPE, SERVICE_NAME, WRITE_SCOPE
+from .spawn_events import SERVICE as EVENTS
+from .spawn_events import SpawnEventRecorder, ensure_token
 
 __all__ = ["ADMIN_SCOPE", "SERVICE_NAME", "WRITE_SCOPE", "configure_audit_service"]
 
@@ -66,6 +72,7 @@ def configure_audit_service(
     admin_users: Sequence[str] = (),
     admin_groups: Sequence[str] = (),
     writer_services: Sequence[str] = (),
+    spawn_events_dir: str | None = None,
     name: str = SERVICE_NAME,
     python: str = sys.executable,
 ) -> dict[str, Any]:
@@ -115,9 +122,20 @@ def configure_audit_service(
             "groups": list(admin_groups),
         }
     )
-    if writer_services:
-        roles.append(
-            {"name": f"{name}-writer", "scopes": [WRITE_SCOPE], "services": list(writer_services)}
+    writers = list(writer_services)
+    if spawn_events_dir:
+        token = ensure_token(f"{spawn_events_dir}/hub-token")
+        hub.services = [*hub.services, {"name": EVENTS, "api_token": token}]
+        writers.append(EVENTS)
+        recorder = SpawnEventRecorder(
+            spawn_events_dir, f"http://{ip}:{port}/services/{name}", token
         )
+        handlers = c.EventLogger.handlers if "handlers" in c.EventLogger else None
+        c.EventLogger.handlers = [*(handlers or []), recorder]
+    if writers:
+        roles.append({"name": f"{name}-writer", "scopes": [WRITE_SCOPE], "services": writers})
+    roles.append(
+        {"name": f"{name}-service", "scopes": ["list:groups", "read:groups"], "services": [name]}
+    )
     hub.load_roles = roles
     return service

@@ -205,6 +205,20 @@ class GatewayApp(Application):
         the Hub config passes `<CodeyardHub.state_dir>/llm-audit.jsonl`.""",
     ).tag(config=True)
 
+    central_audit_url = Unicode(
+        "",
+        help="""Base URL of the central audit service (`.../services/codeyard-audit`) that
+        every audit record is sent to, with the gateway's own Hub token (which must hold
+        `custom:codeyard-audit-write`). Records wait in `audit_spool_dir` while the service
+        is down. Empty: the local log only. The Hub config passes the service's address.""",
+    ).tag(config=True)
+
+    audit_spool_dir = Unicode(
+        "",
+        help="""Folder of the records not yet acknowledged by the central audit. Empty: the
+        log's name with `-spool` (`llm-audit.jsonl` -> `llm-audit-spool/`) beside it.""",
+    ).tag(config=True)
+
     hub_auth = Instance(HubAuth, help="The HubAuth that checks callers' tokens.")
 
     @default("hub_auth")
@@ -251,7 +265,13 @@ class GatewayApp(Application):
             )
         self.metrics = GatewayMetrics()
         self.ledger = TokenLedger(self.max_concurrent_per_user, self.tokens_per_minute_per_user)
-        self.audit = GatewayAudit(self.audit_log_path)
+        self.audit = GatewayAudit(
+            self.audit_log_path,
+            central_url=self.central_audit_url,
+            token=self.hub_auth.api_token,
+            spool_dir=self.audit_spool_dir or None,
+            logger=self.log,
+        )
         self.upstream = self.make_upstream()
         self.models = ModelCatalog(self.allowed_models, self.fetch_served_models)
 

@@ -1,19 +1,32 @@
-"""The gateway's audit trail: one JSON line per model call, with digests and counts only.
+"""The gateway's audit trail: one record per model call, with digests and counts only, sent
+to the central audit.
 
-A row holds who asked, which model, the status, token counts, latency, and the sha256 of the
-prompt and of the answer. The text itself is never written: a digest lets an investigator
+A record holds who asked, which model, the status, token counts, latency, and the sha256 of
+the prompt and of the answer. The text itself is never written: a digest lets an investigator
 confirm that a given prompt or answer was (or was not) sent, without the log becoming a copy
 of everyone's code.
+
+The records go through the same path as a workspace's (`codeyard.server_extension.audit` and
+`audit_forward`): a hash-chained local log whose records carry `seq`, a spool folder beside
+it, and a background sender that posts the spool to the central audit with the gateway's own
+Hub token. The service is idempotent on (source, epoch, seq), so the spool survives the
+service being down and a resend after a crash stores nothing twice. The gateway is one
+source (`service/<name>`) with one chain; each record names the user it was for.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from codeyard.server_extension.audit import AuditLog
+from codeyard.server_extension.audit_forward import AuditForwarder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,24 +55,78 @@ class AuditRow:
     error: str | None = None
 
 
-class GatewayAudit:
-    """Appends rows to a JSONL file (created mode 0600). Writes happen after the answer ends."""
+def spool_dir_for(log_path: str | os.PathLike[str]) -> Path:
+    """The spool folder beside the log: `llm-audit.jsonl` -> `llm-audit-spool/`."""
+    path = Path(log_path)
+    return path.with_name(path.stem + "-spool")
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+
+def _open_log(path: Path) -> AuditLog:
+    """The chained log at `path`; a file of unchained rows (written before the gateway kept
+    a chain) is moved aside, so the new chain starts at seq 1 and the old rows are kept."""
+    try:
+        return AuditLog(path)
+    except (KeyError, TypeError, ValueError):
+        aside = path.with_name(f"{path.name}.unchained-{int(time.time())}")
+        os.rename(path, aside)
+        log.warning("codeyard gateway: %s had rows without a chain; moved to %s", path, aside)
+        return AuditLog(path)
+
+
+class GatewayAudit:
+    """The gateway's local chained log (mode 0600) and, with `central_url`, its forwarder.
+
+    `write` runs on the event loop after the answer ended and before the handler finishes,
+    so a call's record exists when its caller has the answer. It appends without an fsync:
+    a flush per call would stall every stream the loop relays. A killed gateway loses
+    nothing (the page cache holds the write, and at start every record after the last one
+    the service acknowledged is spooled again); a power cut may lose the newest records.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        central_url: str = "",
+        token: str = "",
+        spool_dir: str | os.PathLike[str] | None = None,
+        min_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        logger: logging.Logger | Any | None = None,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._fh = os.fdopen(fd, "a", encoding="utf-8")
-        self._lock = threading.Lock()
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self.log = _open_log(self.path)
+        self.forwarder: AuditForwarder | None = None
+        if central_url:
+            if not token:
+                raise ValueError("the central audit needs the gateway's Hub token")
+            spool = Path(spool_dir) if spool_dir else spool_dir_for(self.path)
+            spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.forwarder = AuditForwarder(
+                self.log,
+                spool,
+                central_url,
+                token,
+                min_backoff=min_backoff,
+                max_backoff=max_backoff,
+                log=logger,
+            )
+            self.log.add_listener(self.forwarder.spool)
+            self.forwarder.start()
 
-    def write(self, row: AuditRow) -> None:
+    def write(self, row: AuditRow) -> dict[str, Any]:
+        """Append the record of one call (action `llm.<path>`); return it."""
         # vars(), not asdict(): the fields are scalars, and asdict's deep copy costs ~13 us
         # a row on the event loop that relays everyone's tokens.
-        record = {"ts": round(time.time(), 3), **vars(row)}
-        line = json.dumps(record, separators=(",", ":"), sort_keys=True)
-        with self._lock:
-            self._fh.write(line + "\n")
-            self._fh.flush()
+        fields = dict(vars(row))
+        user = fields.pop("user")
+        return self.log.append(
+            user=user, action=f"llm.{row.path}", paths=[], durable=False, **fields
+        )
 
     def close(self) -> None:
-        self._fh.close()
+        if self.forwarder is not None:
+            self.forwarder.stop()

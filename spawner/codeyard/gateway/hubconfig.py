@@ -102,6 +102,7 @@ def configure_llm_service(
     key_file: str,
     audit_log: str,
     model: str = "",
+    central_audit_url: str = "",
     name: str = SERVICE_NAME,
     ip: str = "127.0.0.1",
     python: str = sys.executable,
@@ -113,6 +114,8 @@ def configure_llm_service(
     `upstream_url` is vLLM's base URL, `key_file` the file with vLLM's API key, `audit_log`
     the gateway's JSONL audit file. `model`, if given, is the one model name callers may ask
     for (`GatewayApp.allowed_models`; without it the gateway learns vLLM's names).
+    `central_audit_url`, if given, is where the gateway sends its audit records
+    (`GatewayApp.central_audit_url`; the audit service must grant it its write scope).
     `extra_args` come last on the gateway's command line, so they win over the site
     config's `c.GatewayApp`. Returns the service definition added.
     """
@@ -123,11 +126,13 @@ def configure_llm_service(
     }
     if model:
         settings["allowed_models"] = [model]
+    if central_audit_url:
+        settings["central_audit_url"] = central_audit_url
     if "GatewayApp" in c:
         settings.update(c["GatewayApp"])
     # traitlets refuses a setting given twice on one command line: `extra_args` replace.
-    for name in _names_in(extra_args):
-        settings.pop(name, None)
+    for given in _names_in(extra_args):
+        settings.pop(given, None)
     service = {
         "name": name,
         "url": f"http://{ip}:{port}",

@@ -11,6 +11,7 @@ from tornado import web
 from .context import ServiceContext
 from .handlers.api import api_handlers
 from .handlers.pages import jinja_env, page_handlers
+from .handlers.prometheus import MetricsHandler
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
 
@@ -27,6 +28,7 @@ def make_app(ctx: ServiceContext, prefix: str = "/", **settings: Any) -> web.App
     """The app serving `ctx` under `prefix` (the Hub's `JUPYTERHUB_SERVICE_PREFIX`)."""
     handlers: list[Any] = [
         (prefix + "oauth_callback", OAuthCallbackHandler),
+        (prefix + "metrics", MetricsHandler),
         *api_handlers(prefix),
         *page_handlers(prefix),
     ]

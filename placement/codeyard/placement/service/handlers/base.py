@@ -21,6 +21,7 @@ from codeyard.jsonapi import JSONError, JSONHandlerMixin, status_shape
 
 from ...policies import NoHostAvailable
 from ...registry import Registry, RegistryError
+from .. import metrics
 from ..context import ServiceContext
 
 
@@ -52,6 +53,10 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
                     403, f"{model.get('kind', 'user')} {model['name']} lacks {self.ctx.admin_scope}"
                 ) from None
         self._hub_auth_user_cache = model
+
+    def on_finish(self) -> None:
+        super().on_finish()
+        metrics.observe(self)
 
     def check_xsrf_cookie(self) -> None:
         # runs before prepare(); a token in a header is never sent by a forged cross-site form
