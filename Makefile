@@ -93,9 +93,14 @@ test-labextension: venv
 # One real vLLM (SmolLM2 on CPU) serves every suite that needs the model: with-vllm.sh starts
 # it once and the fixtures reuse it through CODEYARD_TEST_VLLM_URL. One PostgreSQL likewise
 # (with-postgres.sh, CODEYARD_TEST_POSTGRES_URL); each test makes its own database on it. One
-# image registry too (with-registry.sh, CODEYARD_TEST_REGISTRY).
+# image registry too (with-registry.sh, CODEYARD_TEST_REGISTRY), and one namespace machine
+# (with-machines.sh, CODEYARD_TEST_MACHINES: a dockerd with its own network and disk) for the
+# tests that use another machine without changing it; tests that kill, fill or join theirs
+# to a swarm start their own.
+TEST_MACHINES ?= 1
 test: lint test-labextension system-deps
 	hub_config/vllm/with-vllm.sh tests/support/with-postgres.sh tests/support/with-registry.sh \
+	  tests/support/with-machines.sh -n $(TEST_MACHINES) \
 	  $(MAKE) --no-print-directory $(addprefix test-,$(SUITES))
 
 # Docker engine, single-user image, proxy, secrets, model services, then the Hub in the
@@ -104,7 +109,7 @@ up: venv system-deps
 	hub_config/bin/up.sh
 
 # Benchmarks print ratios against a baseline measured in the same run; they are not tests.
-BENCHES ?= bench_tree bench_patch_apply bench_placement bench_gateway bench_spawn
+BENCHES ?= bench_tree bench_patch_apply bench_placement bench_gateway bench_spawn bench_events
 bench: venv system-deps
 	@hub_config/vllm/with-vllm.sh bash -c 'for b in $(BENCHES); do \
 	  echo "==> $$b"; $(BIN)/python tests/bench/$$b.py || exit 1; done'

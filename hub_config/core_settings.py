@@ -163,6 +163,25 @@ class CoreSettings(HasTraits):
     def _default_bind_url(self) -> str:
         return env("CODEYARD_BIND_URL", "http://127.0.0.1:8000")
 
+    subdomain_host = Unicode(
+        help="""Serve each user's workspaces on a subdomain of this URL's host
+        (JupyterHub's `subdomain_host`), e.g. `https://codeyard.example.org`, so that
+        `https://alice.codeyard.example.org/user/alice/ws/`. Env: CODEYARD_SUBDOMAIN_HOST.
+
+        Default "": path mode, every workspace on the Hub's own origin. There a file a user
+        serves from a workspace (`/files/...`) runs its scripts only inside a CSP sandbox with
+        an opaque origin, and JupyterLab's own pages are the user's code. A site where users
+        open each other's shared workspaces, or where admins open users' servers, should set
+        it: the browser then keeps every user's servers apart from the Hub and from other
+        users by origin, without relying on each page's CSP. It needs a wildcard DNS record
+        and a wildcard TLS certificate for the host (docs/hub.md, "Same origin").
+        """,
+    ).tag(config=True)
+
+    @default("subdomain_host")
+    def _default_subdomain_host(self) -> str:
+        return env("CODEYARD_SUBDOMAIN_HOST", "")
+
     hub_ip = Unicode(
         help="""Address the Hub API and the LLM gateway listen on, reachable from workspace
         containers of every registered host.

@@ -43,6 +43,8 @@ def setdefault(section, name, value):
 # ---- Network: public proxy on loopback, Hub API on the docker bridge -------------------
 setdefault(c.JupyterHub, "bind_url", settings.bind_url)
 setdefault(c.JupyterHub, "hub_ip", settings.hub_ip)
+if settings.subdomain_host:
+    setdefault(c.JupyterHub, "subdomain_host", settings.subdomain_host)
 setdefault(c.JupyterHub, "hub_port", settings.hub_port)
 # A Hub that serves other machines listens on every interface (docs/multi-machine.md): its
 # own services then call it on loopback, and each workspace is told its host's address for
@@ -81,9 +83,13 @@ setdefault(c.JupyterHub, "default_url", "/hub/home")
 setdefault(c.Spawner, "default_url", "/lab")
 setdefault(c.Spawner, "start_timeout", int(settings.spawn_timeout))
 setdefault(c.Spawner, "http_timeout", int(settings.spawn_timeout))
+setdefault(c.Spawner, "poll_interval", settings.poll_interval)
 setdefault(c.DockerSpawner, "image", settings.image)
 setdefault(c.DockerSpawner, "allowed_images", settings.images)
 setdefault(c.DockerSpawner, "remove", False)
+# Egress: each host's proxy with the admin's allow-list (codeyard.spawner.egress).
+setdefault(c.EgressProxy, "image", settings.egress_image)
+setdefault(c.EgressProxy, "allowed_hosts", settings.egress_allow)
 if settings.profiles:
     setdefault(c.PlacementSpawner, "profiles", settings.profiles)
 setdefault(c.LocalHostProvider, "storage_root", settings.state_path("homes"))
@@ -156,6 +162,7 @@ if not any(s.get("name") == LLM_SERVICE for s in c.JupyterHub.services):
         upstream_url=settings.vllm_upstream_url,
         key_file=settings.vllm_key_file,
         audit_log=settings.llm_audit_log,
+        central_audit_url=f"http://{settings.hub_ip}:{settings.audit_port}/services/{AUDIT_SERVICE}",
     )
 # Workspaces call it with their own JUPYTERHUB_API_TOKEN (explain, rewrite, Jupyternaut), at
 # the address their own host reaches the Hub at: PlacementSpawner sets CODEYARD_LLM_URL and
@@ -184,6 +191,7 @@ if not any(s.get("name") == AUDIT_SERVICE for s in c.JupyterHub.services):
         retention_days=settings.audit_retention_days,
         admin_users=[settings.admin_user],
         writer_services=[LLM_SERVICE],
+        spawn_events_dir=settings.state_path("spawn-events"),
     )
 if os.path.isfile(settings.tokenizer_file) and "extra_volumes" not in c.PlacementSpawner:
     c.PlacementSpawner.extra_volumes = {

@@ -8,6 +8,11 @@ provider is the registry (the default). It then:
 - registers the Hub's own Docker engine (a unix socket) as `local_host_name` with the
   homes folder as its storage root, once: `make up` places workspaces there with no admin
   step, and an admin's later edits to that host survive restarts;
+- gives the service the images every host should hold and the registry they come from
+  (`c.PlacementService.images`, `image_registry`: it pulls them onto a host when it is
+  registered and when the image changes), and stores the registry login of the settings
+  (CODEYARD_REGISTRY_USER/PASSWORD) once, encrypted, in the placement database, where an
+  admin changes it later (`codeyard.placement.image_registry`);
 - adds the placement admin service (`codeyard-placement`: API, pages, health monitor)
   with the admin scope granted to the Hub's admins, started with the Hub config's
   `c.PlacementService` section as its config file, so the site config sets the service's
@@ -23,6 +28,7 @@ from hub_settings import CodeyardHub
 
 from codeyard.placement.bootstrap import ensure_host
 from codeyard.placement.crypto import KEY_ENV
+from codeyard.placement.image_registry import seed_registry_login
 from codeyard.placement.service.hubconfig import DB_ENV, SERVICE_NAME, configure_placement_service
 
 PROVIDERS = {
@@ -66,6 +72,24 @@ def configure_registry(c: Any, settings: CodeyardHub) -> None:
         },
         provider.crypt_key,
     )
+    distribution = c.ImageDistribution
+    registry = distribution.get("registry", settings.registry)
+    seed_registry_login(
+        provider.db_url,
+        provider.crypt_key,
+        registry,
+        distribution.get("registry_username", settings.registry_username),
+        distribution.get("registry_password", settings.registry_password),
+    )
+    service = c.PlacementService
+    if "images" not in service:
+        service.images = list(dict.fromkeys(settings.images.values()))
+    if "image_registry" not in service:
+        service.image_registry = registry
+    if "image_registry_ca_file" not in service:
+        service.image_registry_ca_file = distribution.get(
+            "registry_ca_file", settings.registry_ca_file
+        )
     if any(s.get("name") == SERVICE_NAME for s in c.JupyterHub.get("services", [])):
         return  # the site config set the service up itself
     admins = sorted(c.Authenticator.get("admin_users", set()))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from core_settings import CoreSettings, env
-from traitlets import Dict, Float, Integer, Unicode, default, validate
+from traitlets import Dict, Float, Integer, List, Unicode, default, validate
 
 
 class WorkspaceSettings(CoreSettings):
@@ -93,6 +93,30 @@ class WorkspaceSettings(CoreSettings):
             raise ValueError("spawn_timeout must be positive")
         return float(proposal["value"])
 
+    poll_interval = Integer(
+        help="""Seconds between the Hub's checks that each running workspace's container
+        still runs (`Spawner.poll_interval`).
+
+        It bounds how long a workspace whose machine died still shows as running: the Hub
+        notices within this interval (plus JupyterHub's 10% jitter) plus
+        `PlacementSpawner.engine_status_timeout` (10 s), then shows the state ERROR with
+        "machine <host> unreachable since <time>" and marks the host down
+        (docs/multi-machine.md, "When a machine dies"). Each check is one short engine call
+        per running workspace; with many hundreds of workspaces per host a longer interval
+        lightens that load. Env: CODEYARD_POLL_INTERVAL. Default 30; 0 turns polling off
+        (then a dead machine is noticed only at the next start or Hub restart).""",
+    ).tag(config=True)
+
+    @default("poll_interval")
+    def _default_poll_interval(self) -> int:
+        return int(env("CODEYARD_POLL_INTERVAL", "30"))
+
+    @validate("poll_interval")
+    def _check_poll_interval(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] < 0:
+            raise ValueError("poll_interval must be 0 (off) or a number of seconds")
+        return int(proposal["value"])
+
     profiles = Dict(
         help="""Size profiles, name -> {"display_name", "cpu", "mem"}; see
         `PlacementSpawner.profiles`. Env: CODEYARD_PROFILES as JSON. Empty: the spawner's
@@ -103,6 +127,42 @@ class WorkspaceSettings(CoreSettings):
     def _default_profiles(self) -> dict[str, Any]:
         raw = os.environ.get("CODEYARD_PROFILES")
         return json.loads(raw) if raw else {}
+
+    # ---- egress: what workspaces may reach (codeyard.spawner.egress, docs/network.md) ---
+
+    egress_allow = List(
+        Unicode(),
+        help="""Host names workspaces may reach over HTTP(S), through each host's egress proxy.
+
+        Names or wildcards: `pypi.org` allows exactly that name, `*.example.com` that domain
+        and every name under it; typically the package mirrors and git hosts users need.
+        The Hub API and the Hub's services are always reachable; everything else (other
+        workspaces, 169.254.169.254, Docker engine ports, hosts not listed) is refused.
+        Env: CODEYARD_EGRESS_ALLOW, comma-separated. Default: empty (no outside host).
+        Sets `EgressProxy.allowed_hosts`.""",
+    ).tag(config=True)
+
+    @default("egress_allow")
+    def _default_egress_allow(self) -> list[str]:
+        raw = env("CODEYARD_EGRESS_ALLOW", "")
+        return [h.strip() for h in raw.split(",") if h.strip()]
+
+    egress_image = Unicode(
+        help="""Image of the per-host egress proxy (`images/egress`); empty turns the proxy
+        off, leaving workspaces a direct route out.
+
+        Env: CODEYARD_EGRESS_IMAGE. Default: the tag `images/bin/build-egress-image.sh`
+        (run by `build-images.sh`) wrote to `<state_dir>/egress-image`, if any. Sets
+        `EgressProxy.image`.""",
+    ).tag(config=True)
+
+    @default("egress_image")
+    def _default_egress_image(self) -> str:
+        image = env("CODEYARD_EGRESS_IMAGE", "")
+        if image:
+            return "" if image == "none" else image
+        tag_file = Path(self.state_dir) / "egress-image"
+        return tag_file.read_text().strip() if tag_file.exists() else ""
 
     # ---- the image registry hosts pull from (codeyard.spawner.image_transfer) ----------
 

@@ -10,6 +10,7 @@
 #        CODEYARD_REGISTRY    when set (host:port), push the image there (push-image.sh)
 # Output: codeyard/singleuser:<hash> and :latest; the last stdout line is the tag, also
 # written to $CODEYARD_STATE/singleuser-image. Progress and build logs go to stderr.
+# Also builds the egress proxy image (build-egress-image.sh, $CODEYARD_STATE/egress-image).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -78,6 +79,9 @@ else
 fi
 
 "$DOCKER" tag "$TAG" codeyard/singleuser:latest
+# The per-host egress proxy (docs/network.md); its tag goes to $STATE/egress-image, which
+# turns the proxy on for a Hub with this state folder.
+"$HERE/build-egress-image.sh" >/dev/null
 log "Size: $("$DOCKER" image inspect -f '{{.Size}}' "$TAG" | awk '{printf "%d MB", $1/1e6}')"
 echo "$TAG" >"$STATE/singleuser-image"
 if [ -n "${CODEYARD_REGISTRY:-}" ] && [ "$CODEYARD_REGISTRY" != none ]; then

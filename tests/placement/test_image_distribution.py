@@ -7,6 +7,10 @@ nowhere, refused credentials, a machine whose disk is full.
 The registry is the run's (`support.registry`, Debian's docker-registry started by the
 project's own `images/bin/ensure-registry.sh`, TLS and a login). Images are tiny (busybox
 plus a file), built here with `docker import`, pushed with `images/bin/push-image.sh`.
+
+The placement service pulls ahead of a spawn too (`codeyard.placement.image_pulls`): when a
+host is registered through its API (the answer never waits for the pull) and when the image
+changes (its start with a new tag); each outcome, failures included, is on the Servers page.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from tornado import web
 from traitlets.config import Config
 
 from codeyard.placement.hosts import DockerHost, DockerTLS
+from codeyard.placement.models import ServerState
 from codeyard.placement.registry import Registry
 from codeyard.spawner.image_transfer import put_image_on_host
 
@@ -301,3 +306,174 @@ def test_a_full_machine_says_no_space(tags: dict[str, str], tmp_path: Path) -> N
         assert f"no space left on {full.name}" in spawner.events[-1][1]
         assert time.monotonic() - started < 120
         assert not full.has_image(tags["big"])
+
+
+# ---- ahead of a spawn: pulls when a host is registered and when the image changes --------
+
+
+def puller_for(registry: Registry, server: RegistryServer | None, images: list[str], **extra: Any):  # type: ignore[no-untyped-def]
+    """The placement service's background puller, as `service.config.image_puller` makes it."""
+    from codeyard.placement.image_pulls import ImagePuller
+    from codeyard.spawner.image_transfer import ImageDistribution
+
+    distribution = ImageDistribution(
+        registry=server.address if server else "",
+        registry_ca_file=server.ca_file if server else "",
+        **extra,
+    )
+    return ImagePuller(registry, distribution, images)
+
+
+async def servers_page(service: Any, token: str) -> str:
+    from tornado.httpclient import AsyncHTTPClient
+
+    page = await AsyncHTTPClient().fetch(
+        service.url + "servers", headers={"Authorization": f"token {token}"}, raise_error=False
+    )
+    assert page.code == 200, page.code
+    return page.body.decode()
+
+
+def registration(m: Machine, name: str = "") -> dict[str, Any]:
+    return {
+        "name": name or m.name,
+        "endpoint": m.endpoint,
+        "credential": m.credential,
+        "storage_root": m.storage_root,
+    }
+
+
+def shown_image(registry: Registry, host: str, image: str) -> dict[str, Any]:
+    return {i["image"]: i for i in registry.host_images().get(host, [])}.get(image, {})
+
+
+@pytest.mark.asyncio
+async def test_registration_answers_at_once_and_the_pull_follows(  # type: ignore[no-untyped-def]
+    api, service, hub_tokens, registry: Registry, registry_server: RegistryServer, machine: Machine
+) -> None:
+    image = _import(f"codeyard-test/tiny:{secrets.token_hex(3)}-reg")
+    _push(registry_server, image)
+    registry.registry_logins.set(
+        registry_server.address, registry_server.username, registry_server.password
+    )
+    service.image_puller = puller_for(registry, registry_server, [image])
+    started = time.monotonic()
+    status, body = await api("POST", "servers", body=registration(machine))
+    answered = time.monotonic() - started
+    assert status == 201, body
+    await service.image_puller.wait(machine.name)
+    pulled = time.monotonic() - started
+    print(f"\nregistration answered in {answered:.2f}s, image pulled {pulled:.2f}s after it")
+    shown = shown_image(registry, machine.name, image)
+    assert (shown["state"], shown["path"]) == ("ok", "registry"), shown
+    with machine.client() as c:
+        digests = c.api.inspect_image(image)["RepoDigests"]
+    assert shown["digest"].startswith(f"{registry_server.address}/") and shown["digest"] in digests
+    html = await servers_page(service, hub_tokens["admin"])
+    assert f'data-image="{image}" data-path="registry"' in html, html
+    # Already there: pulling again changes nothing, and a spawn would find it.
+    service.image_puller.start(machine.name)
+    await service.image_puller.wait(machine.name)
+    assert shown_image(registry, machine.name, image)["digest"] == shown["digest"]
+
+
+@pytest.mark.asyncio
+async def test_a_registry_that_does_not_answer_never_holds_up_registration(  # type: ignore[no-untyped-def]
+    api, service, hub_tokens, registry: Registry, tags: dict[str, str], machine: Machine
+) -> None:
+    # An address on the machines' bridge that nobody has: connects hang until the time limit.
+    nowhere = f"{machine.gateway.rsplit('.', 1)[0]}.250:5000"
+    service.image_puller = puller_for(registry, None, [tags["big"]], check_timeout=3.0)
+    service.image_puller.distribution.registry = nowhere
+    started = time.monotonic()
+    status, body = await api("POST", "servers", body=registration(machine))
+    answered = time.monotonic() - started
+    assert status == 201, body
+    assert answered < 2.5, answered  # the registry check alone takes 3 s
+    for _ in range(50):  # up to 2.5 s
+        if shown_image(registry, machine.name, tags["big"]):
+            break
+        await asyncio.sleep(0.05)
+    # Recorded before the registry check, which alone takes 3 s: the page says it runs.
+    assert shown_image(registry, machine.name, tags["big"])["state"] == "pulling"
+    await service.image_puller.wait(machine.name)
+    shown = shown_image(registry, machine.name, tags["big"])
+    assert shown["state"] == "failed", shown
+    assert f"the image registry {nowhere} does not answer from the Hub" in shown["detail"], shown
+    html = await servers_page(service, hub_tokens["admin"])
+    assert (
+        f'data-image="{tags["big"]}" data-path="registry" data-digest="" data-state="failed"'
+        in html
+    )
+    assert f"the image registry {nowhere} does not answer" in html
+
+
+@pytest.mark.asyncio
+async def test_refused_credentials_are_shown_on_the_host_page(  # type: ignore[no-untyped-def]
+    api,
+    service,
+    hub_tokens,
+    registry: Registry,
+    registry_server: RegistryServer,
+    tags: dict[str, str],
+    machine: Machine,
+) -> None:
+    registry.registry_logins.set(registry_server.address, registry_server.username, "wrong-pw")
+    service.image_puller = puller_for(registry, registry_server, [tags["big"]])
+    status, body = await api("POST", "servers", body=registration(machine))
+    assert status == 201, body
+    await service.image_puller.wait(machine.name)
+    shown = shown_image(registry, machine.name, tags["big"])
+    assert shown["state"] == "failed" and "refused the credentials (401)" in shown["detail"], shown
+    html = await servers_page(service, hub_tokens["admin"])
+    assert "refused the credentials (401)" in html and "wrong-pw" not in html
+    assert not machine.has_image(tags["big"])
+
+
+@pytest.mark.asyncio
+async def test_a_full_host_shows_no_space_on_its_page(  # type: ignore[no-untyped-def]
+    api,
+    service,
+    hub_tokens,
+    registry: Registry,
+    registry_server: RegistryServer,
+    tags: dict[str, str],
+) -> None:
+    _push(registry_server, tags["big"])
+    registry.registry_logins.set(
+        registry_server.address, registry_server.username, registry_server.password
+    )
+    with start_machines(1, data_size="6m") as running:
+        full = running[0]
+        service.image_puller = puller_for(registry, registry_server, [tags["big"]])
+        status, body = await api("POST", "servers", body=registration(full))
+        assert status == 201, body
+        await asyncio.wait_for(service.image_puller.wait(full.name), 180)
+        shown = shown_image(registry, full.name, tags["big"])
+        assert shown["state"] == "failed", shown
+        assert f"no space left on {full.name}" in shown["detail"], shown
+        html = await servers_page(service, hub_tokens["admin"])
+        assert f"no space left on {full.name}" in html
+
+
+@pytest.mark.asyncio
+async def test_a_new_image_reaches_every_host_that_is_up(
+    registry: Registry, registry_server: RegistryServer, machine: Machine
+) -> None:
+    """The service's start with a new image tag (a rebuilt image): every host not down gets
+    it; a host that is down is left alone."""
+    registry.registry_logins.set(
+        registry_server.address, registry_server.username, registry_server.password
+    )
+    register(registry, machine)
+    registry.add_server({"name": "gone", "endpoint": "unix:///nonexistent/docker.sock"})
+    registry.set_state("gone", ServerState.down)
+    image = _import(f"codeyard-test/tiny:{secrets.token_hex(3)}-new")
+    _push(registry_server, image)
+    puller = puller_for(registry, registry_server, [image])
+    puller.start_all()
+    await puller.wait()
+    shown = shown_image(registry, machine.name, image)
+    assert (shown["state"], shown["path"]) == ("ok", "registry"), shown
+    assert machine.has_image(image)
+    assert "gone" not in registry.host_images()

@@ -18,8 +18,10 @@ else a stream) are `codeyard.spawner.image_transfer` (docs/multi-machine.md).
 
 Start them once per run and share them: `tests/support/with-machines.sh CMD...` (or
 `python -m support.machines CMD...`) starts the machines, exports their description as
-`CODEYARD_TEST_MACHINES` (JSON) and runs CMD; `machines()` (the fixtures' entry point)
-reuses that description when it is set and starts machines of its own otherwise. Clean-up
+`CODEYARD_TEST_MACHINES` (JSON) and runs CMD; `make test` runs every suite under it.
+`machines()` (the fixtures' entry point) reuses that description when it is set and starts
+machines of its own otherwise. A shared machine outlives the test: a test that kills it,
+fills its disk or puts it in a swarm starts its own with `start_machines()`. Clean-up
 (dockerd and everything left in its namespace by process id, the namespace, the veth, the
 bridge, the DOCKER-USER rules, mounts, folders) runs even after a failed start.
 """
@@ -367,6 +369,13 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("usage: with-machines.sh [-n N] COMMAND [ARG...]", file=sys.stderr)
         return 2
+    shared = from_env()
+    if shared is not None and len(shared) >= count:  # an outer wrapper's: share those
+        return subprocess.call(argv)
+    if why := can_run_machines():
+        # The suites still run: each machine fixture skips with this reason.
+        print(f"no namespace machines ({why}); running without them", file=sys.stderr)
+        return subprocess.call(argv)
     with start_machines(count) as running:
         for m in running:
             print(f"machine {m.name}: {m.endpoint}, storage {m.storage_root}", file=sys.stderr)

@@ -69,7 +69,8 @@ class DockerHost:
     folder *on that engine's machine* under which homes
     live as `<storage_root>/<user>/<workspace>`. `storage_is_local` says the Hub shares that
     file system (the local engine), which lets the spawner create empty homes without a
-    helper container.
+    helper container. `kind` is "engine" (one Docker engine) or "swarm" (a Swarm manager,
+    `codeyard.spawner.swarm`), whose `storage_root` must be mounted on every node.
     """
 
     name: str
@@ -83,6 +84,13 @@ class DockerHost:
     hub_connect_ip: str = LOCAL_BRIDGE_IP
     hub_connect_ip_set: bool = False
     on_hub_machine: bool = True
+    kind: str = "engine"
+
+    @property
+    def is_swarm(self) -> bool:
+        """The endpoint is a Docker Swarm manager: workspaces run as Swarm services, Swarm
+        picks the node, and `host_ip` is not where they are published (the node is)."""
+        return self.kind == "swarm"
 
     @property
     def addresses(self) -> HostAddresses:
@@ -110,6 +118,9 @@ class HostProvider(LoggingConfigurable):
     - `async started(spawner)` / `async stopped(spawner)`: the workspace's container is now
       running / stopped. No-ops here; a provider whose policy counts running workspaces
       (least-loaded) records them.
+    - `async host_unreachable(name, error)` / `async host_down(name)`: a spawner found a
+      host's engine unreachable / asks whether a host is known to be down. No-ops here; the
+      registry provider marks and reads the host's state.
 
     A provider that sets `decides_every_start = True` is asked to `choose()` on every start,
     not only the first. Its `choose()` must then be sticky (return the saved host while that
@@ -135,6 +146,24 @@ class HostProvider(LoggingConfigurable):
 
     async def stopped(self, spawner: Spawner) -> None:
         """The workspace of `spawner` stopped. Nothing to record by default."""
+
+    async def host_unreachable(self, name: str, error: str) -> None:
+        """A status check could not reach host `name`'s engine (`error` says how).
+
+        The spawner calls this when its poll finds the machine gone, so a provider that
+        keeps host states marks the host down at once instead of after its own health
+        checks: the next start of that host's workspaces is then decided (moved, or refused
+        until an admin confirms) without first waiting on the dead endpoint. Nothing to
+        record by default.
+        """
+
+    async def host_down(self, name: str) -> str | None:
+        """Why host `name` is known to be down, or None when it is not (or not known).
+
+        The status API answers from this without calling a dead engine, so the home page
+        never waits on an endpoint that will not answer. None by default.
+        """
+        return None
 
 
 class LocalHostProvider(HostProvider):

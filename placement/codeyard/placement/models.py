@@ -2,7 +2,8 @@
 
 Schema changes go through alembic (`codeyard/placement/alembic/versions/`): never
 `create_all` on a database that already holds data. Secrets live only in
-`Credential.encrypted` and `WorkspaceGitCredential.encrypted`, MultiFernet tokens (see
+`Credential.encrypted`, `WorkspaceGitCredential.encrypted` and
+`RegistryCredential.encrypted`, MultiFernet tokens (see
 `crypto.py`); every other column is safe to show to an admin.
 """
 
@@ -57,6 +58,14 @@ class PlacementState(enum.StrEnum):
     stopped = "stopped"
 
 
+class HostKind(enum.StrEnum):
+    """What the endpoint is: one Docker engine (workspaces are its containers), or the
+    manager of a Docker Swarm (workspaces are Swarm services; Swarm picks the node)."""
+
+    engine = "engine"
+    swarm = "swarm"
+
+
 class Server(Base):
     __tablename__ = "servers"
 
@@ -64,6 +73,9 @@ class Server(Base):
     name: Mapped[str] = mapped_column(String(255), unique=True)
     # tcp://host:2376 (TLS), ssh://user@host[:port], unix:///path/docker.sock
     endpoint: Mapped[str] = mapped_column(String(1024))
+    # A plain string column (not an Enum type) so a kind added later needs no migration of
+    # the type; `servers._apply` refuses values outside `HostKind`.
+    kind: Mapped[str] = mapped_column(String(16), default="engine", server_default="engine")
     region: Mapped[str] = mapped_column(String(255), default="")
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     storage_root: Mapped[str] = mapped_column(String(1024), default="")
@@ -211,3 +223,25 @@ class HostImage(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # "ok" (the host holds it), "pulling" (a background pull runs) or "failed" (`detail`
+    # says why), so the host page shows a pull that did not work instead of nothing.
+    state: Mapped[str] = mapped_column(String(16), default="ok", server_default="ok")
+
+
+class RegistryCredential(Base):
+    """The login for one image registry (`host[:port]`): the user name in clear, the
+    password only inside `encrypted` (a MultiFernet token, `crypto.py`). `fingerprint`
+    names this stored version (a hash of the token made when it was set), so an admin can
+    tell that it changed without anything derived from the password being shown."""
+
+    __tablename__ = "registry_credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # `registry` is the column; the attribute may not use that name (Declarative's own).
+    address: Mapped[str] = mapped_column("registry", String(512), unique=True)
+    username: Mapped[str] = mapped_column(String(255))
+    encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    updated_by: Mapped[str] = mapped_column(String(255), default="")
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)

@@ -41,7 +41,8 @@ from .connect import SSHTunnel
 from .crypto import KEY_ENV, CredentialCipher
 from .database import DB_ENV, DEFAULT_DB_URL, open_db
 from .hosts import DEFAULT_STORAGE_ROOT, DockerHost, DockerTLS, HostProvider, UnknownHost
-from .models import PlacementState
+from .image_registry import RegistryLogin
+from .models import PlacementState, ServerState
 from .policies import NoHostAvailable
 from .registry import NeedsConfirmation, NotFound, Registry
 from .settings import PlacementService
@@ -109,6 +110,7 @@ class RegistryHostProvider(HostProvider):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._cache: dict[str, tuple[float, DockerHost]] = {}
+        self._down_cache: dict[str, tuple[float, str | None]] = {}
         self._tunnels: dict[tuple[str, str], SSHTunnel] = {}
         self._private_dir = ""
 
@@ -148,7 +150,12 @@ class RegistryHostProvider(HostProvider):
         except NoHostAvailable as e:
             raise web.HTTPError(503, str(e).replace("%", "%%")) from None
         except NeedsConfirmation as e:
-            raise web.HTTPError(409, str(e).replace("%", "%%")) from None
+            # Said to the workspace's owner, who cannot confirm it: name who can, and where.
+            message = (
+                f"{e} Ask an admin to confirm the move (Placement page, Workspaces: 'Move"
+                " anyway'); it then starts on another host, without the files left there."
+            )
+            raise web.HTTPError(409, message.replace("%", "%%")) from None
         self.log.info("placement %s/%s: %s", user.name, spawner.name, result.reason)
         self._cache.pop(result.server_name, None)
         return await self._blocking(self.get, result.server_name)
@@ -177,6 +184,38 @@ class RegistryHostProvider(HostProvider):
         with contextlib.suppress(NotFound):
             await self._blocking(self.registry.mark, spawner.user.name, spawner.name or "", state)
 
+    async def host_unreachable(self, name: str, error: str) -> None:
+        """Record the failed check and mark the host down now (see `HostProvider`).
+
+        The health monitor brings the host back at its first successful ping (draining
+        again if an admin had drained it), just as when it marked the host down itself.
+        """
+        result = {"ok": False, "at": time.time(), "error": f"unreachable from the Hub: {error}"}
+        self._down_cache.pop(name, None)
+        with contextlib.suppress(NotFound):
+            await self._blocking(self.registry.record_probe, name, result, False)
+            await self._blocking(self.registry.set_state, name, ServerState.down)
+            self.log.warning("host %s marked down: %s", name, error)
+
+    async def host_down(self, name: str) -> str | None:
+        """Read from the registry at most every `cache_seconds` per host: every poll of
+        every running workspace asks this."""
+        hit = self._down_cache.get(name)
+        if hit and time.monotonic() - hit[0] < self.cache_seconds:
+            return hit[1]
+        try:
+            server = await self._blocking(self.registry.get_server, name)
+        except NotFound:
+            return None
+        answer = None
+        if server["state"] == ServerState.down.value:
+            error = (server["last_test"] or {}).get("error") or "no answer"
+            seen = server["last_seen"]
+            since = f", last answered {seen.replace('T', ' ')[:19]} UTC" if seen else ""
+            answer = f"machine {name} is down{since}: {error}"
+        self._down_cache[name] = (time.monotonic(), answer)
+        return answer
+
     async def record_image(self, transfer: Any) -> None:
         """An image reached a host (`image_transfer.Transfer`): keep how, for the host page."""
         await self._blocking(
@@ -188,6 +227,10 @@ class RegistryHostProvider(HostProvider):
             detail=transfer.detail,
             seconds=transfer.seconds,
         )
+
+    async def registry_login(self, registry: str) -> RegistryLogin | None:
+        """The image registry's login an admin stored (decrypted), for the image pull."""
+        return await self._blocking(self.registry.registry_logins.login, registry)
 
     # ---- building hosts ----------------------------------------------------------------
 
@@ -224,6 +267,7 @@ class RegistryHostProvider(HostProvider):
             hub_connect_ip_set=addresses["hub_connect_ip_set"],
             on_hub_machine=on_hub_machine(endpoint),
             labels=dict(server["labels"]),
+            kind=server.get("kind", "engine"),
         )
 
     def _tunnel(self, server: Any, secret: dict[str, Any]) -> SSHTunnel:

@@ -18,10 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from .addresses import host_addresses
 from .connect import SSHTunnelError, scan_host_key
 from .crypto import CredentialCipher, fingerprints, known_hosts_fingerprint
+from .image_registry import ImageRegistryLogins
 from .models import (
     Credential,
     CredentialKind,
     HostImage,
+    HostKind,
     Placement,
     Server,
     ServerState,
@@ -174,6 +176,11 @@ class ServerRegistry:
             self._cipher = CredentialCipher()
         return self._cipher
 
+    @property
+    def registry_logins(self) -> ImageRegistryLogins:
+        """The image registries' logins, encrypted under the same keys as hosts' keys."""
+        return ImageRegistryLogins(self.sessions, self.cipher)
+
     # ---- servers ---------------------------------------------------------------------
 
     def _set_credential(self, server: Server, spec: Mapping[str, Any]) -> None:
@@ -212,6 +219,8 @@ class ServerRegistry:
                 raise RegistryError(f"field {key!r} has the wrong type")
             if key == "endpoint":
                 _validate_endpoint(str(value))
+            if key == "kind" and value not in HostKind.__members__:
+                raise RegistryError(f"kind must be one of {list(HostKind.__members__)}")
             if key in ADDRESS_FIELDS:
                 value = _address_or_none(key, value)
             setattr(server, key, value)
@@ -238,6 +247,7 @@ class ServerRegistry:
             server = Server(
                 name="",
                 endpoint="",
+                kind=HostKind.engine.value,
                 region="",
                 labels={},
                 storage_root="",
@@ -334,6 +344,7 @@ class ServerRegistry:
             id=server.id,
             name=server.name,
             endpoint=server.endpoint,
+            kind=server.kind,
             region=server.region,
             labels=dict(server.labels or {}),
             storage_root=server.storage_root,
@@ -401,8 +412,11 @@ class ServerRegistry:
         digest: str = "",
         detail: str = "",
         seconds: float = 0.0,
+        state: str = "ok",
     ) -> None:
-        """Remember that `image` reached the host by `path` ("registry" or "stream")."""
+        """Remember that `image` reached the host by `path` ("registry" or "stream"), or,
+        with `state` "pulling" or "failed", that a background pull runs or failed (`detail`:
+        the error the host page shows)."""
         with self.sessions.begin() as db:
             server = server_row(db, server_id)
             row = db.scalar(
@@ -412,10 +426,11 @@ class ServerRegistry:
                 row = HostImage(server_id=server.id, image=image)
                 db.add(row)
             row.path, row.digest, row.detail = path, digest[:255], detail
-            row.seconds, row.at = float(seconds), utcnow()
+            row.seconds, row.at, row.state = float(seconds), utcnow(), state
 
     def host_images(self) -> dict[str, list[dict[str, Any]]]:
-        """{host name: [{image, path, digest, detail, seconds, at}, ...]}, newest first."""
+        """{host name: [{image, path, digest, detail, seconds, at, state}, ...]}, newest
+        first."""
         with self.sessions() as db:
             rows = db.execute(
                 select(Server.name, HostImage)
@@ -432,6 +447,7 @@ class ServerRegistry:
                         "detail": row.detail,
                         "seconds": round(row.seconds, 1),
                         "at": iso_timestamp(row.at),
+                        "state": row.state,
                     }
                 )
             return found
@@ -439,10 +455,11 @@ class ServerRegistry:
     # ---- keys ------------------------------------------------------------------------
 
     def rotate_keys(self) -> int:
-        """Re-encrypt every credential under the first configured key."""
+        """Re-encrypt every credential (hosts' and image registries') under the first key."""
         with self.sessions.begin() as db:
             creds = list(db.scalars(select(Credential)))
             for cred in creds:
                 cred.encrypted = self.cipher.rotate(cred.encrypted)
                 cred.rotated = utcnow()
-            return len(creds)
+            hosts = len(creds)
+        return hosts + self.registry_logins.rotate()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from traitlets import Bool, Dict, Float, Integer, Unicode, default
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 from traitlets.config import Configurable
 
 from .database import DB_ENV, DEFAULT_DB_URL
@@ -86,6 +86,24 @@ class PlacementService(Configurable):
     probe_timeout = Float(5.0, help="""Seconds a ping or `test` may take per host.""").tag(
         config=True
     )
+
+    images = List(
+        Unicode(),
+        help="""Images every host should hold: the service pulls them onto a host when it is
+        registered, and onto every host that is not down when the service starts (a new
+        image tag after a build arrives with the Hub restart that configures it). The Hub
+        config sets the single-user image. Empty: no pulls ahead of a spawn.""",
+    ).tag(config=True)
+
+    image_registry = Unicode(
+        help="""Registry (`host:port`) hosts pull `images` from; empty: they are streamed from
+        the Hub's engine. The Hub config passes its `c.ImageDistribution.registry`.""",
+    ).tag(config=True)
+
+    image_registry_ca_file = Unicode(
+        help="""CA the service checks the registry's certificate with (the Hub config passes
+        `c.ImageDistribution.registry_ca_file`); empty: the system's CAs.""",
+    ).tag(config=True)
 
     upgrade_db = Bool(
         False, help="""Upgrade the registry schema at start (backs SQLite up first)."""

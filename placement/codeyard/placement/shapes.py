@@ -13,6 +13,7 @@ LOADED = (PlacementState.placed, PlacementState.running)
 SERVER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "endpoint": str,
+    "kind": str,
     "region": str,
     "labels": dict,
     "storage_root": str,
@@ -68,6 +69,7 @@ class ServerModel(TypedDict):
     id: int
     name: str
     endpoint: str
+    kind: str  # "engine" or "swarm" (`models.HostKind`)
     region: str
     labels: dict[str, str]
     storage_root: str

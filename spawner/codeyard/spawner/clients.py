@@ -24,9 +24,13 @@ DOCKER_API_VERSION = "1.41"
 _lock = threading.Lock()
 _clients: dict[tuple[Any, ...], docker.APIClient] = {}
 _executors: dict[tuple[Any, ...], ThreadPoolExecutor] = {}
+_status_clients: dict[tuple[Any, ...], docker.APIClient] = {}
+_status_executors: dict[tuple[Any, ...], ThreadPoolExecutor] = {}
+#: Threads per host for status checks: a poll is one short call per running workspace.
+STATUS_WORKERS = 4
 
 
-def make_client(host: DockerHost, timeout: int = 60) -> docker.APIClient:
+def make_client(host: DockerHost, timeout: float = 60) -> docker.APIClient:
     """Build a client for `host` without touching the network."""
     tls: TLSConfig | bool = False
     if host.tls is not None:
@@ -65,12 +69,49 @@ def executor_for(host: DockerHost, max_workers: int) -> ThreadPoolExecutor:
         return pool
 
 
+class EngineUnreachable(ConnectionError):
+    """A host's engine did not answer a status check: refused, reset, or silent past the
+    time limit. On a remote host this is what a dead machine looks like."""
+
+
+def status_client_for(host: DockerHost, timeout: float) -> docker.APIClient:
+    """The shared client for `host`'s status checks (poll, the status API).
+
+    Separate from `client_for` because its time limit is short: a machine that died leaves
+    a TCP endpoint that never answers, and the Hub must notice that within a bounded time,
+    while a pull or a clone on the main client may legitimately take minutes. `timeout`
+    applies when the client is first created (connect and each read).
+    """
+    key = host.client_key
+    with _lock:
+        client = _status_clients.get(key)
+        if client is None:
+            client = _status_clients[key] = make_client(host, timeout=timeout)
+        return client
+
+
+def status_executor_for(host: DockerHost) -> ThreadPoolExecutor:
+    """A small worker pool for `host`'s status checks, apart from `executor_for`'s: a host
+    whose main pool is busy with long calls (pulls, clones) must still answer polls in time,
+    or a healthy workspace would be taken for dead."""
+    key = host.client_key
+    with _lock:
+        pool = _status_executors.get(key)
+        if pool is None:
+            pool = _status_executors[key] = ThreadPoolExecutor(
+                max_workers=STATUS_WORKERS, thread_name_prefix=f"docker-status-{host.name}"
+            )
+        return pool
+
+
 def close_all() -> None:
     """Drop every cached client and pool (tests, Hub shutdown)."""
     with _lock:
-        for client in _clients.values():
+        for client in (*_clients.values(), *_status_clients.values()):
             client.close()
-        for pool in _executors.values():
+        for pool in (*_executors.values(), *_status_executors.values()):
             pool.shutdown(wait=False)
         _clients.clear()
         _executors.clear()
+        _status_clients.clear()
+        _status_executors.clear()

@@ -10,6 +10,9 @@ machine it leads to that machine's own bridge. So the URLs are built per host fr
 Files the Hub bind-mounts from its own disk (`PlacementSpawner.extra_volumes`, e.g. the
 tokenizer) exist only on hosts that share that disk; elsewhere the mount is left out, and so
 is every variable that would point into it.
+
+Behind the host's egress proxy (`egress.py`) the Hub API and the services are reached at
+the proxy's reverse ports instead, and the proxy variables point at its forward port.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from jupyterhub.utils import fmt_ip_url
 
 from codeyard.placement.addresses import effective_hub_connect_ip
 from codeyard.placement.hosts import DockerHost
+
+from .egress import EgressPlan
 
 
 def hub_address(hub_ip: str, host: DockerHost) -> str:
@@ -66,15 +71,24 @@ def host_environment(
     service_urls: Mapping[str, str],
     configured: Mapping[str, Any],
     extra_volumes: Mapping[str, Any],
+    egress: EgressPlan | None = None,
 ) -> dict[str, str]:
     """`env` (the spawner's environment) for a container on `host`, which reaches the Hub at
     `address`: each Hub service's URL for that host (`service_urls`) unless the config
     (`configured`, the spawner's `environment`) names one, and no variables pointing into
-    mounts the host does not get."""
+    mounts the host does not get.
+
+    With the host's egress proxy (`egress`, `egress.py`) the container's only way out is
+    that proxy: the services' URLs are its reverse ports, and HTTP_PROXY, HTTPS_PROXY and
+    NO_PROXY send everything else through its allow-list."""
     env = dict(env)
     for name, template in service_urls.items():
         if name not in configured:
             env[name] = service_url(template, address)
+    if egress is not None:
+        for name in egress.services:
+            env[name] = egress.service_url(name)
+        env.update({k: v for k, v in egress.environment().items() if k not in configured})
     if not host.storage_is_local:
         missing = unmounted_paths(extra_volumes)
         for key in [k for k, v in env.items() if isinstance(v, str) and points_into(v, missing)]:

@@ -16,6 +16,15 @@ Failures that another path cannot fix are raised as `ImageTransferError` with a 
 the spawn page: a registry that does not answer the Hub (a wrong URL), refused credentials,
 a full disk on the host ("no space left on <host>"). Every step has a time limit, so a spawn
 never hangs on an image.
+
+The registry's login is the one an admin stored in the placement database
+(`codeyard.placement.image_registry`, encrypted like hosts' keys): the host provider hands it
+to `ensure(login=...)`. The `registry_username`/`registry_password` settings are used only
+when nothing is stored (a Hub without the placement registry).
+
+The same `ensure()` runs at spawn (here, through `put_image_on_host`) and in the placement
+service, which pulls the image onto a host in the background when the host is registered and
+when the image changes (`codeyard.placement.image_pulls`).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import docker
@@ -67,6 +77,15 @@ class ImageTransferError(RuntimeError):
 
 class RegistryUnreachable(ImageTransferError):
     """The host's engine cannot reach the registry (the stream fallback applies)."""
+
+
+@dataclass(frozen=True)
+class Login:
+    """A registry login and where it came from (named when the registry refuses it)."""
+
+    username: str
+    password: str
+    source: str
 
 
 @dataclass
@@ -141,11 +160,13 @@ class ImageDistribution(LoggingConfigurable):
     ).tag(config=True)
 
     registry_username = Unicode(
-        help="""User name for the registry, when it needs a login.""",
+        help="""User name for the registry, when it needs a login and the placement database
+        holds none for it (a login stored there by an admin wins; the Hub config stores
+        CODEYARD_REGISTRY_USER/PASSWORD there once as a seed).""",
     ).tag(config=True)
 
     registry_password = Unicode(
-        help="""Password for the registry login.""",
+        help="""Password for `registry_username` (same precedence: a stored login wins).""",
     ).tag(config=True)
 
     registry_ca_file = Unicode(
@@ -183,11 +204,26 @@ class ImageDistribution(LoggingConfigurable):
 
     # ---- the one entry point -----------------------------------------------------------
 
-    async def ensure(self, host: DockerHost, image: str, emit: Emit) -> Transfer | None:
+    def settings_login(self) -> Login | None:
+        """The login from `registry_username`/`registry_password`, if set."""
+        if not self.registry_username:
+            return None
+        return Login(
+            self.registry_username,
+            self.registry_password,
+            "CODEYARD_REGISTRY_USER and CODEYARD_REGISTRY_PASSWORD",
+        )
+
+    async def ensure(
+        self, host: DockerHost, image: str, emit: Emit, login: Login | None = None
+    ) -> Transfer | None:
         """Make sure `host` holds `image`; None when it already did, else how it got there.
 
         `emit(progress, message)` receives progress events (called on the event loop).
+        `login`: the registry login stored in the placement database; None falls back to
+        the settings' (`settings_login`).
         """
+        login = login or self.settings_login()
         loop = asyncio.get_running_loop()
 
         def emit_threadsafe(progress: int, message: str) -> None:
@@ -197,10 +233,10 @@ class ImageDistribution(LoggingConfigurable):
             return None
         reason = "no registry configured"
         if self.registry:
-            await self.check_registry()
+            await self.check_registry(login)
             try:
                 return await self._with_timeout(
-                    self._pull, host, image, emit_threadsafe, "pull_timeout"
+                    partial(self._pull, login=login), host, image, emit_threadsafe, "pull_timeout"
                 )
             except RegistryUnreachable as e:
                 reason = f"registry unreachable: {e}"
@@ -214,9 +250,12 @@ class ImageDistribution(LoggingConfigurable):
         transfer.detail = reason
         return transfer
 
-    async def check_registry(self) -> None:
-        """Raise `ImageTransferError` unless the registry answers the Hub (`/v2/`)."""
-        await self._run(self._check_registry, limit=self.check_timeout + 5)
+    async def check_registry(self, login: Login | None = None) -> None:
+        """Raise `ImageTransferError` unless the registry answers the Hub (`/v2/`) and
+        accepts `login` (default: the settings')."""
+        await self._run(
+            self._check_registry, login or self.settings_login(), limit=self.check_timeout + 5
+        )
 
     # ---- helpers (blocking, run in threads) ------------------------------------------
 
@@ -242,6 +281,10 @@ class ImageDistribution(LoggingConfigurable):
             for client in opened:
                 client.close()
 
+    def has_image(self, host: DockerHost, image: str) -> bool:
+        """Whether `host`'s engine holds `image` (blocking)."""
+        return self._has_image(host, image)
+
     def _has_image(self, host: DockerHost, image: str) -> bool:
         client = make_client(host, timeout=30)
         try:
@@ -252,11 +295,11 @@ class ImageDistribution(LoggingConfigurable):
         finally:
             client.close()
 
-    def _check_registry(self) -> None:
+    def _check_registry(self, login: Login | None) -> None:
         url = f"https://{self.registry}/v2/"
         session = requests.Session()
         session.trust_env = False  # REQUESTS_CA_BUNDLE would replace the registry's CA
-        auth = (self.registry_username, self.registry_password) if self.registry_username else None
+        auth = (login.username, login.password) if login else None
         try:
             r = session.get(
                 url, auth=auth, timeout=self.check_timeout, verify=self.registry_ca_file or True
@@ -275,26 +318,37 @@ class ImageDistribution(LoggingConfigurable):
         finally:
             session.close()
         if r.status_code == 401:
+            if login is None:
+                raise ImageTransferError(
+                    f"the image registry {self.registry} refused the credentials (401): it"
+                    " needs a login and none is set; store one on the placement service's"
+                    " Servers page (Image registry)"
+                )
             raise ImageTransferError(
-                f"the image registry {self.registry} refused the credentials (401);"
-                " check CODEYARD_REGISTRY_USER and CODEYARD_REGISTRY_PASSWORD"
+                f"the image registry {self.registry} refused the credentials (401) of user"
+                f" {login.username!r}; check {login.source}"
             )
         if r.status_code != 200:
             raise ImageTransferError(
                 f"{url} answered {r.status_code}: is {self.registry} a Docker registry?"
             )
 
-    def _auth_config(self) -> dict[str, str] | None:
-        if not self.registry_username:
+    def _auth_config(self, login: Login | None) -> dict[str, str] | None:
+        if login is None:
             return None
         return {
-            "username": self.registry_username,
-            "password": self.registry_password,
+            "username": login.username,
+            "password": login.password,
             "serveraddress": self.registry,
         }
 
     def _pull(
-        self, host: DockerHost, image: str, emit: Emit, opened: list[docker.APIClient]
+        self,
+        host: DockerHost,
+        image: str,
+        emit: Emit,
+        opened: list[docker.APIClient],
+        login: Login | None = None,
     ) -> Transfer:
         started = time.monotonic()
         client = make_client(host, timeout=int(self.pull_timeout))
@@ -306,7 +360,7 @@ class ImageDistribution(LoggingConfigurable):
         layers: dict[str, tuple[int, int]] = {}
         try:
             for event in client.pull(
-                remote, tag, stream=True, decode=True, auth_config=self._auth_config()
+                remote, tag, stream=True, decode=True, auth_config=self._auth_config(login)
             ):
                 if "error" in event:
                     raise classify(host.name, str(event["error"]))
@@ -380,6 +434,24 @@ class ImageDistribution(LoggingConfigurable):
 _distributions: dict[int, ImageDistribution] = {}
 
 
+async def stored_login(host_provider: Any, registry: str) -> Login | None:
+    """The login the placement database holds for `registry`, through the host provider
+    (`RegistryHostProvider.registry_login`); None without a registry, a stored login, or a
+    provider that keeps them."""
+    lookup = getattr(host_provider, "registry_login", None)
+    if not registry or lookup is None:
+        return None
+    try:
+        found = await lookup(registry)
+    except Exception as e:
+        raise ImageTransferError(
+            f"the login stored for the image registry {registry} cannot be read: {e}"
+        ) from None
+    if found is None:
+        return None
+    return Login(found.username, found.password, found.source)
+
+
 def distribution_for(spawner: Any) -> ImageDistribution:
     """One `ImageDistribution` per Hub config, shared by its spawners."""
     key = id(spawner.config)
@@ -396,8 +468,10 @@ async def put_image_on_host(spawner: Any, image: str) -> Transfer | None:
     from tornado import web
 
     host = spawner.host
+    distribution = distribution_for(spawner)
     try:
-        transfer = await distribution_for(spawner).ensure(host, image, spawner.emit)
+        login = await stored_login(spawner.host_provider, distribution.registry)
+        transfer = await distribution.ensure(host, image, spawner.emit, login=login)
     except ImageTransferError as e:
         spawner.emit(100, str(e))
         raise web.HTTPError(503, "%s", str(e)) from None

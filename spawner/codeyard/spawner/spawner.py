@@ -14,22 +14,26 @@ import contextlib
 import inspect
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import docker
+import requests
 from docker.errors import APIError, NotFound
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient
-from traitlets import Bool, Unicode
+from traitlets import Bool, Float, Unicode
 
 from codeyard.placement.addresses import HubUnreachable
 from codeyard.placement.hosts import DockerHost, HostProvider, UnknownHost
+from codeyard.placement.probe import describe_error
 
-from . import clients, homes, host_env, image_transfer, network
+from . import clients, egress, homes, host_env, image_transfer, network
 from .clone import HelperJob, HomeSetupFailed, last_lines, run_helper
 from .credentials import CredentialStoreUnavailable, GitCredentialStore
 from .profiles import InvalidOptions, WorkspaceOptions, git_host
 from .settings import SpawnerSettings
+from .swarm import SwarmWorkspace
 
 # Exit codes of a container we stopped ourselves (clean exit, SIGTERM, SIGKILL after grace).
 _STOPPED_EXIT_CODES = {0, 137, 143}
@@ -117,6 +121,33 @@ class PlacementSpawner(SpawnerSettings):
     def executor(self) -> ThreadPoolExecutor:
         return clients.executor_for(self.host, self.docker_workers_per_host)
 
+    # ---- a swarm host: the workspace is a Swarm service (`swarm.py`) ---------------------
+
+    _swarm: SwarmWorkspace | None = None
+
+    @property
+    def on_swarm(self) -> bool:
+        """Whether the workspace's host is a Docker Swarm (its object is then a service)."""
+        try:
+            return bool(self.host_name) and self.host.is_swarm
+        except UnknownHost:
+            return False
+
+    @property
+    def swarm(self) -> SwarmWorkspace:
+        if self._swarm is None:
+            self._swarm = SwarmWorkspace(self)
+        return self._swarm
+
+    @property  # type: ignore[override]
+    def object_type(self) -> str:
+        """DockerSpawner's kind of object, which names its inspect/remove calls."""
+        return "service" if self.on_swarm else "container"
+
+    @property  # type: ignore[override]
+    def object_id_key(self) -> str:
+        return "ID" if self.on_swarm else "Id"
+
     async def place(self) -> DockerHost:
         """Find this workspace's host for this start.
 
@@ -150,6 +181,7 @@ class PlacementSpawner(SpawnerSettings):
     # ---- addresses ---------------------------------------------------------------------
 
     _hub_address: str = ""
+    _egress: egress.EgressPlan | None = None
 
     def use_host_addresses(self, host: DockerHost) -> None:
         """Publish on `host`'s address and tell the container where the Hub is from there.
@@ -176,6 +208,7 @@ class PlacementSpawner(SpawnerSettings):
             self.hub_service_urls,
             self.environment,
             self.extra_volumes,
+            egress=self._egress,
         )
 
     # ---- progress ------------------------------------------------------------------
@@ -341,6 +374,14 @@ class PlacementSpawner(SpawnerSettings):
             # The Hub gave up (start_timeout): say so in the status API.
             self.last_error = f"did not start within {self.start_timeout}s (Spawner.start_timeout)"
             raise
+        except web.HTTPError as e:
+            # The reason the user should read ("an admin must confirm the move"), not
+            # tornado's "HTTP 409: Conflict (...)" around it.
+            if e.log_message:
+                self.last_error = e.log_message % e.args if e.args else e.log_message
+            else:
+                self.last_error = str(e)
+            raise
         except Exception as e:
             self.last_error = str(e) or type(e).__name__
             raise
@@ -364,7 +405,9 @@ class PlacementSpawner(SpawnerSettings):
                 except Exception:  # noqa: S110 - not answering yet (refused, reset, timeout)
                     pass
                 container = await self.get_object()
-                if container is None or not container["State"]["Running"]:
+                if self.on_swarm:
+                    await self.swarm.check_alive()
+                elif container is None or not container["State"]["Running"]:
                     state = container["State"] if container else {}
                     logs = await self.container_logs(tail=10, timestamps=False)
                     raise RuntimeError(
@@ -381,10 +424,18 @@ class PlacementSpawner(SpawnerSettings):
 
         They are merged under the admin's `extra_host_config` for this one call, so
         replacing `extra_host_config` in a site config never silently drops them, while a
-        key set there on purpose (e.g. `pids_limit`) still wins.
+        key set there on purpose (e.g. `pids_limit`) still wins. On a swarm host the
+        workspace is a Swarm service instead (`swarm.py`), built from the same settings.
         """
+        if self.on_swarm:
+            return await self.swarm.create()
         self.emit(40, "Creating container")
         await self.ensure_workspace_network()
+        # The host's egress proxy (egress.py), before get_env reads where the Hub is.
+        try:
+            self._egress = await egress.prepare_workspace(self)
+        except egress.EgressUnavailable as e:
+            raise web.HTTPError(503, "%s", str(e)) from None
         configured = self.extra_host_config
         extra = self._eval_if_callable(configured)
         if inspect.isawaitable(extra):
@@ -395,9 +446,42 @@ class PlacementSpawner(SpawnerSettings):
         finally:
             self.extra_host_config = configured
 
+    async def get_command(self) -> list[str]:
+        command = list(await super().get_command())
+        # Behind the egress proxy nothing runs until the workspace's network rules are in.
+        return egress.gated_command(command) if self._egress is not None else command
+
     async def start_object(self) -> None:
+        if self.on_swarm:
+            await self.swarm.wait_running(self.start_timeout)
+            return
         self.emit(60, "Starting Jupyter server")
         await super().start_object()
+        if self._egress is not None:
+            try:
+                await egress.lock_workspace(self, self._egress)
+            except egress.EgressUnavailable as e:
+                raise web.HTTPError(503, "%s", str(e)) from None
+
+    async def stop_object(self) -> None:
+        if self.on_swarm:
+            # A service has no stopped state: removing it stops its task.
+            await self.swarm.remove()
+            return
+        await super().stop_object()
+
+    async def remove_object(self) -> None:
+        if self.on_swarm:
+            await self.swarm.remove()
+            return
+        await super().remove_object()
+
+    async def get_ip_and_port(self) -> tuple[str, int]:
+        """Where the proxy reaches the server: on a swarm, the task's node and its
+        host-mode port (they change when Swarm moves the task; `poll` follows them)."""
+        if self.on_swarm:
+            return await self.swarm.address()
+        return await super().get_ip_and_port()  # type: ignore[no-any-return]
 
     async def stop(self, now: bool = False) -> None:
         if not self.host_name or not self.object_id:
@@ -418,13 +502,120 @@ class PlacementSpawner(SpawnerSettings):
         except Exception:
             self.log.exception("%s: host provider %s() failed", self._log_name, event)
 
+    # ---- polling: is the container running, is its machine there ------------------------
+
+    engine_status_timeout = Float(
+        10.0,
+        help="""Seconds a status check (the Hub's poll, the status API) waits for a host's
+        engine: to connect, and for its answer.
+
+        A machine that died leaves an endpoint that never answers. Past this limit the
+        workspace is taken for lost: the poll reports it stopped, its state becomes ERROR
+        with "machine <host> unreachable since <time>", and the host is marked down in the
+        registry. The Hub so notices a dead machine within `Spawner.poll_interval` (plus its
+        `poll_jitter`) plus this limit. Too short, and a busy engine's slow answer passes
+        for a dead machine.
+        """,
+    ).tag(config=True)
+
+    #: (wall-clock time of the first failed check, the reason) while the engine is unreachable.
+    _unreachable: tuple[float, str] | None = None
+    #: When the last check found the engine unreachable (monotonic), to answer repeats fast.
+    _unreachable_checked: float = 0.0
+
+    async def engine_status(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call `method` of the host's status client (`clients.status_client_for`), bounded
+        by `engine_status_timeout`; raise `EngineUnreachable` when the engine does not
+        answer. A failure that came at once (refused, reset) is tried once more a second
+        later, so a restarting engine is not taken for a dead machine."""
+        host = self.host
+        client = clients.status_client_for(host, self.engine_status_timeout)
+        pool = clients.status_executor_for(host)
+        for attempt in (1, 2):
+            started = time.monotonic()
+            future = pool.submit(getattr(client, method), *args, **kwargs)
+            try:
+                # The client's own limit applies to the connect and to each read; this one
+                # bounds the whole call, whatever the transport does.
+                return await asyncio.wait_for(
+                    asyncio.wrap_future(future), 2 * self.engine_status_timeout + 1
+                )
+            except TimeoutError:
+                raise clients.EngineUnreachable(
+                    f"no answer within {self.engine_status_timeout:g}s"
+                ) from None
+            except APIError:
+                # The engine answered (404 for a removed container, 500...): it is there.
+                # docker's errors are requests' HTTPError, an OSError, so this comes first.
+                raise
+            except (requests.ConnectionError, requests.Timeout, OSError) as e:
+                if attempt == 1 and time.monotonic() - started < 1:
+                    await asyncio.sleep(1)
+                    continue
+                raise clients.EngineUnreachable(describe_error(e)) from e
+        raise AssertionError("unreachable")
+
+    async def machine_lost(self, error: str) -> str:
+        """The host's engine is unreachable: keep the reason (state, status API), tell the
+        provider (the registry marks the host down), and return the reason."""
+        prefix = f"machine {self.host_name} unreachable since "
+        if self._unreachable is None and self.last_error.startswith(prefix):
+            # Found by an earlier spawner object of this workspace (the Hub makes a new one
+            # after a stop): the machine has been unreachable since then, not since now.
+            self._unreachable = (time.time(), self.last_error)
+        first = self._unreachable is None
+        if self._unreachable is None:
+            since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            reason = f"machine {self.host_name} unreachable since {since} ({error})"
+            self._unreachable = (time.time(), reason)
+        self._unreachable_checked = time.monotonic()
+        reason = self._unreachable[1]
+        self.last_error = reason
+        if first:
+            self.log.warning("%s: %s", self._log_name, reason)
+            try:
+                await self.host_provider.host_unreachable(self.host_name, error)
+            except Exception:
+                self.log.exception("%s: host provider host_unreachable() failed", self._log_name)
+            await self._tell_provider("stopped")
+        return reason
+
     async def poll(self) -> int | str | None:
+        """None while the container runs; else why not (its exit, or its machine lost).
+
+        Unlike DockerSpawner's, the check is bounded (`engine_status`): a dead remote
+        machine makes it answer with the reason within `engine_status_timeout`, never hang.
+        The Hub polls again at once after a poll reports a stop (its callbacks, then
+        `User.stop`); a loss found moments ago is answered from memory then, and a host
+        the provider knows to be down (`HostProvider.host_down`) is not called at all.
+        """
         if not self.host_name:
             return 0
+        if self.on_swarm:
+            # Swarm restarts or moves the task itself; the poll follows it (`swarm.py`).
+            return await self.swarm.poll()
+        recent = time.monotonic() - self._unreachable_checked < self.engine_status_timeout
+        if self._unreachable is not None and recent:
+            return self._unreachable[1]
+        # A host known to be down is not asked (the Hub polls after every failed start too).
+        down = await self._host_down()
+        if down is not None:
+            return self.last_error or down
         try:
-            return await super().poll()
+            container = await self.engine_status("inspect_container", self.object_name)
         except UnknownHost:
             return f"host {self.host_name!r} is gone"
+        except NotFound:
+            self.log.warning("%s: container %s not found", self._log_name, self.object_name)
+            return 0
+        except clients.EngineUnreachable as e:
+            return await self.machine_lost(str(e))
+        self._unreachable = None
+        self.object_id = container["Id"]
+        state = container["State"]
+        if state["Running"]:
+            return None
+        return "ExitCode={ExitCode}, Error='{Error}', FinishedAt={FinishedAt}".format(**state)
 
     async def delete_forever(self) -> None:
         """Remove the container and forget the workspace's git credential; remove the home
@@ -441,7 +632,10 @@ class PlacementSpawner(SpawnerSettings):
             self.log.warning("%s: host %s gone, nothing to delete", self._log_name, self.host_name)
             return
         with contextlib.suppress(NotFound):
-            await self.docker("remove_container", self.object_name, force=True, v=True)
+            if self.on_swarm:
+                await self.swarm.remove()
+            else:
+                await self.docker("remove_container", self.object_name, force=True, v=True)
         if self.delete_data_on_remove and self.home_ready:
             home = self.home_location(host)
             if homes.can_prepare_locally(host, self.home_uid):
@@ -471,12 +665,20 @@ class PlacementSpawner(SpawnerSettings):
             "host": self.host_name or None,
             "user_options": self.user_options or {},
         }
+        if self.on_swarm:
+            return await self.swarm.status(status)
         container = None
         if self.host_name:
+            # A host known to be down is not asked: its endpoint may never answer.
+            down = await self._host_down()
+            if down is not None:
+                return {**status, "state": "ERROR", "reason": self.last_error or down}
             try:
-                container = await self.docker("inspect_container", self.object_name)
+                container = await self.engine_status("inspect_container", self.object_name)
             except (NotFound, UnknownHost):
                 container = None
+            except clients.EngineUnreachable as e:
+                return {**status, "state": "ERROR", "reason": await self.machine_lost(str(e))}
             except APIError as e:
                 return {**status, "state": "ERROR", "reason": f"Docker host error: {e}"}
         if container is None:
@@ -497,6 +699,14 @@ class PlacementSpawner(SpawnerSettings):
             return {**status, "state": "ERROR", "reason": reason}
         return {**status, "state": "STOPPED", "reason": None, "finished_at": st["FinishedAt"]}
 
+    async def _host_down(self) -> str | None:
+        """The provider's word that this workspace's host is down (`host_down`), or None."""
+        try:
+            return await self.host_provider.host_down(self.host_name)
+        except Exception:
+            self.log.exception("%s: host provider host_down() failed", self._log_name)
+            return None
+
     def size_profile_name(self) -> str:
         return str((self.user_options or {}).get("profile", ""))
 
@@ -504,6 +714,8 @@ class PlacementSpawner(SpawnerSettings):
         """The container's stdout and stderr, last `tail` lines; empty if no container."""
         if not self.host_name:
             return ""
+        if self.on_swarm:
+            return await self.swarm.logs(tail, timestamps)
         try:
             raw = await self.docker(
                 "logs", self.object_name, stdout=True, stderr=True, tail=tail, timestamps=timestamps

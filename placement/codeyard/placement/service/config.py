@@ -23,6 +23,7 @@ from traitlets.config import Application, catch_config_error
 from ..crypto import CredentialCipher
 from ..database import open_db, upgrade
 from ..health import HealthMonitor
+from ..image_pulls import ImagePuller
 from ..registry import Registry
 from ..settings import PlacementService
 from .app import make_app
@@ -77,6 +78,9 @@ class PlacementServiceApp(Application):
         url = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
         app.listen(url.port or 80, url.hostname or "127.0.0.1", xheaders=True)
         self.log.info("codeyard-placement on %s%s", url.geturl(), url_path_join(prefix, "api/"))
+        if settings.images:
+            ctx.image_puller = image_puller(registry, settings)
+            ctx.image_puller.start_all()
         if settings.health_interval > 0:
             ctx.monitor = HealthMonitor(registry, settings.health_interval, settings.probe_timeout)
             ctx.monitor.start()
@@ -90,3 +94,15 @@ class PlacementServiceApp(Application):
         self.log.info("codeyard-placement stopping")
         if ctx.monitor is not None:
             await ctx.monitor.stop()
+        if ctx.image_puller is not None:
+            await ctx.image_puller.stop()
+
+
+def image_puller(registry: Registry, settings: PlacementService) -> ImagePuller:
+    """The pulls of `settings.images` from `settings.image_registry` onto hosts."""
+    from codeyard.spawner.image_transfer import ImageDistribution
+
+    distribution = ImageDistribution(
+        registry=settings.image_registry, registry_ca_file=settings.image_registry_ca_file
+    )
+    return ImagePuller(registry, distribution, settings.images)

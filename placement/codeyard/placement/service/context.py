@@ -15,6 +15,7 @@ from urllib.parse import quote
 from tornado import httpclient
 
 from ..health import HealthMonitor
+from ..image_pulls import ImagePuller
 from ..registry import Registry
 from ..settings import ADMIN_SCOPE, HUB_ADMIN_SCOPE
 
@@ -30,6 +31,8 @@ class ServiceContext:
         default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="codeyard-placement")
     )
     monitor: HealthMonitor | None = None
+    #: Background image pulls onto hosts (`image_pulls.ImagePuller`); None: none configured.
+    image_puller: ImagePuller | None = None
     url: str = ""  # the service's own base URL, for links and tests
 
     async def restart_workspace(self, user: str, name: str) -> str:

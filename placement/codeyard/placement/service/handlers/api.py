@@ -4,6 +4,10 @@
     GET/PATCH/DELETE    servers/{id}                 ({id} is the numeric id or the name)
     POST                servers/{id}/test            connect, ping, report facts or the error
     POST                servers/{id}/drain | undrain
+    POST                servers/{id}/pull            pull the configured images now (202)
+    GET                 servers/{id}/images          images on the host, pulls and failures
+    GET                 image-registries             stored registry logins (never passwords)
+    PUT/GET/DELETE      image-registries/{host:port} {"username", "password"}
     GET                 workspaces?user=&server=&state=
     POST                workspaces/{user}/{name}/place   {"server", "restart", "confirm_data_loss"}
     POST                workspaces/{user}/{name}/confirm-move   (data stays on the dead host)
@@ -13,7 +17,8 @@
     DELETE              policies/{group}             drop an admin's group override
 
 Shapes are `registry.ServerModel` and `registry.PlacementModel`; secrets are accepted in
-`credential` on POST/PATCH and never returned (only fingerprints).
+`credential` on POST/PATCH and never returned (only fingerprints). A registered host gets the
+configured images pulled in the background after the answer (`image_pulls.ImagePuller`).
 """
 
 from __future__ import annotations
@@ -36,9 +41,11 @@ class ServersHandler(APIHandler):
 
     @web.authenticated
     async def post(self) -> None:
-        self.write_json(
-            await self.run(self.registry.register_pinned, self.json_body(required=False)), 201
-        )
+        server = await self.run(self.registry.register_pinned, self.json_body(required=False))
+        self.write_json(server, 201)
+        puller = self.ctx.image_puller
+        if puller is not None and puller.applies_to(server):
+            puller.start(server["name"])
 
 
 class ServerHandler(APIHandler):
@@ -79,6 +86,62 @@ class ServerStateHandler(APIHandler):
     async def post(self, server_id: str, action: str) -> None:
         state = ServerState.draining if action == "drain" else ServerState.active
         self.write_json(await self.run(self.registry.set_state, server_id, state))
+
+
+class ServerPullHandler(APIHandler):
+    """Pull the configured images onto the host now, in the background (202 at once)."""
+
+    @web.authenticated
+    async def post(self, server_id: str) -> None:
+        server = await self.run(self.registry.get_server, server_id)
+        puller = self.ctx.image_puller
+        if puller is None or not puller.images:
+            raise JSONError(
+                409, "conflict", "no images configured (PlacementService.images) to pull"
+            )
+        started = puller.start(server["name"])
+        self.write_json({"server": server["name"], "started": started}, 202)
+
+
+class ServerImagesHandler(APIHandler):
+    @web.authenticated
+    async def get(self, server_id: str) -> None:
+        server = await self.run(self.registry.get_server, server_id)
+        images = await self.run(self.registry.host_images)
+        self.write_json(images.get(server["name"], []))
+
+
+class RegistryLoginsHandler(APIHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        self.write_json(await self.run(self.registry.registry_logins.list))
+
+
+class RegistryLoginHandler(APIHandler):
+    """One image registry's login: the password goes in, never out."""
+
+    @web.authenticated
+    async def get(self, registry: str) -> None:
+        self.write_json(await self.run(self.registry.registry_logins.get, registry))
+
+    @web.authenticated
+    async def put(self, registry: str) -> None:
+        body = self.json_body(required=False)
+        user = self.current_user or {}
+        view = await self.run(
+            self.registry.registry_logins.set,
+            registry,
+            body.get("username", ""),
+            body.get("password", ""),
+            by=str(user.get("name", "")),
+        )
+        self.write_json(view)
+
+    @web.authenticated
+    async def delete(self, registry: str) -> None:
+        await self.run(self.registry.registry_logins.delete, registry)
+        self.set_status(204)
+        self.finish()
 
 
 class WorkspacesHandler(APIHandler):
@@ -163,6 +226,10 @@ def api_handlers(prefix: str) -> list[tuple[str, type, dict[str, Any]] | tuple[s
         (api + r"servers/([^/]+)", ServerHandler),
         (api + r"servers/([^/]+)/test", ServerTestHandler),
         (api + r"servers/([^/]+)/(drain|undrain)", ServerStateHandler),
+        (api + r"servers/([^/]+)/pull", ServerPullHandler),
+        (api + r"servers/([^/]+)/images", ServerImagesHandler),
+        (api + "image-registries", RegistryLoginsHandler),
+        (api + r"image-registries/([^/]+)", RegistryLoginHandler),
         (api + "workspaces", WorkspacesHandler),
         (api + r"workspaces/([^/]+)/([^/]*)/place", WorkspacePlaceHandler),
         (api + r"workspaces/([^/]+)/([^/]*)/confirm-move", WorkspaceConfirmMoveHandler),

@@ -79,7 +79,42 @@ class ServersPage(PageHandler):
     async def get(self) -> None:
         servers = await self.blocking(self.registry.list_servers)
         images = await self.blocking(self.registry.host_images)
-        self.render_page("servers.html", page="servers", servers=servers, images=images)
+        logins = await self.blocking(self.registry.registry_logins.list)
+        puller = self.ctx.image_puller
+        self.render_page(
+            "servers.html",
+            page="servers",
+            servers=servers,
+            images=images,
+            registry_logins=logins,
+            image_registry=puller.distribution.registry if puller else "",
+            pulled_images=puller.images if puller else [],
+        )
+
+
+class RegistryLoginPage(PageHandler):
+    """The Servers page's "Image registry" form: store a registry's login (encrypted)."""
+
+    @web.authenticated
+    async def post(self) -> None:
+        arg = self.get_body_argument
+        user = self.current_user or {}
+        try:
+            view = await self.blocking(
+                self.registry.registry_logins.set,
+                arg("registry", ""),
+                arg("username", ""),
+                arg("password", ""),
+                by=str(user.get("name", "")),
+            )
+        except RegistryError as e:
+            self.back("servers", str(e), "danger")
+            return
+        self.back(
+            "servers",
+            f"Stored the login {view['username']} for {view['registry']} (encrypted)",
+            "success",
+        )
 
 
 class ServerActionPage(PageHandler):
@@ -100,6 +135,15 @@ class ServerActionPage(PageHandler):
                     self.back("servers", f"{name}: OK in {result['latency_ms']} ms", "success")
                 else:
                     self.back("servers", f"{name}: {result['error']}", "danger")
+                return
+            if action == "pull":
+                server = await self.blocking(self.registry.get_server, server_id)
+                puller = self.ctx.image_puller
+                if puller is None or not puller.images:
+                    self.back("servers", "No images configured to pull", "warning")
+                    return
+                puller.start(server["name"])
+                self.back("servers", f"{server['name']}: pulling {', '.join(puller.images)}")
                 return
             state = ServerState.draining if action == "drain" else ServerState.active
             server = await self.blocking(self.registry.set_state, server_id, state)
@@ -178,8 +222,14 @@ class RegisterPage(PageHandler):
                 "register.html", page="register", form=form, message=str(e), message_kind="danger"
             )
             return
+        note = ""
+        puller = self.ctx.image_puller
+        if puller is not None and puller.applies_to(server) and puller.start(server["name"]):
+            note = " Its image pull runs in the background (Images column)."
         self.back(
-            "servers", f"Registered {server['name']}. Test it to check the connection.", "success"
+            "servers",
+            f"Registered {server['name']}. Test it to check the connection.{note}",
+            "success",
         )
 
 
@@ -231,7 +281,8 @@ def page_handlers(prefix: str) -> list[Any]:
         (prefix, DashboardPage),
         (prefix + "servers", ServersPage),
         (prefix + "servers/new", RegisterPage),
-        (prefix + r"servers/(\d+)/(test|drain|undrain)", ServerActionPage),
+        (prefix + r"servers/(\d+)/(test|drain|undrain|pull)", ServerActionPage),
+        (prefix + "image-registries", RegistryLoginPage),
         (prefix + "workspaces", PlacementsPage),
         (prefix + r"workspaces/([^/]+)/([^/]*)/(place|confirm-move)", WorkspaceActionPage),
         (prefix + "hub-static/(.*)", web.StaticFileHandler, {"path": f"{DATA_FILES_PATH}/static"}),

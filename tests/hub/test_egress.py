@@ -1,0 +1,712 @@
+"""Workspaces reach the Hub API, the gateway and the admin's allowed hosts, and nothing else.
+
+A real Hub (the project config) with the egress proxy on (`CodeyardHub.egress_image`, the
+image `images/bin/build-egress-image.sh` builds) and an allow-list
+(`CodeyardHub.egress_allow`), on a workspace network of its own. Two users start real
+workspaces; every check runs from inside alice's container.
+
+The outside world is a network namespace this test creates ("the site"), joined to this box
+by a veth pair on 10.97.N.0/24. In it listen stand-ins: an "allowed" and a "forbidden" web
+server (names known only to the proxy, through `EgressProxy.extra_hosts`), a metadata
+server at 169.254.169.254 (this box routes that address into the namespace, as a cloud
+host routes it to its metadata service) and a Docker engine port of a "registered host".
+This box's own engine port is stood in for by a listener on the docker bridge address. A
+control container on the same workspace network, without the workspace's rules, reaches
+every one of them directly, so each refusal below is the egress design's doing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import pytest
+import requests
+from conftest import Users, running_hub
+from support.browser import Browser, start_workspace
+from support.hub import DOCKER_BRIDGE_IP, REPO, HubProcess, ensure_images
+from support.pki import CA
+from support.processes import run_last_line
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "correct-horse-battery-7"
+WS = "egress"
+METADATA_IP = "169.254.169.254"
+ALLOWED = "allowed.codeyard.test"
+FORBIDDEN = "forbidden.codeyard.test"
+# Allowed by name, but it resolves to the metadata address: still refused.
+METADATA_NAME = "metadata.codeyard.test"
+SITE_PORT = 8080
+BOB_PORT = 9000
+
+FETCH = r"""
+import json, ssl, sys, urllib.error, urllib.request
+url, timeout, proxy, method = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+data = sys.argv[5].encode() if len(sys.argv) > 5 and sys.argv[5] else None
+# The TLS stand-ins have a throwaway certificate: what is tested is the tunnel, not trust.
+handlers = [urllib.request.HTTPSHandler(context=ssl._create_unverified_context())]
+if proxy == "none":
+    handlers.append(urllib.request.ProxyHandler({}))
+elif proxy != "env":
+    handlers.append(urllib.request.ProxyHandler({"http": proxy, "https": proxy}))
+req = urllib.request.Request(url, data=data, method=method)
+for h in sys.argv[6:]:
+    k, v = h.split(":", 1)
+    req.add_header(k, v.strip())
+try:
+    with urllib.request.build_opener(*handlers).open(req, timeout=timeout) as r:
+        print(json.dumps({"status": r.status, "body": r.read(300).decode("utf-8", "replace")}))
+except urllib.error.HTTPError as e:
+    print(json.dumps({"status": e.code, "body": e.read(300).decode("utf-8", "replace")}))
+except Exception as e:
+    print(json.dumps({"error": type(e).__name__, "detail": str(e)}))
+"""
+
+STAND_IN = r"""
+import http.server, ssl, sys
+addr, port, body = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+cert = sys.argv[4] if len(sys.argv) > 4 else ""
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+server = http.server.ThreadingHTTPServer((addr, port), H)
+if cert:
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+
+
+def _ip(*args: str, check: bool = True) -> None:
+    subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+@dataclass
+class Site:
+    """The test's outside world: a namespace with stand-in listeners."""
+
+    name: str
+    subnet: int
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def host_side(self) -> str:
+        return f"10.97.{self.subnet}.1"
+
+    @property
+    def allowed_ip(self) -> str:
+        return f"10.97.{self.subnet}.2"
+
+    @property
+    def forbidden_ip(self) -> str:
+        return f"10.97.{self.subnet}.3"
+
+    def serve(
+        self, addr: str, port: int, body: str, in_namespace: bool = True, tls: str = ""
+    ) -> None:
+        """A stand-in answering `body`; over TLS with the PEM (cert and key) file `tls`."""
+        cmd = [sys.executable, "-c", STAND_IN, addr, str(port), body, tls]
+        if in_namespace:
+            cmd = ["nsenter", f"--net=/var/run/netns/{self.name}", *cmd]
+        self.procs.append(subprocess.Popen(cmd))
+        url = f"{'https' if tls else 'http'}://{addr}:{port}/"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if requests.get(url, timeout=2, verify=False).text == body:
+                    return
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, f"stand-in {url} did not start"
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    tag = secrets.token_hex(2)
+    used = subprocess.run(["ip", "-4", "addr"], capture_output=True, text=True).stdout
+    subnet = next(n for n in range(11, 250) if f"10.97.{n}." not in used)
+    s = Site(name=f"cyeg{tag}", subnet=subnet)
+    host_if, ns_if = f"cyeg{tag}h", f"cyeg{tag}n"
+    routed = False
+    try:
+        _ip("netns", "add", s.name)
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        _ip("link", "set", ns_if, "netns", s.name)
+        _ip("addr", "add", f"{s.host_side}/24", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        ns = ["-n", s.name]
+        _ip(*ns, "addr", "add", f"{s.allowed_ip}/24", "dev", ns_if)
+        _ip(*ns, "addr", "add", f"{s.forbidden_ip}/24", "dev", ns_if)
+        _ip(*ns, "addr", "add", f"{METADATA_IP}/32", "dev", ns_if)
+        _ip(*ns, "link", "set", ns_if, "up")
+        _ip(*ns, "link", "set", "lo", "up")
+        _ip(*ns, "route", "add", "default", "via", s.host_side)
+        # This box sends the metadata address into the namespace, as a cloud host does.
+        _ip("route", "add", f"{METADATA_IP}/32", "via", s.allowed_ip)
+        routed = True
+        s.serve(s.allowed_ip, SITE_PORT, "codeyard-allowed-site")
+        s.serve(s.forbidden_ip, SITE_PORT, "codeyard-forbidden-site")
+        s.serve(METADATA_IP, 80, "codeyard-metadata")
+        s.serve(s.allowed_ip, 2376, "codeyard-remote-engine")
+        pem = tmp_path_factory.mktemp("site-tls") / "stand-in.pem"
+        pair = CA().server(s.allowed_ip)
+        pem.write_text(pair.cert + pair.key)
+        s.serve(s.allowed_ip, 443, "codeyard-allowed-tls", tls=str(pem))
+        s.serve(s.forbidden_ip, 443, "codeyard-forbidden-tls", tls=str(pem))
+        yield s
+    finally:
+        for proc in s.procs:
+            proc.terminate()
+            proc.wait(10)
+        if routed:
+            _ip("route", "del", f"{METADATA_IP}/32", check=False)
+        _ip("link", "del", host_if, check=False)
+        _ip("netns", "del", s.name, check=False)
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """The single-user image: `CODEYARD_TEST_IMAGE` (a tag already built: what is tested
+    here runs in the Hub and the egress image, not in the workspace image), else the tree's,
+    built if needed."""
+    return os.environ.get("CODEYARD_TEST_IMAGE") or ensure_images()
+
+
+@pytest.fixture(scope="module")
+def egress_image(image: str) -> str:
+    # `image` first: it starts dockerd and builds the offline base the proxy image uses.
+    return run_last_line([str(REPO / "images" / "bin" / "build-egress-image.sh")])
+
+
+@pytest.fixture(scope="module")
+def network_name() -> str:
+    return f"cyeg-{secrets.token_hex(3)}"
+
+
+@pytest.fixture(scope="module")
+def hub(
+    tmp_path_factory: pytest.TempPathFactory,
+    test_vllm: str,
+    image: str,
+    egress_image: str,
+    proxy_command: str,
+    users: Users,
+    docker_client: docker.APIClient,
+    site: Site,
+    network_name: str,
+) -> Iterator[HubProcess]:
+    state = tmp_path_factory.mktemp("hubstate-egress")
+    hosts = {ALLOWED: site.allowed_ip, FORBIDDEN: site.forbidden_ip, METADATA_NAME: METADATA_IP}
+    config = "\n".join(
+        [
+            f"c.CodeyardHub.egress_allow = {[ALLOWED, METADATA_NAME]!r}",
+            f"c.EgressProxy.extra_hosts = {hosts!r}",
+            f"c.PlacementSpawner.workspace_network = {network_name!r}",
+            'c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]',
+        ]
+    )
+    env = {"CODEYARD_EGRESS_IMAGE": egress_image}
+    try:
+        with running_hub(
+            state, image, proxy_command, users, docker_client, site_config=config, extra_env=env
+        ) as proc:
+            yield proc
+    finally:
+        for c in docker_client.containers(
+            all=True, filters={"name": f"codeyard-egress-{network_name}"}
+        ):
+            docker_client.remove_container(c["Id"], force=True)
+        for n in docker_client.networks(names=[network_name]):
+            docker_client.remove_network(n["Id"])
+
+
+def run_in(docker_client: docker.APIClient, cid: str, cmd: list[str]) -> tuple[int, str]:
+    ex = docker_client.exec_create(cid, cmd)
+    out = docker_client.exec_start(ex).decode("utf-8", "replace")
+    return docker_client.exec_inspect(ex["Id"])["ExitCode"], out
+
+
+def fetch(
+    docker_client: docker.APIClient,
+    cid: str,
+    url: str,
+    proxy: str = "env",
+    timeout: float = 4,
+    method: str = "GET",
+    data: str = "",
+    headers: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """An HTTP request from inside the container: {"status", "body"} or {"error"}.
+    `proxy`: "env" (the container's HTTP_PROXY/NO_PROXY), "none" (direct) or a proxy URL."""
+    cmd = ["python3", "-c", FETCH, url, str(timeout), proxy, method, data, *headers]
+    code, out = run_in(docker_client, cid, cmd)
+    assert code == 0, out
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def refused_directly(result: dict[str, Any]) -> bool:
+    return "status" not in result and bool(result.get("error"))
+
+
+def refused_by_proxy(result: dict[str, Any], marker: str = "codeyard-") -> bool:
+    return result.get("status") == 403 and marker not in result.get("body", "")
+
+
+@dataclass
+class Workspaces:
+    alice: dict[str, Any]
+    bob: dict[str, Any]
+    alice_auth: dict[str, str]
+    network: dict[str, Any]
+
+    @property
+    def gateway(self) -> str:
+        [cfg] = [c for c in self.network["IPAM"]["Config"] if ":" not in c["Subnet"]]
+        return str(cfg["Gateway"])
+
+    def env(self, info: dict[str, Any]) -> dict[str, str]:
+        return dict(e.split("=", 1) for e in info["Config"]["Env"])
+
+
+@pytest.fixture(scope="module")
+def workspaces(
+    hub: HubProcess, users: Users, docker_client: docker.APIClient, network_name: str
+) -> Workspaces:
+    found: dict[str, Any] = {}
+    auth: dict[str, dict[str, str]] = {}
+    for name in users.all():
+        browser = Browser(hub.url)
+        assert "signup was successful" in browser.signup(name, PASSWORD).text
+        assert browser.login(name, PASSWORD).url.endswith("/hub/home")
+        auth[name] = start_workspace(hub, browser, name, WS)
+        [c] = docker_client.containers(
+            filters={"label": [f"codeyard.user={name}", f"codeyard.workspace={WS}"]}
+        )
+        found[name] = docker_client.inspect_container(c["Id"])
+    [net] = [n for n in docker_client.networks(names=[network_name]) if n["Name"] == network_name]
+    return Workspaces(
+        alice=found[users.alice],
+        bob=found[users.bob],
+        alice_auth=auth[users.alice],
+        network=docker_client.inspect_network(net["Id"]),
+    )
+
+
+@pytest.fixture(scope="module")
+def engine_stand_in(site: Site, image: str) -> str:
+    """This box's engine port as containers would reach it (the docker bridge address)."""
+    site.serve(DOCKER_BRIDGE_IP, 2375, "codeyard-local-engine", in_namespace=False)
+    return f"http://{DOCKER_BRIDGE_IP}:2375/version"
+
+
+@pytest.fixture(scope="module")
+def control(
+    docker_client: docker.APIClient, image: str, workspaces: Workspaces, network_name: str
+) -> Iterator[str]:
+    """A container on the same workspace network without the workspace's rules."""
+    created = docker_client.create_container(
+        image,
+        command=["sleep", "600"],
+        entrypoint=[],
+        labels={"codeyard.test": "egress-control"},
+        host_config=docker_client.create_host_config(network_mode=network_name),
+    )
+    docker_client.start(created["Id"])
+    try:
+        yield created["Id"]
+    finally:
+        docker_client.remove_container(created["Id"], force=True)
+
+
+def test_workspace_is_told_the_proxy_and_the_hub_behind_it(
+    workspaces: Workspaces, hub: HubProcess
+) -> None:
+    env = workspaces.env(workspaces.alice)
+    gw = workspaces.gateway
+    assert env["HTTP_PROXY"] == env["HTTPS_PROXY"] == f"http://{gw}:3128", env
+    assert gw in env["NO_PROXY"].split(","), env
+    assert env["JUPYTERHUB_API_URL"] == f"http://{gw}:3129/hub/api", env
+    assert env["CODEYARD_LLM_URL"].startswith(f"http://{gw}:31"), env
+    assert env["CODEYARD_AUDIT_URL"].startswith(f"http://{gw}:31"), env
+    assert set(workspaces.alice["NetworkSettings"]["Networks"]) == {workspaces.network["Name"]}
+
+
+def test_the_hosts_proxy_runs_hardened_on_the_hosts_network(
+    workspaces: Workspaces, docker_client: docker.APIClient, network_name: str
+) -> None:
+    proxy = docker_client.inspect_container(f"codeyard-egress-{network_name}")
+    assert proxy["State"]["Running"], proxy["State"]
+    host_config = proxy["HostConfig"]
+    assert host_config["NetworkMode"] == "host"
+    assert host_config["CapDrop"] == ["ALL"] and not host_config["CapAdd"]
+    assert host_config["ReadonlyRootfs"] is True
+    assert "no-new-privileges:true" in host_config["SecurityOpt"]
+    assert proxy["Config"]["User"] == "proxy"
+    # No rule helper is left behind, and the workspace has no capability to undo its rules.
+    assert not docker_client.containers(all=True, filters={"label": "codeyard.helper=egress-rules"})
+    assert workspaces.alice["HostConfig"]["CapDrop"] == ["ALL"]
+    assert not workspaces.alice["HostConfig"]["CapAdd"]
+
+
+def test_allowed_host_works_and_forbidden_one_is_refused(
+    workspaces: Workspaces, docker_client: docker.APIClient, control: str, site: Site
+) -> None:
+    cid = workspaces.alice["Id"]
+    allowed = fetch(docker_client, cid, f"http://{ALLOWED}:{SITE_PORT}/")
+    assert allowed == {"status": 200, "body": "codeyard-allowed-site"}, allowed
+    forbidden = fetch(docker_client, cid, f"http://{FORBIDDEN}:{SITE_PORT}/")
+    assert refused_by_proxy(forbidden), forbidden
+    # Around the proxy: no route, neither to the forbidden server nor to the allowed one.
+    for ip in (site.forbidden_ip, site.allowed_ip):
+        direct = fetch(docker_client, cid, f"http://{ip}:{SITE_PORT}/", proxy="none")
+        assert refused_directly(direct), (ip, direct)
+        # ... which the same network gives a container without the workspace's rules.
+        assert (
+            fetch(docker_client, control, f"http://{ip}:{SITE_PORT}/", proxy="none")["status"]
+            == 200
+        ), ip
+
+
+def test_https_tunnels_only_to_allowed_hosts_on_443(
+    workspaces: Workspaces, docker_client: docker.APIClient, site: Site
+) -> None:
+    """pip and git over HTTPS: a CONNECT tunnel through the proxy, for allowed names only."""
+    cid = workspaces.alice["Id"]
+    tls = fetch(docker_client, cid, f"https://{ALLOWED}/")
+    assert tls == {"status": 200, "body": "codeyard-allowed-tls"}, tls
+    forbidden = fetch(docker_client, cid, f"https://{FORBIDDEN}/")
+    assert "status" not in forbidden and "403" in forbidden.get("detail", ""), forbidden
+    # A tunnel to another port of an allowed host is refused (plain HTTP there still works).
+    other_port = fetch(docker_client, cid, f"https://{ALLOWED}:{SITE_PORT}/")
+    assert "status" not in other_port and "403" in other_port.get("detail", ""), other_port
+    direct = fetch(docker_client, cid, f"https://{site.allowed_ip}/", proxy="none")
+    assert refused_directly(direct), direct
+
+
+def test_metadata_address_is_unreachable(
+    workspaces: Workspaces, docker_client: docker.APIClient, control: str
+) -> None:
+    cid = workspaces.alice["Id"]
+    url = f"http://{METADATA_IP}/latest/meta-data/"
+    assert requests.get(url, timeout=5).text == "codeyard-metadata"
+    assert fetch(docker_client, control, url, proxy="none")["status"] == 200
+    assert refused_directly(fetch(docker_client, cid, url, proxy="none"))
+    assert refused_by_proxy(fetch(docker_client, cid, url))
+    # An allowed name that resolves to it is refused too.
+    by_name = fetch(docker_client, cid, f"http://{METADATA_NAME}/latest/meta-data/")
+    assert refused_by_proxy(by_name), by_name
+
+
+def test_engine_ports_are_unreachable(
+    workspaces: Workspaces,
+    docker_client: docker.APIClient,
+    control: str,
+    engine_stand_in: str,
+    site: Site,
+) -> None:
+    cid = workspaces.alice["Id"]
+    remote = f"http://{site.allowed_ip}:2376/version"
+    for url in (engine_stand_in, remote):
+        assert fetch(docker_client, control, url, proxy="none")["status"] == 200, url
+        assert refused_directly(fetch(docker_client, cid, url, proxy="none")), url
+        assert refused_by_proxy(fetch(docker_client, cid, url)), url
+    # Even on an allowed host name.
+    by_name = fetch(docker_client, cid, f"http://{ALLOWED}:2376/version")
+    assert refused_by_proxy(by_name), by_name
+
+
+def test_another_workspace_is_unreachable(
+    workspaces: Workspaces, docker_client: docker.APIClient, network_name: str
+) -> None:
+    alice, bob = workspaces.alice, workspaces.bob
+    ex = docker_client.exec_create(
+        bob["Id"], ["python3", "-m", "http.server", str(BOB_PORT)], workdir="/tmp"
+    )
+    docker_client.exec_start(ex, detach=True)
+    deadline = time.monotonic() + 30
+    while fetch(docker_client, bob["Id"], f"http://127.0.0.1:{BOB_PORT}/").get("status") != 200:
+        assert time.monotonic() < deadline, "bob's server did not start"
+        time.sleep(0.5)
+    bob_ip = bob["NetworkSettings"]["Networks"][network_name]["IPAddress"]
+    for port in (BOB_PORT, 8888):
+        url = f"http://{bob_ip}:{port}/"
+        assert refused_directly(fetch(docker_client, alice["Id"], url, proxy="none")), url
+        assert fetch(docker_client, alice["Id"], url).get("status") == 403, url
+
+
+def test_hub_api_works_but_login_and_signup_are_refused(
+    workspaces: Workspaces, docker_client: docker.APIClient, hub: HubProcess, users: Users
+) -> None:
+    cid = workspaces.alice["Id"]
+    env = workspaces.env(workspaces.alice)
+    api = env["JUPYTERHUB_API_URL"]
+    answer = fetch(docker_client, cid, api)
+    assert answer.get("status") == 200, answer
+    assert "version" in json.loads(answer["body"]), answer
+    base = api[: -len("/hub/api")]
+    for path in ("/hub/login", "/hub/signup", "/hub/admin", "/hub/home"):
+        result = fetch(docker_client, cid, base + path)
+        assert result.get("status") == 403, (path, result)
+    signup = fetch(
+        docker_client,
+        cid,
+        base + "/hub/signup",
+        method="POST",
+        data="username=admin&signup_password=x12345678&signup_password_confirmation=x12345678",
+    )
+    assert signup.get("status") == 403, signup
+    # The Hub's own address: no route, and the forward proxy does not know it either.
+    direct = f"http://{DOCKER_BRIDGE_IP}:{hub.hub_port}/hub/signup"
+    assert refused_directly(fetch(docker_client, cid, direct, proxy="none"))
+    assert fetch(docker_client, cid, direct).get("status") == 403
+
+    # The server's own token still reports activity through the same route.
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    body = json.dumps({"servers": {WS: {"last_activity": stamp}}, "last_activity": stamp})
+    posted = fetch(
+        docker_client,
+        cid,
+        env["JUPYTERHUB_ACTIVITY_URL"],
+        method="POST",
+        data=body,
+        headers=(
+            f"Authorization: token {env['JUPYTERHUB_API_TOKEN']}",
+            "Content-Type: application/json",
+        ),
+    )
+    assert posted.get("status") in (200, 204), posted
+    server = hub.api("GET", f"/users/{users.alice}").json()["servers"][WS]
+    assert server["last_activity"].startswith(stamp[:19]), server
+
+
+def test_explain_goes_through_the_gateway(
+    workspaces: Workspaces, hub: HubProcess, users: Users
+) -> None:
+    base = f"{hub.url}/user/{users.alice}/{WS}"
+    auth = workspaces.alice_auth
+    r = requests.put(
+        f"{base}/api/contents/calc.py",
+        json={"type": "file", "format": "text", "content": "def add(a, b):\n    return a + b\n"},
+        headers=auth,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    r = requests.post(
+        f"{base}/codeyard/api/explain",
+        json={"path": "calc.py", "start_line": 1, "end_line": 2},
+        headers=auth,
+        timeout=300,
+    )
+    assert r.status_code == 200, f"{r.status_code} {r.text}\n{hub.log_tail()}"
+    body = r.json()
+    assert body["text"].strip() and body["usage"]["completion_tokens"] > 0, body
+
+
+# ---- the same core checks on another machine (a namespace machine, ENVIRONMENT.md §10) ----
+#
+# The Hub listens on every interface and the machine is registered over TLS with the
+# Hub's own engine drained, so the workspace lands there. The machine gets the workspace
+# image beforehand (`Machine.load_image`); the egress image reaches it through the product's
+# own path (streamed over the engine API), and the proxy and the rules are made through that
+# API alone. The machine reaches the test's site through this box, like any outside host.
+
+REMOTE_WS = "far"
+
+
+@pytest.fixture(scope="module")
+def machine(image: str) -> Iterator[Any]:
+    from support.machines import can_run_machines, machines
+
+    if why := can_run_machines():
+        pytest.skip(f"namespace machines unavailable: {why}")
+    with machines(1) as running:
+        m = running[0]
+        m.load_image(image)
+        yield m
+
+
+@pytest.fixture(scope="module")
+def remote_hub(
+    tmp_path_factory: pytest.TempPathFactory,
+    image: str,
+    egress_image: str,
+    proxy_command: str,
+    users: Users,
+    docker_client: docker.APIClient,
+    site: Site,
+    machine: Any,
+) -> Iterator[HubProcess]:
+    from codeyard.placement.crypto import CredentialCipher
+    from codeyard.placement.database import open_db
+    from codeyard.placement.models import ServerState
+    from codeyard.placement.registry import Registry
+
+    state = tmp_path_factory.mktemp("hubstate-egress-remote")
+    hosts = {ALLOWED: site.allowed_ip, FORBIDDEN: site.forbidden_ip, METADATA_NAME: METADATA_IP}
+    config = "\n".join(
+        [
+            f"c.CodeyardHub.egress_allow = {[ALLOWED, METADATA_NAME]!r}",
+            f"c.EgressProxy.extra_hosts = {hosts!r}",
+        ]
+    )
+    env = {"CODEYARD_EGRESS_IMAGE": egress_image, "CODEYARD_HUB_IP": "0.0.0.0"}
+    hub = HubProcess(
+        state_dir=state,
+        image=image,
+        proxy_command=proxy_command,
+        extra_env=env,
+        site_config=config,
+    )
+    hub.start()
+    try:
+        key = (state / "placement_crypt_key").read_text().strip()
+        registry = Registry(
+            open_db(f"sqlite:///{state / 'placement.sqlite'}"), CredentialCipher(key)
+        )
+        registry.add_server(
+            {
+                "name": machine.name,
+                "endpoint": machine.endpoint,
+                "credential": machine.credential,
+                "region": "far",
+                "storage_root": machine.storage_root,
+                "storage_shared": False,
+            }
+        )
+        registry.set_state("local", ServerState.draining)
+        yield hub
+    finally:
+        hub.stop()
+        with machine.client() as c:
+            for name in users.all():
+                for found in c.api.containers(all=True, filters={"label": f"codeyard.user={name}"}):
+                    c.api.remove_container(found["Id"], force=True)
+
+
+@dataclass
+class RemoteWorkspace:
+    info: dict[str, Any]
+    client: docker.APIClient
+    gateway: str
+
+
+@pytest.fixture(scope="module")
+def remote_workspace(
+    remote_hub: HubProcess, users: Users, machine: Any
+) -> Iterator[RemoteWorkspace]:
+    browser = Browser(remote_hub.url)
+    user = users.alice
+    assert "signup was successful" in browser.signup(user, PASSWORD).text
+    assert browser.login(user, PASSWORD).url.endswith("/hub/home")
+    start_workspace(remote_hub, browser, user, REMOTE_WS)
+    status = browser.api("GET", f"/codeyard/workspaces/{user}/{REMOTE_WS}/status").json()
+    assert status["host"] == machine.name, status
+    with machine.client() as c:
+        [found] = c.api.containers(
+            filters={"label": [f"codeyard.user={user}", f"codeyard.workspace={REMOTE_WS}"]}
+        )
+        info = c.api.inspect_container(found["Id"])
+        [net] = [n for n in c.api.networks(names=["codeyard-workspaces"])]
+        ipam = c.api.inspect_network(net["Id"])["IPAM"]["Config"]
+        gateway = next(cfg["Gateway"] for cfg in ipam if ":" not in cfg["Subnet"])
+        yield RemoteWorkspace(info, c.api, gateway)
+
+
+def test_on_a_machine_allowed_forbidden_metadata_engine_and_hub(
+    remote_workspace: RemoteWorkspace, remote_hub: HubProcess, machine: Any, site: Site
+) -> None:
+    client, cid = remote_workspace.client, remote_workspace.info["Id"]
+    env = dict(e.split("=", 1) for e in remote_workspace.info["Config"]["Env"])
+    gw = remote_workspace.gateway
+    assert env["HTTP_PROXY"] == f"http://{gw}:3128", env
+    assert env["JUPYTERHUB_API_URL"] == f"http://{gw}:3129/hub/api", env
+    # The machine's own proxy, made there through its engine API.
+    proxy = client.inspect_container("codeyard-egress-codeyard-workspaces")
+    assert proxy["State"]["Running"] and proxy["HostConfig"]["NetworkMode"] == "host"
+
+    # A container on the machine's workspace network without the rules reaches all of it.
+    control = client.create_container(
+        remote_workspace.info["Config"]["Image"],
+        command=["sleep", "300"],
+        entrypoint=[],
+        host_config=client.create_host_config(network_mode="codeyard-workspaces"),
+    )
+    try:
+        client.start(control["Id"])
+        for url in (
+            f"http://{site.allowed_ip}:{SITE_PORT}/",
+            f"http://{METADATA_IP}/latest/meta-data/",
+            f"http://{machine.ip}:2376/version",  # TLS: an HTTP error, but it answers
+        ):
+            assert "status" in fetch(client, control["Id"], url, proxy="none"), url
+    finally:
+        client.remove_container(control["Id"], force=True)
+
+    allowed = fetch(client, cid, f"http://{ALLOWED}:{SITE_PORT}/")
+    assert allowed == {"status": 200, "body": "codeyard-allowed-site"}, allowed
+    assert refused_by_proxy(fetch(client, cid, f"http://{FORBIDDEN}:{SITE_PORT}/"))
+    direct = fetch(client, cid, f"http://{site.allowed_ip}:{SITE_PORT}/", proxy="none")
+    assert refused_directly(direct), direct
+
+    metadata = f"http://{METADATA_IP}/latest/meta-data/"
+    assert refused_directly(fetch(client, cid, metadata, proxy="none"))
+    assert refused_by_proxy(fetch(client, cid, metadata))
+    assert refused_by_proxy(fetch(client, cid, f"http://{METADATA_NAME}/"))
+
+    # The machine's own, real engine port (TLS; the proxy refuses before any handshake).
+    engine = f"http://{machine.ip}:2376/version"
+    assert refused_directly(fetch(client, cid, engine, proxy="none"))
+    assert refused_by_proxy(fetch(client, cid, engine))
+
+    answer = fetch(client, cid, env["JUPYTERHUB_API_URL"])
+    assert answer.get("status") == 200 and "version" in json.loads(answer["body"]), answer
+    base = env["JUPYTERHUB_API_URL"][: -len("/hub/api")]
+    for path in ("/hub/login", "/hub/signup"):
+        assert fetch(client, cid, base + path).get("status") == 403, path
+
+
+# ---- the proxy's configuration, without containers --------------------------------------
+
+
+def test_allow_list_entries_and_wildcards() -> None:
+    from codeyard.spawner.egress import EgressProxy, allow_list_entries
+
+    entries = allow_list_entries(["*.Example.com", "a.example.com", "example.com", "pypi.org"])
+    assert entries == [".example.com", "pypi.org"]
+    for bad in ("http://pypi.org", "pypi.org/simple", "a b", "*", "-x.org"):
+        with pytest.raises(Exception, match="Not a host name"):
+            EgressProxy(allowed_hosts=[bad])
+
+
+def test_hub_paths_follow_the_base_url_and_cover_the_bare_api_path() -> None:
+    from codeyard.spawner.egress import EgressProxy
+
+    proxy = EgressProxy(allowed_hosts=["pypi.org"])
+    plan = proxy.plan("10.0.0.1", "10.0.0.0/24", "10.1.0.1", 8081, {}, "/jh/")
+    conf = proxy.squid_config(plan)
+    assert r"acl hub_paths urlpath_regex ^/jh/hub/api(/|\?|$)" in conf, conf
+    assert "http_access deny port_hub !hub_paths" in conf
+    # Only the gateway address listens; the rules open only its ports.
+    assert {line.split()[1] for line in conf.splitlines() if line.startswith("http_port")} == {
+        "10.0.0.1:3128",
+        "10.0.0.1:3129",
+    }
+    rules = proxy.rules_script(plan)
+    assert "-d 10.0.0.1 -p tcp -m multiport --dports 3128,3129 -j ACCEPT" in rules
+    assert "iptables -w -P OUTPUT DROP" in rules

@@ -1,0 +1,351 @@
+"""A workspace on a Docker Swarm, for real: the project Hub places it on a swarm host (three
+namespace machines, `support.swarm`) and it runs as a Swarm service.
+
+The swarm is registered once, by its manager's TLS endpoint, as kind "swarm" with region
+"far"; two nodes carry the node label `codeyard.region=far`, the third `near`, so the region
+constraint decides where the task may go. The Hub's own engine (`local`) is drained, so
+placement must choose the swarm. Homes live on storage every node mounts (one folder of this
+box bind-mounted into each machine's own mount namespace); the Hub never reads it.
+
+What the workspace then does proves each part: Swarm starts the task on a `far` node with
+the profile's limits and a host-mode port (dnsrr: no IPVS here); the proxy reaches that
+node's port (Lab page, tree); the container reaches the Hub API and the gateway (explain,
+with the shared vLLM); stop removes the service and start makes a new one that finds the
+files; and `docker node update --availability drain` on the task's node makes Swarm start
+the task on the other `far` node, where the spawner's poll finds it (new node address, new
+port) and updates the Hub's route, so the same URL answers again with the same files.
+
+The tests run in file order and share one Hub, one swarm and one workspace.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import requests
+from support.browser import Browser
+from support.hub import HubProcess, ensure_images
+from support.machines import can_run_machines
+from support.swarm import Swarm, running_swarm
+
+from codeyard.placement.crypto import CredentialCipher
+from codeyard.placement.database import open_db
+from codeyard.placement.models import ServerState
+from codeyard.placement.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "correct-horse-battery-7"
+WS = "flock"
+HOST = "swarm1"
+CODE = '''def add(a, b):
+    """Return the sum of a and b."""
+    return a + b
+'''
+# The Hub polls every few seconds (JupyterHub's default is 30), so a move is followed soon.
+SITE_CONFIG = """
+c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]
+c.Spawner.poll_interval = 3
+"""
+TIMES: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """`CODEYARD_TEST_IMAGE` (a tag already built) or the tree's image, built if needed."""
+    return os.environ.get("CODEYARD_TEST_IMAGE") or ensure_images()
+
+
+@pytest.fixture(scope="module")
+def swarm(image: str) -> Iterator[Swarm]:
+    if why := can_run_machines():
+        pytest.skip(f"namespace machines unavailable: {why}")
+    started = time.monotonic()
+    with running_swarm(3) as sw:
+        print(f"\nswarm of 3 nodes up in {time.monotonic() - started:.1f}s")
+        regions = [(sw.nodes[0], "far"), (sw.nodes[1], "far"), (sw.nodes[2], "near")]
+        for node, region in regions:
+            sw.label(node, "codeyard.region", region)
+        # Only where a workspace may run (the region constraint keeps it off `near`): each
+        # copy is a gigabyte written, and removed again at the end.
+        far = [node for node, region in regions if region == "far"]
+        took = sw.load_image(image, far)
+        print(f"image {image} loaded into the {len(far)} far nodes in {took:.1f}s")
+        yield sw
+
+
+def _remove_user_objects(client: docker.APIClient, user: str, manager: bool = False) -> None:
+    if manager:
+        for s in client.services(filters={"label": f"codeyard.user={user}"}):
+            client.remove_service(s["ID"])
+    for c in client.containers(all=True, filters={"label": f"codeyard.user={user}"}):
+        client.remove_container(c["Id"], force=True)
+
+
+@pytest.fixture(scope="module")
+def swarm_hub(
+    tmp_path_factory: pytest.TempPathFactory,
+    test_vllm: str,
+    image: str,
+    proxy_command: str,
+    users,
+    docker_client: docker.APIClient,
+    swarm: Swarm,
+) -> Iterator[HubProcess]:
+    state = tmp_path_factory.mktemp("hubstate-swarm")
+    hub = HubProcess(
+        state_dir=state,
+        image=image,
+        proxy_command=proxy_command,
+        extra_env={"CODEYARD_HUB_IP": "0.0.0.0"},  # the multi-machine setting
+        site_config=SITE_CONFIG,
+    )
+    hub.start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+        with swarm.manager.client() as c:
+            for name in users.all():
+                _remove_user_objects(c.api, name, manager=True)
+        for name in users.all():
+            _remove_user_objects(docker_client, name)
+
+
+def registry_of(hub: HubProcess) -> Registry:
+    key = (hub.state_dir / "placement_crypt_key").read_text().strip()
+    return Registry(
+        open_db(f"sqlite:///{hub.state_dir / 'placement.sqlite'}"), CredentialCipher(key)
+    )
+
+
+@pytest.fixture(scope="module")
+def user(swarm_hub: HubProcess, users) -> Browser:
+    b = Browser(swarm_hub.url)
+    assert "signup was successful" in b.signup(users.alice, PASSWORD).text
+    assert b.login(users.alice, PASSWORD).url.endswith("/hub/home")
+    return b
+
+
+@pytest.fixture(scope="module")
+def token(user: Browser, users) -> dict[str, str]:
+    r = user.api("POST", f"/users/{users.alice}/tokens", json={"note": "swarm"})
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"token {r.json()['token']}"}
+
+
+def server_model(hub: HubProcess, user: str, ws: str) -> dict[str, Any] | None:
+    return hub.api("GET", f"/users/{user}").json()["servers"].get(ws)
+
+
+def spawn_and_time(hub: HubProcess, b: Browser, user: str, ws: str) -> float:
+    started = time.monotonic()
+    r = b.api("POST", f"/users/{user}/servers/{ws}", json={"profile": "small"})
+    assert r.status_code in (201, 202), r.text
+    deadline = started + 300
+    while not (server_model(hub, user, ws) or {}).get("ready"):
+        assert time.monotonic() < deadline, f"{user}/{ws} not ready\n{hub.log_tail()}"
+        time.sleep(0.3)
+    return time.monotonic() - started
+
+
+def stop(hub: HubProcess, b: Browser, user: str, ws: str) -> None:
+    r = b.api("DELETE", f"/users/{user}/servers/{ws}")
+    assert r.status_code in (202, 204), r.text
+    deadline = time.monotonic() + 60
+    while server_model(hub, user, ws):
+        assert time.monotonic() < deadline, hub.log_tail()
+        time.sleep(0.3)
+
+
+def the_service(swarm: Swarm, user: str) -> dict[str, Any]:
+    with swarm.manager.client() as c:
+        found = c.api.services(filters={"label": f"codeyard.user={user}"})
+        assert len(found) == 1, found
+        return dict(c.api.inspect_service(found[0]["ID"]))
+
+
+def running_task(swarm: Swarm, service_id: str) -> dict[str, Any] | None:
+    with swarm.manager.client() as c:
+        tasks = c.api.tasks(filters={"service": service_id, "desired-state": "running"})
+        running = [t for t in tasks if t["Status"]["State"] == "running"]
+        return running[0] if running else None
+
+
+def task_node_ip(swarm: Swarm, task: dict[str, Any]) -> str:
+    with swarm.manager.client() as c:
+        node = c.api.inspect_node(task["NodeID"])
+    addr = node["Status"]["Addr"]
+    if addr == "0.0.0.0":
+        addr = node["ManagerStatus"]["Addr"].rsplit(":", 1)[0]
+    return str(addr)
+
+
+def test_register_the_swarm_and_drain_local(swarm_hub: HubProcess, swarm: Swarm) -> None:
+    registry = registry_of(swarm_hub)
+    server = registry.add_server(swarm.registration(HOST, region="far"))
+    assert server["kind"] == "swarm" and server["storage_shared"] is True, server
+    # the Hub's address on the test bridge: every node routes to it the same way
+    assert server["addresses"]["hub_connect_ip"] == swarm.manager.gateway, server
+    assert registry.set_state("local", ServerState.draining)["state"] == "draining"
+
+
+def test_workspace_runs_as_a_swarm_service(
+    swarm_hub: HubProcess, user: Browser, swarm: Swarm, users
+) -> None:
+    TIMES["spawn"] = spawn_and_time(swarm_hub, user, users.alice, WS)
+    print(f"\nspawn to ready on the swarm: {TIMES['spawn']:.1f}s")
+    status = user.api("GET", f"/codeyard/workspaces/{users.alice}/{WS}/status").json()
+    assert status["state"] == "RUNNING" and status["host"] == HOST, status
+
+    service = the_service(swarm, users.alice)
+    spec = service["Spec"]
+    assert spec["EndpointSpec"]["Mode"] == "dnsrr", spec["EndpointSpec"]
+    assert [p["PublishMode"] for p in spec["EndpointSpec"]["Ports"]] == ["host"]
+    template = spec["TaskTemplate"]
+    # the "small" profile: 1 CPU and 2 GiB, the memory reserved
+    assert template["Resources"]["Limits"]["NanoCPUs"] == 1_000_000_000, template
+    assert template["Resources"]["Limits"]["MemoryBytes"] == 2 << 30, template
+    assert template["Resources"]["Reservations"]["MemoryBytes"] == 2 << 30, template
+    assert template["Placement"]["Constraints"] == ["node.labels.codeyard.region==far"]
+    container = template["ContainerSpec"]
+    assert container["User"] == "1000:1000" and container["ReadOnly"] is True, container
+    assert container["CapabilityDrop"] == ["ALL"], container
+    env = dict(e.split("=", 1) for e in container["Env"])
+    hub_url = f"http://{swarm.manager.gateway}:{swarm_hub.hub_port}"
+    assert env["JUPYTERHUB_API_URL"] == f"{hub_url}/hub/api", env
+    assert "172.17.0.1" not in " ".join(env.values())
+
+    task = running_task(swarm, service["ID"])
+    assert task is not None
+    node = task_node_ip(swarm, task)
+    assert node in (swarm.nodes[0].ip, swarm.nodes[1].ip), f"{node} is not a far node"
+    assert status.get("node") == node, status
+
+
+def test_lab_page_and_tree_through_the_proxy(
+    swarm_hub: HubProcess, user: Browser, token: dict[str, str], users
+) -> None:
+    base = f"{swarm_hub.url}/user/{users.alice}/{WS}/"
+    page = user.s.get(f"{base}lab", timeout=60)
+    assert page.status_code == 200 and page.url == f"{base}lab", page.status_code
+    r = requests.get(
+        f"{base}codeyard/api/tree", params={"path": "", "depth": "2"}, headers=token, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json()["entries"], list)
+
+
+def test_explain_through_the_gateway(swarm_hub: HubProcess, token: dict[str, str], users) -> None:
+    base = f"{swarm_hub.url}/user/{users.alice}/{WS}"
+    r = requests.put(
+        f"{base}/api/contents/calc.py",
+        json={"type": "file", "format": "text", "content": CODE},
+        headers=token,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    started = time.monotonic()
+    r = requests.post(
+        f"{base}/codeyard/api/explain",
+        json={"path": "calc.py", "start_line": 1, "end_line": 3},
+        headers=token,
+        timeout=300,
+    )
+    assert r.status_code == 200, f"{r.status_code} {r.text}\n{swarm_hub.log_tail()}"
+    body = r.json()
+    assert body["text"].strip() and body["usage"]["completion_tokens"] > 0, body
+    print(f"\nexplain from the swarm in {time.monotonic() - started:.1f}s")
+
+
+def test_files_survive_stop_and_start_on_shared_storage(
+    swarm_hub: HubProcess, user: Browser, token: dict[str, str], swarm: Swarm, users
+) -> None:
+    base = f"{swarm_hub.url}/user/{users.alice}/{WS}"
+    r = requests.put(
+        f"{base}/api/contents/notes.txt",
+        json={"type": "file", "format": "text", "content": "keep me"},
+        headers=token,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    first_id = the_service(swarm, users.alice)["ID"]
+
+    stop(swarm_hub, user, users.alice, WS)
+    with swarm.manager.client() as c:
+        assert c.api.services(filters={"label": f"codeyard.user={users.alice}"}) == []
+    TIMES["restart"] = spawn_and_time(swarm_hub, user, users.alice, WS)
+    print(f"\nrestart on the swarm: {TIMES['restart']:.1f}s")
+    assert the_service(swarm, users.alice)["ID"] != first_id  # a new service
+    r = requests.get(f"{base}/api/contents/notes.txt", headers=token, timeout=30)
+    assert r.status_code == 200 and r.json()["content"] == "keep me", r.text
+
+    # The file is on the shared storage (what every node mounts), not under the storage
+    # root on this box, which stays an empty mount point.
+    found = list(Path(swarm.shared).glob("*/*/notes.txt"))
+    assert len(found) == 1 and found[0].read_text() == "keep me", found
+    assert not any(Path(swarm.storage_root).iterdir())
+    for node in swarm.nodes:
+        seen = swarm.on_node(node, "find", swarm.storage_root, "-name", "notes.txt")
+        assert seen.stdout.strip(), f"{node.name} does not see the home: {seen}"
+
+
+def test_a_drained_node_moves_the_workspace_and_the_route_follows(
+    swarm_hub: HubProcess, user: Browser, token: dict[str, str], swarm: Swarm, users
+) -> None:
+    service = the_service(swarm, users.alice)
+    before = running_task(swarm, service["ID"])
+    assert before is not None
+    old_node = swarm.node_of(task_node_ip(swarm, before))
+    old_route = server_model(swarm_hub, users.alice, WS)
+    base = f"{swarm_hub.url}/user/{users.alice}/{WS}"
+
+    started = time.monotonic()
+    swarm.drain(old_node)
+    try:
+        deadline = started + 180
+        while True:
+            after = running_task(swarm, service["ID"])
+            if after is not None and after["ID"] != before["ID"]:
+                break
+            assert time.monotonic() < deadline, "swarm did not move the task"
+            time.sleep(0.5)
+        moved = time.monotonic() - started
+        new_ip = task_node_ip(swarm, after)
+        assert new_ip != old_node.ip
+        # the constraint holds: the other far node, never the near one
+        assert new_ip in (swarm.nodes[0].ip, swarm.nodes[1].ip), new_ip
+
+        # Through the same URL: the spawner's poll finds the new node and port, and
+        # updates the route.
+        while True:
+            try:
+                r = requests.get(f"{base}/api/contents/notes.txt", headers=token, timeout=10)
+                if r.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, f"not reachable again\n{swarm_hub.log_tail()}"
+            time.sleep(1)
+        TIMES["move"] = time.monotonic() - started
+        print(
+            f"\ndrain of {old_node.name}: task moved in {moved:.1f}s,"
+            f" reachable through the proxy after {TIMES['move']:.1f}s"
+        )
+        assert r.json()["content"] == "keep me", r.text
+        status = user.api("GET", f"/codeyard/workspaces/{users.alice}/{WS}/status").json()
+        assert status["state"] == "RUNNING" and status["node"] == new_ip, status
+        # the Hub never saw the workspace stop: same server, new address
+        now = server_model(swarm_hub, users.alice, WS)
+        assert now is not None and now["ready"] and now["started"] == old_route["started"]
+        page = user.s.get(f"{base}/lab", timeout=60)
+        assert page.status_code == 200, page.status_code
+    finally:
+        swarm.activate(old_node)
+    stop(swarm_hub, user, users.alice, WS)
