@@ -179,6 +179,8 @@ setdefault(
 )
 workspace_env = dict(c.Spawner.environment) if "environment" in c.Spawner else {}
 workspace_env.setdefault("CODEYARD_LLM_MODEL", settings.llm_model)
+if settings.patch_only:
+    workspace_env.setdefault("CODEYARD_PATCH_ONLY", "1")
 # ---- The central audit: every workspace (and the gateway) sends its records there ------
 if not any(s.get("name") == AUDIT_SERVICE for s in c.JupyterHub.services):
     configure_audit_service(

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from core_settings import CoreSettings, env
-from traitlets import Dict, Float, Integer, List, Unicode, default, validate
+from core_settings import CoreSettings, env, env_bool
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, default, validate
 
 
 class WorkspaceSettings(CoreSettings):
@@ -116,6 +116,18 @@ class WorkspaceSettings(CoreSettings):
         if proposal["value"] < 0:
             raise ValueError("poll_interval must be 0 (off) or a number of seconds")
         return int(proposal["value"])
+
+    patch_only = Bool(
+        help="""Take "code changes reach disk only through diff patches" literally in every
+        workspace: the Contents API refuses writes (saves, uploads, renames, deletes) with a
+        message that points to the AI panel, and terminals are off. Kernels still run, and
+        their writes are recorded as external changes (docs/change-records.md). Passed to
+        each workspace as CODEYARD_PATCH_ONLY=1. Env: CODEYARD_PATCH_ONLY. Default off.""",
+    ).tag(config=True)
+
+    @default("patch_only")
+    def _default_patch_only(self) -> bool:
+        return env_bool("CODEYARD_PATCH_ONLY", False)
 
     profiles = Dict(
         help="""Size profiles, name -> {"display_name", "cpu", "mem"}; see
