@@ -38,12 +38,10 @@ import docker
 import pytest
 import requests
 from support.hub import PROJECT_ADMIN_SCOPES, HubProcess, ensure_images
+from support.hub_workspaces import registry_of, server_model
 from support.machines import Machine, can_run_machines, start_machines
 
-from codeyard.placement.crypto import CredentialCipher
-from codeyard.placement.database import open_db
 from codeyard.placement.models import ServerState
-from codeyard.placement.registry import Registry
 
 pytestmark = pytest.mark.slow
 
@@ -120,21 +118,9 @@ def death_hub(
         shutil.rmtree(state / "homes", ignore_errors=True)
 
 
-def registry_of(hub: HubProcess) -> Registry:
-    """The Hub's placement registry (its database and credential key in the state folder)."""
-    key = (hub.state_dir / "placement_crypt_key").read_text().strip()
-    return Registry(
-        open_db(f"sqlite:///{hub.state_dir / 'placement.sqlite'}"), CredentialCipher(key)
-    )
-
-
 @pytest.fixture(scope="module")
 def token(death_hub: HubProcess, users) -> dict[str, str]:
     return {"Authorization": f"token {death_hub.user_token(users.alice)}"}
-
-
-def server_model(hub: HubProcess, user: str, ws: str) -> dict[str, Any] | None:
-    return hub.api("GET", f"/users/{user}").json()["servers"].get(ws)
 
 
 def status_of(hub: HubProcess, user: str, ws: str) -> dict[str, Any]:

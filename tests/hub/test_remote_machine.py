@@ -36,13 +36,11 @@ import pytest
 import requests
 from support.browser import Browser
 from support.hub import HubProcess, ensure_images
+from support.hub_workspaces import registry_of, server_model, spawn_and_time, stop
 from support.machines import Machine, can_run_machines, machines
 from support.registry import REPO, RegistryServer, running_registry
 
-from codeyard.placement.crypto import CredentialCipher
-from codeyard.placement.database import open_db
 from codeyard.placement.models import ServerState
-from codeyard.placement.registry import Registry
 
 # The first test's setup builds the image when the tree changed and pushes it (about 1 GB,
 # minutes on a loaded 2-core box; skipped when the run's registry holds the tag already).
@@ -170,14 +168,6 @@ def remote_hub(
         shutil.rmtree(state / "homes", ignore_errors=True)
 
 
-def registry_of(hub: HubProcess) -> Registry:
-    """The Hub's placement registry (its database and credential key in the state folder)."""
-    key = (hub.state_dir / "placement_crypt_key").read_text().strip()
-    return Registry(
-        open_db(f"sqlite:///{hub.state_dir / 'placement.sqlite'}"), CredentialCipher(key)
-    )
-
-
 @pytest.fixture(scope="module")
 def user(remote_hub: HubProcess, users) -> Browser:
     b = Browser(remote_hub.url)
@@ -191,30 +181,6 @@ def token(user: Browser, users) -> dict[str, str]:
     r = user.api("POST", f"/users/{users.alice}/tokens", json={"note": "remote"})
     assert r.status_code == 201, r.text
     return {"Authorization": f"token {r.json()['token']}"}
-
-
-def server_model(hub: HubProcess, user: str, ws: str) -> dict[str, Any] | None:
-    return hub.api("GET", f"/users/{user}").json()["servers"].get(ws)
-
-
-def spawn_and_time(hub: HubProcess, b: Browser, user: str, ws: str) -> float:
-    started = time.monotonic()
-    r = b.api("POST", f"/users/{user}/servers/{ws}", json={"profile": "small"})
-    assert r.status_code in (201, 202), r.text
-    deadline = started + 300
-    while not (server_model(hub, user, ws) or {}).get("ready"):
-        assert time.monotonic() < deadline, f"{user}/{ws} not ready\n{hub.log_tail()}"
-        time.sleep(0.3)
-    return time.monotonic() - started
-
-
-def stop(hub: HubProcess, b: Browser, user: str, ws: str) -> None:
-    r = b.api("DELETE", f"/users/{user}/servers/{ws}")
-    assert r.status_code in (202, 204), r.text
-    deadline = time.monotonic() + 60
-    while server_model(hub, user, ws):
-        assert time.monotonic() < deadline, hub.log_tail()
-        time.sleep(0.3)
 
 
 def remote_container(machine: Machine, user: str, ws: str) -> dict[str, Any]:

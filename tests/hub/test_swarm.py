@@ -31,13 +31,11 @@ import pytest
 import requests
 from support.browser import Browser
 from support.hub import HubProcess, ensure_images
+from support.hub_workspaces import registry_of, server_model, spawn_and_time, stop
 from support.machines import can_run_machines
 from support.swarm import Swarm, running_swarm
 
-from codeyard.placement.crypto import CredentialCipher
-from codeyard.placement.database import open_db
 from codeyard.placement.models import ServerState
-from codeyard.placement.registry import Registry
 
 pytestmark = pytest.mark.slow
 
@@ -118,13 +116,6 @@ def swarm_hub(
             _remove_user_objects(docker_client, name)
 
 
-def registry_of(hub: HubProcess) -> Registry:
-    key = (hub.state_dir / "placement_crypt_key").read_text().strip()
-    return Registry(
-        open_db(f"sqlite:///{hub.state_dir / 'placement.sqlite'}"), CredentialCipher(key)
-    )
-
-
 @pytest.fixture(scope="module")
 def user(swarm_hub: HubProcess, users) -> Browser:
     b = Browser(swarm_hub.url)
@@ -138,30 +129,6 @@ def token(user: Browser, users) -> dict[str, str]:
     r = user.api("POST", f"/users/{users.alice}/tokens", json={"note": "swarm"})
     assert r.status_code == 201, r.text
     return {"Authorization": f"token {r.json()['token']}"}
-
-
-def server_model(hub: HubProcess, user: str, ws: str) -> dict[str, Any] | None:
-    return hub.api("GET", f"/users/{user}").json()["servers"].get(ws)
-
-
-def spawn_and_time(hub: HubProcess, b: Browser, user: str, ws: str) -> float:
-    started = time.monotonic()
-    r = b.api("POST", f"/users/{user}/servers/{ws}", json={"profile": "small"})
-    assert r.status_code in (201, 202), r.text
-    deadline = started + 300
-    while not (server_model(hub, user, ws) or {}).get("ready"):
-        assert time.monotonic() < deadline, f"{user}/{ws} not ready\n{hub.log_tail()}"
-        time.sleep(0.3)
-    return time.monotonic() - started
-
-
-def stop(hub: HubProcess, b: Browser, user: str, ws: str) -> None:
-    r = b.api("DELETE", f"/users/{user}/servers/{ws}")
-    assert r.status_code in (202, 204), r.text
-    deadline = time.monotonic() + 60
-    while server_model(hub, user, ws):
-        assert time.monotonic() < deadline, hub.log_tail()
-        time.sleep(0.3)
 
 
 def the_service(swarm: Swarm, user: str) -> dict[str, Any]:
