@@ -2,11 +2,16 @@
  * The panel's History section: the workspace's applied patches from the audit log, newest
  * first, each with Revert. Reverting reloads the open files it restored, unless one has
  * unsaved edits (then it refuses and says why).
+ *
+ * Patches applied or reverted anywhere (another tab, the notebook client) arrive as `patch`
+ * events on the events socket; the panel then calls `refreshSoon()`, so the list follows
+ * without a reload or a click on Refresh.
  */
 import { api } from './api';
 import { button, el } from './dom';
 import { OpenDocuments } from './documents';
 import { ApiError, describeError, isConflict } from './errors';
+import { debounce } from './events';
 import { historyFromAudit } from './state';
 
 export type Say = (message: string, kind?: 'info' | 'error' | 'ok') => void;
@@ -15,6 +20,10 @@ export class HistorySection {
   readonly node: HTMLElement;
   private list = el('ul', { className: 'cy-history-list' });
   private status = el('div', { className: 'cy-history-status' });
+  /** Counts refreshes, so an older answer arriving late never replaces a newer one. */
+  private generation = 0;
+  /** `refresh()` once a burst of events is over. */
+  readonly refreshSoon = debounce(() => void this.refresh(), 150);
 
   constructor(
     private documents: OpenDocuments,
@@ -35,9 +44,13 @@ export class HistorySection {
   }
 
   async refresh(): Promise<void> {
+    const generation = ++this.generation;
     this.status.textContent = 'Loading…';
     try {
       const page = await api.audit(50);
+      if (generation !== this.generation) {
+        return;
+      }
       const entries = historyFromAudit(page.records);
       this.status.textContent = page.chain_ok
         ? `${entries.length} change${entries.length === 1 ? '' : 's'} · audit chain intact`
@@ -68,6 +81,9 @@ export class HistorySection {
         this.list.append(el('li', { className: 'cy-history-empty', text: 'No changes applied yet.' }));
       }
     } catch (error) {
+      if (generation !== this.generation) {
+        return;
+      }
       this.status.textContent = describeError(error);
       this.status.dataset.kind = 'error';
     }

@@ -52,7 +52,8 @@ function readSettings(settings: ISettingRegistry.ISettings | null): IPanelSettin
     contextLines: Number(c.contextLines ?? DEFAULT_SETTINGS.contextLines),
     maxTokens: Number(c.maxTokens ?? DEFAULT_SETTINGS.maxTokens),
     followSelection: Boolean(c.followSelection ?? DEFAULT_SETTINGS.followSelection),
-    inlineCompletion: Boolean(c.inlineCompletion ?? DEFAULT_SETTINGS.inlineCompletion)
+    inlineCompletion: Boolean(c.inlineCompletion ?? DEFAULT_SETTINGS.inlineCompletion),
+    runCommand: String(c.runCommand ?? DEFAULT_SETTINGS.runCommand)
   };
 }
 

@@ -8,17 +8,21 @@
 import { IEditorLanguageRegistry } from '@jupyterlab/codemirror';
 import { IDocumentManager } from '@jupyterlab/docmanager';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+import { ServerConnection } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
-import { api, IModelOptions, IUsage } from './api';
+import { api, ICodeRange, IGatewayStatus, IModelOptions, IUsage } from './api';
 import { renderContextBox } from './contextview';
 import { OpenDocuments } from './documents';
 import { button, el } from './dom';
 import { ApiError, describeError } from './errors';
+import { debounce, IWorkspaceEvent, staleAfter, WorkspaceEvents } from './events';
 import { GatewayState, stateFromStatus } from './gateway';
+import { GitSection } from './git';
 import { HistorySection } from './history';
 import { MarkdownOutput } from './markdown';
 import { RewriteSection } from './rewriteflow';
+import { IExecEvent, RunSection } from './run';
 import { FlowState } from './state';
 import { ActiveCodeTracker, ISnapshot } from './tracker';
 
@@ -31,13 +35,16 @@ export interface IPanelSettings {
   maxTokens: number;
   followSelection: boolean;
   inlineCompletion: boolean;
+  /** The Run section's command until the user types another. */
+  runCommand: string;
 }
 
 export const DEFAULT_SETTINGS: IPanelSettings = {
   contextLines: 20,
   maxTokens: 0,
   followSelection: true,
-  inlineCompletion: true
+  inlineCompletion: true,
+  runCommand: 'pytest -q'
 };
 
 export class CodeyardPanel extends Widget {
@@ -60,7 +67,12 @@ export class CodeyardPanel extends Widget {
   private rewriter: RewriteSection;
   private documents: OpenDocuments;
   private history: HistorySection;
+  readonly runner: RunSection;
+  readonly git = new GitSection(() => void this.history.refresh());
   private gateway: GatewayState = { kind: 'unknown' };
+  /** The workspace's live events (`codeyard/api/events`); open for the panel's lifetime. */
+  readonly events = new WorkspaceEvents({ settings: ServerConnection.makeSettings() });
+  private refreshGitSoon = debounce(() => void this.git.refresh(), 300);
   /** `c.CodeyardLLM.max_tokens_limit`, from `GET status` (or a 400 that names it). */
   private tokenLimit: number | null = null;
   private statusTimer: ReturnType<typeof setInterval> | null = null;
@@ -76,6 +88,15 @@ export class CodeyardPanel extends Widget {
     this.explainOut = new MarkdownOutput(rendermime);
     this.rewriter = new RewriteSection(this, this.documents, languages);
     this.history = new HistorySection(this.documents, (message, kind) => this.say(message, kind));
+    this.runner = new RunSection({
+      defaultCommand: () => this.settings.runCommand,
+      currentRange: () => this.tracker.snapshot()?.range ?? null,
+      explain: (range, question) => {
+        // The Run section sits below Explain: bring the explanation into view.
+        this.explainOut.node.scrollIntoView({ block: 'nearest' });
+        return this.explain({ range, question });
+      }
+    });
     this.id = 'codeyard-ai-panel';
     this.addClass('cy-Panel');
     this.title.caption = 'Codeyard AI';
@@ -83,6 +104,48 @@ export class CodeyardPanel extends Widget {
     tracker.changed.connect(() => this.scheduleContext(), this);
     this.renderContext();
     this.updateButtons();
+    this.listen();
+  }
+
+  /** Follow the events socket: refresh what an event makes stale, everything after a
+   * reconnect (events sent meanwhile are lost), and the model's status as it changes. */
+  private listen(): void {
+    this.events.subscribe({
+      onEvent: event => this.onWorkspaceEvent(event),
+      onOpen: reconnected => {
+        this.node.dataset.events = 'open';
+        if (reconnected && this.isVisible) {
+          this.history.refreshSoon();
+          this.refreshGitSoon();
+        }
+      },
+      onClose: () => (this.node.dataset.events = 'closed')
+    });
+    this.runner.useEvents({
+      onExec: listener =>
+        this.events.subscribe({
+          onEvent: e => e.event === 'exec' && listener(e.data as unknown as IExecEvent)
+        }),
+      connected: () => this.events.connected
+    });
+    this.events.start();
+  }
+
+  private onWorkspaceEvent(event: IWorkspaceEvent): void {
+    if (event.event === 'model') {
+      this.gateway = stateFromStatus(event.data as unknown as IGatewayStatus, new Date());
+      this.renderContext();
+    }
+    if (!this.isVisible) {
+      return; // showing the panel refreshes every section anyway
+    }
+    const stale = staleAfter(event);
+    if (stale.history) {
+      this.history.refreshSoon();
+    }
+    if (stale.git) {
+      this.refreshGitSoon();
+    }
   }
 
   // ---- layout -------------------------------------------------------------------------
@@ -102,7 +165,9 @@ export class CodeyardPanel extends Widget {
         this.explainOut.node
       ),
       this.rewriter.node,
-      this.history.node
+      this.history.node,
+      this.git.node,
+      this.runner.node
     );
     this.questionInput.addEventListener('keydown', ev => {
       if (ev.key === 'Enter') {
@@ -130,6 +195,7 @@ export class CodeyardPanel extends Widget {
 
   applied(): void {
     void this.history.refresh();
+    void this.git.refresh();
   }
 
   noteUsage(usage: IUsage | undefined): void {
@@ -231,8 +297,9 @@ export class CodeyardPanel extends Widget {
 
   // ---- explain ------------------------------------------------------------------------
 
-  async explain(): Promise<void> {
-    const snap = this.requireSnapshot();
+  /** Explain the selection with the question typed, or `target` (a failed run's). */
+  async explain(target?: { range: ICodeRange; question: string }): Promise<void> {
+    const snap = target ? { range: target.range } : this.requireSnapshot();
     if (!snap || !this.flow.canMove('explaining')) {
       return;
     }
@@ -246,7 +313,7 @@ export class CodeyardPanel extends Widget {
     this.say(`Explaining ${snap.range.path} lines ${snap.range.start_line}–${snap.range.end_line}…`);
     let failed: string | null = null;
     try {
-      const question = this.questionInput.value.trim();
+      const question = target ? target.question : this.questionInput.value.trim();
       await api.explain(
         { ...snap.range, ...(question ? { question } : {}) },
         this.options(),
@@ -310,6 +377,8 @@ export class CodeyardPanel extends Widget {
   protected onAfterShow(): void {
     this.renderContext();
     void this.refreshHistory();
+    void this.git.refresh();
+    this.runner.showDefault();
     void this.checkGateway();
     if (this.statusTimer === null) {
       this.statusTimer = setInterval(() => void this.checkGateway(), STATUS_INTERVAL_MS);
@@ -327,6 +396,8 @@ export class CodeyardPanel extends Widget {
     this.onAfterHide();
     this.stop();
     this.rewriter.clearReview();
+    this.runner.dispose();
+    this.events.stop();
     super.dispose();
   }
 }

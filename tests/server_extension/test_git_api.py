@@ -469,7 +469,20 @@ async def test_a_workspace_that_is_no_repository(api: Any, workspace: Path) -> N
     assert not (workspace / ".git").exists()
 
 
+async def test_repository_answers_whether_there_is_one_without_an_error(
+    api: Any, workspace: Path
+) -> None:
+    status, body = await api("git/repository")
+    assert status == 200, body
+    assert body["repository"] is False and body["error"] == "not_a_repository", body
+    assert "git init" in body["message"]
+    git(workspace, "init", "-q", "-b", "main")
+    status, body = await api("git/repository")
+    assert (status, body) == (200, {"repository": True, "prefix": ""}), body
+
+
 GIT_ENDPOINTS = [
+    ("GET", "git/repository", None),
     ("GET", "git/status", None),
     ("GET", "git/log", None),
     ("POST", "git/commit", '{"message": "x"}'),

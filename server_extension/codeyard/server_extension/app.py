@@ -14,6 +14,8 @@ from .audit import AuditLog
 from .audit_forward import forwarder_from_env
 from .change_records import start_change_records
 from .errors import CodeyardError
+from .events import events_routes, events_settings
+from .exec.handlers import exec_routes, exec_settings
 from .files import FileReader
 from .git.handlers import git_routes, git_settings
 from .handlers import AuditHandler, FilesHandler, TreeHandler
@@ -275,6 +277,8 @@ class CodeyardApp(ExtensionApp):
             codeyard_cells=CellPatcher(llm_files, patches),
             codeyard_completer=CodeyardCompleter(llm, paths, parent=self),
             **git_settings(self, audit=audit, patches=patches, llm=llm, counter=builder.counter),
+            **events_settings(self, audit=audit),
+            **exec_settings(self, audit=audit, paths=paths, state=patches.state_folder),
         )
         self.change_records = start_change_records(
             self.serverapp,
@@ -308,9 +312,14 @@ class CodeyardApp(ExtensionApp):
             ]
         )
         self.handlers.extend(git_routes(api))
+        self.handlers.extend(events_routes(api))
+        self.handlers.extend(exec_routes(api))
 
     async def stop_extension(self) -> None:
         """Retire answered patch transactions so a clean stop leaves no journal behind."""
+        runs = self.settings.get("codeyard_exec")
+        if runs is not None:  # stop every command first: their end records go to the audit
+            await runs.shutdown()
         forwarder = getattr(self, "audit_forwarder", None)
         if forwarder is not None:
             await asyncio.to_thread(forwarder.stop)

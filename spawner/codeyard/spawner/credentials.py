@@ -3,8 +3,11 @@
 A private repository is cloned with a credential the user gives once, in the New-workspace
 form (or `PUT /hub/api/codeyard/workspaces/<user>/<ws>/credential`). It must never be part of
 `user_options`: the Hub keeps those in its database in clear, returns them from the status
-API and logs them. So it is stored here, encrypted, and only the clone helper container
-receives it, through a git credential helper (`clone.CREDENTIAL_HELPER`).
+API and logs them. So it is stored here, encrypted. The clone helper container receives it
+through a git credential helper (`clone.CREDENTIAL_HELPER`); later pulls and pushes from the
+panel get it from `GET .../git-credential` (`handlers.WorkspaceGitCredentialFillHandler`),
+asked by the workspace's own credential helper with the server's own token at each
+operation, and only for the repository's host (`credential_host_allowed`).
 
 Where: the `git_credentials` table of the placement registry's database (migration
 `0005_git_credentials`). That database already lives beside the Hub, is upgraded with alembic
@@ -37,6 +40,7 @@ from codeyard.placement.database import DB_ENV, open_db
 from codeyard.placement.models import WorkspaceGitCredential
 
 from .clone import GitCredential
+from .profiles import git_host
 
 #: HKDF `info`: what the derived keys are for.
 _PURPOSE = b"codeyard workspace git credentials v1"
@@ -74,6 +78,17 @@ def check_credential(username: Any, secret: Any) -> tuple[str, str]:
             raise InvalidCredential(f"the {name} may not contain control characters")
     # Many hosts take any user name with a token; git needs one to ask for the password.
     return username or "git", secret
+
+
+def credential_host_allowed(repo_url: str, protocol: str, host: str) -> bool:
+    """Whether git may get the workspace's credential for `protocol://host`: only for the
+    host of the repository the workspace was cloned from, and only over http(s), the
+    transports that send it (a credential for an ssh or git:// remote is never asked)."""
+    want = git_host(repo_url)
+    scheme = repo_url.split("://", 1)[0].lower() if "://" in repo_url else ""
+    if not want or scheme not in ("https", "http"):
+        return False
+    return protocol == scheme and host.lower() == want.lower()
 
 
 class GitCredentialStore(SingletonConfigurable):

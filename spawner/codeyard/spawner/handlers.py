@@ -1,9 +1,11 @@
-"""Hub API for a workspace's status and container logs: owner and admins only.
+"""Hub API for a workspace's status, container logs and git credential.
 
-Mounted in the Hub through `JupyterHub.extra_handlers` (see `handlers` below). Access is the
-`access:servers` scope on that server: whoever may open the workspace may read its logs,
-which gives exactly the owner, admins, and anyone the owner shared it with. Everyone else
-gets 403, whether or not the workspace exists.
+Mounted in the Hub through `JupyterHub.extra_handlers` (see `handlers` below). Status and
+logs need the `access:servers` scope on that server: whoever may open the workspace may read
+its logs, which gives exactly the owner, admins, and anyone the owner shared it with.
+Everyone else gets 403, whether or not the workspace exists. The stored git credential is
+set by the owner (`WorkspaceCredentialHandler`) and read back only by the workspace's own
+server (`WorkspaceGitCredentialFillHandler`).
 """
 
 from __future__ import annotations
@@ -11,11 +13,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from jupyterhub import orm
 from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.scopes import has_scope
 from tornado import web
 
-from .credentials import CredentialStoreUnavailable, GitCredentialStore, InvalidCredential
+from .credentials import (
+    CredentialStoreUnavailable,
+    GitCredentialStore,
+    InvalidCredential,
+    credential_host_allowed,
+)
 from .spawner import PlacementSpawner
 
 MAX_TAIL = 10_000
@@ -108,6 +116,88 @@ class WorkspaceCredentialHandler(APIHandler):
         self.set_status(204)
 
 
+class WorkspaceGitCredentialFillHandler(APIHandler):
+    """`GET .../git-credential?protocol=&host=`: the stored credential, for the workspace's
+    own git credential helper (`codeyard.server_extension.git.credential_helper`), asked at
+    each pull or push so the secret is never kept in the workspace.
+
+    Only that workspace's own server token gets it: the token must belong to the workspace's
+    owner and be the token the Hub gave this very server (not a session cookie, not another
+    of the owner's servers, not an admin, not a user it is shared with). Everyone else gets
+    403. It is handed only for the host of the workspace's repository URL (`host`, as git
+    names it to a helper), over `https` or `http`, so a remote added in the workspace that
+    points elsewhere never receives it. Each answer is logged without the secret.
+    """
+
+    def server_token_of(self, user_name: str, server_name: str) -> orm.APIToken:
+        """The request's token when it is that server's own; 403 otherwise."""
+        token: orm.APIToken | None = self.get_token() if self.get_auth_token() else None
+        if token is None or token.user is None or token.user.name != user_name:
+            raise web.HTTPError(403, "Only the workspace's own server may read its credential.")
+        user = self.find_user(user_name)
+        orm_spawner = user.orm_user.orm_spawners.get(server_name) if user else None
+        if user is None or orm_spawner is None or orm_spawner.server is None:
+            raise web.HTTPError(403, "Only the workspace's own server may read its credential.")
+        spawner = user.spawners[server_name]
+        if spawner.api_token:
+            mine = bool(token.match(spawner.api_token))
+        else:
+            # After a Hub restart the Hub holds only the token's hash; JupyterHub names the
+            # token it makes for a server after that server's URL, and nobody else's token
+            # can carry the owner's name.
+            mine = token.note == f"Server at {orm_spawner.server.base_url}"
+        if not mine:
+            raise web.HTTPError(403, "Only the workspace's own server may read its credential.")
+        return token
+
+    async def get(self, user_name: str, server_name: str) -> None:
+        self.set_header("Cache-Control", "no-store")
+        token = self.server_token_of(user_name, server_name)
+        protocol = self.get_argument("protocol", "")
+        host = self.get_argument("host", "")
+        user = self.find_user(user_name)
+        orm_spawner = user.orm_user.orm_spawners.get(server_name) if user else None
+        options = (orm_spawner.user_options if orm_spawner else None) or {}
+        repo_url = str(options.get("repo_url", "") or "")
+        store = GitCredentialStore.instance(config=self.config)
+        try:
+            credential = store.get(user_name, server_name)
+        except CredentialStoreUnavailable as e:
+            raise web.HTTPError(503, str(e)) from None
+        if credential is None:
+            self.log.info(
+                "git credential of %s/%s asked by its server (token %s): none stored",
+                user_name,
+                server_name,
+                token.api_id,
+            )
+            raise web.HTTPError(404, "No git credential is stored for this workspace.")
+        if not credential_host_allowed(repo_url, protocol, host):
+            self.log.warning(
+                "git credential of %s/%s refused to its server for %r://%r (not the"
+                " repository's host)",
+                user_name,
+                server_name,
+                protocol[:16],
+                host[:200],
+            )
+            raise web.HTTPError(
+                403,
+                # The helper tells this refusal from a refused token by these words.
+                "The credential stored for this workspace is only for its repository's host"
+                " (over https or http).",
+            )
+        self.log.info(
+            "git credential of %s/%s handed to its server (token %s) for %r://%r",
+            user_name,
+            server_name,
+            token.api_id,
+            protocol,
+            host,
+        )
+        self.write(json.dumps({"username": credential.username, "password": credential.password}))
+
+
 _WS = r"/api/codeyard/workspaces/([^/]+)/([^/]*)"
 
 #: For `c.JupyterHub.extra_handlers`; the Hub mounts these under its prefix (`/hub`).
@@ -115,4 +205,5 @@ handlers = [
     (_WS + r"/status", WorkspaceStatusHandler),
     (_WS + r"/logs", WorkspaceLogsHandler),
     (_WS + r"/credential", WorkspaceCredentialHandler),
+    (_WS + r"/git-credential", WorkspaceGitCredentialFillHandler),
 ]

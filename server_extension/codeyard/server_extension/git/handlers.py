@@ -1,4 +1,4 @@
-"""The git endpoints: `GET git/status`, `GET git/log`, `POST git/commit`,
+"""The git endpoints: `GET git/repository`, `GET git/status`, `GET git/log`, `POST git/commit`,
 `POST git/commit-message`, `POST git/pull`, `POST git/push`.
 
 Thin HTTP over `GitManager` and `CommitMessageWriter`; every git call runs in a worker
@@ -16,6 +16,7 @@ from tornado import web
 from ..audit import AuditLog
 from ..base import CodeyardHandler
 from ..errors import bad_request
+from ..events.producers import git_event
 from ..llm.client import CodeyardLLM
 from ..llm.tokens import TokenCounter
 from .manager import CodeyardGit, GitManager, parse_message, parse_name, parse_paths
@@ -38,6 +39,16 @@ class GitHandler(CodeyardHandler):
         if unknown:
             raise bad_request(f"unknown fields: {', '.join(sorted(unknown))}")
         return body
+
+
+class GitRepositoryHandler(GitHandler):
+    """`GET git/repository`: whether the workspace is in a repository (200 either way)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.write_json(await asyncio.to_thread(self.git.repository))
 
 
 class GitStatusHandler(GitHandler):
@@ -73,7 +84,10 @@ class GitCommitHandler(GitHandler):
         message = parse_message(body.get("message"))
         paths = parse_paths(body.get("paths"))
         user = self.username
-        self.write_json(await asyncio.to_thread(self.git.commit, message, paths, user=user))
+        with git_event(self.serverapp, "commit", user=user) as event:
+            result = await asyncio.to_thread(self.git.commit, message, paths, user=user)
+            event.answered(result)
+        self.write_json(result)
 
 
 class GitCommitMessageHandler(GitHandler):
@@ -96,7 +110,10 @@ class GitPullHandler(GitHandler):
         body = self.body({"remote", "branch"}, required=False)
         remote, branch = parse_name(body, "remote"), parse_name(body, "branch")
         user = self.username
-        self.write_json(await asyncio.to_thread(self.git.pull, remote, branch, user=user))
+        with git_event(self.serverapp, "pull", user=user) as event:
+            result = await asyncio.to_thread(self.git.pull, remote, branch, user=user)
+            event.answered(result)
+        self.write_json(result)
 
 
 class GitPushHandler(GitHandler):
@@ -108,12 +125,16 @@ class GitPushHandler(GitHandler):
         body = self.body({"remote", "branch"}, required=False)
         remote, branch = parse_name(body, "remote"), parse_name(body, "branch")
         user = self.username
-        self.write_json(await asyncio.to_thread(self.git.push, remote, branch, user=user))
+        with git_event(self.serverapp, "push", user=user) as event:
+            result = await asyncio.to_thread(self.git.push, remote, branch, user=user)
+            event.answered(result)
+        self.write_json(result)
 
 
 def git_routes(api: str) -> list[tuple[str, type[GitHandler]]]:
     """The git endpoints under the API prefix `api`."""
     return [
+        (rf"{api}/git/repository", GitRepositoryHandler),
         (rf"{api}/git/status", GitStatusHandler),
         (rf"{api}/git/log", GitLogHandler),
         (rf"{api}/git/commit", GitCommitHandler),

@@ -29,6 +29,8 @@ import logging
 import os
 import posixpath
 import re
+import shlex
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -36,11 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traitlets import Float, Int, Unicode, validate
+from traitlets import Bool, Float, Int, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from ..audit import AuditLog
 from ..errors import CodeyardError, bad_request, conflict
+from . import credential_helper
 from .porcelain import parse_status
 from .runner import GitResult, GitRunner
 
@@ -112,6 +115,19 @@ class CodeyardGit(LoggingConfigurable):
         help="""When git has no identity configured (no `user.email` or `GIT_AUTHOR_EMAIL`),
         commits are made as `<JUPYTERHUB_USER>@<email_domain>`, named after the user.
         Nothing is written to any git config; a configured identity always wins.""",
+    ).tag(config=True)
+
+    hub_credentials = Bool(
+        True,
+        help="""Pull and push with the git credential stored for this workspace in the Hub:
+        each fetch or push runs with Codeyard's credential helper
+        (`git/credential_helper.py`, named with `-c credential.helper=` for that command
+        only), which asks the Hub with the server's own token at each operation, so the
+        credential is never written into the workspace. It replaces the user's own
+        credential helpers for those commands (one of them could store the credential).
+        Only when the server runs under a Hub (JUPYTERHUB_API_URL, JUPYTERHUB_USER and
+        JUPYTERHUB_API_TOKEN set); otherwise, or when False, git uses the workspace's own
+        configuration (an ssh agent, keys, the user's helpers).""",
     ).tag(config=True)
 
     message_max_tokens = Int(
@@ -445,6 +461,18 @@ class GitManager:
 
     # ---- reading ----------------------------------------------------------------------
 
+    def repository(self) -> dict[str, Any]:
+        """Whether the workspace is in a git repository, as an answer rather than an error:
+        `{"repository": true, "prefix": ...}`, or false with the reason's code and message.
+        A client asks this first, so that a folder without git is not a failed request."""
+        try:
+            repo = self.repo()
+        except CodeyardError as e:
+            if e.status != 409:
+                raise
+            return {"repository": False, "error": e.code, "message": e.message}
+        return {"repository": True, "prefix": repo.prefix}
+
     def status(self) -> dict[str, Any]:
         repo = self.repo()
         # No optional locks: a status must not take index.lock from a commit in progress.
@@ -660,6 +688,21 @@ class GitManager:
             )
         return conflict("commit_failed", "git commit failed: " + _last_line(err))
 
+    def remote_access(self) -> tuple[tuple[str, ...], dict[str, str]]:
+        """The `-c` settings and environment of one fetch or push: the Hub's credential
+        helper, and what it needs to ask the Hub (the server's token under a name of its
+        own, given to this command only). Nothing when not under a Hub or turned off."""
+        if not self.config.hub_credentials:
+            return (), {}
+        token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        env = {k: os.environ[k] for k in credential_helper.HUB_ENV if k in os.environ}
+        if not token or not env.get("JUPYTERHUB_API_URL") or not env.get("JUPYTERHUB_USER"):
+            return (), {}
+        env[credential_helper.TOKEN_ENV] = token
+        helper = shlex.join([sys.executable, "-I", os.path.abspath(credential_helper.__file__)])
+        # The empty value first drops every helper from the user's config for this command.
+        return ("credential.helper=", f"credential.helper=!{helper}"), env
+
     def target(
         self, branch: str, remote: str | None, remote_branch: str | None
     ) -> tuple[str, str, bool]:
@@ -705,12 +748,7 @@ class GitManager:
                 remote=remote,
             )
         if _AUTH_FAILED.search(err):
-            return conflict(
-                "remote_auth_failed",
-                f"the remote {remote!r} refused the credentials (or none were available) "
-                f"for {verb}",
-                remote=remote,
-            )
+            return conflict("remote_auth_failed", _auth_message(err, remote, verb), remote=remote)
         if _UNREACHABLE.search(err):
             return CodeyardError(
                 502,
@@ -736,12 +774,14 @@ class GitManager:
                 )
             self._refuse_operation(repo)
             remote, remote_branch, _ = self.target(head.branch, remote, remote_branch)
+            access, access_env = self.remote_access()
             fetched = self.git(
                 "fetch",
                 remote,
                 f"refs/heads/{remote_branch}",
                 timeout=self.config.network_timeout,
-                config=QUIET,
+                config=QUIET + access,
+                env=access_env,
             )
             if not fetched.ok:
                 raise self._remote_error(fetched, remote, "pull")
@@ -829,7 +869,10 @@ class GitManager:
             if not tracked:
                 args.append("--set-upstream")
             args += [remote, f"refs/heads/{head.branch}:refs/heads/{remote_branch}"]
-            result = self.git(*args, timeout=self.config.network_timeout, config=QUIET)
+            access, access_env = self.remote_access()
+            result = self.git(
+                *args, timeout=self.config.network_timeout, config=QUIET + access, env=access_env
+            )
             rows = _push_rows(result.out)
             row = rows[0] if rows else None
             if not result.ok or row is None or row[0] == "!":
@@ -884,6 +927,47 @@ class GitManager:
                 hook_output=_tail(result.out + "\n" + result.err),
             )
         return self._remote_error(result, remote, "push")
+
+
+def _helper_outcome(err: str) -> str | None:
+    """What Codeyard's credential helper reported in git's stderr (the last time it ran)."""
+    outcome = None
+    for line in err.splitlines():
+        if line.startswith(credential_helper.MARK):
+            words = line.removeprefix(credential_helper.MARK).split()
+            outcome = words[0] if words else None
+    return outcome
+
+
+def _auth_message(err: str, remote: str, verb: str) -> str:
+    """Why the remote did not take a credential, in words that say what to do next."""
+    outcome = _helper_outcome(err)
+    if outcome == credential_helper.GIVEN:
+        return (
+            f"the remote {remote!r} refused the git credential stored for this workspace "
+            f"in the Hub ({verb}); store a new one for this workspace and try again"
+        )
+    if outcome == credential_helper.NONE_STORED:
+        return (
+            f"the remote {remote!r} needs a credential for {verb} and none is stored for "
+            "this workspace in the Hub; store one (user name and token) for this workspace"
+        )
+    if outcome == credential_helper.REFUSED:
+        return (
+            f"the remote {remote!r} needs a credential for {verb}, and the Hub hands this "
+            "workspace's stored credential only to its repository's own host"
+        )
+    if outcome == credential_helper.DENIED:
+        return (
+            f"the remote {remote!r} needs a credential for {verb}, and the Hub did not accept "
+            "this server's token for the stored one; restart the workspace and try again"
+        )
+    if outcome == credential_helper.HUB_FAILED:
+        return (
+            f"the remote {remote!r} needs a credential for {verb}, and the Hub could not "
+            "be asked for this workspace's stored one; try again"
+        )
+    return f"the remote {remote!r} refused the credentials (or none were available) for {verb}"
 
 
 def _push_rows(out: str) -> list[tuple[str, str]]:

@@ -65,9 +65,10 @@ ALLOWED_ENV = frozenset(
 def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of one git call: the allow-listed part of ours plus `extra`.
 
-    This is also the seam for credentials: a credential helper that asks the Hub at each
-    operation would be named here (`GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_n`/`GIT_CONFIG_VALUE_n`
-    for `credential.helper`), per call, so nothing is ever written to `.git/config`.
+    `extra` is how one call gets more than the allow-list: a fetch or push gets what the
+    Hub's credential helper needs to ask for the stored credential (`GitManager.
+    remote_access`, which names the helper with `-c credential.helper=` on that call). No
+    other git call sees it; what that fetch or push runs itself (a pre-push hook) does.
     """
     env = {k: v for k, v in os.environ.items() if k in ALLOWED_ENV}
     env.update(

@@ -15,6 +15,7 @@ from tornado.iostream import StreamClosedError
 
 from ..base import CodeyardHandler
 from ..errors import CodeyardError
+from ..events.producers import AssistProgress, assist_progress
 from .client import CodeyardLLM, Usage
 from .completion import CodeyardCompleter
 from .explain import Explainer, ExplainRequest
@@ -37,17 +38,20 @@ class ExplainHandler(CodeyardHandler):
     @authorized
     async def post(self) -> None:
         request = self.explainer.parse_request(self.json_body())
-        if "text/event-stream" in self.request.headers.get("Accept", ""):
-            await self._stream(request)
-        else:
-            cells = self.settings.get("codeyard_cells")
-            self.write_json(await self.explainer.answer(request, cells))
+        with assist_progress(self.serverapp, "explain", request, user=self.username) as progress:
+            if "text/event-stream" in self.request.headers.get("Accept", ""):
+                await self._stream(request, progress)
+            else:
+                cells = self.settings.get("codeyard_cells")
+                answer = await self.explainer.answer(request, cells)
+                progress.usage = answer["usage"]
+                self.write_json(answer)
 
     async def _send(self, event: dict[str, Any]) -> None:
         self.write(f"data: {json.dumps(event)}\n\n")
         await self.flush()
 
-    async def _stream(self, request: ExplainRequest) -> None:
+    async def _stream(self, request: ExplainRequest, progress: AssistProgress) -> None:
         # Headers go out with the first delta, so errors before it keep their HTTP status.
         events = self.explainer.stream(request, self.settings.get("codeyard_cells"))
         started = False
@@ -60,14 +64,17 @@ class ExplainHandler(CodeyardHandler):
                     self.set_header("X-Accel-Buffering", "no")
                     started = True
                 if isinstance(item, Usage):
-                    await self._send({"done": True, "usage": item.to_json()})
+                    progress.usage = item.to_json()
+                    await self._send({"done": True, "usage": progress.usage})
                 else:
                     await self._send({"delta": item})
         except CodeyardError as err:
             if not started:
                 raise
+            progress.fail(err.code)
             await self._send({"error": err.code, "message": err.message})
         except StreamClosedError:
+            progress.cancel()
             return  # the client went away; closing the generator stops the model call
         finally:
             await events.aclose()  # type: ignore[attr-defined]
@@ -86,7 +93,10 @@ class RewriteHandler(CodeyardHandler):
         rewriter: Rewriter = self.settings["codeyard_rewriter"]
         request = rewriter.parse_request(self.json_body())
         cells = self.settings.get("codeyard_cells")
-        self.write_json(await rewriter.rewrite(request, cells))
+        with assist_progress(self.serverapp, "rewrite", request, user=self.username) as progress:
+            result = await rewriter.rewrite(request, cells)
+            progress.usage, progress.unchanged = result["usage"], result["unchanged"]
+        self.write_json(result)
 
 
 class CompleteHandler(CodeyardHandler):
@@ -120,9 +130,12 @@ class StatusHandler(CodeyardHandler):
             "rewrite_max_tokens": llm.rewrite_max_tokens,
             "explain_max_tokens": llm.explain_max_tokens,
         }
+        model_events = self.settings["codeyard_model_events"]
         try:
             status = await gateway_status(llm)
         except CodeyardError as err:
+            model_events.seen({**err.extra, "healthy": False, "error": err.code})
             err.extra.update(limits)
             raise
+        model_events.seen(status)
         self.write_json({**status, **limits})

@@ -15,6 +15,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..base import CodeyardHandler
+from ..events.producers import patch_event
 from ..llm.proposal_checks import checks_for_cell, checks_for_file
 from .cells import CellPatcher, CellPatchRequest, parse_request
 from .manager import PatchManager, Timings
@@ -65,6 +66,7 @@ class PatchApplyHandler(PatchHandler):
         phases["request"] = self.request.request_time() * 1000
         # Phase names and durations only: lets a client see where an apply's time went.
         self.set_header("Server-Timing", ", ".join(f"{k};dur={v:.2f}" for k, v in phases.items()))
+        patch_event(self.serverapp, "applied", result, user=user)
         self.write_json(result)
 
 
@@ -73,7 +75,9 @@ class PatchRevertHandler(PatchHandler):
     @authorized
     async def post(self, patch_id: str) -> None:
         user = self.username
-        self.write_json(await asyncio.to_thread(self.patches.revert, patch_id, user=user))
+        result = await asyncio.to_thread(self.patches.revert, patch_id, user=user)
+        patch_event(self.serverapp, "reverted", result, user=user)
+        self.write_json(result)
 
 
 class CellPatchHandler(CodeyardHandler):
@@ -111,4 +115,6 @@ class CellApplyHandler(CellPatchHandler):
     async def post(self) -> None:
         request = self.cell_request()
         user = self.username
-        self.write_json(await asyncio.to_thread(self.cells.apply, request, user=user))
+        result = await asyncio.to_thread(self.cells.apply, request, user=user)
+        patch_event(self.serverapp, "applied", result, user=user, cell_id=result["cell_id"])
+        self.write_json(result)
