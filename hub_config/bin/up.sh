@@ -38,8 +38,16 @@ cleanup() {
     trap - INT TERM EXIT
     if [ -n "$HUB_PID" ] && kill -0 "$HUB_PID" 2>/dev/null; then
         log "stopping the Hub (pid $HUB_PID)..."
+        # The Hub signals its proxy on the way out but does not wait for it (and removes the
+        # pid file): note the pid now and wait below, so that when this script returns
+        # nothing it started still listens.
+        proxy_pid="$(cat "$CODEYARD_STATE/proxy.pid" 2>/dev/null || true)"
         kill -TERM "$HUB_PID" 2>/dev/null || true
         wait "$HUB_PID" 2>/dev/null || true
+        if [ -n "$proxy_pid" ]; then
+            for _ in $(seq 50); do kill -0 "$proxy_pid" 2>/dev/null || break; sleep 0.2; done
+            kill -KILL "$proxy_pid" 2>/dev/null || true
+        fi
     fi
     for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
         pid="${STARTED_PIDS[$i]}"

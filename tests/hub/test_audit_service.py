@@ -311,8 +311,16 @@ def test_records_arrive_with_their_seq_and_a_resend_stores_nothing_twice(
 ) -> None:
     for n in range(3):
         stack.apply(alice, f"first{n}.txt", "x")
-    local = stack.local_log(alice)
-    rows = stack.wait_arrived(alice, len(local))
+    # The watcher may add records of its own a moment later: compare once the local log
+    # and the service agree on a count.
+    deadline = time.monotonic() + 120
+    while True:
+        local = stack.local_log(alice)
+        rows = stack.wait_arrived(alice, len(local))
+        if len(rows) == len(local) == len(stack.local_log(alice)):
+            break
+        assert time.monotonic() < deadline, (len(rows), len(local))
+        time.sleep(0.5)
     assert [(r["seq"], r["record_hash"]) for r in rows] == [(r["seq"], r["hash"]) for r in local]
     assert {r["workspace"] for r in rows} == {WORKSPACE}
     assert {r["user"] for r in rows} == {alice}

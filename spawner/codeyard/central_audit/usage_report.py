@@ -88,7 +88,7 @@ class Usage:
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             **self.counts,
-            "workspace_hours": round(self.workspace_seconds / 3600, 3),
+            "workspace_hours": round(self.workspace_seconds / 3600, 6),
             "requests_by_kind": dict(sorted(self.requests.items())),
         }
 
