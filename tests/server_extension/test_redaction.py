@@ -550,3 +550,146 @@ async def test_explain_end_to_end_sends_no_secret_to_the_gateway(
         assert "<redacted-" in sent
         for secret in E2E_SECRETS:
             assert_not_sent(secret, sent)
+
+
+# ---- linear time, shown without a clock ------------------------------------------------
+
+
+def test_every_pattern_is_an_re2_pattern() -> None:
+    """Linear matching rests on RE2: no pattern the finder or the redactor runs on a text
+    is a Python `re` pattern, and every one the finder builds (detect-secrets' rules, its
+    UUID filter, ours) is an RE2 one."""
+    import re
+
+    import re2
+
+    from codeyard.server_extension.llm import redaction
+
+    re2_type = type(re2.compile("a"))
+    assert len(secret_finder.COMPILED) > len(secret_finder.PLUGIN_RULES)
+    for regex in secret_finder.COMPILED:
+        assert isinstance(regex, re2_type), regex
+    for rule in secret_finder.PLUGIN_RULES:
+        assert any(rule.regex is regex for regex in secret_finder.COMPILED), rule.name
+    for module in (secret_finder, redaction):
+        python_patterns = [name for name, v in vars(module).items() if isinstance(v, re.Pattern)]
+        assert python_patterns == [], module.__name__
+
+
+def test_the_benchmark_has_a_crafted_token_for_every_detect_secrets_pattern() -> None:
+    """tests/bench/bench_redaction.py builds one-line runs and near-misses from one token
+    per detect-secrets pattern; each token must match its own pattern, so every rule has
+    its worst case in the benchmark and in the linearity test below."""
+    from bench.bench_redaction import TOKENS
+
+    by_plugin: dict[str, list[Any]] = {}
+    for rule in secret_finder.PLUGIN_RULES:
+        by_plugin.setdefault(rule.name, []).append(rule)
+    assert set(TOKENS) == set(by_plugin)
+    for name, rules in by_plugin.items():
+        assert len(TOKENS[name]) == len(rules), name
+        for rule, token in zip(rules, TOKENS[name], strict=True):
+            assert rule.regex.search(token), (name, token)
+
+
+def test_doubling_a_crafted_input_at_most_doubles_the_counted_work() -> None:
+    """Every crafted input of the benchmark (a detector's token run on one line, its
+    near-misses, `a-` runs, PEM markers without their other half, millions of short
+    lines, one long line, ...) at 32, 64 and 128 KiB: for each kind of counted work (bytes
+    searched by RE2, matches handled, bytes walked and checked in Python), the second
+    doubling adds at most twice what the first added, and the total stays within a fixed
+    number of units per byte. Work of the form a*n + b passes whatever b is (a stretch
+    hidden whole is a fixed `SKIP` bytes, so on one long line the walk to its end is
+    n - SKIP); a*n**2 adds four times as much each doubling and fails, as a widening that
+    walks the same token again for each match in it would. The mixed input (a slice of
+    every other one) is held to the bound per byte only: its slices grow with it and
+    cross the per-line and per-window limits at different sizes."""
+    from bench.bench_redaction import crafted
+
+    sizes = [crafted(kib * 1024) for kib in (32, 64, 128)]
+    per_byte = 3 * len(secret_finder.COMPILED) + 16
+    for name in sizes[0]:
+        works = []
+        for inputs in sizes:
+            path, text = inputs[name]
+            work = secret_finder.Work()
+            secret_finder.find_secrets(text, path, work)
+            assert work.total <= per_byte * len(text.encode()), (name, work)
+            works.append(work)
+        if name.startswith("mixed"):
+            continue
+        for kind in ("searched", "matches", "walked", "checked"):
+            counts = [getattr(work, kind) for work in works]
+            first, second = counts[1] - counts[0], counts[2] - counts[1]
+            assert second <= 2.1 * first + 256, (name, kind, counts)
+
+
+def test_a_long_token_run_is_widened_once() -> None:
+    """100,000 bytes of back-to-back AWS key ids on one line: each byte is walked over a
+    bounded number of times, and the line is hidden."""
+    text = "AKIAIOSFODNN7EXAMPLE" * 5000
+    work = secret_finder.Work()
+    assert secret_finder.find_secrets(text, "k.py", work) == [(0, len(text))]
+    assert work.walked <= 3 * len(text)
+
+
+def test_a_line_packed_with_candidates_is_hidden_whole() -> None:
+    """Past `MAX_MATCHES_PER_LINE` matches of one pattern, a line is hidden whole without
+    checking the rest, including candidates that would have passed as harmless (here
+    JWT-shaped near-misses spread along one long line); the lines around it stay."""
+    limit = secret_finder.MAX_MATCHES_PER_LINE
+    spread = ("eyJa.eyJa " + "x" * 200 + " ") * (limit + 5)
+    text = f"x = 1\n{spread}\ny = 2\n"
+    redactor = Redactor()
+    out = redactor.redact(text, "a.txt")
+    assert out.splitlines() == ["x = 1", "<redacted-1>", "y = 2"]
+    assert redactor.restore(out) == text
+    few = "eyJa.eyJa " * 3
+    assert Redactor().redact(few, "a.txt") == few, "below the limits, near-misses stay"
+
+
+def test_a_stretch_packed_with_candidates_is_hidden_whole() -> None:
+    """Past `MAX_MATCHES_PER_WINDOW` matches of one pattern within `WINDOW` bytes, the
+    next `SKIP` bytes (to a line's end) are hidden whole without checking, one placeholder
+    per line; the search resumes after them, the lines keep their places and `restore`
+    gives the text back."""
+    limit = secret_finder.MAX_MATCHES_PER_WINDOW
+    packed = "".join(f"Bearer a1b2c3d4e5{i:04d}\n" for i in range(limit + 5))
+    filler = "y = 2\n" * (2 * secret_finder.SKIP // 6)
+    text = f"x = 1\n{packed}{filler}z = 3\n"
+    redactor = Redactor()
+    out = redactor.redact(text, "a.txt")
+    lines = out.splitlines()
+    assert len(lines) == len(text.splitlines())
+    assert lines[0] == "x = 1" and lines[-2:] == ["y = 2", "z = 3"]
+    assert all(line.startswith("Bearer <redacted-") for line in lines[1 : limit + 1])
+    assert all(line.startswith("<redacted-") for line in lines[limit + 1 : limit + 6])
+    assert not any("a1b2c3d4e5" in line for line in lines)
+    shown = sum(1 for line in lines if line == "y = 2")
+    assert 0 < shown < filler.count("\n"), "some of the filler is hidden, not all"
+    assert redactor.restore(out) == text
+
+
+_BODY_ALPHABET = "AZaz09+/=\\n \t\"'(),;:-.#Proc-TypeDEK-InfoCommentArgon2-idé"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=_BODY_ALPHABET, max_size=40))
+def test_key_body_lines_read_the_same_backwards(line: str) -> None:
+    """The run of key-body lines before an END marker is found on the reversed text with
+    the body-line pattern written backwards: it must accept exactly the lines the forward
+    pattern accepts, which are the non-blank lines of the body-line grammar."""
+    import re2
+
+    forward = re2.compile(secret_finder.KEY_BODY_LINE)
+    options = re2.Options()
+    options.encoding = re2.Options.Encoding.LATIN1
+    backward = re2.compile(secret_finder.KEY_BODY_LINE_BACKWARDS.encode("latin-1"), options)
+    grammar = re2.compile(
+        r"[ \t\"'+,(]*(?:[A-Za-z0-9+/=]+(?:\\n)?|"
+        r"(?:Proc-Type|DEK-Info|Comment|Encryption|Private-Lines|Public-Lines|Private-MAC|"
+        r"Key-Derivation|Argon2-[A-Za-z]+):[^\n]*)?[ \t\"'+,;)\\]*"
+    )
+    expected = bool(grammar.fullmatch(line)) and bool(line.strip(" \t"))
+    assert bool(forward.fullmatch(line)) == expected
+    assert bool(backward.fullmatch(line.encode("utf-8")[::-1])) == expected

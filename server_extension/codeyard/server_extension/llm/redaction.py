@@ -15,15 +15,17 @@ closed with 503 instead of sending it unredacted.
 
 from __future__ import annotations
 
-import re
 from pathlib import PurePosixPath
 
 from ..errors import CodeyardError
 
 _LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-# `restore` works on a model's answer, which may hold lone surrogates RE2 cannot take; this
-# pattern is a literal followed by one digit run, linear on Python's engine too.
-_PLACEHOLDER = re.compile(r"<redacted-[0-9]+>")
+_PREFIX = "<redacted-"
+_NAME = _PREFIX + "{}>"
+# A secret over more lines than this (the finder hides a stretch of text packed with
+# candidates whole) gets its placeholders in bulk, when `\n` is its only line break.
+_BULK_LINES = 256
+_OTHER_BREAKS = _LINE_BREAKS.replace("\n", "")
 
 
 def is_env_file(path: str) -> bool:
@@ -39,22 +41,39 @@ class Redactor:
     """
 
     def __init__(self) -> None:
-        self.secrets: dict[str, str] = {}
+        # The value behind `<redacted-N>` is `_values[N - 1]`: a list, so a stretch of
+        # millions of lines is added in one `extend`.
+        self._values: list[str] = []
         self._placeholders: dict[str, str] = {}
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        """Each placeholder made so far and the value it stands for."""
+        return {_NAME.format(i): value for i, value in enumerate(self._values, 1)}
 
     def _hide(self, value: str) -> str:
         placeholder = self._placeholders.get(value)
         if placeholder is None:
-            placeholder = f"<redacted-{len(self.secrets) + 1}>"
-            self.secrets[placeholder] = value
+            self._values.append(value)
+            placeholder = _NAME.format(len(self._values))
             self._placeholders[value] = placeholder
         return placeholder
 
     def _hide_lines(self, value: str) -> str:
         """One placeholder per line of `value`, keeping its line breaks, so the redacted
         text has exactly the lines of the original (`str.splitlines` counts them)."""
+        if (
+            value.count("\n") > _BULK_LINES
+            and not value.startswith("\n")  # it could be the second half of a `\r\n`
+            and not any(c in value for c in _OTHER_BREAKS)
+        ):
+            return self._hide_many(value.split("\n"))
+        pieces = value.splitlines(keepends=True)
+        if len(pieces) == 1 and pieces[0] == value.rstrip(_LINE_BREAKS):
+            # Most secrets are one line without a break: no per-line work.
+            return self._hide(value) if value.strip() else value
         parts = []
-        for piece in value.splitlines(keepends=True):
+        for piece in pieces:
             body = piece.rstrip(_LINE_BREAKS)
             if body.strip():
                 parts.append(self._hide(body))
@@ -62,6 +81,16 @@ class Redactor:
                 parts.append(body)
             parts.append(piece[len(body) :])
         return "".join(parts)
+
+    def _hide_many(self, lines: list[str]) -> str:
+        """`lines` (a stretch the finder hid whole, split at `\n`), each as a new
+        placeholder, joined by `\n`. Made without a Python step per line: such a stretch
+        can be millions of short lines. Unlike `_hide`, a value met again here gets a new
+        number, and a blank line gets one too; `restore` puts each back all the same."""
+        first = len(self._values) + 1
+        self._values.extend(lines)
+        numbers = map(str, range(first, first + len(lines)))
+        return _PREFIX + (">\n" + _PREFIX).join(numbers) + ">"
 
     def redact(self, text: str, path: str = "") -> str:
         """`text` with every secret replaced; `path` (the file's) selects the rules that
@@ -87,6 +116,22 @@ class Redactor:
         return "".join(out)
 
     def restore(self, text: str) -> str:
-        if not self.secrets or "<redacted-" not in text:
+        """`text` (a model's answer) with each placeholder this instance made put back.
+
+        Done with `str.split` rather than a pattern: an answer may hold lone surrogates,
+        which RE2 cannot take, and this way no backtracking engine runs on it either.
+        """
+        if not self._values or _PREFIX not in text:
             return text
-        return _PLACEHOLDER.sub(lambda m: self.secrets.get(m.group(0), m.group(0)), text)
+        pieces = text.split(_PREFIX)
+        out = [pieces[0]]
+        for piece in pieces[1:]:
+            close = piece.find(">")
+            number = piece[:close]
+            if 0 < close <= 18 and number.isascii() and number.isdigit():
+                index = int(number) - 1
+                if 0 <= index < len(self._values) and number[0] != "0":
+                    out.append(self._values[index] + piece[close + 1 :])
+                    continue
+            out.append(_PREFIX + piece)
+        return "".join(out)

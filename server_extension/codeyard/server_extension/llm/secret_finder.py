@@ -7,11 +7,29 @@ for shapes it reads only line by line or not at all: whole PEM private-key block
 lines, and a block cut open at either end), `KEY=value` assignments, `.netrc` entries,
 `Bearer` tokens, the `user:password` part of URLs, and token formats it lacks.
 
-Every pattern runs on RE2 (google-re2), so finding takes time linear in the text: a
-workspace file is the user's, and a crafted one must not hold the server's GIL for
-seconds. detect-secrets' own patterns are translated to RE2 where they use look-arounds
-RE2 lacks; each match is then widened over the token's characters so a translated pattern
-finds at least what the original did.
+Finding takes time linear in the text, whatever the text holds: a workspace file is the
+user's, and a crafted one must not hold the server's GIL for seconds. That rests on three
+things, each tested (tests/server_extension/test_redaction.py) and benchmarked
+(tests/bench/bench_redaction.py):
+
+- Every pattern is an RE2 pattern (google-re2), including detect-secrets' own, translated
+  where they use look-arounds RE2 lacks, and the UUID filter it applies to entropy hits.
+  detect-secrets' line-by-line scan on Python's `re` is not used.
+- The text is encoded to UTF-8 once (`_Scan`) and every search runs on those bytes, so no
+  search re-encodes the whole text, and the spans are turned back into character offsets
+  in one pass at the end.
+- Work done in Python outside RE2 never goes over the same bytes twice: a match is widened
+  over the token around it only up to where the previous widening of the same rule ended
+  (a run of 100,000 `AKIA...` keys is widened once, not 100,000 times over a growing
+  prefix), a match inside an already widened token is skipped, the key-body lines around a
+  dangling PEM marker are found by one anchored RE2 match (backwards on the reversed
+  text), and the line around a match is looked up once per line.
+- Checks in Python are bounded per byte: a line, or a stretch of lines, packed with
+  matches of one pattern beyond a fixed limit is hidden whole without checking the rest
+  (`_Scan.matches`). That only ever hides more than the checks would have.
+
+`Work` counts each unit of work, so a test can show that doubling a crafted input doubles
+the count without timing anything.
 """
 
 from __future__ import annotations
@@ -26,11 +44,8 @@ from typing import Any, cast
 
 import re2
 from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
-from detect_secrets.filters.heuristic import (
-    is_potential_uuid,
-    is_sequential_string,
-    is_templated_secret,
-)
+from detect_secrets.filters import heuristic
+from detect_secrets.filters.heuristic import is_sequential_string, is_templated_secret
 from detect_secrets.plugins.base import RegexBasedDetector
 from detect_secrets.plugins.high_entropy_strings import (
     Base64HighEntropyString,
@@ -46,30 +61,232 @@ from .redaction import is_env_file
 
 Span = tuple[int, int]
 
+# Every pattern the finder builds, so a test can check that each one is an RE2 pattern.
+COMPILED: list[Any] = []
 
-def _compile(pattern: str) -> Any:
+
+def _compile(pattern: str, capture: bool = True) -> Any:
     """An RE2 pattern that never matches across a newline: every rule is about one line,
-    except the PEM block rule, which says `(?s)` and is compiled without this option."""
+    except the few multi-line ones, compiled with `_compile_multiline`. Without `capture`
+    its groups are not reported, which spares RE2 the slower pass that finds them."""
     options = re2.Options()
     options.never_nl = True
+    options.never_capture = not capture
     options.log_errors = False
-    return re2.compile(pattern, options)
+    regex = re2.compile(pattern, options)
+    COMPILED.append(regex)
+    return regex
 
 
-def _compile_multiline(pattern: str) -> Any:
+def _compile_multiline(pattern: str, latin1: bool = False) -> Any:
     options = re2.Options()
     options.log_errors = False
-    return re2.compile(pattern, options)
+    if latin1:
+        options.encoding = re2.Options.Encoding.LATIN1
+        regex = re2.compile(pattern.encode("latin-1"), options)
+    else:
+        regex = re2.compile(pattern, options)
+    COMPILED.append(regex)
+    return regex
 
+
+def _group_index(regex: Any, name: str) -> int:
+    """A named group's number (google-re2's `Match.span` takes numbers only), looked up
+    once here rather than on every match: `groupindex` builds a new dict each call."""
+    return cast(int, regex.groupindex[name])
+
+
+# ---- one text, searched as bytes --------------------------------------------------------
+
+
+@dataclass
+class Work:
+    """Units of work spent finding the secrets of one text, counted rather than timed.
+
+    `searched`: bytes handed to RE2 searches (each search scans its range once);
+    `matches`: matches RE2 returned, each handled in Python; `walked`: bytes stepped over
+    in Python or by an anchored RE2 run (widening a token, trimming a delimiter, the lines
+    around a PEM marker); `checked`: bytes of candidate values given to a Python check
+    (entropy, JWT decoding, detect-secrets' filters). Linear time means each of these
+    grows at most in proportion to the text.
+    """
+
+    searched: int = 0
+    matches: int = 0
+    walked: int = 0
+    checked: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.searched + self.matches + self.walked + self.checked
+
+
+class _Scan:
+    """A text being searched: its UTF-8 bytes, which RE2 scans (google-re2 would encode a
+    `str` again on every call), and the work spent on it."""
+
+    def __init__(self, text: str, work: Work) -> None:
+        self.data = text.encode("utf-8")
+        self.work = work
+        self._reversed: bytes | None = None
+        self._line: Span = (0, -1)
+        # Rests of lines hidden whole because one rule matched too often on them.
+        self.capped: list[Span] = []
+
+    @property
+    def reversed(self) -> bytes:
+        """The bytes back to front, for walking left with an anchored RE2 match."""
+        if self._reversed is None:
+            self._reversed = self.data[::-1]
+        return self._reversed
+
+    def matches(
+        self, regex: Any, cap: bool = True, grow: Callable[[Span], Span] | None = None
+    ) -> Iterator[list[Span]]:
+        """Each match of `regex`, left to right, as its group spans (0 is the match).
+
+        This calls RE2 directly rather than through google-re2's `finditer`, which costs
+        more in Python per match than the search costs in RE2. With `cap`, a line on
+        which the pattern matches more than `MAX_MATCHES_PER_LINE` times is hidden whole
+        and the search goes on at the next line; and once it matches more than
+        `MAX_MATCHES_PER_WINDOW` times within `WINDOW` bytes, the next `SKIP` bytes (from
+        the line of that match to a line's end) are hidden whole and the search goes on
+        after them. Text packed with candidates, on one line or on many short ones, so
+        costs a bounded number of checks in Python per byte, and nothing in it is shown
+        that a check could have let through. `grow` widens such a stretch to cover what
+        the skipped matches would have reached beyond it (a PEM marker's key-body lines).
+        """
+        data = self.data
+        size = len(data)
+        match = regex._regexp.Match
+        self.work.searched += size
+        pos = 0
+        line_end = -1
+        on_line = 0
+        window_start = -WINDOW - 1
+        in_window = 0
+        while pos <= size:
+            spans = match(_UNANCHORED, data, pos, size)
+            start, end = spans[0]
+            if start < 0:
+                return
+            self.work.matches += 1
+            if cap:
+                if start - window_start > WINDOW:
+                    window_start = start
+                    in_window = 0
+                in_window += 1
+                if in_window > MAX_MATCHES_PER_WINDOW:
+                    line_start = data.rfind(b"\n", 0, start) + 1
+                    skip_to = min(start + SKIP, size)
+                    stop = data.find(b"\n", skip_to)
+                    if stop < 0:
+                        stop = size
+                    self.work.walked += (start - line_start) + (stop - skip_to)
+                    self.capped.append(grow((line_start, stop)) if grow else (line_start, stop))
+                    pos = stop + 1
+                    window_start, line_end = -WINDOW - 1, -1
+                    continue
+                if start > line_end:
+                    line_end = data.find(b"\n", start)
+                    if line_end < 0:
+                        line_end = size
+                    self.work.walked += line_end - start
+                    on_line = 0
+                on_line += 1
+                if on_line > MAX_MATCHES_PER_LINE:
+                    line_start = data.rfind(b"\n", 0, start) + 1
+                    self.work.walked += start - line_start
+                    stretch = (line_start, line_end)
+                    self.capped.append(grow(stretch) if grow else stretch)
+                    pos = line_end + 1
+                    continue
+            yield spans
+            pos = end if end > start else end + 1
+
+    def value(self, start: int, end: int) -> str:
+        """The text of a candidate, for a check in Python. RE2's spans fall between UTF-8
+        characters; `replace` is there so a check can never raise on one."""
+        self.work.checked += end - start
+        return self.data[start:end].decode("utf-8", "replace")
+
+    def line(self, pos: int) -> Span:
+        """The line around `pos` (without its newline). Matches come in order, so the last
+        line found is kept: many matches on one long line find its bounds once."""
+        start, end = self._line
+        if start <= pos <= end:
+            return self._line
+        data = self.data
+        start = data.rfind(b"\n", 0, pos) + 1
+        end = data.find(b"\n", pos)
+        if end < 0:
+            end = len(data)
+        self.work.walked += end - start
+        self._line = (start, end)
+        return self._line
+
+    def run_right(self, run: Any, pos: int) -> int:
+        """The end of the run of `run`'s characters that starts at `pos`."""
+        spans = run._regexp.Match(_ANCHOR_START, self.data, pos, len(self.data))
+        end = pos if spans[0][0] < 0 else spans[0][1]
+        self.work.walked += end - pos + 1
+        return cast(int, end)
+
+    def run_left(self, run: Any, pos: int, floor: int) -> int:
+        """The start of the run of `run`'s characters that ends at `pos`, not below
+        `floor`."""
+        size = len(self.data)
+        spans = run._regexp.Match(_ANCHOR_START, self.reversed, size - pos, size - floor)
+        start = pos if spans[0][0] < 0 else size - spans[0][1]
+        self.work.walked += pos - start + 1
+        return cast(int, start)
+
+    def widen(self, start: int, end: int, run: Any, chars: frozenset[int], floor: int) -> Span:
+        """`start:end` without the delimiters a pattern consumed around the token, then
+        over the token's characters (`run`, also given as the set `chars` to skip RE2
+        where the token already ends) on both sides, leftwards not below `floor`."""
+        data = self.data
+        first = start
+        while start < end and data[start] in _EDGE:
+            start += 1
+        while end > start and data[end - 1] in _EDGE:
+            end -= 1
+        self.work.walked += (start - first) + 1
+        if start == end:
+            return start, end
+        floor = max(floor, 0)
+        if start > floor and data[start - 1] in chars:
+            start = self.run_left(run, start, floor)
+        if end < len(data) and data[end] in chars:
+            end = self.run_right(run, end)
+        return start, end
+
+
+# A line with more matches of one pattern than this is hidden whole, and so are the SKIP
+# bytes after a stretch of WINDOW bytes with more than MAX_MATCHES_PER_WINDOW matches of
+# one pattern (`_Scan.matches`). Code has a handful per line and per page; text that
+# reaches these is data (generated, minified, or a file of nothing but secrets).
+MAX_MATCHES_PER_LINE = 32
+MAX_MATCHES_PER_WINDOW = 32
+WINDOW = 4096
+SKIP = 16384
+# google-re2's anchors, for calling RE2 without its per-match wrapper (`_Scan.matches`).
+_UNANCHORED = re2._Anchor.UNANCHORED
+_ANCHOR_START = re2._Anchor.ANCHOR_START
+_ANCHOR_BOTH = re2._Anchor.ANCHOR_BOTH
+# A match longer than this is hidden whole rather than split into its groups (`_token_spans`).
+_LONG_MATCH = 4096
 
 # Characters a token is made of: a match is widened over these so a secret is hidden whole
 # even where a translated pattern stops early (RE2 has no `(?!\w)`).
-_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_TOKEN_RUN = _compile(r"[A-Za-z0-9_\-]*")
+_TOKEN_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 # A JWT's signature follows a dot and may hold base64 padding; detect-secrets' pattern
 # ends with a lazy group and so reports the token without it.
-_JWT_CHARS = _TOKEN_CHARS | frozenset(".+/=")
+_JWT_RUN = _compile(r"[A-Za-z0-9_\-.+/=]*")
+_JWT_CHARS = _TOKEN_CHARS | frozenset(b".+/=")
 # Delimiters some detect-secrets patterns consume around the token (`(?:\s|=|:|"|^)`).
-_EDGE = " \t\r\f\v\"'`=:,;()[]{}<>"
+_EDGE = frozenset(b" \t\r\f\v\"'`=:,;()[]{}<>")
 
 
 # ---- detect-secrets' regex plugins on RE2 --------------------------------------------
@@ -81,7 +298,9 @@ class _PluginRule:
 
     name: str
     regex: Any
-    widen: frozenset[str]
+    find: Any  # the same pattern without its groups
+    run: Any
+    chars: frozenset[int]
     check: Callable[[str], bool] | None = None
 
 
@@ -98,7 +317,8 @@ _SKIPPED_PLUGINS: tuple[type, ...] = (
 def _translate(pattern: re.Pattern[str]) -> str:
     """detect-secrets' Python pattern in RE2 syntax: look-arounds become consuming groups
     (the consumed delimiter is trimmed off the match later) and repetition bounds above
-    RE2's limit of 1000 become open-ended, which can only hide more."""
+    RE2's limit of 1000 become open-ended, which can only hide more. Python's `re` only
+    rewrites the pattern's source here; it never runs on a text."""
     src = pattern.pattern
     src = src.replace(r"(?:(?<=\W)|(?<=^))", r"(?:^|\W)")
     src = re.sub(r"\(\?!\\w\)", r"(?:\\W|$)", src)
@@ -125,6 +345,7 @@ def _plugin_rules() -> tuple[list[_PluginRule], list[str]]:
         for pattern in patterns:
             try:
                 regex = _compile(_translate(pattern))
+                find = _compile(_translate(pattern), capture=False)
             except re2.error:
                 untranslated.append(f"{cls.__name__}: {pattern.pattern}")
                 continue
@@ -132,6 +353,8 @@ def _plugin_rules() -> tuple[list[_PluginRule], list[str]]:
                 _PluginRule(
                     cls.__name__,
                     regex,
+                    find,
+                    _JWT_RUN if jwt else _TOKEN_RUN,
                     _JWT_CHARS if jwt else _TOKEN_CHARS,
                     JwtTokenDetector.is_formally_valid if jwt else None,
                 )
@@ -159,9 +382,49 @@ _EXTRA_TOKENS = _compile(
 )
 
 
-def _extra_token_spans(text: str) -> Iterator[Span]:
-    for m in _EXTRA_TOKENS.finditer(text):
-        yield _widen(text, m.start(), m.end(), _TOKEN_CHARS)
+def _token_spans(
+    scan: _Scan,
+    regex: Any,
+    run: Any,
+    chars: frozenset[int],
+    check: Callable[[str], bool] | None = None,
+    find: Any = None,
+) -> Iterator[Span]:
+    """Each match of `regex` (its groups if it has any), widened over `run`'s characters.
+
+    A match inside the token the previous widening already covered adds nothing and is
+    skipped, and a widening stops leftwards where the previous one ended: each byte is
+    walked over once per rule, however many matches one long token holds.
+    """
+    covered_start, covered_end = -1, -1
+    for found in scan.matches(regex if find is None or not regex.groups else find):
+        if find is not None and regex.groups:
+            # Groups are found on the match alone, and only on a short one: for a match
+            # longer than that (one pattern's `.+` can take a whole line) the whole
+            # match is hidden, which covers every group in it.
+            start, end = found[0]
+            if end - start <= _LONG_MATCH:
+                found = regex._regexp.Match(_ANCHOR_BOTH, scan.data, start, end)
+        spans = [(s, e) for s, e in found[1:] if s >= 0 and e > s] or found[:1]
+        for start, end in spans:
+            if covered_start <= start and end <= covered_end:
+                continue
+            if check is not None and not check(scan.value(start, end)):
+                continue
+            start, end = scan.widen(start, end, run, chars, covered_end - 1)
+            if start < end:
+                yield start, end
+                if end > covered_end:
+                    covered_start, covered_end = start, end
+
+
+def _plugin_spans(scan: _Scan) -> Iterator[Span]:
+    for rule in PLUGIN_RULES:
+        yield from _token_spans(scan, rule.regex, rule.run, rule.chars, rule.check, rule.find)
+
+
+def _extra_token_spans(scan: _Scan) -> Iterator[Span]:
+    yield from _token_spans(scan, _EXTRA_TOKENS, _TOKEN_RUN, _TOKEN_CHARS)
 
 
 # ---- PEM private keys ----------------------------------------------------------------
@@ -172,58 +435,86 @@ _END = rf"-{{4,5}} ?END {_KEY_LABEL} ?-{{4,5}}"
 _PEM_BLOCK = _compile_multiline(rf"(?s){_BEGIN}.*?{_END}")
 _PEM_BEGIN = _compile(_BEGIN + "|PuTTY-User-Key-File-[0-9]+:")
 _PEM_END = _compile(_END)
+
 # A line that can only be part of a key's body: base64 (possibly inside a string literal
-# with a `\n` escape and concatenation), or an RFC 1421 header such as `Proc-Type: ...`.
-_KEY_BODY_LINE = _compile(
-    r"[ \t\"'+,(]*(?:[A-Za-z0-9+/=]+(?:\\n)?|"
-    r"(?:Proc-Type|DEK-Info|Comment|Encryption|Private-Lines|Public-Lines|Private-MAC|"
-    r"Key-Derivation|Argon2-[A-Za-z]+):[^\n]*)?[ \t\"'+,;)\\]*"
+# with a `\n` escape and concatenation), or an RFC 1421 / PuTTY header such as
+# `Proc-Type: ...`, with something on it besides spaces and tabs. Written out once forwards
+# and once backwards (each piece reversed, in reverse order), so that the run of body lines
+# after a BEGIN and the run before an END are each one anchored RE2 match; a test checks
+# that both directions accept the same lines.
+_KEY_HEADERS = (
+    "Proc-Type",
+    "DEK-Info",
+    "Comment",
+    "Encryption",
+    "Private-Lines",
+    "Public-Lines",
+    "Private-MAC",
+    "Key-Derivation",
 )
+_OPEN = "[\"'+,(]"
+_OPENS = "[ \\t\"'+,(]*"
+_CLOSE = "[\"'+,;)\\\\]"
+_CLOSES = "[ \\t\"'+,;)\\\\]*"
+_B64 = "[A-Za-z0-9+/=]+"
+_HEADER = "(?:" + "|".join(_KEY_HEADERS) + "|Argon2-[A-Za-z]+):[^\\n]*"
+_HEADER_BACKWARDS = "[^\\n]*:(?:" + "|".join(h[::-1] for h in _KEY_HEADERS) + "|[A-Za-z]+-2nogrA)"
+_CORE = f"(?:{_B64}(?:\\\\n)?|{_HEADER})"
+_CORE_BACKWARDS = f"(?:(?:n\\\\)?{_B64}|{_HEADER_BACKWARDS})"
+KEY_BODY_LINE = f"[ \\t]*(?:{_OPEN}{_OPENS}{_CORE}?{_CLOSES}|{_CORE}{_CLOSES}|{_CLOSE}{_CLOSES})"
+KEY_BODY_LINE_BACKWARDS = (
+    f"(?:{_CLOSES}{_CORE_BACKWARDS}?{_OPENS}{_OPEN}|{_CLOSES}{_CORE_BACKWARDS}"
+    f"|{_CLOSES}{_CLOSE})[ \\t]*"
+)
+# From the end of a marker's line: the run of body lines after it (forwards), or, on the
+# reversed text from the start of the marker's line, the run before it.
+_BODY_AFTER = _compile_multiline(f"(?m)(?:\\n(?:{KEY_BODY_LINE})$)*")
+# The reversed text is not UTF-8 (a character's bytes come last byte first): that pattern
+# runs on bytes (Latin-1), where `[^\n]` is any byte but a newline, as it is any character
+# but a newline forwards.
+_BODY_BEFORE = _compile_multiline(f"(?m)(?:\\n(?:{KEY_BODY_LINE_BACKWARDS})$)*", latin1=True)
 
 
-def _line_bounds(text: str, pos: int) -> Span:
-    start = text.rfind("\n", 0, pos) + 1
-    end = text.find("\n", pos)
-    return start, len(text) if end < 0 else end
-
-
-def _pem_spans(text: str) -> list[Span]:
+def _pem_spans(scan: _Scan) -> list[Span]:
     """Whole BEGIN...END blocks, and blocks cut open at either end (a dangling BEGIN or
     END): from the marker through the run of key-body lines next to it."""
-    if "PRIVATE KEY" not in text and "PuTTY-User-Key-File" not in text:
+    data = scan.data
+    if b"PRIVATE KEY" not in data and b"PuTTY-User-Key-File" not in data:
         return []
-    blocks = [m.span() for m in _PEM_BLOCK.finditer(text)]
+    blocks = [found[0] for found in scan.matches(_PEM_BLOCK, cap=False)]
     spans = list(blocks)
-
     starts = [s for s, _ in blocks]
 
     def inside(pos: int) -> bool:
         i = bisect.bisect_right(starts, pos) - 1
         return i >= 0 and pos < blocks[i][1]
 
-    for m in _PEM_BEGIN.finditer(text):
-        if inside(m.start()):
+    # Markers on one line share the run next to it: found once per line.
+    runs: dict[int, int] = {}
+
+    def body_after(stretch: Span) -> Span:
+        return stretch[0], scan.run_right(_BODY_AFTER, stretch[1])
+
+    def body_before(stretch: Span) -> Span:
+        return scan.run_left(_BODY_BEFORE, stretch[0], 0), stretch[1]
+
+    for found in scan.matches(_PEM_BEGIN, grow=body_after):
+        start = found[0][0]
+        if inside(start):
             continue
-        _, end = _line_bounds(text, m.start())
-        while end < len(text):
-            nxt_start = end + 1
-            _, nxt_end = _line_bounds(text, nxt_start)
-            line = text[nxt_start:nxt_end]
-            if not line.strip() or not _KEY_BODY_LINE.fullmatch(line):
-                break
-            end = nxt_end
-        spans.append((m.start(), end))
-    for m in _PEM_END.finditer(text):
-        if inside(m.start()):
+        _, line_end = scan.line(start)
+        if line_end not in runs:
+            runs[line_end] = scan.run_right(_BODY_AFTER, line_end)
+        spans.append((start, runs[line_end]))
+    runs = {}
+    for found in scan.matches(_PEM_END, grow=body_before):
+        start, end = found[0]
+        if inside(start):
             continue
-        start, _ = _line_bounds(text, m.start())
-        while start > 0:
-            prev_start, prev_end = _line_bounds(text, start - 1)
-            line = text[prev_start:prev_end]
-            if not line.strip() or not _KEY_BODY_LINE.fullmatch(line):
-                break
-            start = prev_start
-        spans.append((start, m.end()))
+        line_start, _ = scan.line(start)
+        if line_start not in runs:
+            runs[line_start] = scan.run_left(_BODY_BEFORE, line_start, 0)
+        spans.append((runs[line_start], end))
     return spans
 
 
@@ -274,6 +565,7 @@ _AUTH_HEADER = _compile(
 )
 _URL_USERINFO = _compile(r"[A-Za-z][A-Za-z0-9+.\-]*://(?P<value>[^\s/?#@\"'<>]*:[^\s/?#@\"'<>]*)@")
 _PLACEHOLDER = _compile(r"<redacted-[0-9]+>")
+
 
 _CODE_SUFFIXES = frozenset(
     {
@@ -338,97 +630,104 @@ def _is_value(value: str, quoted: bool, code: bool) -> bool:
     return not (code and value.isidentifier() and not any(c.isdigit() for c in value))
 
 
-def _group_span(m: Any, name: str) -> Span:
-    """A named group's span (google-re2's `Match.span` takes group numbers only)."""
-    index = m.re.groupindex.get(name)
-    return (-1, -1) if index is None else m.span(index)
+_VALUE_GROUPS = ("dq", "sq", "bq", "bare")
 
 
-def _value_span(m: Any) -> tuple[Span, bool] | None:
-    for group in ("dq", "sq", "bq", "bare"):
-        start, end = _group_span(m, group)
+def _value_groups(regex: Any) -> list[tuple[int, bool]]:
+    """(group number, quoted) of the value groups `regex` has, in `_VALUE`'s order."""
+    index = regex.groupindex
+    return [(index[name], name != "bare") for name in _VALUE_GROUPS if name in index]
+
+
+def _value_span(found: list[Span], groups: list[tuple[int, bool]]) -> tuple[Span, bool] | None:
+    for group, quoted in groups:
+        start, end = found[group]
         if start >= 0:
-            return (start, end), group != "bare"
+            return (start, end), quoted
     return None
 
 
-def _assignment_spans(text: str, path: str) -> Iterator[Span]:
+_ASSIGNMENT_RULES = [(regex, _value_groups(regex)) for regex in (_ASSIGNMENT, _CALL, _COMPARED)]
+
+
+def _assignment_spans(scan: _Scan, path: str) -> Iterator[Span]:
     code = _is_code(path)
-    for regex in (_ASSIGNMENT, _CALL, _COMPARED):
-        for m in regex.finditer(text):
-            found = _value_span(m)
-            if found is None:
+    for regex, groups in _ASSIGNMENT_RULES:
+        for found in scan.matches(regex):
+            value = _value_span(found, groups)
+            if value is None:
                 continue
-            (start, end), quoted = found
-            if _is_value(text[start:end], quoted, code):
+            (start, end), quoted = value
+            if _is_value(scan.value(start, end), quoted, code):
                 yield start, end
 
 
-def _env_spans(text: str) -> Iterator[Span]:
-    for m in _ENV_LINE.finditer(text):
-        start, end = _group_span(m, "value")
-        line_start, _ = _line_bounds(text, m.start())
-        if start < end and not text[line_start:start].lstrip().startswith("#"):
+_ENV_VALUE = _group_index(_ENV_LINE, "value")
+
+
+def _env_spans(scan: _Scan) -> Iterator[Span]:
+    for found in scan.matches(_ENV_LINE):
+        start, end = found[_ENV_VALUE]
+        # The pattern starts at the line's start (`^`), so the line before the value is
+        # the match before it.
+        if start < end and not scan.data[found[0][0] : start].lstrip().startswith(b"#"):
             yield start, end
 
 
-def _netrc_spans(text: str, path: str) -> Iterator[Span]:
+_NETRC_VALUE = _group_index(_NETRC, "value")
+
+
+def _netrc_spans(scan: _Scan, path: str) -> Iterator[Span]:
     netrc = PurePosixPath(path).name.lower() in _NETRC_NAMES
-    for m in _NETRC.finditer(text):
+    # Whether the line has a `machine`/`login`/`default` word, asked once per line.
+    context: dict[int, bool] = {}
+    for found in scan.matches(_NETRC):
         if not netrc:
-            line_start, line_end = _line_bounds(text, m.start())
-            if not _NETRC_CONTEXT.search(text[line_start:line_end]):
+            line_start, line_end = scan.line(found[0][0])
+            if line_start not in context:
+                scan.work.walked += line_end - line_start
+                words = _NETRC_CONTEXT.search(scan.data, line_start, line_end)
+                context = {line_start: words is not None}
+            if not context[line_start]:
                 continue
-        yield _group_span(m, "value")
+        yield found[_NETRC_VALUE]
 
 
-def _auth_spans(text: str) -> Iterator[Span]:
-    for m in _AUTH_SCHEME.finditer(text):
-        value = m.group("value")
+_AUTH_SCHEME_VALUE = _group_index(_AUTH_SCHEME, "value")
+_AUTH_HEADER_VALUE = _group_index(_AUTH_HEADER, "value")
+
+
+def _auth_spans(scan: _Scan) -> Iterator[Span]:
+    for found in scan.matches(_AUTH_SCHEME):
+        start, end = found[_AUTH_SCHEME_VALUE]
+        value = scan.value(start, end)
         # `Bearer <token>`, not prose such as "basic usage": a token has a digit or is long.
-        if len(value) >= 8 and (any(c.isdigit() for c in value) or len(value) >= 20):
-            yield _group_span(m, "value")
-    for m in _AUTH_HEADER.finditer(text):
-        if _is_value(m.group("value"), quoted=False, code=False):
-            yield _group_span(m, "value")
-
-
-def _url_spans(text: str) -> Iterator[Span]:
-    for m in _URL_USERINFO.finditer(text):
-        start, end = _group_span(m, "value")
-        if text[start:end] != ":":
+        if len(value) >= 8 and (len(value) >= 20 or any(c.isdigit() for c in value)):
+            yield start, end
+    for found in scan.matches(_AUTH_HEADER):
+        start, end = found[_AUTH_HEADER_VALUE]
+        if _is_value(scan.value(start, end), quoted=False, code=False):
             yield start, end
 
 
-def _widen(text: str, start: int, end: int, chars: frozenset[str]) -> Span:
-    while start < end and text[start] in _EDGE:
-        start += 1
-    while end > start and text[end - 1] in _EDGE:
-        end -= 1
-    while start > 0 and text[start - 1] in chars:
-        start -= 1
-    while end < len(text) and text[end] in chars:
-        end += 1
-    return start, end
+_URL_VALUE = _group_index(_URL_USERINFO, "value")
 
 
-def _plugin_spans(text: str) -> Iterator[Span]:
-    for rule in PLUGIN_RULES:
-        for m in rule.regex.finditer(text):
-            groups = [m.span(i) for i in range(1, rule.regex.groups + 1)]
-            spans = [(s, e) for s, e in groups if s >= 0 and e > s] or [m.span()]
-            for start, end in spans:
-                if rule.check is not None and not rule.check(text[start:end]):
-                    continue
-                start, end = _widen(text, start, end, rule.widen)
-                if start < end:
-                    yield start, end
+def _url_spans(scan: _Scan) -> Iterator[Span]:
+    for found in scan.matches(_URL_USERINFO):
+        start, end = found[_URL_VALUE]
+        if end - start != 1:  # not a lone `:`, which the pattern needs at least
+            yield start, end
+
+
+# ---- high-entropy strings --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _EntropyRule:
     plugin: HighEntropyStringsPlugin
     regex: Any
+    groups: list[tuple[int, bool]]
 
 
 def _entropy_rules() -> list[_EntropyRule]:
@@ -440,48 +739,73 @@ def _entropy_rules() -> list[_EntropyRule]:
         regex = _compile(
             rf"\"(?P<dq>[{chars}]{{{shortest},}})\"|'(?P<sq>[{chars}]{{{shortest},}})'"
         )
-        rules.append(_EntropyRule(plugin, regex))
+        rules.append(_EntropyRule(plugin, regex, _value_groups(regex)))
     return rules
 
 
 _ENTROPY_RULES = _entropy_rules()
+# detect-secrets' own UUID filter pattern (`is_potential_uuid`), run on RE2 like the rest.
+_UUID = _compile("(?i)" + heuristic._get_uuid_regex().pattern)
 
 
-def _entropy_spans(text: str) -> Iterator[Span]:
+def _entropy_spans(scan: _Scan) -> Iterator[Span]:
     for rule in _ENTROPY_RULES:
-        for m in rule.regex.finditer(text):
-            found = _value_span(m)
-            if found is None:
+        for found in scan.matches(rule.regex):
+            value_span = _value_span(found, rule.groups)
+            if value_span is None:
                 continue
-            (start, end), _ = found
-            value = text[start:end]
+            (start, end), _ = value_span
+            value = scan.value(start, end)
             if (
                 rule.plugin.calculate_shannon_entropy(value) > rule.plugin.entropy_limit
                 and not is_sequential_string(value)
-                and not is_potential_uuid(value)
+                and _UUID.search(value) is None
             ):
                 yield start, end
 
 
-def find_secrets(text: str, path: str = "") -> list[Span]:
-    """Character spans of `text` to hide, sorted and merged where they overlap."""
+# ---- all rules -----------------------------------------------------------------------
+
+
+def _char_spans(text: str, data: bytes, spans: list[Span]) -> list[Span]:
+    """Byte offsets into `data` (`text` in UTF-8) as character offsets into `text`, for
+    sorted, disjoint spans: one pass, decoding each stretch between offsets once."""
+    if len(data) == len(text):
+        return spans
+    out: list[Span] = []
+    byte_pos = char_pos = 0
+    for start, end in spans:
+        char_pos += len(data[byte_pos:start].decode("utf-8"))
+        first = char_pos
+        char_pos += len(data[start:end].decode("utf-8"))
+        byte_pos = end
+        out.append((first, char_pos))
+    return out
+
+
+def find_secrets(text: str, path: str = "", work: Work | None = None) -> list[Span]:
+    """Character spans of `text` to hide, sorted and merged where they overlap. `work`, if
+    given, adds up what the search cost (see `Work`)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         # RE2 scans UTF-8; a lone surrogate (possible in a JSON question) becomes one `?`,
         # which keeps every character's index.
         text = text.encode("utf-8", "replace").decode("utf-8")
+    scan = _Scan(text, work if work is not None else Work())
     spans: list[Span] = []
-    spans.extend(_pem_spans(text))
-    spans.extend(_plugin_spans(text))
-    spans.extend(_extra_token_spans(text))
-    spans.extend(_entropy_spans(text))
-    spans.extend(_assignment_spans(text, path))
-    spans.extend(_netrc_spans(text, path))
-    spans.extend(_auth_spans(text))
-    spans.extend(_url_spans(text))
+    spans.extend(_pem_spans(scan))
+    spans.extend(_plugin_spans(scan))
+    spans.extend(_extra_token_spans(scan))
+    spans.extend(_entropy_spans(scan))
+    spans.extend(_assignment_spans(scan, path))
+    spans.extend(_netrc_spans(scan, path))
+    spans.extend(_auth_spans(scan))
+    spans.extend(_url_spans(scan))
     if is_env_file(path):
-        spans.extend(_env_spans(text))
+        spans.extend(_env_spans(scan))
+    spans.extend(scan.capped)
+    # Each rule yields its spans in order, so this sort merges a few sorted runs.
     merged: list[Span] = []
     for start, end in sorted(s for s in spans if s[0] < s[1]):
         if merged and start < merged[-1][1]:
@@ -489,4 +813,4 @@ def find_secrets(text: str, path: str = "") -> list[Span]:
                 merged[-1] = (merged[-1][0], end)
         else:
             merged.append((start, end))
-    return merged
+    return _char_spans(text, scan.data, merged)
