@@ -22,6 +22,18 @@ Two more figures separate the gateway's cost from vLLM's scheduling:
   nothing about the model; it only shows what the extra hop costs when the upstream answers
   at once. The real-vLLM comparison is the primary figure.
 Each of the 16 streams belongs to its own user, as in real use (per-user limits apply).
+
+Under contention (`--contention-rounds`, on by default): the same 16-stream batches while
+busy-loop processes, one per core, keep every core busy, as on a shared machine where
+workspaces, vLLM and other services compete with the gateway. Each round sends one batch
+direct, one through a gateway of 1 process, one through a gateway of N worker processes
+(`GatewayApp.processes`, `--processes`) and one through N workers that lowered their
+niceness (`GatewayApp.nice`, `--nice`), in random order, against vLLM and against the
+synthetic upstream. It prints, per gateway, the added time to first token (median of the
+per-round differences of batch medians, with a bootstrap 95% interval) and the ratio of its
+TTFT to the direct TTFT of the same round, with the load average beside each figure; then
+the gateway's own time from its audit rows and, from /proc/<pid>/task/*/schedstat, how much
+of each call its processes spent on a CPU and how much runnable but waiting for one.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -206,6 +219,96 @@ async def paired(
     )
 
 
+def load_average() -> str:
+    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+async def paired_many(
+    client: httpx.AsyncClient,
+    urls: dict[str, str],
+    tokens: dict[str, list[str]],
+    concurrency: int,
+    rounds: int,
+    max_tokens: int,
+    rng: random.Random,
+    label: str,
+) -> None:
+    """Like `paired`, for `direct` and any number of gateways (every other key of `urls`):
+    each round runs one batch per path in random order; each gateway is compared with the
+    direct batch of the same round."""
+    names = list(urls)
+    gateways = [n for n in names if n != "direct"]
+    per_req: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    diffs: dict[str, list[float]] = {n: [] for n in gateways}
+    ratios: dict[str, list[float]] = {n: [] for n in gateways}
+    for _ in range(rounds):
+        med: dict[str, float] = {}
+        for name in rng.sample(names, len(names)):
+            jobs = [
+                one_stream(client, urls[name], tokens[name][i], max_tokens)
+                for i in range(concurrency)
+            ]
+            rows = await asyncio.gather(*jobs)
+            per_req[name] += rows
+            med[name] = statistics.median(r[0] for r in rows) * 1000
+        for name in gateways:
+            diffs[name].append(med[name] - med["direct"])
+            ratios[name].append(med[name] / med["direct"])
+    for name in names:
+        ttfts = sorted(r[0] * 1000 for r in per_req[name])
+        p90 = ttfts[int(0.9 * (len(ttfts) - 1))]
+        print(
+            f"{label:>9} {concurrency:>3} {name:>12} n={len(ttfts):<4} TTFT p50 "
+            f"{statistics.median(ttfts):8.2f} ms  p90 {p90:8.2f} ms  ({load_average()})"
+        )
+    for name in gateways:
+        lo, hi = bootstrap_median_ci(diffs[name], rng)
+        verdict = "met" if hi <= 5 else ("NOT met" if lo > 5 else "undecided (CI spans 5 ms)")
+        print(
+            f"{label:>9} {concurrency:>3} {name:>12} paired over {rounds} rounds: added TTFT "
+            f"median {statistics.median(diffs[name]):+.2f} ms [95% CI {lo:+.2f}, {hi:+.2f}], "
+            f"ratio to direct {statistics.median(ratios[name]):.3f}; target <= 5 ms: "
+            f"{verdict} ({load_average()})"
+        )
+
+
+def gateway_pids(audit_log: Path) -> list[int]:
+    """Processes of the gateway writing `audit_log` (its supervisor and workers)."""
+    flag = f"--GatewayApp.audit_log_path={audit_log}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if flag in (entry / "cmdline").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def schedstat(pids: list[int]) -> tuple[float, float]:
+    """(CPU seconds, seconds spent runnable but waiting for a core) summed over `pids`, from
+    /proc/<pid>/task/*/schedstat: where a process's time goes when the cores are busy."""
+    cpu = wait = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                on_cpu, waiting, _ = (task / "schedstat").read_text().split()
+            except (OSError, ValueError):
+                continue
+            cpu += int(on_cpu)
+            wait += int(waiting)
+    return cpu / 1e9, wait / 1e9
+
+
+def start_busy_loops(count: int) -> list[subprocess.Popen[bytes]]:
+    """`count` processes that spin on a core each until stopped: the contention."""
+    return [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+        for _ in range(count)
+    ]
+
+
 def audit_overhead(audit: Path, skip: int, label: str) -> int:
     """Print the gateway's own per-request time from audit rows after the first `skip`."""
     rows = [json.loads(line) for line in audit.read_text().splitlines()][skip:]
@@ -239,6 +342,10 @@ async def run(
     rng = random.Random(args.seed)
     tokens = [hub.user_token(f"bench{i}", ["custom:codeyard-llm"]) for i in range(16)]
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    if args.contention_rounds:
+        await run_contention(args, vllm, synth, hub, tokens, rng)
+    if args.skip_uncontended:
+        return
     setups = [
         ("vLLM", vllm, hub.gateways["codeyard-llm"].url, hub.workdir / "codeyard-llm-audit.jsonl"),
         (
@@ -264,12 +371,98 @@ async def run(
                 seen = audit_overhead(audit, seen, label)
 
 
+async def run_contention(
+    args: argparse.Namespace,
+    vllm: llm_stack.Vllm,
+    synth: llm_stack.Vllm,
+    hub: JsonApiHub,
+    tokens: list[str],
+    rng: random.Random,
+) -> None:
+    """Direct vs 1 process vs N workers, 16 streams, while busy loops hold every core."""
+    limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+    n = args.processes
+    setups = [
+        ("vLLM", vllm, "codeyard-llm", "codeyard-llm-forked", "codeyard-llm-forked-nice"),
+        (
+            "synthetic",
+            synth,
+            "codeyard-llm-synthetic",
+            "codeyard-llm-synthetic-forked",
+            "codeyard-llm-synthetic-forked-nice",
+        ),
+    ]
+    cores = os.cpu_count() or 2
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        for label, upstream, single, forked, niced in setups:
+            urls = {
+                "direct": upstream.url,
+                "gateway-1": hub.gateways[single].url,
+                f"gateway-{n}": hub.gateways[forked].url,
+                f"gateway-{n}-nice": hub.gateways[niced].url,
+            }
+            toks = {name: tokens for name in urls} | {"direct": [upstream.key] * 16}
+            # Warm up every path (token caches, connection pools, model lists) unloaded.
+            await paired_many(client, urls, toks, 16, 1, 2, rng, "(warm-up)")
+            audits = {name: hub.workdir / f"{name}-audit.jsonl" for name in (single, forked, niced)}
+            seen = {name: len(path.read_text().splitlines()) for name, path in audits.items()}
+            print(f"{label:>9}   before the busy loops: {load_average()}")
+            pids = {name: gateway_pids(path) for name, path in audits.items()}
+            busy = start_busy_loops(cores)
+            try:
+                await asyncio.sleep(3)  # let the load show in the scheduler
+                rounds = args.contention_rounds * (4 if label == "synthetic" else 1)
+                sched = {name: schedstat(p) for name, p in pids.items()}
+                await paired_many(
+                    client, urls, toks, 16, rounds, args.max_tokens, rng, f"{label}+busy"
+                )
+                sched = {
+                    name: tuple(b - a for a, b in zip(sched[name], schedstat(p), strict=True))
+                    for name, p in pids.items()
+                }
+            finally:
+                for proc in busy:
+                    llm_stack.stop_process(proc)
+            await asyncio.sleep(0.3)
+            for name, path in audits.items():
+                short = name[13:] or "single"
+                audit_overhead(path, seen[name], short)
+                cpu, wait = sched[name]
+                calls = 16 * rounds
+                print(
+                    f"{short:>9}       scheduler ({len(pids[name])} processes, {calls} calls): "
+                    f"on CPU {1000 * cpu / calls:.2f} ms/call, runnable but waiting for a core "
+                    f"{1000 * wait / calls:.2f} ms/call"
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds-1", type=int, default=40, help="paired rounds at 1 stream")
     parser.add_argument("--rounds-16", type=int, default=16, help="paired rounds at 16 streams")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument(
+        "--contention-rounds",
+        type=int,
+        default=12,
+        help="paired rounds at 16 streams with every core busy (0: skip)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=max(2, min(4, len(os.sched_getaffinity(0)))),
+        help="worker processes of the pre-forked gateway compared with one process",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=-10,
+        help="GatewayApp.nice of the third gateway in the contention comparison",
+    )
+    parser.add_argument(
+        "--skip-uncontended", action="store_true", help="only the contention comparison"
+    )
     parser.add_argument("--serve-synthetic", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_synthetic:
@@ -283,12 +476,20 @@ def main() -> None:
         vllm = llm_stack.start_vllm(work / "vllm")
         print(f"vLLM ready in {time.monotonic() - started:.1f} s")
         synth = start_synthetic(work / "synthetic")
+        single = ["--GatewayApp.processes=1"]
+        forked = [f"--GatewayApp.processes={args.processes}"]
+        niced = [*forked, f"--GatewayApp.nice={args.nice}"]
+        to_synth = [
+            f"--GatewayApp.upstream_url={synth.url}",
+            f"--GatewayApp.upstream_api_key_file={synth.key_file}",
+        ]
         gateways = {
-            "codeyard-llm": [],
-            "codeyard-llm-synthetic": [
-                f"--GatewayApp.upstream_url={synth.url}",
-                f"--GatewayApp.upstream_api_key_file={synth.key_file}",
-            ],
+            "codeyard-llm": single,
+            "codeyard-llm-forked": forked,
+            "codeyard-llm-synthetic": to_synth + single,
+            "codeyard-llm-synthetic-forked": to_synth + forked,
+            "codeyard-llm-forked-nice": niced,
+            "codeyard-llm-synthetic-forked-nice": to_synth + niced,
         }
         hub = llm_stack.start_hub(work / "hub", vllm, gateways)
         try:

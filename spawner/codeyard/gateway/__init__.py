@@ -23,6 +23,12 @@ are charged. Calls that would fan out into several answers (`n`, `best_of`, seve
 prompts, `ignore_eos`, `min_tokens`) are refused (`body_checks`), and only allowed models
 reach vLLM (`models.ModelCatalog`). Metric labels take values from bounded sets only.
 
+Processes: `GatewayApp.processes` workers (the usable cores, at most 4) serve one port
+through SO_REUSEPORT under a small supervisor (`prefork`), so a stream waits for a CPU slice
+of its own worker only, not of one process relaying everyone. The ledger is a SQLite file
+all workers share, the audit stays one chain (an flock around each append), and `/metrics`
+adds up every worker (prometheus_client's multiprocess mode).
+
 Overhead: calls to vLLM reuse kept-alive connections (`upstream.UpstreamPool`;
 `upstream_keepalive_seconds`, below vLLM's 5 s keep-alive). Each audit row and the histogram
 `codeyard_llm_gateway_overhead_seconds{stage}` record the gateway's own time per call:

@@ -21,19 +21,47 @@ the user has nothing spent or reserved at all (so one call larger than the whole
 still run, alone). The budget can therefore be exceeded only by the difference between a
 call's estimated and real prompt size, or by that one lone call.
 
-This is the seam for sharing the ledger: `reserve`, `settle`, `refund` and `usage` are the
-whole interface the handlers use. A second gateway process, or a usage page in the Hub,
-would need the same four operations against a shared store (one row per user with the
-window's charges and the open reservations); nothing else in the gateway reads the ledger.
+Shared state: the ledger is a SQLite database (`GatewayApp.ledger_path`, WAL journal), so
+every pre-forked gateway process admits against the same rows and a user's limits hold
+exactly however the kernel spreads their connections. Each admission is one `BEGIN
+IMMEDIATE` transaction (read the user's open reservations and window, insert the new one),
+which SQLite serialises across processes; it takes tens of microseconds, so it runs on the
+event loop rather than paying a thread hop. Commits are not fsynced (`synchronous=NORMAL`
+in WAL): a power cut may forget the last seconds of a 60-second window, which is all the
+ledger is for. A Hub page can read the same file for per-user usage.
+
+Reservations of a process that died (killed while relaying) are charged in full by
+`close_process`, which the supervisor calls when it reaps the process, and any left from an
+earlier run by `close_all_open` at start, before a process serves: like a stream cut short,
+nobody knows how much they generated.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import sqlite3
 import time
-from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS reservation (
+    id INTEGER PRIMARY KEY,
+    user TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    since REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reservation_user ON reservation (user);
+CREATE TABLE IF NOT EXISTS charge (
+    user TEXT NOT NULL,
+    at REAL NOT NULL,
+    tokens INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS charge_user_at ON charge (user, at);
+"""
 
 
 class LimitExceeded(Exception):
@@ -52,6 +80,7 @@ class Reservation:
 
     user: str
     tokens: int
+    id: int = 0  # its row in the ledger
     charged: int | None = None  # set when the reservation ends
 
     @property
@@ -69,10 +98,12 @@ class Usage:
 
 
 class TokenLedger:
-    """In-process ledger of per-user concurrency and a sliding window of tokens.
+    """Per-user concurrency and a sliding window of tokens, in a SQLite file shared by every
+    gateway process (or in memory, for one process: `path=":memory:"`).
 
     `max_concurrent` or `tokens_per_minute` of 0 turn that limit off; reservations and
-    charges are still recorded, so `usage` stays meaningful.
+    charges are still recorded, so `usage` stays meaningful. `clock` must be the same for
+    every process of the ledger: wall-clock time, not a per-process counter.
     """
 
     WINDOW = 60.0
@@ -81,55 +112,93 @@ class TokenLedger:
         self,
         max_concurrent: int,
         tokens_per_minute: int,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+        path: str | os.PathLike[str] = ":memory:",
+        busy_timeout_ms: int = 10_000,
     ) -> None:
         self.max_concurrent = max_concurrent
         self.tokens_per_minute = tokens_per_minute
         self._clock = clock
-        self._spent: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
-        self._open: dict[str, list[Reservation]] = defaultdict(list)
+        self.path = str(path)
+        # Autocommit mode: every transaction below is opened explicitly.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if self.path != ":memory:":
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.executescript(SCHEMA)
+        if self.path != ":memory:":
+            os.chmod(self.path, 0o600)  # user names and their spending
 
-    def _window(self, user: str, now: float) -> deque[tuple[float, int]]:
-        spent = self._spent[user]
-        while spent and spent[0][0] <= now - self.WINDOW:
-            spent.popleft()
-        return spent
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction holding SQLite's write lock from its start, so the rows read in
+        it are still the truth when its insert commits (no other process writes between)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _spent(self, db: sqlite3.Connection, user: str, now: float) -> list[tuple[float, int]]:
+        rows = db.execute(
+            "SELECT at, tokens FROM charge WHERE user = ? AND at > ? ORDER BY at",
+            (user, now - self.WINDOW),
+        ).fetchall()
+        return [(float(at), int(n)) for at, n in rows]
+
+    def _open(self, db: sqlite3.Connection, user: str) -> tuple[int, int]:
+        count, total = db.execute(
+            "SELECT count(*), coalesce(sum(tokens), 0) FROM reservation WHERE user = ?", (user,)
+        ).fetchone()
+        return int(count), int(total)
 
     def usage(self, user: str) -> Usage:
-        spent = self._window(user, self._clock())
-        open_ = self._open.get(user, [])
-        return Usage(sum(n for _, n in spent), sum(r.tokens for r in open_), len(open_))
+        now = self._clock()
+        spent = self._spent(self._db, user, now)
+        count, reserved = self._open(self._db, user)
+        return Usage(sum(n for _, n in spent), reserved, count)
 
     def reserve(self, user: str, tokens: int) -> Reservation:
         """Admit a call that may cost up to `tokens`, or raise `LimitExceeded`."""
-        now = self._clock()
         tokens = max(0, tokens)
-        open_ = self._open[user]
-        if self.max_concurrent > 0 and len(open_) >= self.max_concurrent:
-            raise LimitExceeded(
-                "concurrency",
-                f"too many concurrent requests: at most {self.max_concurrent} per user",
-                1,
-            )
-        budget = self.tokens_per_minute
-        if budget > 0:
-            spent = self._window(user, now)
-            reserved = sum(r.tokens for r in open_)
-            committed = sum(n for _, n in spent) + reserved
-            if committed > 0 and committed + tokens > budget:
+        with self._write() as db:
+            now = self._clock()
+            count, reserved = self._open(db, user)
+            if self.max_concurrent > 0 and count >= self.max_concurrent:
                 raise LimitExceeded(
-                    "tokens_per_minute",
-                    f"token budget of {budget} tokens per minute used up: {committed} spent or "
-                    f"reserved by calls in flight, and this call may cost {tokens} "
-                    "(its prompt plus max_tokens; a smaller max_tokens may fit)",
-                    self._retry_after(spent, reserved, max(0, budget - tokens), now),
+                    "concurrency",
+                    f"too many concurrent requests: at most {self.max_concurrent} per user",
+                    1,
                 )
-        reservation = Reservation(user, tokens)
-        open_.append(reservation)
-        return reservation
+            budget = self.tokens_per_minute
+            if budget > 0:
+                db.execute(
+                    "DELETE FROM charge WHERE user = ? AND at <= ?", (user, now - self.WINDOW)
+                )
+                spent = self._spent(db, user, now)
+                committed = sum(n for _, n in spent) + reserved
+                if committed > 0 and committed + tokens > budget:
+                    raise LimitExceeded(
+                        "tokens_per_minute",
+                        f"token budget of {budget} tokens per minute used up: {committed} "
+                        "spent or reserved by calls in flight, and this call may cost "
+                        f"{tokens} (its prompt plus max_tokens; a smaller max_tokens may fit)",
+                        self._retry_after(spent, reserved, max(0, budget - tokens), now),
+                    )
+            row = db.execute(
+                "INSERT INTO reservation (user, tokens, pid, since) VALUES (?, ?, ?, ?)",
+                (user, tokens, os.getpid(), now),
+            ).lastrowid
+        return Reservation(user, tokens, int(row or 0))
 
     def _retry_after(
-        self, spent: deque[tuple[float, int]], reserved: int, target: int, now: float
+        self, spent: list[tuple[float, int]], reserved: int, target: int, now: float
     ) -> int:
         """Seconds until enough of the window expires for `committed <= target`. Calls in
         flight are charged when they end, so what they hold frees a whole window later."""
@@ -145,14 +214,38 @@ class TokenLedger:
         if not reservation.open:
             return
         reservation.charged = max(0, tokens)
-        open_ = self._open.get(reservation.user, [])
-        if reservation in open_:
-            open_.remove(reservation)
-        if not open_:
-            self._open.pop(reservation.user, None)
-        if reservation.charged:
-            self._spent[reservation.user].append((self._clock(), reservation.charged))
+        with self._write() as db:
+            gone = db.execute("DELETE FROM reservation WHERE id = ?", (reservation.id,)).rowcount
+            # A row already gone was charged in full by `close_process`/`close_all_open`.
+            if gone and reservation.charged:
+                db.execute(
+                    "INSERT INTO charge (user, at, tokens) VALUES (?, ?, ?)",
+                    (reservation.user, self._clock(), reservation.charged),
+                )
 
     def refund(self, reservation: Reservation) -> None:
         """End a call that generated nothing: free its slot, charge nothing."""
         self.settle(reservation, 0)
+
+    def _close_where(self, pid: int | None) -> int:
+        """Charge in full and end the open reservations of `pid`, or all of them."""
+        with self._write() as db:
+            now = self._clock()
+            rows = db.execute(
+                "SELECT id, user, tokens FROM reservation WHERE ? IS NULL OR pid = ?", (pid, pid)
+            ).fetchall()
+            db.executemany(
+                "INSERT INTO charge (user, at, tokens) VALUES (?, ?, ?)",
+                [(user, now, tokens) for _, user, tokens in rows if tokens],
+            )
+            db.executemany("DELETE FROM reservation WHERE id = ?", [(rid,) for rid, _, _ in rows])
+        return len(rows)
+
+    def close_process(self, pid: int) -> int:
+        """Charge in full and end the reservations of a gateway process that is gone."""
+        return self._close_where(pid)
+
+    def close_all_open(self) -> int:
+        """Charge in full and end every open reservation: at start, before any process of
+        this gateway serves, every one is left over from a run that ended."""
+        return self._close_where(None)

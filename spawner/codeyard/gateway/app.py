@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -24,11 +25,13 @@ from tornado.httpserver import HTTPServer
 from traitlets import Bool, Float, Instance, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
+from . import metrics as metrics_module
 from .accounting import TokenLedger
 from .audit import GatewayAudit
 from .handlers import HealthHandler, MetricsHandler, NotFoundHandler, ProxyHandler
 from .metrics import GatewayMetrics
 from .models import ModelCatalog
+from .prefork import Supervisor, reuse_port_sockets
 from .upstream import UpstreamPool, UpstreamRejected
 
 SCOPE = "custom:codeyard-llm"
@@ -219,6 +222,59 @@ class GatewayApp(Application):
         log's name with `-spool` (`llm-audit.jsonl` -> `llm-audit-spool/`) beside it.""",
     ).tag(config=True)
 
+    processes = Int(
+        help="""Gateway worker processes serving the port (SO_REUSEPORT: the kernel spreads
+        connections over them, each connection stays with one). One Python process relays
+        every stream on one event loop; workers let the gateway use more than one core when
+        its own CPU use nears a core (many streams). When the cores are taken by other work
+        instead, workers do not shorten the wait for a core (docs/gateway.md has the
+        figures). Per-user limits stay exact across workers (`ledger_path`), the audit stays
+        one chain, and `/metrics` adds up all workers. Defaults to the cores this process may
+        run on, at most 4: more workers than cores only add memory (each holds its own
+        connections to vLLM and its own token cache: about 28 MB proportional set size each,
+        the rest shared copy-on-write with the supervisor). 1 runs a single process, no
+        supervisor.""",
+    ).tag(config=True)
+
+    @default("processes")
+    def _default_processes(self) -> int:
+        return max(1, min(4, len(os.sched_getaffinity(0))))
+
+    @validate("processes")
+    def _at_least_one(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] < 1:
+            raise TraitError("processes must be >= 1")
+        return int(proposal["value"])
+
+    nice = Int(
+        0,
+        help="""Scheduling niceness the gateway gives itself at start (-20..19, inherited by
+        its workers). The gateway uses little CPU but is on the path of every token: when
+        vLLM, workspaces and other services keep the cores busy, each of its wake-ups
+        waits in the run queue behind them, which is most of what it adds to time to first
+        token there. A negative value (e.g. -10) weighs it above them in the scheduler; with
+        autogroup scheduling the session's group gets the same niceness. Lowering niceness
+        needs CAP_SYS_NICE (root); without it the gateway logs a warning and runs at its
+        inherited niceness. 0 leaves it unchanged.""",
+    ).tag(config=True)
+
+    ledger_path = Unicode(
+        "",
+        help="""SQLite file of the per-user accounting (`accounting.TokenLedger`): calls in
+        flight and tokens charged in the last minute, shared by every worker so that
+        `max_concurrent_per_user` and `tokens_per_minute_per_user` hold exactly however
+        connections are spread. Empty: beside the audit log, `<log name>-ledger.sqlite`
+        (`llm-audit-ledger.sqlite` in the Hub's state folder). One gateway per file: at
+        start the gateway charges and ends every reservation left open in it.""",
+    ).tag(config=True)
+
+    metrics_dir = Unicode(
+        "",
+        help="""Folder where workers keep their metric values for `/metrics` to add up
+        (prometheus_client's multiprocess mode; used when `processes` > 1, emptied at
+        start). Empty: beside the audit log, `<log name>-metrics/`.""",
+    ).tag(config=True)
+
     hub_auth = Instance(HubAuth, help="The HubAuth that checks callers' tokens.")
 
     @default("hub_auth")
@@ -263,17 +319,66 @@ class GatewayApp(Application):
                 "no vLLM key at %s yet: will read it again on each call until it appears",
                 self.upstream_api_key_file,
             )
-        self.metrics = GatewayMetrics()
-        self.ledger = TokenLedger(self.max_concurrent_per_user, self.tokens_per_minute_per_user)
+
+    def _beside_audit_log(self, suffix: str) -> Path:
+        log = Path(self.audit_log_path)
+        return log.with_name(log.stem + suffix)
+
+    @property
+    def shared_ledger_path(self) -> Path:
+        return (
+            Path(self.ledger_path) if self.ledger_path else self._beside_audit_log("-ledger.sqlite")
+        )
+
+    @property
+    def shared_metrics_dir(self) -> Path:
+        return Path(self.metrics_dir) if self.metrics_dir else self._beside_audit_log("-metrics")
+
+    def open_ledger(self) -> TokenLedger:
+        path = self.shared_ledger_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return TokenLedger(self.max_concurrent_per_user, self.tokens_per_minute_per_user, path=path)
+
+    def setup_worker(self, index: int, shared_metrics: bool) -> None:
+        """Make what one serving process uses. Runs in the worker, after the fork: SQLite
+        connections, threads and sockets must not cross a fork."""
+        self.worker_index = index
+        self.pid = os.getpid()
+        self.metrics = GatewayMetrics(self.shared_metrics_dir if shared_metrics else None)
+        self.ledger = self.open_ledger()
         self.audit = GatewayAudit(
             self.audit_log_path,
             central_url=self.central_audit_url,
             token=self.hub_auth.api_token,
             spool_dir=self.audit_spool_dir or None,
             logger=self.log,
+            sender=index == 0,
         )
         self.upstream = self.make_upstream()
         self.models = ModelCatalog(self.allowed_models, self.fetch_served_models)
+
+    def reset_shared_state(self) -> None:
+        """Before any process serves: end reservations a previous run left open (charged in
+        full, as a call cut short) and forget its metric values."""
+        ledger = self.open_ledger()
+        try:
+            left = ledger.close_all_open()
+        finally:
+            ledger.close()
+        if left:
+            self.log.warning("charged %d reservations left open by an earlier run", left)
+        if self.processes > 1:
+            metrics_module.reset_shared_folder(self.shared_metrics_dir)
+
+    def _worker_gone(self, pid: int) -> None:
+        ledger = self.open_ledger()
+        try:
+            left = ledger.close_process(pid)
+        finally:
+            ledger.close()
+        if left:
+            self.log.warning("charged %d calls of gateway worker pid %d that died", left, pid)
+        metrics_module.worker_gone(self.shared_metrics_dir, pid)
 
     async def fetch_served_models(self) -> list[str]:
         """The model names vLLM serves, from its `GET /v1/models`.
@@ -345,11 +450,16 @@ class GatewayApp(Application):
             1000 * handler.request.request_time(),
         )
 
-    async def serve(self) -> None:
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         server = HTTPServer(self.make_app(), max_body_size=max(self.max_body_bytes * 4, 1 << 20))
-        server.listen(self.port, self.ip)
+        if sockets is None:
+            server.listen(self.port, self.ip)
+        else:
+            server.add_sockets(sockets)
         self.log.info(
-            "codeyard LLM gateway on http://%s:%s%s -> %s",
+            "codeyard LLM gateway worker %d (pid %d) on http://%s:%s%s -> %s",
+            self.worker_index,
+            self.pid,
             self.ip,
             self.port,
             self.service_prefix,
@@ -363,9 +473,51 @@ class GatewayApp(Application):
         server.stop()
         self.upstream.close()
         self.audit.close()
+        self.ledger.close()
+
+    def _serve_worker(self, index: int, sockets: list[socket.socket]) -> None:
+        self.setup_worker(index, shared_metrics=True)
+        asyncio.run(self.serve(sockets))
+
+    def _set_priority(self) -> None:
+        """Apply `nice` to the process and, where the kernel groups tasks by session
+        (autogroup, the default on desktop and many server kernels), to its group: there a
+        process's niceness only ranks it against its own session, and the Hub starts every
+        service in a session of its own."""
+        if not self.nice:
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, self.nice)
+        except PermissionError:
+            self.log.warning(
+                "cannot set niceness %d (needs CAP_SYS_NICE); running at %d",
+                self.nice,
+                os.getpriority(os.PRIO_PROCESS, 0),
+            )
+            return
+        autogroup = Path("/proc/self/autogroup")
+        try:
+            if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1":
+                autogroup.write_text(str(self.nice))
+        except OSError as exc:
+            self.log.warning("cannot set the niceness of the session's autogroup: %s", exc)
 
     def start(self) -> None:
-        asyncio.run(self.serve())
+        self._set_priority()
+        self.reset_shared_state()
+        if self.processes == 1:
+            self.setup_worker(0, shared_metrics=False)
+            asyncio.run(self.serve())
+            return
+        sockets = reuse_port_sockets(self.processes, self.port, self.ip)
+        self.log.info(
+            "codeyard LLM gateway: %d workers on http://%s:%s (supervisor pid %d)",
+            self.processes,
+            self.ip,
+            self.port,
+            os.getpid(),
+        )
+        Supervisor(sockets, self._serve_worker, self._worker_gone, self.log).run()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -82,6 +82,12 @@ class BaseHandler(JSONHandlerMixin, web.RequestHandler):
     def gateway(self) -> GatewayApp:
         return self.settings["gateway"]  # type: ignore[no-any-return]
 
+    def set_default_headers(self) -> None:
+        # Which worker process answered: lets a test (or an operator reading a client's
+        # trace) see how calls spread over `GatewayApp.processes`. A pid says nothing a
+        # caller could use against the machine.
+        self.set_header("X-Codeyard-Gateway-Pid", str(self.gateway.pid))
+
     def check_xsrf_cookie(self) -> None:
         # Token-authenticated API only; no cookies are ever accepted.
         return
@@ -235,6 +241,7 @@ class ProxyHandler(BaseHandler):
                         if self._first_chunk_s is None
                         else round(self._first_chunk_s * 1000, 3),
                         upstream_new_connection=self._new_connection,
+                        pid=gw.pid,
                         prompt_sha256=prompt_digest(body),
                         answer_sha256=tally.answer_sha256,
                         error=error,

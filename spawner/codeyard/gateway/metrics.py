@@ -9,11 +9,22 @@ grow the number of series (and the scraper's memory) by sending made-up values:
   when the body was not read (no token, wrong path, unreadable body);
 - `path`: one of the offered routes (`ROUTES`), else `other`;
 - `status`, `reason`, `kind`, `stage`, `route`: values the gateway's own code chooses.
+
+Several processes (`GatewayApp.processes` > 1): each worker writes its values to files in a
+shared folder (prometheus_client's multiprocess mode) and `/metrics`, whichever worker
+answers it, reads them all and adds them up, so a scrape sees the whole gateway under the
+same series as one process would show. No `pid` or worker label is added: the series set
+stays the same however many workers run or restart. Counters and histograms of a worker
+that died stay in the sums; the in-flight gauge counts live workers only.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 # The routes the gateway forwards, the only values of the `path` and `route` labels
 # besides `other`.
@@ -26,20 +37,48 @@ def route_label(path: str) -> str:
     return path if path in ROUTES else OTHER
 
 
+def reset_shared_folder(folder: str | os.PathLike[str]) -> None:
+    """Empty (or make) the multiprocess folder; the supervisor does it before forking, so
+    values of an earlier run are not added to this one's."""
+    path = Path(folder)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+
+
+def worker_gone(folder: str | os.PathLike[str], pid: int) -> None:
+    """Drop a dead worker's live gauge values (its counters stay in the sums)."""
+    mark_process_dead(pid, str(folder))
+
+
 class GatewayMetrics:
-    def __init__(self) -> None:
+    """The gateway's metrics; `shared_folder` turns on multiprocess mode (see above)."""
+
+    def __init__(self, shared_folder: str | os.PathLike[str] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        metric_registry: CollectorRegistry | None = self.registry
+        if shared_folder is not None:
+            # Values go to files in the folder (read at metric creation, so set it first);
+            # the registry serves the sum over all files, and the metrics themselves are
+            # registered nowhere, else this worker's values would be counted twice.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(shared_folder)
+            values.ValueClass = values.MultiProcessValue()
+            MultiProcessCollector(self.registry, path=str(shared_folder))
+            metric_registry = None
+        self._build(metric_registry)
+
+    def _build(self, registry: CollectorRegistry | None) -> None:
         self.requests = Counter(
             "codeyard_llm_requests",
             "Requests answered by the gateway, by final HTTP status.",
             ["user", "model", "path", "status"],
-            registry=self.registry,
+            registry=registry,
         )
         self.tokens = Counter(
             "codeyard_llm_tokens",
             "Tokens reported by the upstream, by kind (prompt or completion).",
             ["user", "model", "kind"],
-            registry=self.registry,
+            registry=registry,
         )
         self.charged = Counter(
             "codeyard_llm_charged_tokens",
@@ -47,27 +86,27 @@ class GatewayMetrics:
             "call's whole reservation (prompt estimate plus max_tokens) when the answer was "
             "cut short.",
             ["user", "model"],
-            registry=self.registry,
+            registry=registry,
         )
         self.errors = Counter(
             "codeyard_llm_errors",
             "Requests that failed, by reason (auth, forbidden, limit, upstream_down, ...).",
             ["user", "model", "reason"],
-            registry=self.registry,
+            registry=registry,
         )
         self.ttft = Histogram(
             "codeyard_llm_time_to_first_token_seconds",
             "Seconds from receiving a request to relaying the first byte of the answer.",
             ["user", "model"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=self.registry,
+            registry=registry,
         )
         self.latency = Histogram(
             "codeyard_llm_request_seconds",
             "Seconds from receiving a request to the end of the answer.",
             ["user", "model"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-            registry=self.registry,
+            registry=registry,
         )
         self.overhead = Histogram(
             "codeyard_llm_gateway_overhead_seconds",
@@ -76,24 +115,25 @@ class GatewayMetrics:
             "having written it to the caller.",
             ["stage"],
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
-            registry=self.registry,
+            registry=registry,
         )
         self.upstream_connections = Counter(
             "codeyard_llm_upstream_connections",
             "TCP connections opened to vLLM. Idle ones are reused, so this grows far slower "
             "than the request count.",
-            registry=self.registry,
+            registry=registry,
         )
         self.upstream_requests = Counter(
             "codeyard_llm_upstream_requests",
             "Requests the gateway sent to vLLM, by route (including its own model-list "
             "lookups on `models`).",
             ["route"],
-            registry=self.registry,
+            registry=registry,
         )
         self.in_flight = Gauge(
             "codeyard_llm_in_flight",
             "Requests being forwarded right now.",
             ["user"],
-            registry=self.registry,
+            registry=registry,
+            multiprocess_mode="livesum",
         )
