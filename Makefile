@@ -14,12 +14,13 @@ PYTEST := $(BIN)/pytest -p no:cacheprovider
 VENV_KEY := $(shell cat pyproject.toml .ci/constraints.txt 2>/dev/null | sha256sum | cut -c1-16)
 VENV_DIR := $(CODEYARD_CACHE)/venvs/$(VENV_KEY)
 
-.PHONY: help venv lint format up test bench system-deps jai-venv test-gateway test-labextension
+.PHONY: help venv lint format up test bench load system-deps jai-venv test-gateway test-labextension
 
 help:
 	@echo "make up     - bring Codeyard up on http://127.0.0.1:8000 (embedded defaults)"
 	@echo "make test   - run every test suite (what .ci/run calls)"
 	@echo "make bench  - run the benchmarks and print ratios"
+	@echo "make load   - the load test: 500 users, 50 workspaces on 3 machines (LOAD_ARGS=...)"
 	@echo "make lint   - ruff check, format check and mypy"
 
 venv: $(BIN)/.codeyard-$(VENV_KEY)
@@ -109,7 +110,16 @@ up: venv system-deps
 	hub_config/bin/up.sh
 
 # Benchmarks print ratios against a baseline measured in the same run; they are not tests.
-BENCHES ?= bench_tree bench_patch_apply bench_placement bench_gateway bench_spawn bench_events
+BENCHES ?= bench_tree bench_patch_apply bench_placement bench_gateway bench_spawn bench_events \
+  bench_login bench_redaction bench_warm_pool bench_workspace_cost
 bench: venv system-deps
 	@hub_config/vllm/with-vllm.sh bash -c 'for b in $(BENCHES); do \
 	  echo "==> $$b"; $(BIN)/python tests/bench/$$b.py || exit 1; done'
+
+# The load test (docs/load-test.md): the project's Hub on a fresh state folder, two namespace
+# machines, simulated users; prints a table, writes a chart to .artifacts/load/. A benchmark,
+# not part of `make test`. It uses the run's vLLM when CODEYARD_TEST_VLLM_URL is set.
+LOAD_ARGS ?=
+load: venv system-deps
+	@if [ -n "$${CODEYARD_TEST_VLLM_URL:-}" ]; then $(BIN)/python tests/load/run_load.py $(LOAD_ARGS); \
+	else hub_config/vllm/with-vllm.sh $(BIN)/python tests/load/run_load.py $(LOAD_ARGS); fi

@@ -23,6 +23,7 @@ from codeyard.central_audit.hubconfig import configure_audit_service
 from codeyard.gateway.hubconfig import SERVICE_NAME as LLM_SERVICE
 from codeyard.gateway.hubconfig import configure_llm_service
 from codeyard.spawner import handlers as workspace_handlers
+from codeyard.spawner.warm_pool import run_with_hub
 
 c = get_config()  # provided by traitlets when it loads this file
 
@@ -93,10 +94,14 @@ setdefault(c.EgressProxy, "allowed_hosts", settings.egress_allow)
 if settings.profiles:
     setdefault(c.PlacementSpawner, "profiles", settings.profiles)
 setdefault(c.LocalHostProvider, "storage_root", settings.state_path("homes"))
+# Each home its own file system of this size (codeyard.spawner.home_quota); "0" = none.
+setdefault(c.PlacementSpawner, "home_quota", settings.home_quota)
 # Where workspaces run: the placement registry by default (hub_config/placement_setup.py);
 # CODEYARD_HOST_PROVIDER=local, or a site config's host_provider_class, chooses otherwise.
 setdefault(c.PlacementSpawner, "host_provider_class", PROVIDERS[settings.host_provider])
 setdefault(c.JupyterHub, "extra_handlers", list(workspace_handlers.handlers))
+# Warm pools (docs/warm-pool.md): idle until an admin gives a host a pool size.
+run_with_hub()
 # Hosts without the image pull it from the registry (or get it streamed when there is none).
 setdefault(c.ImageDistribution, "registry", settings.registry)
 setdefault(c.ImageDistribution, "registry_username", settings.registry_username)
@@ -118,10 +123,14 @@ if settings.cull_idle_timeout > 0:
     services.append(
         {
             "name": "idle-culler",
+            # A Hub started in the background (`make up`) runs with SIGINT ignored, and its
+            # services inherit that; the Hub stops a service with SIGINT and waits 10 s
+            # before SIGTERM. The culler keeps no state, so SIGINT ends it at once.
             "command": [
                 sys.executable,
-                "-m",
-                "jupyterhub_idle_culler",
+                "-c",
+                "import runpy, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                "runpy.run_module('jupyterhub_idle_culler', run_name='__main__', alter_sys=True)",
                 f"--timeout={settings.cull_idle_timeout}",
                 f"--cull-every={settings.cull_every}",
             ],
@@ -154,6 +163,10 @@ if uses_registry(c):
 # forwards to vLLM on loopback: the one `make up` starts (hub_config/up.d/10-vllm.sh) or
 # the external `CodeyardHub.vllm_url`. vLLM is not a Hub service, so a Hub restart does not
 # reload the model. Its settings (`c.GatewayApp.*` in the site config) go on its command line.
+# It runs at niceness -10: it uses a few ms of CPU per call but sits on the path of every
+# token, and on busy cores its wake-ups otherwise queue behind vLLM and the workspaces
+# (docs/gateway.md, "Several processes under contention"). Without CAP_SYS_NICE it warns.
+setdefault(c.GatewayApp, "nice", -10)
 if not any(s.get("name") == LLM_SERVICE for s in c.JupyterHub.services):
     configure_llm_service(
         c,

@@ -14,6 +14,9 @@ from core_settings import CoreSettings, env
 from hub_secrets import ensure_secret
 from traitlets import Integer, Unicode, default, validate
 
+from codeyard.placement.crypto import keys_from_env
+from codeyard.placement.database import db_url_from_env
+
 
 class PlacementSettings(CoreSettings):
     """The host registry's settings; configured as `c.CodeyardHub.*`."""
@@ -45,7 +48,7 @@ class PlacementSettings(CoreSettings):
 
     @default("placement_db_url")
     def _default_placement_db_url(self) -> str:
-        url = os.environ.get("CODEYARD_PLACEMENT_DB_URL", "")
+        url = db_url_from_env("")
         return url or f"sqlite:///{os.path.join(self.state_dir, 'placement.sqlite')}"
 
     placement_port = Integer(
@@ -72,9 +75,7 @@ class PlacementSettings(CoreSettings):
     def placement_crypt_key(self) -> str:
         """Keys for host credentials: CODEYARD_PLACEMENT_CRYPT_KEY (`;`-separated, the first
         encrypts), else `<state>/placement_crypt_key`, made once with mode 0600."""
-        return os.environ.get("CODEYARD_PLACEMENT_CRYPT_KEY") or ensure_secret(
-            self.state_path("placement_crypt_key")
-        )
+        return keys_from_env() or ensure_secret(self.state_path("placement_crypt_key"))
 
     @property
     def placement_runtime_dir(self) -> str:

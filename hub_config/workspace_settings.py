@@ -47,6 +47,16 @@ class WorkspaceSettings(CoreSettings):
     def _default_images(self) -> dict[str, str]:
         return {"Codeyard (Python, JupyterLab, Jupyter AI)": self.image}
 
+    home_quota = Unicode(
+        help="""Disk quota of each workspace home, such as "10G"; "0" turns it off
+        (`PlacementSpawner.home_quota`, docs/home-quota.md). Env: CODEYARD_HOME_QUOTA.
+        Default "0"; `make up` sets 10G.""",
+    ).tag(config=True)
+
+    @default("home_quota")
+    def _default_home_quota(self) -> str:
+        return env("CODEYARD_HOME_QUOTA", "0")
+
     workspaces_per_user = Integer(
         help="""Most workspaces (named servers) one user may have. Env:
         CODEYARD_WORKSPACES_PER_USER. Default 5; 0 means no limit.""",

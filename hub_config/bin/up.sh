@@ -12,7 +12,8 @@
 #      CODEYARD_ADMIN (default admin; registered only through the one-time link printed
 #      below), CODEYARD_BIND_URL (default http://127.0.0.1:8000),
 #      any other CODEYARD_* setting from hub_config/*_settings.py, and
-#      CODEYARD_SITE_CONFIG for a site config file.
+#      CODEYARD_SITE_CONFIG for a site config file, CODEYARD_HOME_QUOTA (default 10G:
+#      each workspace home is its own file system of that size, docs/home-quota.md; 0 = off).
 #
 # Hooks: every executable hub_config/up.d/*.sh runs before the Hub starts (vLLM and the
 # model gateway go there). A hook starts its service in the background and prints
@@ -24,6 +25,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 export CODEYARD_STATE="${CODEYARD_STATE:-${CODEYARD_CACHE:-$HOME/.cache/codeyard}/state}"
+# A full home then fills its own preallocated image, never the disk the state is on.
+export CODEYARD_HOME_QUOTA="${CODEYARD_HOME_QUOTA:-10G}"
 VENV_BIN="${CODEYARD_VENV_BIN:-$REPO/.venv/bin}"
 log() { echo "[up] $*" >&2; }
 

@@ -115,6 +115,18 @@ class ServiceDatabase:
             engine.dispose()
         return dest
 
+    def upgrade_and_report(self, url: str) -> str:
+        """What each service's `upgrade-db` command does and prints: upgrade `url` to the
+        newest revision (backing an SQLite file up first) and say from which revision, and
+        where the backup is, so an admin can undo it."""
+        engine = self.make_engine(url)
+        before = self.current_revision(engine)
+        engine.dispose()
+        backup = self.upgrade(url)
+        return f"upgraded {before or '(empty)'} -> {self.head_revision()}" + (
+            f"; backup: {backup}" if backup else ""
+        )
+
     def open_db(self, url: str) -> sessionmaker[Session]:
         """A session factory for `url`, creating the schema at head where it is missing.
 

@@ -15,7 +15,7 @@ import os
 import secrets
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -98,6 +98,26 @@ def _handler(server: PrivateGitServer) -> type[BaseHTTPRequestHandler]:
         do_POST = _serve
 
     return Handler
+
+
+def publish_repo(
+    base: Path, name: str, files: dict[str, str], *, git: Sequence[str], message: str
+) -> Path:
+    """Commit `files` once on `main` in `base/work` (`git` is the command with the author's
+    `-c user.*`) and publish it as the bare repository `base/srv/<name>`, so that
+    `private_git_server(base / "srv", ...)` serves it. Returns the bare repository."""
+    work = base / "work"
+    work.mkdir()
+    for rel, text in files.items():
+        (work / rel).write_text(text)
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=work, check=True)
+    subprocess.run([*git, "add", "."], cwd=work, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", message], cwd=work, check=True)
+    root = base / "srv"
+    root.mkdir()
+    bare = root / name
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    return bare
 
 
 @contextmanager

@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -31,13 +30,14 @@ from typing import Any
 
 import pytest
 import requests
+from support.audit_service import PREFIX as AUDIT_PREFIX
+from support.audit_service import AuditService, local_process_workspaces
 from support.hub import MINIMAL_ADMIN_SCOPES, Gateway, HubProcess, model_env
-from support.processes import free_port, stop_process, wait_http
+from support.processes import free_port
 
 from codeyard.central_audit.store import local_hash
 
 WORKSPACE = "ws1"
-AUDIT_PREFIX = "/services/codeyard-audit/"
 GATEWAY = "codeyard-llm"
 
 
@@ -110,53 +110,24 @@ class AuditStack:
     hub: HubProcess
     state: Path
     relay: Relay
-    port: int
-    service_token: str
+    audit: AuditService
     ws_port: int
-    proc: subprocess.Popen[bytes] | None = None
     tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{AUDIT_PREFIX}"
+        return self.audit.url
 
     @property
     def db_path(self) -> Path:
-        return self.state / "audit.sqlite"
-
-    def service_args(self) -> list[str]:
-        return [
-            f"--CentralAudit.db_url=sqlite:///{self.db_path}",
-            f"--CentralAudit.hmac_key_file={self.state / 'audit_hmac.key'}",
-            f"--CentralAudit.signing_key_file={self.state / 'audit_ed25519.pem'}",
-            "--CentralAudit.checkpoint_interval=0",
-        ]
+        return self.audit.db_path
 
     def start_service(self) -> None:
-        env = dict(
-            os.environ,
-            JUPYTERHUB_API_URL=self.hub.api_url,
-            JUPYTERHUB_API_TOKEN=self.service_token,
-            JUPYTERHUB_SERVICE_PREFIX=AUDIT_PREFIX,
-            JUPYTERHUB_SERVICE_URL=f"http://127.0.0.1:{self.port}",
-            JUPYTERHUB_CLIENT_ID="service-codeyard-audit",
-            JUPYTERHUB_BASE_URL="/",
-            JUPYTERHUB_OAUTH_CALLBACK_URL=f"{AUDIT_PREFIX}oauth_callback",
-        )
-        log = (self.state / "audit-service.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "codeyard.central_audit", "serve", *self.service_args()],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_http(f"{self.url}api/public-key", 30, self.proc)
+        self.audit.hub_api_url = self.hub.api_url
+        self.audit.start()
 
     def stop_service(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
+        self.audit.stop()
 
     def token(self, user: str) -> str:
         if user not in self.tokens:
@@ -242,12 +213,10 @@ class AuditStack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditStack]:
     state = tmp_path_factory.mktemp("audit")
-    port = free_port()
-    token = secrets.token_hex(16)
-    relay = Relay(f"http://127.0.0.1:{port}")
+    audit = AuditService(state)
+    relay = Relay(f"http://127.0.0.1:{audit.port}")
     threading.Thread(target=relay.serve_forever, daemon=True).start()
     ws_port = free_port()
-    singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
     # The LLM gateway sends its records to the same service (the shared vLLM when the run
     # has one; else a closed port, and the gateway records its 503s all the same).
     model = model_env()
@@ -255,29 +224,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditStack]:
         GATEWAY,
         upstream_url=model["CODEYARD_VLLM_URL"],
         key_file=model.get("CODEYARD_VLLM_KEY_FILE", ""),
-        args=(f"--GatewayApp.central_audit_url=http://127.0.0.1:{port}{AUDIT_PREFIX.rstrip('/')}",),
+        args=(f"--GatewayApp.central_audit_url={audit.base}",),
     )
-    site = f"""
-from codeyard.central_audit.hubconfig import configure_audit_service
-audit = configure_audit_service(
-    c, port={port}, db_url="unused", hmac_key_file="unused", signing_key_file="unused",
-    admin_users=["auditor"], writer_services=[{GATEWAY!r}],
-)
-del audit["command"]  # the test runs the service itself, to stop and start it
-audit["api_token"] = {token!r}
-c.Authenticator.allow_all = True
-c.JupyterHub.allow_named_servers = True
-c.JupyterHub.spawner_class = "simple"
-c.SimpleLocalProcessSpawner.home_dir_template = {str(state / "homes" / "{username}")!r}
-c.Spawner.cmd = [{str(singleuser)!r}]
-c.Spawner.args = ["--allow-root"]
-c.Spawner.ip = "127.0.0.1"
-c.Spawner.port = {ws_port}
-c.Spawner.poll_interval = 1
-c.Spawner.start_timeout = 90
-c.Spawner.http_timeout = 90
-c.Spawner.environment = {{"CODEYARD_AUDIT_URL": {relay.url!r}}}
-"""
+    site = audit.site_config(admin_users=["auditor"], writer_services=(GATEWAY,))
+    site += local_process_workspaces(state, ws_port, {"CODEYARD_AUDIT_URL": relay.url})
     hub = HubProcess(
         state_dir=state,
         project=False,
@@ -286,7 +236,7 @@ c.Spawner.environment = {{"CODEYARD_AUDIT_URL": {relay.url!r}}}
         site_config=site,
     )
     hub.start()
-    s = AuditStack(hub, state, relay, port, token, ws_port)
+    s = AuditStack(hub, state, relay, audit, ws_port)
     try:
         s.start_service()
         yield s

@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -32,6 +34,7 @@ import pytest
 import requests
 from conftest import Users, running_hub
 from support.browser import Browser, start_workspace
+from support.container_exec import fetch, run_in
 from support.hub import DOCKER_BRIDGE_IP, REPO, HubProcess, ensure_images
 from support.pki import CA
 from support.processes import run_last_line
@@ -47,29 +50,9 @@ FORBIDDEN = "forbidden.codeyard.test"
 METADATA_NAME = "metadata.codeyard.test"
 SITE_PORT = 8080
 BOB_PORT = 9000
-
-FETCH = r"""
-import json, ssl, sys, urllib.error, urllib.request
-url, timeout, proxy, method = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
-data = sys.argv[5].encode() if len(sys.argv) > 5 and sys.argv[5] else None
-# The TLS stand-ins have a throwaway certificate: what is tested is the tunnel, not trust.
-handlers = [urllib.request.HTTPSHandler(context=ssl._create_unverified_context())]
-if proxy == "none":
-    handlers.append(urllib.request.ProxyHandler({}))
-elif proxy != "env":
-    handlers.append(urllib.request.ProxyHandler({"http": proxy, "https": proxy}))
-req = urllib.request.Request(url, data=data, method=method)
-for h in sys.argv[6:]:
-    k, v = h.split(":", 1)
-    req.add_header(k, v.strip())
-try:
-    with urllib.request.build_opener(*handlers).open(req, timeout=timeout) as r:
-        print(json.dumps({"status": r.status, "body": r.read(300).decode("utf-8", "replace")}))
-except urllib.error.HTTPError as e:
-    print(json.dumps({"status": e.code, "body": e.read(300).decode("utf-8", "replace")}))
-except Exception as e:
-    print(json.dumps({"error": type(e).__name__, "detail": str(e)}))
-"""
+GIT_HTTP_PORT = 8081  # a git repository over dumb HTTP, on every address of the site
+SLOW_PORT = 8082  # answers only after SLOW_SECONDS: a clone that stays running a while
+SLOW_SECONDS = 90  # long enough to read the helper back under load
 
 STAND_IN = r"""
 import http.server, ssl, sys
@@ -180,6 +163,127 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         _ip("netns", "del", s.name, check=False)
 
 
+SLOW_SERVER = r"""
+import http.server, sys, time
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        time.sleep(float(sys.argv[3]))
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"""
+
+
+def _sshd() -> tuple[str, dict[str, str]]:
+    """OpenSSH's server: Debian's, or the copy `tests/placement/placement_sshd.py` unpacks."""
+    if os.path.exists("/usr/sbin/sshd"):
+        return "/usr/sbin/sshd", {}
+    cache = Path(os.environ.get("CODEYARD_CACHE", Path.home() / ".cache" / "codeyard"))
+    sshd = cache / "sshd-bookworm" / "usr" / "sbin" / "sshd"
+    assert sshd.exists(), "no sshd: install openssh-server or run tests/placement/test_ssh.py"
+    libs = str(cache / "sshd-bookworm" / "usr" / "lib" / "x86_64-linux-gnu")
+    return str(sshd), {"LD_LIBRARY_PATH": libs}
+
+
+@dataclass
+class GitSite:
+    """git hosts in the site namespace: one bare repository served over dumb HTTP
+    (GIT_HTTP_PORT), SSH (22) and the git protocol (9418) on every address of the site."""
+
+    root: Path
+    head: str  # the commit the repository's main branch points at
+    client_key: str  # private key the sshd accepts (for root)
+    known_hosts: str  # the sshd's host key, pinned for both site names
+
+    @property
+    def repo(self) -> str:
+        return str(self.root / "repo.git")
+
+
+@pytest.fixture(scope="module")
+def git_site(site: Site, tmp_path_factory: pytest.TempPathFactory) -> GitSite:
+    root = tmp_path_factory.mktemp("git-site")
+    root.chmod(0o755)
+    work = root / "src"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    (work / "README.md").write_text("codeyard-cloned-through-the-proxy\n")
+    subprocess.run([*git, "-C", str(work), "add", "README.md"], check=True)
+    subprocess.run([*git, "-C", str(work), "commit", "-qm", "first"], check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(root / "repo.git")], check=True)
+    subprocess.run(["git", "-C", str(root / "repo.git"), "update-server-info"], check=True)
+    head = subprocess.run(
+        ["git", "-C", str(work), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    for name in ("host_key", "client_key"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True
+        )
+    host_public = (root / "host_key.pub").read_text().strip()
+    (root / "sshd_config").write_text(
+        f"""ListenAddress 0.0.0.0:22
+HostKey {root}/host_key
+PidFile {root}/sshd.pid
+AuthorizedKeysFile {root}/client_key.pub
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+AllowTcpForwarding no
+X11Forwarding no
+"""
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    in_ns = ["nsenter", f"--net=/var/run/netns/{site.name}"]
+    sshd, sshd_env = _sshd()
+    for cmd, env in (
+        ([sshd, "-D", "-e", "-f", str(root / "sshd_config")], sshd_env),
+        (
+            ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={root}",
+             "--listen=0.0.0.0", "--port=9418", str(root)],
+            {},
+        ),
+        (
+            [sys.executable, "-m", "http.server", str(GIT_HTTP_PORT), "--bind", "0.0.0.0",
+             "--directory", str(root)],
+            {},
+        ),
+        (
+            [sys.executable, "-c", SLOW_SERVER, site.allowed_ip, str(SLOW_PORT),
+             str(SLOW_SECONDS)],
+            {},
+        ),
+    ):  # fmt: skip
+        site.procs.append(
+            subprocess.Popen(
+                [*in_ns, *cmd],
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    deadline = time.monotonic() + 20
+    for port in (22, 9418, GIT_HTTP_PORT, SLOW_PORT):
+        while True:
+            try:
+                with socket.create_connection((site.allowed_ip, port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, f"git site port {port} did not open"
+                time.sleep(0.2)
+    return GitSite(
+        root=root,
+        head=head,
+        client_key=(root / "client_key").read_text(),
+        known_hosts=f"{ALLOWED} {host_public}\n{FORBIDDEN} {host_public}\n",
+    )
+
+
 @pytest.fixture(scope="module")
 def image() -> str:
     """The single-user image: `CODEYARD_TEST_IMAGE` (a tag already built: what is tested
@@ -210,6 +314,7 @@ def hub(
     docker_client: docker.APIClient,
     site: Site,
     network_name: str,
+    git_site: GitSite,
 ) -> Iterator[HubProcess]:
     state = tmp_path_factory.mktemp("hubstate-egress")
     hosts = {ALLOWED: site.allowed_ip, FORBIDDEN: site.forbidden_ip, METADATA_NAME: METADATA_IP}
@@ -219,6 +324,7 @@ def hub(
             f"c.EgressProxy.extra_hosts = {hosts!r}",
             f"c.PlacementSpawner.workspace_network = {network_name!r}",
             'c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]',
+            f"c.EgressProxy.ssh_known_hosts = {git_site.known_hosts!r}",
         ]
     )
     env = {"CODEYARD_EGRESS_IMAGE": egress_image}
@@ -234,30 +340,6 @@ def hub(
             docker_client.remove_container(c["Id"], force=True)
         for n in docker_client.networks(names=[network_name]):
             docker_client.remove_network(n["Id"])
-
-
-def run_in(docker_client: docker.APIClient, cid: str, cmd: list[str]) -> tuple[int, str]:
-    ex = docker_client.exec_create(cid, cmd)
-    out = docker_client.exec_start(ex).decode("utf-8", "replace")
-    return docker_client.exec_inspect(ex["Id"])["ExitCode"], out
-
-
-def fetch(
-    docker_client: docker.APIClient,
-    cid: str,
-    url: str,
-    proxy: str = "env",
-    timeout: float = 4,
-    method: str = "GET",
-    data: str = "",
-    headers: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """An HTTP request from inside the container: {"status", "body"} or {"error"}.
-    `proxy`: "env" (the container's HTTP_PROXY/NO_PROXY), "none" (direct) or a proxy URL."""
-    cmd = ["python3", "-c", FETCH, url, str(timeout), proxy, method, data, *headers]
-    code, out = run_in(docker_client, cid, cmd)
-    assert code == 0, out
-    return dict(json.loads(out.strip().splitlines()[-1]))
 
 
 def refused_directly(result: dict[str, Any]) -> bool:
@@ -518,6 +600,206 @@ def test_explain_goes_through_the_gateway(
     assert body["text"].strip() and body["usage"]["completion_tokens"] > 0, body
 
 
+# ---- git over SSH and git://, and the first-start clone helper, behind the same rules ----
+
+# Connects to host:port directly (no proxy): "open", or the error.
+DIAL = r"""
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=4) as s:
+        s.settimeout(2)
+        try:
+            print("open", s.recv(8).decode("latin-1"))
+        except OSError:
+            print("open")
+except OSError as e:
+    print("refused", type(e).__name__)
+"""
+
+
+def exec_in(
+    docker_client: docker.APIClient, cid: str, cmd: list[str], env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Run `cmd` in the container as its own user, with its environment plus `env`."""
+    ex = docker_client.exec_create(cid, cmd, environment=env or {})
+    out = docker_client.exec_start(ex).decode("utf-8", "replace")
+    return docker_client.exec_inspect(ex["Id"])["ExitCode"], out
+
+
+def test_git_over_ssh_and_git_protocol_reach_allowed_hosts_only(
+    workspaces: Workspaces,
+    docker_client: docker.APIClient,
+    control: str,
+    site: Site,
+    git_site: GitSite,
+) -> None:
+    cid = workspaces.alice["Id"]
+    env = workspaces.env(workspaces.alice)
+    assert env["GIT_SSH_COMMAND"] == "codeyard-connect --ssh", env
+    assert env["GIT_PROXY_COMMAND"] == "codeyard-connect", env
+    assert env["CODEYARD_SSH_KNOWN_HOSTS"] == git_site.known_hosts, env
+    # Both hosts' ssh and git ports answer a container without the workspace's rules ...
+    for ip in (site.allowed_ip, site.forbidden_ip):
+        code, out = run_in(docker_client, control, ["python3", "-c", DIAL, ip, "22"])
+        assert out.startswith("open SSH-"), (ip, out)
+        code, out = run_in(docker_client, control, ["python3", "-c", DIAL, ip, "9418"])
+        assert out.startswith("open"), (ip, out)
+        # ... and not the workspace, around the proxy.
+        for port in ("22", "9418"):
+            code, out = run_in(docker_client, cid, ["python3", "-c", DIAL, ip, port])
+            assert out.startswith("refused"), (ip, port, out)
+
+    # The user's own key, in their home, as a user would keep it.
+    code, out = exec_in(
+        docker_client,
+        cid,
+        ["sh", "-c", 'mkdir -p -m 700 "$HOME/.ssh" && printf "%s" "$KEY" >"$HOME/.ssh/id_ed25519"'
+         ' && chmod 600 "$HOME/.ssh/id_ed25519"'],
+        env={"KEY": git_site.client_key},
+    )  # fmt: skip
+    assert code == 0, out
+
+    ssh_url = f"ssh://root@{ALLOWED}{git_site.repo}"
+    code, out = exec_in(docker_client, cid, ["git", "ls-remote", ssh_url])
+    assert code == 0 and f"{git_site.head}\trefs/heads/main" in out, out
+    code, out = exec_in(docker_client, cid, ["git", "ls-remote", f"root@{ALLOWED}:{git_site.repo}"])
+    assert code == 0 and git_site.head in out, out  # scp-like address
+    code, out = exec_in(docker_client, cid, ["git", "ls-remote", f"git://{ALLOWED}/repo.git"])
+    assert code == 0 and f"{git_site.head}\trefs/heads/main" in out, out
+
+    forbidden_ssh = f"ssh://root@{FORBIDDEN}{git_site.repo}"
+    code, out = exec_in(docker_client, cid, ["git", "ls-remote", forbidden_ssh])
+    assert code != 0 and f"refused {FORBIDDEN}:22 (403" in out and "allow-list" in out, out
+    code, out = exec_in(docker_client, cid, ["git", "ls-remote", f"git://{FORBIDDEN}/repo.git"])
+    assert code != 0 and f"refused {FORBIDDEN}:9418 (403" in out, out
+    # Another port of an allowed host is not a git port: refused too.
+    code, out = exec_in(docker_client, cid, ["codeyard-connect", ALLOWED, str(SITE_PORT)])
+    assert code != 0 and "(403" in out, out
+
+    # A host key that is not pinned is refused, never accepted on first use.
+    code, out = exec_in(
+        docker_client,
+        cid,
+        ["codeyard-connect", "--ssh", "-o", "HostKeyAlias=unpinned.codeyard.test",
+         f"root@{ALLOWED}", "git-upload-pack", git_site.repo],
+    )  # fmt: skip
+    assert code != 0 and "Host key verification failed" in out, out
+    code, out = exec_in(docker_client, cid, ["sh", "-c", 'cat "$HOME/.ssh/known_hosts" || true'])
+    assert "unpinned" not in out, out
+
+
+def spawn_outcome(
+    hub: HubProcess, b: Browser, user: str, ws: str, options: dict[str, str]
+) -> tuple[bool, str]:
+    """Start `ws` with `options`; (True, "") once ready, or (False, why it failed)."""
+    from support.hub_workspaces import server_model
+
+    r = b.api("POST", f"/users/{user}/servers/{ws}", json={"profile": "small", **options})
+    deadline = time.monotonic() + 300
+    while r.status_code in (201, 202):
+        model = server_model(hub, user, ws)
+        if model and model.get("ready"):
+            return True, ""
+        if not model or not model.get("pending"):
+            break
+        assert time.monotonic() < deadline, f"{user}/{ws} still pending\n{hub.log_tail()}"
+        time.sleep(0.5)
+    status = b.api("GET", f"/codeyard/workspaces/{user}/{ws}/status").json()
+    return False, f"{r.text} {status.get('reason')}"
+
+
+def test_clone_helper_is_behind_the_egress_rules(
+    hub: HubProcess,
+    users: Users,
+    workspaces: Workspaces,
+    docker_client: docker.APIClient,
+    network_name: str,
+    site: Site,
+    git_site: GitSite,
+    engine_stand_in: str,
+) -> None:
+    b = Browser(hub.url)
+    assert b.login(users.alice, PASSWORD).url.endswith("/hub/home")
+    gateway = workspaces.gateway
+
+    # A clone from an allowed host works.
+    ok, why = spawn_outcome(
+        hub, b, users.alice, "cloned", {"repo_url": f"http://{ALLOWED}:{GIT_HTTP_PORT}/repo.git"}
+    )
+    assert ok, why
+    readme = list((hub.state_dir / "homes" / users.alice / "cloned").rglob("README.md"))
+    assert [p.read_text() for p in readme] == ["codeyard-cloned-through-the-proxy\n"], readme
+    r = b.api("DELETE", f"/users/{users.alice}/servers/cloned")
+    assert r.status_code in (202, 204), r.text
+
+    # A host not on the allow-list is refused before any container runs, with the reason.
+    for url in (
+        f"http://{FORBIDDEN}:{GIT_HTTP_PORT}/repo.git",
+        f"root@{FORBIDDEN}:{git_site.repo}",
+        f"http://{site.allowed_ip}:{GIT_HTTP_PORT}/repo.git",  # an address is no name
+    ):
+        ok, why = spawn_outcome(hub, b, users.alice, "refused", {"repo_url": url})
+        assert not ok and "git clone failed" in why, (url, why)
+        assert "not on this site's egress allow-list" in why, (url, why)
+
+    # Behind the proxy: an allowed name that resolves to the metadata address, and an
+    # engine port of an allowed host, get the proxy's 403 (directly they would answer).
+    for url in (f"http://{METADATA_NAME}/repo.git", f"http://{ALLOWED}:2376/repo.git"):
+        ok, why = spawn_outcome(hub, b, users.alice, "refused", {"repo_url": url})
+        assert not ok and "git clone failed" in why and "403" in why, (url, why)
+
+    # While a clone runs (a server that answers late), the helper is read back: the
+    # workspace user, no capabilities, no new privileges, the workspace network, the
+    # proxy, and no route around it to the metadata address or an engine port.
+    r = b.api(
+        "POST",
+        f"/users/{users.alice}/servers/slow",
+        json={"profile": "small", "repo_url": f"http://{ALLOWED}:{SLOW_PORT}/repo.git"},
+    )
+    assert r.status_code in (201, 202), r.text
+    deadline = time.monotonic() + SLOW_SECONDS - 30
+    helper = None
+    while helper is None:
+        found = docker_client.containers(
+            filters={"label": [f"codeyard.user={users.alice}", "codeyard.helper=home"]}
+        )
+        if found:
+            helper = docker_client.inspect_container(found[0]["Id"])
+        else:
+            assert time.monotonic() < deadline, "no running clone helper seen"
+            time.sleep(0.2)
+    assert helper["Config"]["User"] == "1000:1000", helper["Config"]["User"]
+    assert helper["HostConfig"]["CapDrop"] == ["ALL"] and not helper["HostConfig"]["CapAdd"]
+    assert "no-new-privileges:true" in helper["HostConfig"]["SecurityOpt"]
+    assert helper["HostConfig"]["NetworkMode"] == network_name
+    helper_env = dict(e.split("=", 1) for e in helper["Config"]["Env"])
+    assert helper_env["HTTP_PROXY"] == f"http://{gateway}:3128", helper_env
+    assert helper_env["GIT_SSH_COMMAND"] == "codeyard-connect --ssh", helper_env
+    hid = helper["Id"]
+    code, out = run_in(docker_client, hid, ["sh", "-c", "id -u; grep CapEff /proc/self/status"])
+    assert code == 0 and out.split()[0] == "1000" and out.split()[-1] == "0" * 16, out
+    for url in (
+        f"http://{METADATA_IP}/latest/meta-data/",
+        engine_stand_in,
+        f"http://{site.allowed_ip}:2376/version",
+        f"http://{site.allowed_ip}:{SITE_PORT}/",
+    ):
+        assert refused_directly(fetch(docker_client, hid, url, proxy="none")), url
+        assert refused_by_proxy(fetch(docker_client, hid, url)), url
+    allowed = fetch(docker_client, hid, f"http://{ALLOWED}:{SITE_PORT}/")
+    assert allowed == {"status": 200, "body": "codeyard-allowed-site"}, allowed
+    deadline = time.monotonic() + SLOW_SECONDS + 60
+    while (model := server_model_of(hub, users.alice, "slow")) and model.get("pending"):
+        assert time.monotonic() < deadline, hub.log_tail()
+        time.sleep(0.5)
+
+
+def server_model_of(hub: HubProcess, user: str, ws: str) -> dict[str, Any] | None:
+    from support.hub_workspaces import server_model
+
+    return server_model(hub, user, ws)
+
+
 # ---- the same core checks on another machine (a namespace machine, ENVIRONMENT.md §10) ----
 #
 # The Hub listens on every interface and the machine is registered over TLS with the
@@ -710,3 +992,39 @@ def test_hub_paths_follow_the_base_url_and_cover_the_bare_api_path() -> None:
     rules = proxy.rules_script(plan)
     assert "-d 10.0.0.1 -p tcp -m multiport --dports 3128,3129 -j ACCEPT" in rules
     assert "iptables -w -P OUTPUT DROP" in rules
+
+
+def test_git_ports_tunnel_only_for_allowed_hosts_and_the_clone_check_matches_squid() -> None:
+    from codeyard.spawner.clone import clone_host
+    from codeyard.spawner.egress import EgressProxy
+
+    proxy = EgressProxy(allowed_hosts=["*.example.com", "pypi.org"], ssh_known_hosts="h k\n")
+    plan = proxy.plan("10.0.0.1", "10.0.0.0/24", "10.1.0.1", 8081, {})
+    conf = proxy.squid_config(plan).splitlines()
+    assert "acl connect_ports port 22 443 9418" in conf
+    # CONNECT to a git port is refused before the allow-list could allow it elsewhere.
+    order = [line for line in conf if line.startswith("http_access")]
+    assert order.index("http_access deny CONNECT !connect_ports") < order.index(
+        "http_access allow allowed_hosts"
+    )
+    assert order.index("http_access deny !allowed_hosts") < order.index(
+        "http_access allow allowed_hosts"
+    )
+    env = plan.environment()
+    assert env["GIT_SSH_COMMAND"] == "codeyard-connect --ssh"
+    assert env["GIT_PROXY_COMMAND"] == "codeyard-connect"
+    assert env["CODEYARD_EGRESS_PROXY"] == "http://10.0.0.1:3128"
+    assert env["CODEYARD_SSH_KNOWN_HOSTS"] == "h k\n"
+    for url, host, allowed in [
+        ("https://git.example.com/a.git", "git.example.com", True),
+        ("ssh://git@Example.com:2222/a.git", "example.com", True),
+        ("git@git.example.com:team/a.git", "git.example.com", True),
+        ("git://pypi.org/x", "pypi.org", True),
+        ("https://notexample.com/a.git", "notexample.com", False),
+        ("https://files.pythonhosted.org/x", "files.pythonhosted.org", False),
+        ("http://169.254.169.254/latest", "169.254.169.254", False),
+        ("git@[fe80::1]:a.git", "fe80::1", False),
+    ]:
+        assert clone_host(url) == host, url
+        assert proxy.allows(host) is allowed, url
+    assert not EgressProxy(allowed_hosts=[]).allows("example.com")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +23,8 @@ from typing import Any
 import docker
 import pytest
 import requests
-from private_git import PrivateGitServer, private_git_server
-from support.browser import Browser
+from private_git import PrivateGitServer, private_git_server, publish_repo
+from support.browser import Browser, signed_in
 from support.hub import DOCKER_BRIDGE_IP, HubProcess
 
 pytestmark = pytest.mark.slow
@@ -41,34 +40,21 @@ def remote(
 ) -> Iterator[PrivateGitServer]:
     # `image` first: it starts dockerd, which creates the bridge address we listen on.
     base = tmp_path_factory.mktemp("private-git")
-    work = base / "work"
-    work.mkdir()
-    (work / "SECRET_PLAN.md").write_text("only with a token\n")
     git = ["git", "-c", "user.name=T", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=work, check=True)
-    subprocess.run([*git, "add", "."], cwd=work, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "plan"], cwd=work, check=True)
-    root = base / "srv"
-    root.mkdir()
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(root / "plan.git")], check=True)
-    with private_git_server(root, DOCKER_BRIDGE_IP) as server:
+    files = {"SECRET_PLAN.md": "only with a token\n"}
+    publish_repo(base, "plan.git", files, git=git, message="plan")
+    with private_git_server(base / "srv", DOCKER_BRIDGE_IP) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def alice(hub: HubProcess, users) -> Browser:
-    b = Browser(hub.url)
-    assert "signup was successful" in b.signup(users.alice, PASSWORD).text
-    assert b.login(users.alice, PASSWORD).url.endswith("/hub/home")
-    return b
+    return signed_in(hub.url, users.alice, PASSWORD)
 
 
 @pytest.fixture(scope="module")
 def bob(hub: HubProcess, users) -> Browser:
-    b = Browser(hub.url)
-    assert "signup was successful" in b.signup(users.bob, PASSWORD).text
-    assert b.login(users.bob, PASSWORD).url.endswith("/hub/home")
-    return b
+    return signed_in(hub.url, users.bob, PASSWORD)
 
 
 def credential_path(user: str, ws: str) -> str:
@@ -89,12 +75,6 @@ def helper_snapshots(
 
     remote.on_request = snapshot
     return seen
-
-
-def start(alice: Browser, user: str, ws: str, options: dict[str, str]) -> list[dict[str, Any]]:
-    r = alice.api("POST", f"/users/{user}/servers/{ws}", json=options)
-    assert r.status_code in (201, 202), r.text
-    return alice.progress(user, ws)
 
 
 def test_the_credential_api_answers_204_and_never_echoes(
@@ -136,8 +116,7 @@ def test_private_clone_works_and_the_secret_is_nowhere(
     users,
 ) -> None:
     helpers = helper_snapshots(remote, docker_client, users.alice)
-    events = start(
-        alice,
+    events = alice.start(
         users.alice,
         WS,
         {"repo_url": remote.url("plan.git"), "profile": "small", "image": IMAGE_KEY},
@@ -148,7 +127,7 @@ def test_private_clone_works_and_the_secret_is_nowhere(
     assert "Using the git credential stored for this workspace" in hub.log_path.read_text()
     assert any(ok for _, _, ok in remote.requests), remote.requests
 
-    home = hub.state_dir / "homes" / users.alice / WS
+    home = hub.state_dir / "homes" / users.alice / WS / "work"
     assert (home / "SECRET_PLAN.md").read_text() == "only with a token\n"
     config = (home / ".git" / "config").read_text()
     assert remote.token not in config and "credential" not in config, config

@@ -30,8 +30,8 @@ from typing import Any
 import docker
 import pytest
 import requests
-from private_git import PrivateGitServer, private_git_server
-from support.browser import Browser, start_workspace
+from private_git import PrivateGitServer, private_git_server, publish_repo
+from support.browser import Browser, signed_in, start_workspace
 from support.hub import DOCKER_BRIDGE_IP, HubProcess
 
 pytestmark = pytest.mark.slow
@@ -49,19 +49,10 @@ def remote(
 ) -> Iterator[PrivateGitServer]:
     # `image` first: it starts dockerd, which creates the bridge address we listen on.
     base = tmp_path_factory.mktemp("push-git")
-    work = base / "work"
-    work.mkdir()
-    (work / "README.md").write_text("# shared\n")
-    subprocess.run([*GIT, "init", "-q", "-b", "main"], cwd=work, check=True)
-    subprocess.run([*GIT, "add", "."], cwd=work, check=True)
-    subprocess.run([*GIT, "commit", "-q", "-m", "start"], cwd=work, check=True)
-    root = base / "srv"
-    root.mkdir()
-    bare = root / "shared.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    bare = publish_repo(base, "shared.git", {"README.md": "# shared\n"}, git=GIT, message="start")
     # git http-backend refuses pushes unless the repository allows them.
     subprocess.run(["git", "config", "http.receivepack", "true"], cwd=bare, check=True)
-    with private_git_server(root, DOCKER_BRIDGE_IP) as server:
+    with private_git_server(base / "srv", DOCKER_BRIDGE_IP) as server:
         yield server
 
 
@@ -77,10 +68,7 @@ def bare_head(remote: PrivateGitServer) -> str:
 
 @pytest.fixture(scope="module")
 def alice(hub: HubProcess, users: Any) -> Browser:
-    b = Browser(hub.url)
-    assert "signup was successful" in b.signup(users.alice, PASSWORD).text
-    assert b.login(users.alice, PASSWORD).url.endswith("/hub/home")
-    return b
+    return signed_in(hub.url, users.alice, PASSWORD)
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +87,11 @@ def workspace(
         json={"username": remote.username, "secret": remote.token},
     )
     assert r.status_code == 204, r.text
-    r = alice.api(
-        "POST",
-        f"/users/{users.alice}/servers/{WS}",
-        json={"repo_url": remote.url("shared.git"), "profile": "small", "image": IMAGE_KEY},
+    events = alice.start(
+        users.alice,
+        WS,
+        {"repo_url": remote.url("shared.git"), "profile": "small", "image": IMAGE_KEY},
     )
-    assert r.status_code in (201, 202), r.text
-    events = alice.progress(users.alice, WS)
     assert events[-1].get("ready"), f"{[e['message'] for e in events]}\n{hub.log_tail()}"
     r = alice.api("POST", f"/users/{users.alice}/tokens", json={"note": "git push test"})
     assert r.status_code == 201, r.text
@@ -187,7 +173,7 @@ def test_pull_with_the_stored_credential(
     r = ws_api(workspace, "POST", "git/pull", {})
     assert r.status_code == 200, r.text
     assert r.json()["updated"] is True and r.json()["after"] == upstream
-    home = hub.state_dir / "homes" / users.alice / WS
+    home = hub.state_dir / "homes" / users.alice / WS / "work"
     assert (home / "UPSTREAM.md").read_text() == "from upstream\n"
 
 
@@ -217,9 +203,7 @@ def test_only_the_workspace_server_token_gets_the_credential(
     assert fill(hub, users.alice, WS, {}, host).status_code == 403
 
     # Bob, and another workspace of alice's, with their own server tokens.
-    bob = Browser(hub.url)
-    assert "signup was successful" in bob.signup(users.bob, PASSWORD).text
-    assert bob.login(users.bob, PASSWORD).url.endswith("/hub/home")
+    bob = signed_in(hub.url, users.bob, PASSWORD)
     bob_auth = start_workspace(hub, bob, users.bob, OTHER)
     assert fill(hub, users.alice, WS, bob_auth, host).status_code == 403
     start_workspace(hub, alice, users.alice, OTHER)
@@ -290,7 +274,7 @@ def test_the_credential_is_nowhere_in_the_workspace(
             assert secret not in path.read_bytes(), path
             checked += 1
     assert checked > 10  # the .git folder's files were read, not an empty tree
-    config = (home / ".git" / "config").read_text()
+    config = (home / "work" / ".git" / "config").read_text()
     assert "credential" not in config, config
     # The container: environment, labels, arguments, mounts; and everything it logged.
     info = docker_client.inspect_container(workspace["id"])

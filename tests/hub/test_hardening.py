@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -137,7 +138,8 @@ def test_defaults_are_the_safe_ones() -> None:
     assert spawner.cap_drop == ["ALL"] and spawner.cap_add == []
     assert spawner.security_opt == ["no-new-privileges:true"]
     assert spawner.read_only_root is True
-    assert set(spawner.tmpfs_mounts) == {"/tmp", "/home/jovyan"}
+    assert set(spawner.tmpfs_mounts) == {"/tmp"}
+    assert spawner.home_mount == "/home/jovyan"
     assert spawner.workspace_network == NETWORK
     assert spawner.workspace_network_options == {"com.docker.network.bridge.enable_icc": "false"}
 
@@ -149,9 +151,12 @@ def test_docker_inspect_shows_every_setting(workspace: dict[str, Any]) -> None:
     assert not host["CapAdd"]
     assert host["SecurityOpt"] == ["no-new-privileges:true"]
     assert host["ReadonlyRootfs"] is True
-    assert set(host["Tmpfs"]) == {"/tmp", "/home/jovyan"}
+    assert set(host["Tmpfs"]) == {"/tmp"}
     assert "exec" in host["Tmpfs"]["/tmp"].split(",")
-    assert "uid=1000" in host["Tmpfs"]["/home/jovyan"].split(",")
+    # The user's HOME is the persistent home itself, writable and the workspace user's.
+    home = {m["Destination"]: m for m in workspace["info"]["Mounts"]}["/home/jovyan"]
+    assert home["Type"] == "bind" and home["RW"] is True
+    assert os.stat(home["Source"]).st_uid == 1000
     assert host["NetworkMode"] == NETWORK
     assert workspace["info"]["Config"]["Labels"]["codeyard.network"] == NETWORK
     assert not host["Privileged"]
@@ -242,7 +247,7 @@ def test_jupyterlab_and_the_codeyard_extension_run_on_the_read_only_root(
     )
     assert tree.status_code == 200, tree.text
     assert {"README.md", "src"} <= {e["path"] for e in tree.json()["entries"]}
-    # A kernel starts (its connection file and IPython's history go to the tmpfs HOME) and
+    # A kernel starts (its connection file and IPython's history go to the HOME) and
     # runs code, over the same websocket JupyterLab uses.
     r = requests.post(f"{base}/api/kernels", json={"name": "python3"}, headers=auth, timeout=60)
     assert r.status_code == 201, r.text
@@ -262,7 +267,7 @@ def test_the_home_cloned_by_the_unprivileged_helper_belongs_to_the_user(
 ) -> None:
     home = hub.state_dir / "homes" / users.alice
     assert (home.stat().st_uid, (home / WS).stat().st_uid) == (1000, 1000)
-    assert (home / WS / "README.md").stat().st_uid == 1000
+    assert (home / WS / "work" / "README.md").stat().st_uid == 1000
     code, out = run_in(
         docker_client, workspace["info"], ["stat", "-c", "%u", "/home/jovyan/work/README.md"]
     )

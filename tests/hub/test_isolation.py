@@ -8,7 +8,6 @@ still reaches the Hub API and the LLM gateway on the host's address.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -16,7 +15,8 @@ import docker
 import pytest
 import requests
 from conftest import Users
-from support.browser import Browser, start_workspace
+from support.browser import signed_in, start_workspace
+from support.container_exec import fetch
 from support.hub import HubProcess
 
 pytestmark = pytest.mark.slow
@@ -26,30 +26,15 @@ WS = "iso"
 NETWORK = "codeyard-workspaces"
 PORT = 9000
 
-FETCH = """
-import json, sys, urllib.request
-try:
-    with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:
-        print(json.dumps({"status": r.status}))
-except Exception as e:
-    print(json.dumps({"error": type(e).__name__, "detail": str(e)}))
-"""
-
-
-def run_in(docker_client: docker.APIClient, cid: str, cmd: list[str]) -> tuple[int, str]:
-    """Run `cmd` in the container as its own user; exit code and output."""
-    ex = docker_client.exec_create(cid, cmd)
-    out = docker_client.exec_start(ex).decode("utf-8", "replace")
-    return docker_client.exec_inspect(ex["Id"])["ExitCode"], out
-
 
 def fetch_from(
     docker_client: docker.APIClient, cid: str, url: str, timeout: float = 5
 ) -> dict[str, Any]:
-    """GET `url` from inside the container: {"status": ...} or {"error": ...}."""
-    code, out = run_in(docker_client, cid, ["python3", "-c", FETCH, url, str(timeout)])
-    assert code == 0, out
-    return dict(json.loads(out.strip().splitlines()[-1]))
+    """GET `url` from inside the container (its proxy settings apply): {"status": ...} or
+    {"error": ...}, without the body, since these tests compare the whole answer."""
+    result = fetch(docker_client, cid, url, timeout=timeout)
+    result.pop("body", None)
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +44,7 @@ def workspaces(
     """Alice's and bob's running workspaces: name -> {"auth", "info"} (docker inspect)."""
     result = {}
     for name in users.all():
-        browser = Browser(hub.url)
-        assert "signup was successful" in browser.signup(name, PASSWORD).text
-        assert browser.login(name, PASSWORD).url.endswith("/hub/home")
+        browser = signed_in(hub.url, name, PASSWORD)
         auth = start_workspace(hub, browser, name, WS)
         found = docker_client.containers(
             filters={"label": [f"codeyard.user={name}", f"codeyard.workspace={WS}"]}

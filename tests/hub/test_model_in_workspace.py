@@ -14,18 +14,14 @@ from pathlib import Path
 
 import docker
 import pytest
-import requests
-from support.browser import Browser, start_workspace
+from support.browser import signed_in, start_workspace
 from support.hub import HubProcess
+from support.hub_workspaces import explain_from_workspace
 
 pytestmark = pytest.mark.slow
 
 PASSWORD = "correct-horse-battery-7"
 WS = "model"
-CODE = '''def add(a, b):
-    """Return the sum of a and b."""
-    return a + b
-'''
 
 
 def test_workspace_explains_code_with_the_real_model(
@@ -33,9 +29,7 @@ def test_workspace_explains_code_with_the_real_model(
 ) -> None:
     hub = model_hub
     user = users.alice
-    b = Browser(hub.url)
-    assert "signup was successful" in b.signup(user, PASSWORD).text
-    assert b.login(user, PASSWORD).url.endswith("/hub/home")
+    b = signed_in(hub.url, user, PASSWORD)
     auth = start_workspace(hub, b, user, WS)
 
     # The Hub handed the container the gateway and the tokenizer.
@@ -49,25 +43,7 @@ def test_workspace_explains_code_with_the_real_model(
     if "CODEYARD_TOKENIZER_FILE" in env:
         assert mounts[env["CODEYARD_TOKENIZER_FILE"]]["RW"] is False
 
-    base = f"{hub.url}/user/{user}/{WS}"
-    r = requests.put(
-        f"{base}/api/contents/calc.py",
-        json={"type": "file", "format": "text", "content": CODE},
-        headers=auth,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
-
-    started = time.monotonic()
-    r = requests.post(
-        f"{base}/codeyard/api/explain",
-        json={"path": "calc.py", "start_line": 1, "end_line": 3},
-        headers=auth,
-        timeout=300,
-    )
-    elapsed = time.monotonic() - started
-    assert r.status_code == 200, f"{r.status_code} {r.text}\n{hub.log_tail()}"
-    body = r.json()
+    body, elapsed = explain_from_workspace(hub, f"{hub.url}/user/{user}/{WS}", auth)
     assert isinstance(body["text"], str) and body["text"].strip(), body
     assert body["usage"]["completion_tokens"] > 0, body
     assert body["usage"]["prompt_tokens"] > 0, body

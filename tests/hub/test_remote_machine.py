@@ -34,9 +34,15 @@ from typing import Any
 import docker
 import pytest
 import requests
-from support.browser import Browser
+from support.browser import Browser, signed_in
 from support.hub import HubProcess, ensure_images
-from support.hub_workspaces import registry_of, server_model, spawn_and_time, stop
+from support.hub_workspaces import (
+    explain_from_workspace,
+    registry_of,
+    server_model,
+    spawn_and_time,
+    stop,
+)
 from support.machines import Machine, can_run_machines, machines
 from support.registry import REPO, RegistryServer, running_registry
 
@@ -49,10 +55,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 PASSWORD = "correct-horse-battery-7"
 WS = "far"
 LOCAL_WS = "near"
-CODE = '''def add(a, b):
-    """Return the sum of a and b."""
-    return a + b
-'''
 # Activity reports every few seconds instead of JupyterHub's 300, so the test sees one.
 SITE_CONFIG = """
 c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]
@@ -170,10 +172,7 @@ def remote_hub(
 
 @pytest.fixture(scope="module")
 def user(remote_hub: HubProcess, users) -> Browser:
-    b = Browser(remote_hub.url)
-    assert "signup was successful" in b.signup(users.alice, PASSWORD).text
-    assert b.login(users.alice, PASSWORD).url.endswith("/hub/home")
-    return b
+    return signed_in(remote_hub.url, users.alice, PASSWORD)
 
 
 @pytest.fixture(scope="module")
@@ -301,24 +300,9 @@ def test_patch_apply_and_explain_through_the_gateway(
     r = requests.get(f"{base}/api/contents/made.txt", headers=token, timeout=30)
     assert r.status_code == 200 and r.json()["content"] == "made on the machine\n", r.text
 
-    r = requests.put(
-        f"{base}/api/contents/calc.py",
-        json={"type": "file", "format": "text", "content": CODE},
-        headers=token,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
-    started = time.monotonic()
-    r = requests.post(
-        f"{base}/codeyard/api/explain",
-        json={"path": "calc.py", "start_line": 1, "end_line": 3},
-        headers=token,
-        timeout=300,
-    )
-    assert r.status_code == 200, f"{r.status_code} {r.text}\n{remote_hub.log_tail()}"
-    body = r.json()
+    body, elapsed = explain_from_workspace(remote_hub, base, token)
     assert body["text"].strip() and body["usage"]["completion_tokens"] > 0, body
-    print(f"\nexplain from the machine in {time.monotonic() - started:.1f}s")
+    print(f"\nexplain from the machine in {elapsed:.1f}s")
 
 
 def test_activity_reaches_the_hub(remote_hub: HubProcess, token: dict[str, str], users) -> None:
@@ -349,7 +333,7 @@ def test_files_survive_stop_and_start_on_the_machine_only(
     assert r.status_code in (200, 201), r.text
     home = remote_container(machine, users.alice, WS)
     mounts = {m["Destination"]: m["Source"] for m in home["Mounts"]}
-    source = mounts["/home/jovyan/work"]
+    source = mounts["/home/jovyan"]
     assert source.startswith(machine.storage_root + "/"), mounts
 
     stop(remote_hub, user, users.alice, WS)

@@ -20,6 +20,8 @@ The tests run in file order and share one Hub, one swarm and one workspace.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -31,7 +33,13 @@ import pytest
 import requests
 from support.browser import Browser
 from support.hub import HubProcess, ensure_images
-from support.hub_workspaces import registry_of, server_model, spawn_and_time, stop
+from support.hub_workspaces import (
+    explain_from_workspace,
+    registry_of,
+    server_model,
+    spawn_and_time,
+    stop,
+)
 from support.machines import can_run_machines
 from support.swarm import Swarm, running_swarm
 
@@ -42,10 +50,6 @@ pytestmark = pytest.mark.slow
 PASSWORD = "correct-horse-battery-7"
 WS = "flock"
 HOST = "swarm1"
-CODE = '''def add(a, b):
-    """Return the sum of a and b."""
-    return a + b
-'''
 # The Hub polls every few seconds (JupyterHub's default is 30), so a move is followed soon.
 SITE_CONFIG = """
 c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]
@@ -82,6 +86,9 @@ def _remove_user_objects(client: docker.APIClient, user: str, manager: bool = Fa
     if manager:
         for s in client.services(filters={"label": f"codeyard.user={user}"}):
             client.remove_service(s["ID"])
+        for n in client.networks(filters={"label": f"codeyard.user={user}"}):
+            with contextlib.suppress(docker.errors.APIError):
+                client.remove_network(n["Id"])
     for c in client.containers(all=True, filters={"label": f"codeyard.user={user}"}):
         client.remove_container(c["Id"], force=True)
 
@@ -154,6 +161,70 @@ def task_node_ip(swarm: Swarm, task: dict[str, Any]) -> str:
     return str(addr)
 
 
+def user_networks(swarm: Swarm, user: str) -> list[dict[str, Any]]:
+    """The networks on the manager labelled as `user`'s."""
+    with swarm.manager.client() as c:
+        return [
+            dict(c.api.inspect_network(n["Id"]))
+            for n in c.api.networks(filters={"label": f"codeyard.user={user}"})
+        ]
+
+
+def overlay_address(task: dict[str, Any], network: str) -> str:
+    """The task's address on the network named `network`."""
+    for attachment in task.get("NetworksAttachments") or []:
+        if attachment["Network"]["Spec"]["Name"] == network:
+            return str(attachment["Addresses"][0].split("/")[0])
+    raise LookupError(f"task is not on {network}: {task.get('NetworksAttachments')}")
+
+
+def run_in_task(swarm: Swarm, task: dict[str, Any], cmd: list[str]) -> tuple[int, str]:
+    """`docker exec` in the task's container, on the node that runs it."""
+    node = swarm.node_of(task_node_ip(swarm, task))
+    cid = task["Status"]["ContainerStatus"]["ContainerID"]
+    with node.client() as c:
+        ex = c.api.exec_create(cid, cmd)
+        out = c.api.exec_start(ex).decode("utf-8", "replace")
+        return c.api.exec_inspect(ex["Id"])["ExitCode"], out
+
+
+# From inside a workspace: one GET straight to the address (no proxy), status or error.
+PROBE = r"""
+import json, sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(sys.argv[1], timeout=4) as r:
+        print(json.dumps({"status": r.status}))
+except urllib.error.HTTPError as e:
+    print(json.dumps({"status": e.code}))
+except Exception as e:
+    print(json.dumps({"error": type(e).__name__, "detail": str(e)}))
+"""
+
+# The no_new_privs flag of the workspace's Jupyter server (what its kernels inherit); not
+# pid 1 (tini, whose own arguments name the server) and not this probe.
+SERVER_NNP = r"""
+import os
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) in (1, os.getpid()):
+        continue
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        status = open(f"/proc/{pid}/status").read()
+    except OSError:
+        continue
+    if b"jupyterhub-singleuser" in cmd:
+        print([l.split()[1] for l in status.splitlines() if l.startswith("NoNewPrivs")][0])
+        break
+"""
+
+
+def probe(swarm: Swarm, task: dict[str, Any], url: str) -> dict[str, Any]:
+    code, out = run_in_task(swarm, task, ["python3", "-c", PROBE, url])
+    assert code == 0, out
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
 def test_register_the_swarm_and_drain_local(swarm_hub: HubProcess, swarm: Swarm) -> None:
     registry = registry_of(swarm_hub)
     server = registry.add_server(swarm.registration(HOST, region="far"))
@@ -211,24 +282,9 @@ def test_lab_page_and_tree_through_the_proxy(
 
 def test_explain_through_the_gateway(swarm_hub: HubProcess, token: dict[str, str], users) -> None:
     base = f"{swarm_hub.url}/user/{users.alice}/{WS}"
-    r = requests.put(
-        f"{base}/api/contents/calc.py",
-        json={"type": "file", "format": "text", "content": CODE},
-        headers=token,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
-    started = time.monotonic()
-    r = requests.post(
-        f"{base}/codeyard/api/explain",
-        json={"path": "calc.py", "start_line": 1, "end_line": 3},
-        headers=token,
-        timeout=300,
-    )
-    assert r.status_code == 200, f"{r.status_code} {r.text}\n{swarm_hub.log_tail()}"
-    body = r.json()
+    body, elapsed = explain_from_workspace(swarm_hub, base, token)
     assert body["text"].strip() and body["usage"]["completion_tokens"] > 0, body
-    print(f"\nexplain from the swarm in {time.monotonic() - started:.1f}s")
+    print(f"\nexplain from the swarm in {elapsed:.1f}s")
 
 
 def test_files_survive_stop_and_start_on_shared_storage(
@@ -247,6 +303,7 @@ def test_files_survive_stop_and_start_on_shared_storage(
     stop(swarm_hub, user, users.alice, WS)
     with swarm.manager.client() as c:
         assert c.api.services(filters={"label": f"codeyard.user={users.alice}"}) == []
+    assert user_networks(swarm, users.alice) == []  # the workspace's network went with it
     TIMES["restart"] = spawn_and_time(swarm_hub, user, users.alice, WS)
     print(f"\nrestart on the swarm: {TIMES['restart']:.1f}s")
     assert the_service(swarm, users.alice)["ID"] != first_id  # a new service
@@ -255,12 +312,68 @@ def test_files_survive_stop_and_start_on_shared_storage(
 
     # The file is on the shared storage (what every node mounts), not under the storage
     # root on this box, which stays an empty mount point.
-    found = list(Path(swarm.shared).glob("*/*/notes.txt"))
+    found = list(Path(swarm.shared).rglob("notes.txt"))  # wherever the layout puts it
     assert len(found) == 1 and found[0].read_text() == "keep me", found
     assert not any(Path(swarm.storage_root).iterdir())
     for node in swarm.nodes:
         seen = swarm.on_node(node, "find", swarm.storage_root, "-name", "notes.txt")
         assert seen.stdout.strip(), f"{node.name} does not see the home: {seen}"
+
+
+def test_each_workspace_has_its_own_network_and_cannot_reach_another(
+    swarm_hub: HubProcess, user: Browser, swarm: Swarm, users
+) -> None:
+    """Overlay networks cannot turn inter-container traffic off, so each workspace is alone
+    on its own; bob's server answers on his overlay address to himself, never to alice."""
+    bob = Browser(swarm_hub.url)
+    assert "signup was successful" in bob.signup(users.bob, PASSWORD).text
+    assert bob.login(users.bob, PASSWORD).url.endswith("/hub/home")
+    spawn_and_time(swarm_hub, bob, users.bob, WS)
+
+    nets = {}
+    tasks = {}
+    for name in (users.alice, users.bob):
+        service = the_service(swarm, name)
+        [attached] = service["Spec"]["TaskTemplate"]["Networks"]
+        [net] = user_networks(swarm, name)
+        assert attached["Target"] == net["Id"], (attached, net)
+        assert net["Driver"] == "overlay" and net["Scope"] == "swarm", net
+        assert net["Attachable"] is False, net
+        assert net["Name"] == f"{service['Spec']['Name']}-net", net
+        nets[name] = net
+        task = running_task(swarm, service["ID"])
+        assert task is not None
+        tasks[name] = task
+        # The task is on its own network only (the node's gateway bridge is implicit).
+        on = {a["Network"]["Spec"]["Name"] for a in task["NetworksAttachments"]}
+        assert on == {net["Name"]}, on
+        # no-new-privileges, set by the command (the spec has no field for it at API 1.41)
+        container = service["Spec"]["TaskTemplate"]["ContainerSpec"]
+        assert container["Args"][:2] == ["setpriv", "--no-new-privs"], container["Args"]
+        code, out = run_in_task(swarm, task, ["python3", "-c", SERVER_NNP])
+        assert code == 0 and out.strip() == "1", out
+    assert nets[users.alice]["Id"] != nets[users.bob]["Id"]
+
+    bob_ip = overlay_address(tasks[users.bob], nets[users.bob]["Name"])
+    alice_ip = overlay_address(tasks[users.alice], nets[users.alice]["Name"])
+    url = f"http://{bob_ip}:8888/user/{users.bob}/{WS}/api"
+    # Bob's server listens there: he reaches it on his own overlay address ...
+    assert probe(swarm, tasks[users.bob], url).get("status") == 200
+    # ... and alice, on her own network, does not; nor does bob reach alice.
+    refused = probe(swarm, tasks[users.alice], url)
+    assert "status" not in refused and refused.get("error"), refused
+    back = probe(swarm, tasks[users.bob], f"http://{alice_ip}:8888/user/{users.alice}/{WS}/api")
+    assert "status" not in back and back.get("error"), back
+    print(
+        f"\nalice {alice_ip} on {nets[users.alice]['Name']}, bob {bob_ip} on"
+        f" {nets[users.bob]['Name']}: alice -> bob {refused['error']}"
+    )
+
+    stop(swarm_hub, bob, users.bob, WS)
+    with swarm.manager.client() as c:
+        assert c.api.services(filters={"label": f"codeyard.user={users.bob}"}) == []
+    assert user_networks(swarm, users.bob) == []
+    assert len(user_networks(swarm, users.alice)) == 1  # alice's stays with her workspace
 
 
 def test_a_drained_node_moves_the_workspace_and_the_route_follows(

@@ -98,6 +98,14 @@ def test_up_starts_the_hub_and_ctrl_c_stops_what_it_started(
             text=True,
         ).stdout.split()
         assert culler, "idle culler is not running"
+        # The Hub runs in the background with SIGINT ignored and stops its services with
+        # SIGINT, waiting 10 s before SIGTERM: the culler must not inherit the ignore.
+        for pid in culler:
+            status = Path(f"/proc/{pid}/status").read_text()
+            ignored = int(
+                next(ln.split()[1] for ln in status.splitlines() if ln.startswith("SigIgn:")), 16
+            )
+            assert not ignored & (1 << (signal.SIGINT - 1)), f"idle culler {pid} ignores SIGINT"
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(60)

@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 import requests
-from support.audit_service import AuditService
+from support.audit_service import AuditService, local_process_workspaces
 from support.chromium import CHROMIUM_FLAGS, chromium
 from support.hub import MINIMAL_ADMIN_SCOPES, Gateway, HubProcess
 from support.processes import free_port
@@ -127,30 +126,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory, test_vllm: str) -> Iterator[
         key_file=os.environ["CODEYARD_TEST_VLLM_KEY_FILE"],
         args=(f"--GatewayApp.central_audit_url={audit.base}",),
     )
-    singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
     site = audit.site_config(
         admin_users=["auditor"],
         writer_services=(GATEWAY,),
         spawn_events_dir=str(state / "spawn-events"),
     )
-    site += f"""
-c.Authenticator.allow_all = True
-c.JupyterHub.allow_named_servers = True
-c.JupyterHub.spawner_class = "simple"
-c.SimpleLocalProcessSpawner.home_dir_template = {str(state / "homes" / "{username}")!r}
-c.Spawner.cmd = [{str(singleuser)!r}]
-c.Spawner.args = ["--allow-root"]
-c.Spawner.ip = "127.0.0.1"
-c.Spawner.port = {ws_port}
-c.Spawner.poll_interval = 1
-c.Spawner.start_timeout = 90
-c.Spawner.http_timeout = 90
-c.Spawner.environment = {{
-    "CODEYARD_AUDIT_URL": {audit.base!r},
-    "CODEYARD_LLM_URL": {gateway.url!r},
-    "CODEYARD_LLM_MODEL": {MODEL!r},
-}}
-"""
+    site += local_process_workspaces(
+        state,
+        ws_port,
+        {
+            "CODEYARD_AUDIT_URL": audit.base,
+            "CODEYARD_LLM_URL": gateway.url,
+            "CODEYARD_LLM_MODEL": MODEL,
+        },
+    )
     hub = HubProcess(
         state_dir=state,
         project=False,

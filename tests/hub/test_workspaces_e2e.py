@@ -13,7 +13,7 @@ from typing import Any
 import docker
 import pytest
 import requests
-from support.browser import Browser
+from support.browser import Browser, signed_in
 from support.hub import HubProcess
 
 pytestmark = pytest.mark.slow
@@ -33,10 +33,7 @@ def alice(hub: HubProcess, users) -> Browser:
 
 @pytest.fixture(scope="module")
 def bob(hub: HubProcess, users) -> Browser:
-    b = Browser(hub.url)
-    assert "signup was successful" in b.signup(users.bob, PASSWORD).text
-    assert b.login(users.bob, PASSWORD).url.endswith("/hub/home")
-    return b
+    return signed_in(hub.url, users.bob, PASSWORD)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +143,7 @@ def test_container_runs_with_the_profile_limits(docker_client, users) -> None:
 def test_home_is_bind_mounted_and_owned_by_the_workspace_user(docker_client, users) -> None:
     info = container_of(docker_client, users.alice, WS)
     mounts = {m["Destination"]: m for m in info["Mounts"]}
-    home = mounts["/home/jovyan/work"]
+    home = mounts["/home/jovyan"]
     assert home["Type"] == "bind" and home["Source"].endswith(f"/{users.alice}/{WS}")
     out = docker_client.exec_start(
         docker_client.exec_create(info["Id"], ["stat", "-c", "%u", "/home/jovyan/work"])
@@ -313,7 +310,7 @@ def test_deleting_a_workspace_removes_the_container_and_keeps_the_files(
         assert time.monotonic() < deadline, "container not removed"
         time.sleep(0.5)
     home = hub.state_dir / "homes" / users.alice / WS
-    assert (home / "notes.txt").read_text() == "keep me"
+    assert (home / "work" / "notes.txt").read_text() == "keep me"
 
 
 def test_metrics_answer_only_the_metrics_token_and_admins(

@@ -1,9 +1,10 @@
 """The central audit service as a Hub service the test runs itself, so it can be stopped and
-started again (the Hub config declares it with `del service["command"]`), and the site config
-text that declares it.
+started again (the Hub config declares it with `del service["command"]`), the site config
+text that declares it, and the site config of a minimal Hub whose workspaces run as local
+processes (`jupyterhub-singleuser` with Codeyard, one process a test can kill).
 
 Used by the gateway suite (the gateway's records in the central audit) and the hub suite's
-usage tests. tests/hub/test_audit_service.py keeps its own copy with a relay in front.
+audit and usage tests.
 """
 
 from __future__ import annotations
@@ -107,3 +108,25 @@ audit["api_token"] = {self.token!r}
             headers={"Authorization": f"token {token}"},
             timeout=30,
         )
+
+
+def local_process_workspaces(state: Path, port: int, environment: dict[str, str]) -> str:
+    """Hub config text for workspaces that run as local processes, not containers: the
+    Hub's simple spawner starts `jupyterhub-singleuser` from this interpreter's venv, with
+    its home in `state/homes/<user>`, on loopback `port`, with `environment`. Anyone may
+    sign in and name servers; the Hub polls every second and gives a start 90 s."""
+    singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
+    return f"""
+c.Authenticator.allow_all = True
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = {str(state / "homes" / "{username}")!r}
+c.Spawner.cmd = [{str(singleuser)!r}]
+c.Spawner.args = ["--allow-root"]
+c.Spawner.ip = "127.0.0.1"
+c.Spawner.port = {port}
+c.Spawner.poll_interval = 1
+c.Spawner.start_timeout = 90
+c.Spawner.http_timeout = 90
+c.Spawner.environment = {environment!r}
+"""

@@ -70,6 +70,14 @@ class Browser:
             allow_redirects=False,
         )
 
+    def start(self, user: str, server: str, options: dict[str, str]) -> list[dict[str, Any]]:
+        """Ask the Hub to start `user`'s named `server` with `options` (the spawn form's
+        fields as JSON) and follow its event stream to the end; every event, so the caller
+        can check whether it ended ready or failed and what it said on the way."""
+        r = self.api("POST", f"/users/{user}/servers/{server}", json=options)
+        assert r.status_code in (201, 202), r.text
+        return self.progress(user, server)
+
     def progress(self, user: str, server: str, timeout: float = 300) -> list[dict[str, Any]]:
         """Follow the spawn's event stream to its end; return every event."""
         events: list[dict[str, Any]] = []
@@ -84,6 +92,15 @@ class Browser:
                 if time.monotonic() > deadline:
                     break
         return events
+
+
+def signed_in(hub_url: str, user: str, password: str) -> Browser:
+    """A new user of the Hub's pages: signed up through the form, then logged in, each
+    checked, as every test that acts as a fresh user begins."""
+    b = Browser(hub_url)
+    assert "signup was successful" in b.signup(user, password).text
+    assert b.login(user, password).url.endswith("/hub/home")
+    return b
 
 
 def start_workspace(

@@ -1,10 +1,13 @@
-"""A project Hub's workspaces as the multi-machine tests drive them: its placement registry,
-a server's model, a timed spawn and a stop, all through the Hub's own API."""
+"""A project Hub's workspaces as the multi-machine and model tests drive them: its placement
+registry, a server's model, a timed spawn and a stop, all through the Hub's own API, and an
+explain through a workspace and the Hub's gateway."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
+
+import requests
 
 from codeyard.placement.crypto import CredentialCipher
 from codeyard.placement.database import open_db
@@ -48,3 +51,37 @@ def stop(hub: HubProcess, b: Browser, user: str, ws: str) -> None:
     while server_model(hub, user, ws):
         assert time.monotonic() < deadline, hub.log_tail()
         time.sleep(0.3)
+
+
+#: What `explain_from_workspace` writes as calc.py and has the model explain (lines 1-3).
+CALC_PY = '''def add(a, b):
+    """Return the sum of a and b."""
+    return a + b
+'''
+
+
+def explain_from_workspace(
+    hub: HubProcess, base: str, token: dict[str, str]
+) -> tuple[dict[str, Any], float]:
+    """Write calc.py into the workspace at `base` (`<hub>/user/<name>/<ws>`) with the
+    Contents API and ask its `codeyard/api/explain` about lines 1-3, so the request goes
+    container -> gateway -> model. Both must answer; returns the explain's body and the
+    seconds it took, for the caller's checks of the answer."""
+    r = requests.put(
+        f"{base}/api/contents/calc.py",
+        json={"type": "file", "format": "text", "content": CALC_PY},
+        headers=token,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    started = time.monotonic()
+    r = requests.post(
+        f"{base}/codeyard/api/explain",
+        json={"path": "calc.py", "start_line": 1, "end_line": 3},
+        headers=token,
+        timeout=300,
+    )
+    elapsed = time.monotonic() - started
+    assert r.status_code == 200, f"{r.status_code} {r.text}\n{hub.log_tail()}"
+    body: dict[str, Any] = r.json()
+    return body, elapsed

@@ -8,25 +8,16 @@ The database URL comes from `--db-url` or `CODEYARD_PLACEMENT_DB_URL`; keys from
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from .crypto import KEY_ENV, CredentialCipher, key_fingerprint
-from .database import (
-    DB_ENV,
-    DEFAULT_DB_URL,
-    current_revision,
-    head_revision,
-    make_engine,
-    open_db,
-    upgrade,
-)
+from .database import REGISTRY_DB, db_url_from_env, open_db
 from .registry import Registry
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m codeyard.placement")
-    parser.add_argument("--db-url", default=os.environ.get(DB_ENV, DEFAULT_DB_URL))
+    parser.add_argument("--db-url", default=db_url_from_env())
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
         "upgrade-db", help="back up (SQLite) and upgrade the schema to the newest revision"
@@ -46,14 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(CredentialCipher.generate_key())
         return 0
     if args.command == "upgrade-db":
-        engine = make_engine(args.db_url)
-        before = current_revision(engine)
-        engine.dispose()
-        backup = upgrade(args.db_url)
-        print(
-            f"upgraded {before or '(empty)'} -> {head_revision()}"
-            + (f"; backup: {backup}" if backup else "")
-        )
+        print(REGISTRY_DB.upgrade_and_report(args.db_url))
         return 0
     if args.command == "rotate-keys":
         cipher = CredentialCipher()

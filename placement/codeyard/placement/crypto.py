@@ -25,6 +25,12 @@ from cryptography.hazmat.primitives import serialization
 KEY_ENV = "CODEYARD_PLACEMENT_CRYPT_KEY"
 
 
+def keys_from_env() -> str:
+    """The `;`-separated keys `KEY_ENV` holds, "" when unset: the one place that reads it, so
+    the service, the Hub's provider and the Hub config decrypt with the same keys."""
+    return os.environ.get(KEY_ENV, "")
+
+
 class NoEncryptionKey(RuntimeError):
     """No key configured: refuse to store secrets rather than store them in clear."""
 
@@ -53,7 +59,7 @@ class CredentialCipher:
 
     def __init__(self, keys: str | Iterable[str] | None = None) -> None:
         if keys is None:
-            keys = os.environ.get(KEY_ENV, "")
+            keys = keys_from_env()
         if isinstance(keys, str):
             keys = keys.split(";")
         self.keys = [k.strip() for k in keys if k.strip()]

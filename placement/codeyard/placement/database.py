@@ -8,6 +8,8 @@ database (`codeyard.service_db`).
 
 from __future__ import annotations
 
+import os
+
 from codeyard.service_db import DatabaseSchemaMismatch, ServiceDatabase
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "DatabaseSchemaMismatch",
     "alembic_config",
     "current_revision",
+    "db_url_from_env",
     "head_revision",
     "make_engine",
     "open_db",
@@ -28,6 +31,13 @@ __all__ = [
 DB_ENV = "CODEYARD_PLACEMENT_DB_URL"
 #: The registry URL when neither a setting nor `DB_ENV` names one.
 DEFAULT_DB_URL = "sqlite:///codeyard_placement.sqlite"
+
+
+def db_url_from_env(default: str = DEFAULT_DB_URL) -> str:
+    """The registry URL `DB_ENV` names, else `default`: the one place that reads it, so the
+    Hub's provider, the service, the command line and the Hub config agree on it."""
+    return os.environ.get(DB_ENV, default)
+
 
 #: NORMAL sync: the service reads while the Hub's provider writes decisions, and a decision
 #: lost at a crash is made again at the next spawn; it cuts a placement from ~28 ms to ~1 ms.

@@ -86,6 +86,8 @@ class Server(Base):
     hub_connect_ip: Mapped[str | None] = mapped_column(String(255), nullable=True)
     publish_ip: Mapped[str | None] = mapped_column(String(255), nullable=True)
     max_workspaces: Mapped[int] = mapped_column(Integer, default=0)  # 0: unlimited
+    # Warm containers kept per pooled image and size profile (`pool.py`); 0: no pool.
+    pool_size: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     cpu_capacity: Mapped[float] = mapped_column(Float, default=0.0)  # cores; 0: unknown
     mem_capacity: Mapped[int] = mapped_column(Integer, default=0)  # MiB; 0: unknown
     state: Mapped[ServerState] = mapped_column(
@@ -147,6 +149,20 @@ class Placement(Base):
 
     server: Mapped[Server | None] = relationship(foreign_keys=[server_id])
     pinned_server: Mapped[Server | None] = relationship(foreign_keys=[pinned_server_id])
+
+
+class PoolContainer(Base):
+    """One warm workspace container the Hub keeps on a host (`pool.py`): it counts against
+    the host's capacity, with its profile's memory, until a spawn claims or removes it."""
+
+    __tablename__ = "pool_containers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    container: Mapped[str] = mapped_column(String(255), unique=True)
+    pool: Mapped[str] = mapped_column(String(512), default="")  # the profile and image
+    mem_reserved: Mapped[int] = mapped_column(Integer, default=0)  # MiB
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class WorkspaceGitCredential(Base):

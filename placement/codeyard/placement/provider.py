@@ -36,10 +36,11 @@ from urllib.parse import urlsplit
 from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
+from . import pool
 from .addresses import on_hub_machine
 from .connect import SSHTunnel
-from .crypto import KEY_ENV, CredentialCipher
-from .database import DB_ENV, DEFAULT_DB_URL, open_db
+from .crypto import CredentialCipher, keys_from_env
+from .database import db_url_from_env, open_db
 from .hosts import DEFAULT_STORAGE_ROOT, DockerHost, DockerTLS, HostProvider, UnknownHost
 from .image_registry import RegistryLogin
 from .models import PlacementState, ServerState
@@ -67,7 +68,7 @@ class RegistryHostProvider(HostProvider):
 
     @default("db_url")
     def _default_db_url(self) -> str:
-        return os.environ.get(DB_ENV, DEFAULT_DB_URL)
+        return db_url_from_env()
 
     crypt_key = Unicode(
         help="""Keys that decrypt host credentials, `;`-separated (the first encrypts).
@@ -78,7 +79,7 @@ class RegistryHostProvider(HostProvider):
 
     @default("crypt_key")
     def _default_crypt_key(self) -> str:
-        return os.environ.get(KEY_ENV, "")
+        return keys_from_env()
 
     runtime_dir = Unicode(
         "",
@@ -231,6 +232,29 @@ class RegistryHostProvider(HostProvider):
     async def registry_login(self, registry: str) -> RegistryLogin | None:
         """The image registry's login an admin stored (decrypted), for the image pull."""
         return await self._blocking(self.registry.registry_logins.login, registry)
+
+    # ---- the warm pool (`pool.py`; the Hub's side is `codeyard.spawner.warm_pool`) --------
+
+    async def pool_hosts(self) -> dict[str, int]:
+        """{host name: pool size} of the hosts that keep warm containers now."""
+        return dict(await self._blocking(pool.pool_hosts, self.registry.sessions))
+
+    async def pool_reserve(self, host: str, container: str, key: str, mem: int) -> bool:
+        """Record a warm container about to be made, if `host` has room; whether it has."""
+        return bool(
+            await self._blocking(pool.reserve, self.registry.sessions, host, container, key, mem)
+        )
+
+    async def pool_release(self, container: str) -> bool:
+        """Forget a warm container (claimed or removed); whether it was recorded."""
+        return bool(await self._blocking(pool.release, self.registry.sessions, container))
+
+    async def pool_recorded(self, host: str) -> list[str]:
+        return list(await self._blocking(pool.recorded, self.registry.sessions, host))
+
+    async def pool_surplus(self, host: str) -> int:
+        """Warm containers `host` holds beyond its capacity, to remove."""
+        return int(await self._blocking(pool.surplus, self.registry.sessions, host))
 
     # ---- building hosts ----------------------------------------------------------------
 

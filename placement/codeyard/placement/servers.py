@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from .addresses import host_addresses
 from .connect import SSHTunnelError, scan_host_key
@@ -25,6 +25,7 @@ from .models import (
     HostImage,
     HostKind,
     Placement,
+    PoolContainer,
     Server,
     ServerState,
     utcnow,
@@ -68,6 +69,19 @@ def host_loads(db: Session) -> dict[int, tuple[int, int]]:
         .group_by(Placement.server_id)
     )
     return {sid: (n, int(mem)) for sid, n, mem in rows if sid is not None}
+
+
+def _pooled(server: Server) -> tuple[int, int]:
+    """(warm containers, MiB they reserve) on `server`, from its own session."""
+    db = object_session(server)
+    if db is None or server.id is None:
+        return 0, 0
+    row = db.execute(
+        select(func.count(), func.coalesce(func.sum(PoolContainer.mem_reserved), 0)).where(
+            PoolContainer.server_id == server.id
+        )
+    ).one()
+    return int(row[0]), int(row[1])
 
 
 #: Registry columns that hold an IP address or NULL (empty means NULL: derive it).
@@ -223,7 +237,14 @@ class ServerRegistry:
                 raise RegistryError(f"kind must be one of {list(HostKind.__members__)}")
             if key in ADDRESS_FIELDS:
                 value = _address_or_none(key, value)
+            if key == "pool_size" and value < 0:
+                raise RegistryError("pool_size must be 0 (no pool) or positive")
             setattr(server, key, value)
+        if server.pool_size and server.kind == HostKind.swarm.value:
+            raise RegistryError(
+                "a warm pool is not supported on a swarm host (Swarm picks each task's node,"
+                " so a warm container cannot be handed a home); leave pool_size at 0"
+            )
         if "state" in data:
             try:
                 server.state = ServerState(data["state"])
@@ -253,6 +274,7 @@ class ServerRegistry:
                 storage_root="",
                 storage_shared=False,
                 max_workspaces=0,
+                pool_size=0,
                 cpu_capacity=0.0,
                 mem_capacity=0,
                 state=ServerState.active,
@@ -331,14 +353,16 @@ class ServerRegistry:
     @staticmethod
     def _view(server: Server, loads: Mapping[int, tuple[int, int]]) -> ServerModel:
         running, mem = loads.get(server.id, (0, 0))
+        pooled, pooled_mem = _pooled(server)
         cred = server.credentials[0] if server.credentials else None
+        # Warm containers take capacity like workspaces (`pool.py`).
         host = HostLoad(
             id=server.id,
             name=server.name,
             max_workspaces=server.max_workspaces,
             mem_capacity=server.mem_capacity,
-            running=running,
-            mem_reserved=mem,
+            running=running + pooled,
+            mem_reserved=mem + pooled_mem,
         )
         return ServerModel(
             id=server.id,
@@ -353,6 +377,7 @@ class ServerRegistry:
             publish_ip=server.publish_ip,
             addresses=_addresses(server),
             max_workspaces=server.max_workspaces,
+            pool_size=server.pool_size or 0,
             cpu_capacity=server.cpu_capacity,
             mem_capacity=server.mem_capacity,
             state=server.state.value,
@@ -368,7 +393,12 @@ class ServerRegistry:
             )
             if cred
             else None,
-            load=LoadModel(running=running, mem_reserved=mem, load=round(host.load, 4)),
+            load=LoadModel(
+                running=running,
+                mem_reserved=mem + pooled_mem,
+                load=round(host.load, 4),
+                pooled=pooled,
+            ),
         )
 
     # ---- health ----------------------------------------------------------------------

@@ -12,12 +12,10 @@ inside the provider, where only the settings are wanted.
 
 from __future__ import annotations
 
-import os
-
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 from traitlets.config import Configurable
 
-from .database import DB_ENV, DEFAULT_DB_URL
+from .database import db_url_from_env
 from .shapes import PlacementSettings
 
 ADMIN_SCOPE = "custom:codeyard-admin"
@@ -37,7 +35,7 @@ class PlacementService(Configurable):
 
     @default("db_url")
     def _default_db_url(self) -> str:
-        return os.environ.get(DB_ENV, DEFAULT_DB_URL)
+        return db_url_from_env()
 
     admin_scope = Unicode(
         ADMIN_SCOPE,

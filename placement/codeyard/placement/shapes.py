@@ -21,6 +21,7 @@ SERVER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "hub_connect_ip": (str, type(None)),
     "publish_ip": (str, type(None)),
     "max_workspaces": int,
+    "pool_size": int,
     "cpu_capacity": (int, float),
     "mem_capacity": int,
 }
@@ -54,8 +55,9 @@ class CredentialModel(TypedDict):
 
 class LoadModel(TypedDict):
     running: int
-    mem_reserved: int
-    load: float
+    mem_reserved: int  # MiB, workspaces' and pooled containers'
+    load: float  # counts pooled containers like workspaces
+    pooled: int  # warm containers waiting for a claim
 
 
 class AddressesModel(TypedDict):
@@ -78,6 +80,7 @@ class ServerModel(TypedDict):
     publish_ip: str | None
     addresses: AddressesModel  # what is in effect, derived or set
     max_workspaces: int
+    pool_size: int  # warm containers per pooled image and profile; 0: no pool
     cpu_capacity: float
     mem_capacity: int
     state: str

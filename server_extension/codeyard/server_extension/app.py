@@ -36,7 +36,7 @@ from .patches.handlers import (
 )
 from .patches.manager import PatchManager
 from .patches.transactions import FLUSH_MODES
-from .paths import STATE_DIRNAME, WorkspacePaths
+from .paths import STATE_DIR_ENV, STATE_DIRNAME, WorkspacePaths
 from .tree import TreeLister
 from .watcher import DEFAULT_EXCLUDE
 
@@ -153,18 +153,25 @@ class CodeyardApp(ExtensionApp):
     state_dir = Unicode(
         help="""Folder for Codeyard's private state: the audit log, revert data, staging.
 
-        Defaults to `.codeyard/` under the workspace root, which keeps staging on the same
-        file system as the files so swaps are atomic renames (it must be on the workspace's
-        file system). Patches may never write here. Inside a git working tree it is added
-        to `.git/info/exclude`, so `git status` does not list it; `git clean -fdx` still
-        deletes it, and the next request then rebuilds it and records a `state_lost` audit
-        record (the audit records and revert data in it are gone). If it cannot be written,
-        patch requests answer 507 `state_unwritable`.
+        It must be on the workspace's file system (swaps are atomic renames and revert data
+        is hard-linked), and should be outside the user's git working tree, where the
+        user's own tools (`git clean -fdx`, `rm -rf`) do not reach it. A Codeyard
+        workspace mounts its persistent folder at the image user's HOME with the working
+        tree in `work/` below it, and the spawner names `$HOME/.codeyard` in the
+        CODEYARD_STATE_DIR environment variable, which is the default here. Without that
+        variable (a plain `jupyter server`), `.codeyard/` under the workspace root. Patches
+        may never write here. If it is inside a git working tree it is added to
+        `.git/info/exclude`. If it is deleted anyway, the next request rebuilds it and
+        records a `state_lost` audit record; if it cannot be written, patch requests answer
+        507 `state_unwritable`.
         """,
     ).tag(config=True)
 
     @default("state_dir")
     def _default_state_dir(self) -> str:
+        configured = os.environ.get(STATE_DIR_ENV, "").strip()
+        if configured:
+            return configured
         return str(Path(self.workspace_root) / STATE_DIRNAME)
 
     audit_url = Unicode(

@@ -21,25 +21,17 @@ Labels take values from bounded sets only: `endpoint` is the handler's name (`pa
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-REQUESTS = Counter(
-    "codeyard_server_requests_total",
-    "Workspace API requests answered, by endpoint, method and HTTP status.",
-    ["endpoint", "method", "status"],
-)
-ERRORS = Counter(
-    "codeyard_server_errors_total",
-    "Workspace API answers of 400 and above, by endpoint and error code.",
-    ["endpoint", "code"],
-)
-LATENCY = Histogram(
-    "codeyard_server_request_seconds",
-    "Seconds from reading a workspace API request to finishing its answer.",
-    ["endpoint"],
+from codeyard.request_metrics import EndpointMetrics
+
+REQUESTS = EndpointMetrics(
+    "codeyard_server",
+    "workspace API",
+    error_label="code",
+    error_label_help="error code",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 PATCH_BYTES = Histogram(
@@ -68,18 +60,6 @@ _PATCH_ENDPOINTS = {
     "cell_validate": ("cell_validate", "cell"),
     "cell_apply": ("cell_apply", "cell"),
 }
-_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
-_codes: dict[type, str] = {}
-
-
-def endpoint_of(handler: Any) -> str:
-    """`PatchApplyHandler` -> `patch_apply`: bounded by the handler classes."""
-    cls = type(handler)
-    name = _codes.get(cls)
-    if name is None:
-        base = cls.__name__.removesuffix("Handler") or cls.__name__
-        name = _codes[cls] = _CAMEL.sub("_", base).lower()
-    return name
 
 
 def _changed_lines(diff: str) -> int:
@@ -103,12 +83,10 @@ def _patch_text(handler: Any) -> str | None:
 
 def observe(handler: Any, error_code: str | None = None) -> None:
     """Count one finished request of a Codeyard handler (called from `on_finish`)."""
-    endpoint = endpoint_of(handler)
     status = handler.get_status()
-    REQUESTS.labels(endpoint, handler.request.method or "-", str(status)).inc()
-    LATENCY.labels(endpoint).observe(handler.request.request_time())
-    if status >= 400:
-        ERRORS.labels(endpoint, error_code or ("server_error" if status >= 500 else "error")).inc()
+    endpoint, _ = REQUESTS.observe(
+        handler, error_code or ("server_error" if status >= 500 else "error")
+    )
     patch = _PATCH_ENDPOINTS.get(endpoint)
     if patch is None:
         return

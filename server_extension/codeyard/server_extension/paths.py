@@ -21,6 +21,9 @@ _ENCODED_ESCAPE = re.compile(r"%(?:2e|2f|5c|00|25[0-9a-f]{2})", re.IGNORECASE)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 STATE_DIRNAME = ".codeyard"
+#: The environment variable a spawner sets to the state folder's path when it keeps it
+#: outside the working tree (the default `CodeyardApp.state_dir`).
+STATE_DIR_ENV = "CODEYARD_STATE_DIR"
 
 
 @dataclass(frozen=True)

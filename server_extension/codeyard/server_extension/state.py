@@ -1,10 +1,12 @@
-"""The private state folder (`.codeyard/` by default): its layout, and what happens when
-someone deletes it or makes it unwritable.
+"""The private state folder (`state_dir`): its layout, and what happens when someone
+deletes it or makes it unwritable.
 
-The folder sits in the workspace, which is usually the user's git working tree, so it can
-vanish at any moment: `git clean -fdx` removes it even though it is excluded from git (it
-is ignored, and `-x` removes ignored files too), and so does `rm -rf`. Every request that
-needs the folder calls `StateFolder.ensure()` first (a handful of `lstat`s), which:
+In a Codeyard workspace the folder is `~/.codeyard`, beside the git working tree `~/work`
+(CODEYARD_STATE_DIR), where the user's tools in the tree do not reach it. A folder inside
+the tree (`.codeyard/` at the root, the default without that variable) is excluded from
+git, yet `git clean -fdx` removes it (it is ignored, and `-x` removes ignored files too).
+Either can still vanish at any moment (`rm -rf`). Every request that needs the folder
+calls `StateFolder.ensure()` first (a handful of `lstat`s), which:
 
 - recreates whatever is missing (the folder or any of its sub-folders), re-adds the
   folder to `.git/info/exclude`, and records a `state_lost` audit record that says what

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .chain import load_public_key, load_secret, load_signing_key, verify_export
-from .database import current_revision, head_revision, make_engine, open_db, upgrade
+from .database import AUDIT_DB, open_db
 from .store import AuditStore, parse_jsonl
 
 
@@ -70,14 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(check.as_dict(), indent=2))
         return 0 if check.ok else 1
     if args.command == "upgrade-db":
-        engine = make_engine(args.db_url)
-        before = current_revision(engine)
-        engine.dispose()
-        backup = upgrade(args.db_url)
-        print(
-            f"upgraded {before or '(empty)'} -> {head_revision()}"
-            + (f"; backup: {backup}" if backup else "")
-        )
+        print(AUDIT_DB.upgrade_and_report(args.db_url))
         return 0
     store = _store(args)
     if args.command == "verify-local":

@@ -11,6 +11,12 @@ usage page turns those pairs into workspace-hours.
 
 The Hub's own record of a start is what counts, not the workspace's: a workspace user
 controls their server and could stop it from reporting, but not the Hub.
+
+A workspace can also end without a Hub stop: its container is killed, exits or is removed
+behind the Hub's back. JupyterHub then notices it in its poll and cleans up, but emits no
+event, so the start would count on for ever. The spawner's poll reports such a death
+(`record_died`): a `workspace.stop` record with `reason` "died" and `last_seen`, the
+time the poll last saw it running, which is where the usage page ends its hours.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import os
 import secrets
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,21 @@ SERVICE = "codeyard-spawn-events"
 ACTIONS = {"start": "workspace.start", "stop": "workspace.stop"}
 
 log = logging.getLogger(__name__)
+
+#: The recorders of this process (the Hub's config makes one), for `record_died`.
+_recorders: weakref.WeakSet[SpawnEventRecorder] = weakref.WeakSet()
+
+
+def record_died(username: str, servername: str, last_seen: float) -> int:
+    """Record that a workspace stopped without a Hub stop, last seen running at
+    `last_seen` (epoch seconds), with every recorder of this process; return how many
+    recorded it (0 where no central audit is configured)."""
+    done = 0
+    for recorder in list(_recorders):
+        done += recorder.record(
+            username, servername, "workspace.stop", reason="died", last_seen=round(last_seen, 6)
+        )
+    return done
 
 
 def ensure_token(path: str | os.PathLike[str]) -> str:
@@ -58,6 +80,7 @@ class SpawnEventRecorder(logging.Handler):
         self._ready = threading.Lock()
         self._audit: Any = None
         self._forwarder: Any = None
+        _recorders.add(self)
 
     @property
     def audit(self) -> Any:
@@ -84,15 +107,16 @@ class SpawnEventRecorder(logging.Handler):
         action = ACTIONS.get(str(event.get("action")))
         if action is None:
             return
+        self.record(str(event.get("username") or ""), str(event.get("servername") or ""), action)
+
+    def record(self, username: str, servername: str, action: str, **meta: Any) -> bool:
+        """Append one start or stop record; return whether it was written."""
         try:
-            self.audit.append(
-                user=str(event.get("username") or ""),
-                action=action,
-                paths=[],
-                workspace=str(event.get("servername") or ""),
-            )
+            self.audit.append(user=username, action=action, paths=[], workspace=servername, **meta)
         except Exception:  # a failed record must never fail the spawn or stop
             log.exception("codeyard could not record %s", action)
+            return False
+        return True
 
     def close(self) -> None:
         if self._forwarder is not None:

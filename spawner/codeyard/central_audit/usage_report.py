@@ -126,7 +126,11 @@ def compute_usage(
         for owner, action, ts, body in db.execute(query.execution_options(yield_per=1000)):
             if action in SPAWN_ACTIONS:
                 record = json.loads(body)["record"]
-                spans[(owner, str(record.get("workspace") or ""))].append((ts, action))
+                # A workspace that died ends when it was last seen running, not when the
+                # Hub noticed (`spawn_events.record_died`).
+                end = record.get("last_seen") if action == "workspace.stop" else None
+                at = min(ts, float(end)) if isinstance(end, int | float) else ts
+                spans[(owner, str(record.get("workspace") or ""))].append((at, action))
                 continue
             if ts < since:
                 continue

@@ -6,8 +6,11 @@ workspace. It uses the workspace image (so the same git, CA certificates and pro
 settings), the workspace's CPU and memory limits, and sees only the user's folder, so
 a hostile repository or URL never runs code on the Hub.
 
-The clone goes to a hidden `.<name>.partial` folder that is renamed into place only when
-git succeeded, so a failed clone leaves no half-made workspace.
+The clone goes to `work/` (`SpawnerSettings.work_dir`) in a hidden `.<name>.partial`
+folder, which gets the layout marker and is renamed into place only when git succeeded,
+so a failed clone leaves no half-made workspace. A home that exists is never cloned into;
+if it has the older layout (the home was the tree) the same script converts it
+(`CONVERT_SCRIPT`).
 
 git talks to a server the user chose and writes what it sends, so the helper runs as the
 workspace user (uid 1000), with no capabilities, no new privileges and a read-only root,
@@ -16,18 +19,31 @@ That needs the user's folder (`<storage_root>/<user>`, the helper's /homes) to b
 the workspace user. Where the Hub shares the host's file system it sees to that itself;
 on other hosts a first container does only that, as root with CAP_CHOWN alone and no
 network, before git runs (`HelperJob.fix_owner`).
+
+Where workspaces are behind the host's egress proxy (`egress.py`), so is the helper: a URL
+whose host is not on the allow-list is refused before any container runs
+(`egress.refused_clone_host`), and the helper gets the proxy's environment
+(`HelperJob.network_env`: HTTP(S) proxy, the tunnel for ssh and `git://`) and, once
+started, the workspace's network rules, with git waiting behind the same start gate until
+they hold (`run_helper(..., lock=...)`). It therefore reaches allowed hosts only, never a
+metadata address, an engine port or another workspace, even through a redirect or a
+submodule.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from docker.errors import APIError, NotFound
+
+from .egress import gated_command
 
 # git runs this (`!` helper) as `sh -c '<it> "$@"' get|store|erase` with the request on stdin.
 # It answers `get` for the clone URL's own host only (a redirect elsewhere gets nothing) and
@@ -40,11 +56,46 @@ CREDENTIAL_HELPER = (
     ' "$CODEYARD_GIT_USERNAME" "$CODEYARD_GIT_PASSWORD"; }; f'
 )
 
-# $1 mode (prepare|remove), $2 home folder name, $3 git URL or "", $4 branch or "", $5 uid.
-# Runs as the workspace user, so everything it makes is theirs.
-HELPER_SCRIPT = r"""
+# Converts the home "$ws", made when the home was the working tree itself, to the layout
+# of `homes.py`: the tree moves into "$work", the state folder `.codeyard` stays where it is
+# (beside the tree now). Renames only, so nothing is copied and hard links between the
+# state and the tree survive. Each step can be repeated after a crash at any point:
+#   1. every entry but the state and our own files is moved into `.codeyard-layout.work`;
+#   2. `.codeyard-layout.moved` says all were moved (so a tree of its own `work` folder
+#      is never mistaken for a converted home);
+#   3. `.codeyard-layout.work` is renamed to "$work";
+#   4. the marker `.codeyard-layout` is written (to a temporary name, then renamed): last.
+CONVERT_SCRIPT = r"""
+convert() {
+    h="$1"; work="$2"; m="$h/.codeyard-layout"; w="$m.work"; moved="$m.moved"
+    if [ -f "$m" ]; then rm -f -- "$moved"; return 0; fi
+    echo "codeyard: converting home $h to the layout with the working tree in $work/"
+    if [ ! -e "$moved" ]; then
+        mkdir -p -- "$w" || return 4
+        for e in "$h"/* "$h"/.[!.]* "$h"/..?*; do
+            [ -e "$e" ] || [ -L "$e" ] || continue
+            case "${e##*/}" in .codeyard|.codeyard-layout|.codeyard-layout.*) continue;; esac
+            mv -- "$e" "$w/" || return 4
+        done
+        : > "$moved" || return 4
+    fi
+    if [ -d "$w" ]; then
+        mkdir -p -- "$h/$work" && rmdir -- "$h/$work" || return 4
+        mv -T -- "$w" "$h/$work" || return 4
+    fi
+    printf '2\n' > "$m.tmp" && mv -- "$m.tmp" "$m" || return 4
+    rm -f -- "$moved"
+}
+"""
+
+# $1 mode (prepare|remove), $2 home folder name, $3 git URL or "", $4 branch or "", $5 uid,
+# $6 the working tree's folder in the home. Runs as the workspace user, so everything it
+# makes is theirs. A home that exists is kept, and converted if it has the old layout.
+HELPER_SCRIPT = (
+    CONVERT_SCRIPT
+    + r"""
 set -u
-mode="$1"; ws="$2"; url="$3"; branch="$4"; uid="$5"
+mode="$1"; ws="$2"; url="$3"; branch="$4"; uid="$5"; work="${6:-work}"
 tmp=".$ws.partial"
 cd /homes || exit 2
 if [ "$mode" = remove ]; then
@@ -53,9 +104,11 @@ if [ "$mode" = remove ]; then
 fi
 if [ -e "$ws" ]; then
     echo "codeyard: home $ws exists, keeping it"
+    convert "$ws" "$work" || exit 4
     exit 0
 fi
 rm -rf -- "$tmp"
+mkdir -- "$tmp" || exit 2
 if [ -n "$url" ]; then
     # No helper from the image's or user's git config (one could store the secret); ours
     # answers only `get`, only for the URL's own host, from the environment.
@@ -65,16 +118,18 @@ if [ -n "$url" ]; then
     fi
     set -- "$@" clone --quiet
     if [ -n "$branch" ]; then set -- "$@" --branch "$branch"; fi
-    if ! git "$@" -- "$url" "$tmp" 2>/tmp/git.err; then
+    if ! git "$@" -- "$url" "$tmp/$work" 2>/tmp/git.err; then
         cat /tmp/git.err >&2
         rm -rf -- "$tmp"
         exit 3
     fi
 else
-    mkdir -- "$tmp"
+    mkdir -p -- "$tmp/$work"
 fi
+printf '2\n' > "$tmp/.codeyard-layout"
 mv -T -- "$tmp" "$ws"
-""".replace("@CREDENTIAL_HELPER@", shlex.quote("credential.helper=!" + CREDENTIAL_HELPER))
+"""
+).replace("@CREDENTIAL_HELPER@", shlex.quote("credential.helper=!" + CREDENTIAL_HELPER))
 
 # $1 uid. Runs as root with only CAP_CHOWN: hand the user's folder to the workspace user.
 OWNER_SCRIPT = r"""
@@ -84,6 +139,21 @@ cd /homes && chown "$1:$1" .
 CLONE_FAILED_EXIT = 3
 
 DockerCall = Callable[..., Awaitable[Any]]
+#: Puts the network rules into a started helper container (by id) and opens its gate.
+LockCall = Callable[[str], Awaitable[None]]
+
+# scp-like ssh address: [user@]host:path (no scheme).
+_SCP_HOST = re.compile(r"^(?:[^@/:]+@)?(\[[^\]]+\]|[^@/:\[\]]+):")
+
+
+def clone_host(url: str) -> str:
+    """The host name a clone URL reaches (no user, no port), for the allow-list check:
+    `https://h/...`, `ssh://u@h:22/...`, `git://h/...` and scp-like `u@h:path`."""
+    url = url.strip()
+    if "://" in url:
+        return (urlsplit(url).hostname or "").lower()
+    found = _SCP_HOST.match(url)
+    return found.group(1).strip("[]").lower() if found else ""
 
 
 class GitCredential:
@@ -136,9 +206,15 @@ class HelperJob:
     #: Transports git may use (`GIT_ALLOW_PROTOCOL`), so no URL, redirect or submodule
     #: reaches `ext::`, `fd::` or `file://` unless the admin offers that scheme.
     allowed_protocols: tuple[str, ...] = ("https", "http", "git", "ssh")
+    #: The working tree's folder in the home (`SpawnerSettings.work_dir`).
+    work_dir: str = "work"
+
+    #: The egress proxy's environment (`EgressPlan.environment`) when the host has one.
+    network_env: dict[str, str] = field(default_factory=dict)
 
     def environment(self) -> dict[str, str]:
         env = {
+            **self.network_env,
             "GIT_TERMINAL_PROMPT": "0",
             "HOME": "/tmp",  # noqa: S108 - inside the helper
             "GIT_ALLOW_PROTOCOL": ":".join(self.allowed_protocols),
@@ -153,8 +229,17 @@ def last_lines(text: str, n: int = 6) -> str:
     return "\n".join(lines[-n:])
 
 
-async def run_helper(docker: DockerCall, client: Any, job: HelperJob, time_limit: float) -> str:
-    """Run the helper to completion on the job's host; return its output or raise."""
+async def run_helper(
+    docker: DockerCall,
+    client: Any,
+    job: HelperJob,
+    time_limit: float,
+    lock: LockCall | None = None,
+) -> str:
+    """Run the helper to completion on the job's host; return its output or raise.
+
+    With `lock` (the egress rules), the git container waits behind the start gate until
+    `lock` has put the rules into its network namespace and opened the gate."""
     if job.fix_owner:
         await _run_container(
             docker,
@@ -169,17 +254,19 @@ async def run_helper(docker: DockerCall, client: Any, job: HelperJob, time_limit
             environment={"HOME": "/tmp"},  # noqa: S108 - inside the helper
             time_limit=time_limit,
         )
+    entrypoint = ["/bin/sh", "-c", HELPER_SCRIPT, "codeyard-home"]
     return await _run_container(
         docker,
         client,
         job,
         name=job.name,
         user=f"{job.uid}:{job.uid}",
-        entrypoint=["/bin/sh", "-c", HELPER_SCRIPT, "codeyard-home"],
-        command=[job.mode, job.home_name, job.repo_url, job.branch, str(job.uid)],
+        entrypoint=gated_command(entrypoint) if lock is not None else entrypoint,
+        command=[job.mode, job.home_name, job.repo_url, job.branch, str(job.uid), job.work_dir],
         host_config={},
         environment=job.environment(),
         time_limit=time_limit,
+        lock=lock,
     )
 
 
@@ -195,6 +282,7 @@ async def _run_container(
     host_config: dict[str, Any],
     environment: dict[str, str],
     time_limit: float,
+    lock: LockCall | None = None,
 ) -> str:
     with contextlib.suppress(NotFound):
         await docker("remove_container", name, force=True)
@@ -223,6 +311,8 @@ async def _run_container(
     cid = obj["Id"]
     try:
         await docker("start", cid)
+        if lock is not None:
+            await lock(cid)
         try:
             result = await asyncio.wait_for(docker("wait", cid), time_limit)
         except TimeoutError:

@@ -25,7 +25,6 @@ Rotation follows `CryptKeeper`: the first key encrypts, every key decrypts.
 from __future__ import annotations
 
 import base64
-import os
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -36,7 +35,7 @@ from traitlets import Unicode, default
 from traitlets.config import SingletonConfigurable
 
 from codeyard.placement.crypto import CredentialCipher, DecryptionFailed, NoEncryptionKey
-from codeyard.placement.database import DB_ENV, open_db
+from codeyard.placement.database import db_url_from_env, open_db
 from codeyard.placement.models import WorkspaceGitCredential
 
 from .clone import GitCredential
@@ -109,7 +108,7 @@ class GitCredentialStore(SingletonConfigurable):
     def _default_db_url(self) -> str:
         provider = self.config.get("RegistryHostProvider", {})
         url = provider.get("db_url", "") if hasattr(provider, "get") else ""
-        return str(url or os.environ.get(DB_ENV, ""))
+        return str(url or db_url_from_env(""))
 
     _sessions: sessionmaker[Session] | None = None
     _cipher: CredentialCipher | None = None

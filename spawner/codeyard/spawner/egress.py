@@ -36,13 +36,27 @@ Why a proxy, and why these pieces:
 
 Through the forward port the proxy refuses, whatever the allow-list says: the Docker engine
 ports (2375, 2376), link-local addresses (169.254.0.0/16: cloud metadata), the workspace
-network itself (other workspaces), and `CONNECT` to ports other than `connect_ports`.
+network itself (other workspaces), and `CONNECT` to ports other than `connect_ports` and
+`git_ports`.
 
-Limits: only HTTP and HTTPS leave (git over `git://` or `ssh://` from a workspace does not;
-the first-start clone helper runs outside these rules and is limited by
-`PlacementSpawner.git_schemes`). DNS queries to Docker's embedded resolver (on loopback) are
-still answered. A workspace container restarted by the engine itself (not by the spawner)
-would lose its rules; the spawner never restarts containers, it replaces them.
+**git over SSH and `git://`** go through the same forward port as a `CONNECT` tunnel to
+port 22 or 9418 (`git_ports`) of an allowed host, never of another one. The workspace
+image's `codeyard-connect` (a few lines of Python: no netcat) opens such a tunnel and relays
+it: `GIT_SSH_COMMAND` runs ssh with it as the `ProxyCommand`, host keys checked strictly
+against the site's pinned `ssh_known_hosts` and the user's own known_hosts, and
+`GIT_PROXY_COMMAND` hands it git's `git://` connections. A refused host gets the proxy's
+403 and a message naming the allow-list.
+
+**The first-start clone helper** is held to the same rules as the workspace: the spawner
+refuses a clone URL whose host is not on the allow-list before any container runs (a clear
+message instead of git's), and the helper container itself runs behind the proxy with the
+same network rules and start gate (`lock_workspace` works on any container), so a redirect
+or a submodule cannot go elsewhere either.
+
+Limits: only HTTP, HTTPS, and git over SSH and `git://` to allowed hosts leave. DNS
+queries to Docker's embedded resolver (on loopback) are still answered. A workspace
+container restarted by the engine itself (not by the spawner) would lose its rules; the
+spawner never restarts containers, it replaces them.
 """
 
 from __future__ import annotations
@@ -63,11 +77,15 @@ from traitlets import Dict, Float, Integer, List, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 DockerCall = Callable[..., Awaitable[Any]]
+#: Locks a started container (by id) behind the egress rules and opens its start gate.
+LockCall = Callable[[str], Awaitable[None]]
 
 #: Written in the workspace's /tmp once its network rules are in; its command waits for it.
 LOCKED_MARKER = "/tmp/.codeyard-egress-locked"  # noqa: S108 - a path in the container
 #: Seconds the workspace's command waits for the marker before giving up.
 GATE_SECONDS = 120
+#: The workspace image's tunnel helper (images/singleuser/codeyard-connect).
+CONNECT_HELPER = "codeyard-connect"
 
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_PATTERN = re.compile(rf"(\*\.|\.)?({_LABEL}\.)*{_LABEL}")
@@ -107,6 +125,7 @@ class EgressPlan:
     port: int
     hub: Upstream
     services: dict[str, tuple[Upstream, str]] = field(default_factory=dict)  # env -> (up, url)
+    ssh_known_hosts: str = ""  # pinned host keys of git hosts, known_hosts lines
 
     @property
     def proxy_url(self) -> str:
@@ -140,6 +159,13 @@ class EgressPlan:
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             env[name] = self.proxy_url
         env["NO_PROXY"] = env["no_proxy"] = no_proxy
+        # git over SSH and git:// through a CONNECT tunnel (`codeyard-connect`).
+        env["CODEYARD_EGRESS_PROXY"] = self.proxy_url
+        env["GIT_SSH_COMMAND"] = f"{CONNECT_HELPER} --ssh"
+        env["GIT_SSH_VARIANT"] = "ssh"
+        env["GIT_PROXY_COMMAND"] = CONNECT_HELPER
+        if self.ssh_known_hosts.strip():
+            env["CODEYARD_SSH_KNOWN_HOSTS"] = self.ssh_known_hosts.strip() + "\n"
         return env
 
 
@@ -159,6 +185,22 @@ def allow_list_entries(names: list[str]) -> list[str]:
     wild = [e for e in entries if e.startswith(".")]
     covered = {e for e in entries if any(e == w[1:] or e.endswith(w) for w in wild)}
     return sorted(e for e in entries if e.startswith(".") or e not in covered)
+
+
+def host_allowed(host: str, names: list[str]) -> bool:
+    """Whether `host` is on the allow-list `names`, as squid's `dstdomain` decides it:
+    `*.example.com` (or `.example.com`) is example.com and every name under it,
+    `example.com` only itself. An address is never on it (the list holds names)."""
+    host = host.strip().lower().rstrip(".")
+    if not host:
+        return False
+    for entry in allow_list_entries(names):
+        if entry.startswith("."):
+            if host == entry[1:] or host.endswith(entry):
+                return True
+        elif host == entry:
+            return True
+    return False
 
 
 def check_host_pattern(name: str) -> str:
@@ -249,6 +291,28 @@ class EgressProxy(LoggingConfigurable):
         help="""Ports a `CONNECT` (a TLS tunnel: HTTPS, git over HTTPS) may go to.""",
     ).tag(config=True)
 
+    git_ports = List(
+        Integer(),
+        [22, 9418],
+        help="""Ports of allowed hosts a `CONNECT` tunnel may also reach for git: SSH (22)
+        and the git protocol (9418). The workspace image's `codeyard-connect` opens these
+        tunnels for ssh (`GIT_SSH_COMMAND`) and `git://` (`GIT_PROXY_COMMAND`); only hosts
+        on the allow-list are reached. Empty: git over SSH and `git://` do not leave.""",
+    ).tag(config=True)
+
+    ssh_known_hosts = Unicode(
+        "",
+        help="""Pinned SSH host keys of the git hosts on the allow-list, as known_hosts
+        lines (`ssh-keyscan -t ed25519 git.example.com`, checked against the host's
+        published fingerprint). Workspaces and the clone helper check a git host's key
+        strictly against these and the user's own `~/.ssh/known_hosts`: an unknown or
+        changed key is refused, never accepted on first use.""",
+    ).tag(config=True)
+
+    def allows(self, host: str) -> bool:
+        """Whether the forward proxy lets a client reach `host` (the allow-list)."""
+        return host_allowed(host, list(self.allowed_hosts))
+
     start_timeout = Float(
         60,
         help="""Seconds the proxy container may take to listen on all its ports.""",
@@ -279,7 +343,7 @@ class EgressProxy(LoggingConfigurable):
             peer = "svc_" + re.sub(r"[^a-zA-Z0-9]", "_", name).lower()
             up = Upstream(peer, parts.hostname or hub_host, port, self.reverse_port_base + i)
             services[name] = (up, url)
-        return EgressPlan(gateway, subnet, self.port, hub, services)
+        return EgressPlan(gateway, subnet, self.port, hub, services, self.ssh_known_hosts)
 
     def squid_config(self, plan: EgressPlan) -> str:
         """squid.conf for `plan`: the forward port with the allow-list, and the reverse
@@ -304,7 +368,8 @@ class EgressProxy(LoggingConfigurable):
         lines += [
             "acl from_forward myportname forward",
             "acl CONNECT method CONNECT",
-            f"acl connect_ports port {' '.join(str(p) for p in self.connect_ports)}",
+            "acl connect_ports port "
+            + " ".join(str(p) for p in sorted({*self.connect_ports, *self.git_ports})),
             f"acl blocked_ports port {' '.join(str(p) for p in self.blocked_ports)}",
             f"acl blocked_dst dst {' '.join([*self.blocked_networks, plan.subnet])}",
         ]
@@ -566,8 +631,45 @@ async def prepare_workspace(spawner: Any) -> EgressPlan | None:
     return plan
 
 
-async def lock_workspace(spawner: Any, plan: EgressPlan) -> None:
-    """The spawner's step after starting a workspace container: its network rules, then
-    its gate."""
+async def lock_workspace(spawner: Any, plan: EgressPlan, container_id: str = "") -> None:
+    """The spawner's step after starting a workspace container (or its clone helper,
+    `container_id`): its network rules, then its gate."""
     proxy = egress_for(spawner.config, spawner.log)
-    await proxy.lock_workspace(spawner.docker, spawner.object_id, plan, spawner.home_uid)
+    target = container_id or spawner.object_id
+    await proxy.lock_workspace(spawner.docker, target, plan, spawner.home_uid)
+
+
+def refused_clone_host(spawner: Any, host: str) -> str:
+    """Why a clone from `host` is refused by the egress allow-list, or "" when it is not
+    (the host is allowed, or the egress proxy is off)."""
+    proxy = egress_for(spawner.config, spawner.log)
+    if not proxy.image or spawner.workspace_network in ("", "bridge", "default", "host", "none"):
+        return ""
+    if proxy.allows(host):
+        return ""
+    return (
+        f"{host or 'this URL'} is not on this site's egress allow-list"
+        " (CodeyardHub.egress_allow), so workspaces cannot reach it; ask an admin to add it"
+    )
+
+
+async def prepare_clone(spawner: Any, url: str) -> tuple[dict[str, str], LockCall | None]:
+    """The spawner's step before the first-start clone helper: refuse a URL whose host is
+    not on the allow-list (`EgressUnavailable` with the reason), else make sure the host's
+    proxy runs and return the helper's proxy environment and the call that locks the
+    started helper container. ({}, None) when there is nothing to clone or no proxy."""
+    if not url:
+        return {}, None
+    from .clone import clone_host
+
+    reason = refused_clone_host(spawner, clone_host(url))
+    if reason:
+        raise EgressUnavailable(reason)
+    plan = await prepare_workspace(spawner)
+    if plan is None:
+        return {}, None
+
+    async def lock(container_id: str) -> None:
+        await lock_workspace(spawner, plan, container_id)
+
+    return plan.environment(), lock

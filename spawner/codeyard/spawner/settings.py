@@ -31,6 +31,7 @@ from traitlets import (
 
 from codeyard.placement.hosts import HostProvider, LocalHostProvider
 
+from .home_quota import parse_size
 from .profiles import InvalidOptions, SizeProfile, WorkspaceOptions
 
 DEFAULT_PROFILES = {
@@ -113,9 +114,43 @@ class SpawnerSettings(DockerSpawner):
     ).tag(config=True)
 
     home_mount = Unicode(
-        "/home/jovyan/work",
-        help="""Path in the container where the workspace home is mounted.""",
+        "/home/jovyan",
+        help="""Path in the container where the workspace's persistent folder is mounted:
+        the image user's HOME.
+
+        The folder holds the git working tree in `work_dir` below it, Codeyard's private
+        state in `.codeyard/` beside it (outside the tree, so `git clean -fdx` or a
+        `rm -rf` in the tree never reaches the audit log or revert data, yet on the same
+        file system, so swaps stay atomic renames and revert data hard links), and the
+        user's settings, caches and `pip install --user` packages, which so persist too.
+        """,
     ).tag(config=True)
+
+    work_dir = Unicode(
+        "work",
+        help="""The working tree's folder inside the home (`home_mount`): the Jupyter
+        server's root, where a repository is cloned and JupyterLab's file browser starts.
+        A relative name, one level or more below the home, never the home itself.""",
+    ).tag(config=True)
+
+    @validate("work_dir")
+    def _check_work_dir(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"]).strip("/")
+        parts = value.split("/")
+        if not value or any(p in ("", ".", "..") for p in parts):
+            raise TraitError(f"work_dir must be a relative folder below the home: {value!r}")
+        return value
+
+    @property
+    def work_mount(self) -> str:
+        """The working tree's path in the container."""
+        return posixpath.join(self.home_mount, self.work_dir)
+
+    @property
+    def state_mount(self) -> str:
+        """Where the workspace's Codeyard state lives in the container (CODEYARD_STATE_DIR):
+        beside the working tree, in the persistent home."""
+        return posixpath.join(self.home_mount, ".codeyard")
 
     home_uid = Integer(
         1000,
@@ -134,6 +169,66 @@ class SpawnerSettings(DockerSpawner):
         `<storage_root>/<user>/<workspace>` for an admin to archive or restore.
         """,
     ).tag(config=True)
+
+    home_quota = Unicode(
+        "0",
+        help="""Disk quota of each workspace home, such as "10G" or "64M"; "0" turns it off.
+
+        The home is then its own ext4 file system: the image file
+        `<storage_root>/<user>/<workspace>.img`, loop-mounted at the home folder by a
+        short-lived helper container on the workspace's host (`home_quota.py`). A full home
+        answers "No space left on device" at once to every write, `fallocate` included,
+        while the host's disk, the Hub's state and other homes are untouched. The storage
+        root must be a shared mount on each host (the Hub makes it so on its own machine
+        when it runs as root; see docs/home-quota.md). The size is fixed when the image is
+        made: a new value applies to new homes; an existing one is grown by an admin with
+        `resize2fs`. Not applied on Swarm hosts, whose storage is shared between nodes.
+        """,
+    ).tag(config=True)
+
+    @validate("home_quota")
+    def _check_home_quota(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"]).strip()
+        try:
+            size = parse_size(value)
+        except Exception:
+            raise ValueError(f"home_quota: not a size: {value!r}") from None
+        if size and size < 16 * 1024 * 1024:
+            raise ValueError("home_quota must be 0 (off) or at least 16M (ext4's own needs)")
+        return value
+
+    home_quota_preallocate = Bool(
+        True,
+        help="""Whether a home's image takes its whole quota on the host's disk when made.
+
+        On (the default), the space is reserved up front (`fallocate`, instant), so the
+        sum of the quotas can never outgrow the disk: a home that fills up meets its own
+        limit, never the host's, and a new home that does not fit is refused at its first
+        start with a clear message. Off, images are sparse and grow as written, so quotas
+        may add up to more than the disk; if the host's disk then fills, writes into a
+        home fail with I/O errors and its file system turns read-only until an admin frees
+        space and runs `e2fsck`.
+        """,
+    ).tag(config=True)
+
+    home_quota_keep_free = Unicode(
+        "2G",
+        help="""Space a host's storage file system must keep free after a new home image is
+        made, such as "2G"; a first start that would leave less is refused.
+
+        Keeps room for what shares that file system (the Hub's database and secrets when
+        the storage root is in the Hub's state folder, logs, container layers).
+        """,
+    ).tag(config=True)
+
+    @validate("home_quota_keep_free")
+    def _check_home_quota_keep_free(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"]).strip()
+        try:
+            parse_size(value)
+        except Exception:
+            raise ValueError(f"home_quota_keep_free: not a size: {value!r}") from None
+        return value
 
     extra_volumes = Dict(
         help="""More binds for every workspace container, as host path ->
@@ -240,23 +335,17 @@ class SpawnerSettings(DockerSpawner):
         help="""Writable in-memory folders of each workspace container: path -> mount options.
 
         With `read_only_root` these are the only writable places besides the home.
-        Default: `/tmp`, and the parent of `home_mount` (the image user's HOME,
-        /home/jovyan), where Jupyter keeps its runtime files, settings, caches and
-        `pip install --user` packages. They are `exec` (Docker's default is noexec, which
-        breaks `~/.local/bin` scripts and builds in /tmp). Their contents are lost when the
-        container is replaced, as the container layer was before; their pages count
-        against the workspace's memory limit, so the size profile bounds them.
+        Default: `/tmp` alone; the image user's HOME, where Jupyter keeps its runtime
+        files, settings, caches and `pip install --user` packages, is the persistent home
+        itself (`home_mount`). It is `exec` (Docker's default is noexec, which breaks
+        builds in /tmp). Its contents are lost when the container is replaced; its pages
+        count against the workspace's memory limit, so the size profile bounds them.
         """,
     ).tag(config=True)
 
     @default("tmpfs_mounts")
     def _default_tmpfs_mounts(self) -> dict[str, str]:
-        mounts = {"/tmp": "rw,exec,nosuid,nodev,mode=1777"}  # noqa: S108 - in the container
-        user_home = posixpath.dirname(self.home_mount.rstrip("/"))
-        if user_home not in ("", "/"):
-            uid = self.home_uid
-            mounts[user_home] = f"rw,exec,nosuid,nodev,mode=0755,uid={uid},gid={uid}"
-        return mounts
+        return {"/tmp": "rw,exec,nosuid,nodev,mode=1777"}  # noqa: S108 - in the container
 
     workspace_network = Unicode(
         "codeyard-workspaces",
@@ -326,7 +415,7 @@ class SpawnerSettings(DockerSpawner):
 
     @default("notebook_dir")
     def _default_notebook_dir(self) -> str:
-        return self.home_mount
+        return self.work_mount
 
     @default("extra_create_kwargs")
     def _default_extra_create_kwargs(self) -> dict[str, Any]:

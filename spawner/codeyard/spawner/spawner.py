@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +23,13 @@ import requests
 from docker.errors import APIError, NotFound
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient
-from traitlets import Bool, Float, Unicode
+from traitlets import Bool, Float, Integer, Unicode
 
 from codeyard.placement.addresses import HubUnreachable
 from codeyard.placement.hosts import DockerHost, HostProvider, UnknownHost
 from codeyard.placement.probe import describe_error
 
-from . import clients, egress, homes, host_env, image_transfer, network
+from . import clients, egress, home_quota, homes, host_env, image_transfer, network, warm_pool
 from .clone import HelperJob, HomeSetupFailed, last_lines, run_helper
 from .credentials import CredentialStoreUnavailable, GitCredentialStore
 from .profiles import InvalidOptions, WorkspaceOptions, git_host
@@ -66,13 +67,21 @@ class PlacementSpawner(SpawnerSettings):
 
     host_name = Unicode("", help="Name of the host this workspace lives on (from state).")
     home_ready = Bool(False, help="Whether the home was made (from state).")
+    home_layout = Integer(
+        0, help="The layout the home was made or converted to (`homes.HOME_LAYOUT`; state)."
+    )
     last_error = Unicode("", help="Why the last start failed, for the status API.")
+    warm_slot = Unicode(
+        "", help="The warm-pool slot the home is in while a claimed container runs (state)."
+    )
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self.host_name = state.get("host", "")
         self.home_ready = bool(state.get("home_ready", False))
+        self.home_layout = int(state.get("home_layout", 0))
         self.last_error = state.get("last_error", "")
+        self.warm_slot = state.get("warm_slot", "")
         self._host = None
 
     def get_state(self) -> dict[str, Any]:
@@ -81,6 +90,11 @@ class PlacementSpawner(SpawnerSettings):
             state["host"] = self.host_name
         if self.home_ready:
             state["home_ready"] = True
+        if self.home_layout:
+            state["home_layout"] = self.home_layout
+        if self.warm_slot:
+            # Kept across clear_state: until the home is moved back, this is where it is.
+            state["warm_slot"] = self.warm_slot
         if self.last_error:
             state["last_error"] = self.last_error
         return state
@@ -199,6 +213,8 @@ class PlacementSpawner(SpawnerSettings):
 
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
+        # The extension keeps its state beside the working tree, in the persistent home.
+        env.setdefault("CODEYARD_STATE_DIR", self.state_mount)
         if self._host is None or not self._hub_address:
             return env
         return host_env.host_environment(
@@ -242,16 +258,27 @@ class PlacementSpawner(SpawnerSettings):
         return homes.HomeLocation(host, self.escaped_name, home_name)
 
     async def prepare_home(self, host: DockerHost, opts: WorkspaceOptions) -> None:
-        """Make the home on first start: an empty folder, or a clone of the repository."""
+        """Make the home on first start: an empty working tree, or a clone of the
+        repository. A home that is there already is kept; if it has the layout of older
+        Hubs (the home was the working tree itself), the helper converts it (`homes.py`)."""
         home = self.home_location(host)
         local = homes.can_prepare_locally(host, self.home_uid)
-        if not opts.repo_url and local:
+        layout = None
+        if local:
+            layout = await asyncio.wrap_future(self.executor.submit(homes.home_layout, home))
+            if layout == homes.HOME_LAYOUT:
+                return
+        if layout is None and not opts.repo_url and local:
             self.emit(20, "Creating workspace home")
             await asyncio.wrap_future(
-                self.executor.submit(homes.make_empty_home, home, self.home_uid)
+                self.executor.submit(homes.make_empty_home, home, self.home_uid, self.work_dir)
             )
             return
-        if opts.repo_url:
+        if self.home_ready or layout is not None:
+            # Never cloned into: an existing home is kept as it is, only converted.
+            opts = dataclasses.replace(opts, repo_url="", branch="")
+            self.emit(20, "Converting the workspace home to the current layout")
+        elif opts.repo_url:
             branch = f" (branch {opts.branch})" if opts.branch else ""
             self.emit(20, f"Cloning {opts.repo_url}{branch}")
         else:
@@ -262,6 +289,11 @@ class PlacementSpawner(SpawnerSettings):
                 self.executor.submit(homes.ensure_user_dir, home, self.home_uid)
             )
         await self.ensure_workspace_network()
+        # Behind the host's egress proxy and rules, as the workspace will be (egress.py).
+        try:
+            network_env, lock = await egress.prepare_clone(self, opts.repo_url)
+        except egress.EgressUnavailable as e:
+            raise HomeSetupFailed(f"git clone failed: {e}") from None
         job = HelperJob(
             mode="prepare",
             user_dir=home.user_dir,
@@ -277,10 +309,12 @@ class PlacementSpawner(SpawnerSettings):
             host_config=self.hardening_host_config(),
             fix_owner=not local,
             allowed_protocols=tuple(sorted(self.git_schemes)),
+            work_dir=self.work_dir,
+            network_env=network_env,
             **self.clone_credential(opts),
         )
         try:
-            await run_helper(self.docker, self.client, job, self.clone_timeout)
+            await run_helper(self.docker, self.client, job, self.clone_timeout, lock=lock)
         except HomeSetupFailed as e:
             if job.credential is not None:
                 raise HomeSetupFailed(
@@ -345,17 +379,32 @@ class PlacementSpawner(SpawnerSettings):
             extra = dict(self.extra_volumes) if host.storage_is_local else {}
             self.volumes = {**extra, home.path: {"bind": self.home_mount, "mode": "rw"}}
             await self.pull_image(self.image)
-            if not self.home_ready:
+            if self.warm_slot:
+                await self.return_warm_home(host)
+            prepare = not self.home_ready or self.home_layout < homes.HOME_LAYOUT
+            if self.home_ready:
+                # Its quota'd file system (home_quota.py), mounted again after a host restart
+                # (or made, for a home from before the quota) before anything reads it.
+                await home_quota.ensure_home_quota(self, host, make=not prepare)
+            if prepare:
                 await self.prepare_home(host, opts)
                 self.home_ready = True
+                self.home_layout = homes.HOME_LAYOUT
+                # A new home is copied into its own file system once it is made.
+                await home_quota.ensure_home_quota(self, host)
             # A container left from the previous run is replaced, so the new one gets the
             # current token, image and limits. Its logs were readable until now.
             if await self.get_object() is not None:
                 await self.remove_object()
                 self.object_id = ""
-            ip, port = await super().start()
+            # A warm container of this profile and image on this host, else a cold start.
+            # Not with a quota: a home that is a mount point cannot be renamed into a slot.
+            cold = self.on_swarm or home_quota.quota_applies(self)
+            warm = None if cold else await warm_pool.claim(self, host, opts.profile.name)
+            ip, port = warm or await super().start()
             await self.wait_for_server(ip, port)
             self.last_error = ""
+            self._last_seen_up, self._death_recorded = time.time(), False
             await self._tell_provider("started")
             self.log.info(
                 "%s: container up on %s in %.1fs",
@@ -489,7 +538,17 @@ class PlacementSpawner(SpawnerSettings):
             self.clear_state()
             return
         await super().stop(now=now)
+        if self.warm_slot:
+            await self.return_warm_home(self.host)
         await self._tell_provider("stopped")
+
+    async def return_warm_home(self, host: DockerHost) -> None:
+        """The workspace ran in a claimed warm container (`warm_pool.py`): remove that
+        container (it is never reused) and move the home back out of its slot."""
+        with contextlib.suppress(NotFound):
+            await self.docker("remove_container", self.object_name, force=True)
+        await warm_pool.release_home(self, host)
+        self.object_id, self.object_name = "", self._object_name_default()
 
     async def _tell_provider(self, event: str) -> None:
         """Tell the provider the workspace `started` or `stopped` (least-loaded counts these).
@@ -580,7 +639,54 @@ class PlacementSpawner(SpawnerSettings):
             await self._tell_provider("stopped")
         return reason
 
+    #: When a poll last found the container running (epoch seconds), for `record_died`.
+    _last_seen_up: float | None = None
+    #: Whether this run's death has been recorded (the Hub polls again right after one).
+    _death_recorded: bool = False
+
     async def poll(self) -> int | str | None:
+        """None while the container runs; else why not (`poll_container`).
+
+        A workspace found gone or exited that the Hub did not stop (no stop pending: the
+        container was killed, exited or removed behind its back, or its machine was lost)
+        gets a `workspace.stop` record with reason "died" and the time it was last seen
+        running (`spawn_events.record_died`), once: JupyterHub cleans such a server up
+        without its stop event, so its usage hours would count on.
+        """
+        status = await self.poll_container()
+        if status is None:
+            self._last_seen_up = time.time()
+            self._death_recorded = False
+        elif not self._stop_pending and not self._death_recorded:
+            self.record_death(status)
+        return status
+
+    def record_death(self, status: int | str) -> None:
+        """Record the death `poll` found, if this workspace was running as far as the Hub
+        knows: seen up by a poll, or (after a Hub restart) still having a server."""
+        pending = getattr(self, "_spawn_pending", False) or getattr(self, "_start_pending", False)
+        last_seen = self._last_seen_up
+        if last_seen is None:
+            if self.server is None or pending:
+                return
+            activity = getattr(self.orm_spawner, "last_activity", None)
+            last_seen = activity.replace(tzinfo=UTC).timestamp() if activity else time.time()
+        self._death_recorded = True
+        self._last_seen_up = None
+        self.log.warning(
+            "%s: died without a stop (%s), last seen running %s",
+            self._log_name,
+            status,
+            datetime.fromtimestamp(last_seen, UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        )
+        try:
+            from codeyard.central_audit.spawn_events import record_died
+
+            record_died(self.user.name, self.name, last_seen)
+        except Exception:  # bookkeeping: never fail the Hub's clean-up of the server
+            self.log.exception("%s: could not record its death", self._log_name)
+
+    async def poll_container(self) -> int | str | None:
         """None while the container runs; else why not (its exit, or its machine lost).
 
         Unlike DockerSpawner's, the check is bounded (`engine_status`): a dead remote
@@ -636,6 +742,9 @@ class PlacementSpawner(SpawnerSettings):
                 await self.swarm.remove()
             else:
                 await self.docker("remove_container", self.object_name, force=True, v=True)
+        if self.home_ready:
+            # Unmounts the home's file system; its image goes only with the home.
+            await home_quota.release_home_quota(self, host, delete=self.delete_data_on_remove)
         if self.delete_data_on_remove and self.home_ready:
             home = self.home_location(host)
             if homes.can_prepare_locally(host, self.home_uid):

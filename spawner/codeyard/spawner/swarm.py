@@ -17,9 +17,20 @@ object to `SwarmWorkspace` instead of creating a container:
   task runs on (`endpoint_spec`). The proxy reaches the workspace at that node's address
   and the port Docker chose there (`task_address`);
 - the container gets the hardening the engine path gives, as far as a Swarm service can
-  carry it (`container_spec`): the home's uid, no capabilities, a read-only root with
-  tmpfs folders, the pids limit in the resources. `no-new-privileges` has no field in a
-  service spec of API 1.41 and is not set; the image's programs carry no setuid bits.
+  carry it (`container_spec`): the home's uid, no capabilities (`CapabilityDrop`, API
+  1.41), a read-only root with tmpfs folders, the pids limit in the resources.
+  `no-new-privileges` has no field in a service spec before API 1.46 (Docker 20.10, the
+  engine here, speaks 1.41), so the workspace's command sets it on itself instead:
+  `setpriv --no-new-privs` (util-linux) runs before the server, and the kernel keeps the
+  flag for every process the server starts (kernels, terminals), which cannot clear it;
+- **each workspace gets its own overlay network** (`network_spec`). An overlay network
+  has no switch for inter-container traffic (`enable_icc` is a bridge option), and a
+  service with no network lands on its node's default bridge, where every container
+  reaches every other one. Alone on its overlay, a workspace has no address another
+  workspace can route to. The network is not attachable (no stand-alone container joins
+  it), is made before the service and removed after it (`remove`). The task still goes
+  out through the node's `docker_gwbridge` (inter-container traffic off there too), and
+  the Hub's proxy reaches it through the host-mode published port on that bridge.
 
 **When Swarm moves the task** (a node drained, a node lost, a crash restarted elsewhere),
 the new task runs on another node with another published port. JupyterHub never re-routes
@@ -155,6 +166,37 @@ def bind_mounts(binds: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
     ]
 
 
+#: The command prefix that sets no-new-privileges on the workspace's own process tree.
+NO_NEW_PRIVS_COMMAND = ("setpriv", "--no-new-privs")
+
+
+def wants_no_new_privileges(security_opt: list[str] | tuple[str, ...] | None) -> bool:
+    """Whether the engine path's `security_opt` asks for no-new-privileges."""
+    for opt in security_opt or ():
+        key, _, value = opt.replace("=", ":").partition(":")
+        if key == "no-new-privileges" and value in ("", "true"):
+            return True
+    return False
+
+
+def network_name(service: str) -> str:
+    """The name of `service`'s own overlay network."""
+    return f"{service}-net"
+
+
+def network_spec(service: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    """The keyword arguments of `create_network` for `service`'s own overlay network:
+    swarm-scoped, not attachable (only the service's task joins it), labelled like the
+    service so an admin and the clean-up find it."""
+    return {
+        "name": network_name(service),
+        "driver": "overlay",
+        "attachable": False,
+        "scope": "swarm",
+        "labels": {**labels, "codeyard.network": "workspace", "codeyard.service": service},
+    }
+
+
 def container_spec(
     image: str,
     command: list[str],
@@ -165,10 +207,15 @@ def container_spec(
     host_config: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The service's `ContainerSpec` from the engine path's host config (`hardening_host_config`
-    and friends): capabilities, read-only root, sysctls. Mounts come in ready-made."""
+    and friends): capabilities, read-only root, sysctls, and no-new-privileges through the
+    command (`NO_NEW_PRIVS_COMMAND`: the spec has no field for it at API 1.41). Mounts come
+    in ready-made."""
+    args = list(command)
+    if wants_no_new_privileges(host_config.get("security_opt")):
+        args = [*NO_NEW_PRIVS_COMMAND, *args]
     spec: dict[str, Any] = {
         "Image": image,
-        "Args": list(command),
+        "Args": args,
         "Env": [f"{k}={v}" for k, v in env.items()],
         "User": user,
         "Labels": dict(labels),
@@ -193,18 +240,23 @@ def service_spec(
     port: int,
     labels: Mapping[str, str],
     restart_attempts: int = 3,
+    networks: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The whole `ServiceSpec` (the body of POST /services/create): one replica, restarted
-    on failure up to `restart_attempts` times (a clean exit is the user's stop)."""
+    on failure up to `restart_attempts` times (a clean exit is the user's stop), on the
+    overlay `networks` (ids or names)."""
+    template: dict[str, Any] = {
+        "ContainerSpec": container,
+        "Resources": resources,
+        "RestartPolicy": {"Condition": "on-failure", "MaxAttempts": restart_attempts},
+        "Placement": {"Constraints": constraints},
+    }
+    if networks:
+        template["Networks"] = [{"Target": n} for n in networks]
     return {
         "Name": name,
         "Labels": dict(labels),
-        "TaskTemplate": {
-            "ContainerSpec": container,
-            "Resources": resources,
-            "RestartPolicy": {"Condition": "on-failure", "MaxAttempts": restart_attempts},
-            "Placement": {"Constraints": constraints},
-        },
+        "TaskTemplate": template,
         "Mode": {"Replicated": {"Replicas": 1}},
         "EndpointSpec": endpoint_spec(port),
     }
@@ -316,10 +368,15 @@ class SwarmWorkspace:
                     return str(digest)
         return str(info["Id"])
 
-    async def spec(self) -> dict[str, Any]:
+    @property
+    def labels(self) -> dict[str, str]:
+        sp = self.spawner
+        return {"codeyard.user": sp.user.name, "codeyard.workspace": sp.name or ""}
+
+    async def spec(self, networks: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
         sp = self.spawner
         host = sp.host
-        labels = {"codeyard.user": sp.user.name, "codeyard.workspace": sp.name or ""}
+        labels = self.labels
         extra = sp._eval_if_callable(sp.extra_host_config)
         if asyncio.iscoroutine(extra):
             extra = await extra
@@ -356,13 +413,16 @@ class SwarmWorkspace:
             sp.port,
             labels,
             restart_attempts=settings.restart_attempts,
+            networks=networks,
         )
 
     async def create(self) -> dict[str, Any]:
         """Create the service; return `{"ID": ...}`, which the spawner keeps as `object_id`."""
         sp = self.spawner
+        sp.emit(38, "Creating the workspace's own overlay network")
+        net_id = await self.ensure_network()
         sp.emit(40, "Creating Swarm service")
-        spec = await self.spec()
+        spec = await self.spec(networks=[net_id])
         created = await sp.docker(
             "create_service",
             task_template=spec["TaskTemplate"],
@@ -372,6 +432,54 @@ class SwarmWorkspace:
             endpoint_spec=spec["EndpointSpec"],
         )
         return {"ID": created["ID"]}
+
+    async def ensure_network(self) -> str:
+        """Make the workspace's own overlay network (or find it, left by a start that
+        failed after making it); return its id."""
+        sp = self.spawner
+        spec = network_spec(self.name, self.labels)
+        for _attempt in range(2):
+            found = [
+                n
+                for n in await sp.docker("networks", names=[spec["name"]])
+                if n.get("Name") == spec["name"]
+            ]
+            if found:
+                return str(found[0]["Id"])
+            try:
+                created = await sp.docker("create_network", **spec)
+                return str(created["Id"])
+            except APIError as e:
+                if e.status_code != 409:  # made meanwhile by a concurrent start: look again
+                    raise
+        raise RuntimeError(f"overlay network {spec['name']} could not be made")
+
+    async def remove_network(self, limit: float = 60) -> None:
+        """Remove the workspace's network and wait until it is gone, up to `limit` seconds.
+
+        While the removed service's task still shuts down on its node, the manager either
+        refuses (retried here) or only marks the network for deletion and drops it once
+        the task let go; either way a stopped workspace leaves no network behind."""
+        sp = self.spawner
+        name = network_name(self.name)
+        deadline = time.monotonic() + limit
+        asked = False
+        while True:
+            found = [n for n in await sp.docker("networks", names=[name]) if n.get("Name") == name]
+            if not found:
+                return
+            if time.monotonic() > deadline:
+                sp.log.warning("%s: network %s still there after %ss", sp._log_name, name, limit)
+                return
+            try:
+                if not asked:
+                    await sp.docker("remove_network", found[0]["Id"])
+                    asked = True
+            except NotFound:
+                return
+            except APIError as e:
+                sp.log.debug("%s: network %s not removed yet: %s", sp._log_name, name, e)
+            await asyncio.sleep(0.5)
 
     async def tasks(self) -> list[dict[str, Any]]:
         try:
@@ -491,10 +599,11 @@ class SwarmWorkspace:
         try:
             await sp.docker("remove_service", target)
         except NotFound:
-            return
+            pass
         except APIError as e:
             if e.status_code != 404:
                 raise
+        await self.remove_network()
 
     async def status(self, base: dict[str, Any]) -> dict[str, Any]:
         """RUNNING, STOPPED or ERROR (with `reason`) from the service's task, with the node."""

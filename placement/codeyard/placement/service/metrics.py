@@ -14,51 +14,26 @@ forget to count itself. Labels come from bounded sets only: `endpoint` is the ha
 
 from __future__ import annotations
 
-import re
 from collections import Counter as Tally
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-REQUESTS = Counter(
-    "codeyard_placement_requests_total",
-    "Placement service requests answered, by endpoint, method and HTTP status.",
-    ["endpoint", "method", "status"],
-)
-ERRORS = Counter(
-    "codeyard_placement_errors_total",
-    "Placement service answers of 400 and above, by endpoint and status.",
-    ["endpoint", "status"],
-)
-LATENCY = Histogram(
-    "codeyard_placement_request_seconds",
-    "Seconds from reading a placement service request to finishing its answer.",
-    ["endpoint"],
+from codeyard.request_metrics import EndpointMetrics
+
+REQUESTS = EndpointMetrics(
+    "codeyard_placement",
+    "placement service",
+    error_label="status",
+    error_label_help="status",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
-_names: dict[type, str] = {}
-
-
-def endpoint_of(handler: Any) -> str:
-    """`WorkspacePlaceHandler` -> `workspace_place`: bounded by the handler classes."""
-    cls = type(handler)
-    name = _names.get(cls)
-    if name is None:
-        base = cls.__name__.removesuffix("Handler") or cls.__name__
-        name = _names[cls] = _CAMEL.sub("_", base).lower()
-    return name
 
 
 def observe(handler: Any) -> None:
     """Count one finished request (called from `on_finish`)."""
-    endpoint = endpoint_of(handler)
-    status = handler.get_status()
-    REQUESTS.labels(endpoint, handler.request.method or "-", str(status)).inc()
-    LATENCY.labels(endpoint).observe(handler.request.request_time())
-    if status >= 400:
-        ERRORS.labels(endpoint, str(status)).inc()
+    REQUESTS.observe(handler)
 
 
 def placements_text(placements: Iterable[dict[str, Any]]) -> bytes:

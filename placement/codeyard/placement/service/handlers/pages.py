@@ -145,6 +145,20 @@ class ServerActionPage(PageHandler):
                 puller.start(server["name"])
                 self.back("servers", f"{server['name']}: pulling {', '.join(puller.images)}")
                 return
+            if action == "pool":
+                size = self.get_body_argument("pool_size", "0").strip() or "0"
+                if not size.isdigit():
+                    self.back("servers", "pool size must be a whole number (0: no pool)", "danger")
+                    return
+                server = await self.blocking(
+                    self.registry.update_server, server_id, {"pool_size": int(size)}
+                )
+                self.back(
+                    "servers",
+                    f"{server['name']} keeps {server['pool_size']} warm workspaces per pool",
+                    "success",
+                )
+                return
             state = ServerState.draining if action == "drain" else ServerState.active
             server = await self.blocking(self.registry.set_state, server_id, state)
             self.back("servers", f"{server['name']} is now {server['state']}", "success")
@@ -281,7 +295,7 @@ def page_handlers(prefix: str) -> list[Any]:
         (prefix, DashboardPage),
         (prefix + "servers", ServersPage),
         (prefix + "servers/new", RegisterPage),
-        (prefix + r"servers/(\d+)/(test|drain|undrain|pull)", ServerActionPage),
+        (prefix + r"servers/(\d+)/(test|drain|undrain|pull|pool)", ServerActionPage),
         (prefix + "image-registries", RegistryLoginPage),
         (prefix + "workspaces", PlacementsPage),
         (prefix + r"workspaces/([^/]+)/([^/]*)/(place|confirm-move)", WorkspaceActionPage),

@@ -1,0 +1,368 @@
+"""The warm pool on a real Hub, real dockerd and real containers (docs/warm-pool.md).
+
+One project Hub; its local engine is the registry's only host. The tests run in order on
+that Hub: an empty pool starts cold with the usual progress; with a pool size the pool
+fills; a claimed workspace is its own user's only (a second user on the same host, after
+the first, sees none of the first's files, environment, tokens, processes or kernels);
+two users claiming at once get different containers; pooled containers count against the
+host's capacity; a swarm host refuses a pool size with 400.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import requests
+from conftest import Users, running_hub
+from support.hub import HubProcess, ensure_images
+from support.hub_workspaces import registry_of
+
+from codeyard.placement import pool
+from codeyard.placement.shapes import RegistryError
+
+POOL_LABEL = "codeyard.pool"
+STORAGE_LABEL = "codeyard.pool.storage"
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """`CODEYARD_TEST_IMAGE` (a tag already built, with the launcher in it) or the tree's
+    image, built if needed."""
+    return os.environ.get("CODEYARD_TEST_IMAGE") or ensure_images()
+
+
+@pytest.fixture(scope="module")
+def pool_hub(
+    tmp_path_factory: pytest.TempPathFactory,
+    image: str,
+    proxy_command: str,
+    users: Users,
+    docker_client: docker.APIClient,
+) -> Iterator[HubProcess]:
+    state = tmp_path_factory.mktemp("hubstate-pool")
+    try:
+        with running_hub(state, image, proxy_command, users, docker_client) as proc:
+            r = proc.api("POST", "/users", json={"usernames": users.all()})
+            assert r.status_code == 201, r.text
+            yield proc
+    finally:
+        # Warm containers and the home helper carry the storage root, not a user.
+        root = str(state / "homes")
+        for c in docker_client.containers(all=True, filters={"label": f"{STORAGE_LABEL}={root}"}):
+            docker_client.remove_container(c["Id"], force=True)
+        shutil.rmtree(state / "homes", ignore_errors=True)
+
+
+def local_host(hub: HubProcess) -> str:
+    servers = registry_of(hub).list_servers()
+    assert len(servers) == 1, servers
+    return servers[0]["name"]
+
+
+def set_host(hub: HubProcess, **fields: Any) -> dict[str, Any]:
+    return dict(registry_of(hub).update_server(local_host(hub), fields))
+
+
+def warm_containers(hub: HubProcess, client: docker.APIClient) -> list[dict[str, Any]]:
+    """This Hub's warm containers not yet claimed: running, and still recorded in the
+    registry (a claim deletes the row; the container keeps its labels)."""
+    root = str(hub.state_dir / "homes")
+    recorded = set(pool.recorded(registry_of(hub).sessions, local_host(hub)))
+    found = client.containers(filters={"label": f"{STORAGE_LABEL}={root}"})
+    return [c for c in found if POOL_LABEL in c["Labels"] and c["Names"][0].lstrip("/") in recorded]
+
+
+def wait_warm(hub: HubProcess, client: docker.APIClient, n: int, timeout: float = 240) -> None:
+    """Until the registry counts `n` warm containers and `n` of them wait for a claim."""
+    deadline = time.monotonic() + timeout
+    while True:
+        load = registry_of(hub).get_server(local_host(hub))["load"]
+        waiting = [
+            c
+            for c in warm_containers(hub, client)
+            if b"waiting for a claim" in client.logs(c["Id"])
+        ]
+        if load["pooled"] == n and len(waiting) >= n:
+            # The Hub probes each launcher before handing it out; give it that moment.
+            time.sleep(1.0)
+            return
+        assert time.monotonic() < deadline, (
+            f"pool never reached {n}: registry {load}, waiting {len(waiting)}\n{hub.log_tail()}"
+        )
+        time.sleep(0.5)
+
+
+def spawn(hub: HubProcess, user: str, ws: str) -> list[str]:
+    """Start `user`'s `ws` (small profile) through the Hub API and follow it to ready; the
+    spawner's progress messages. They are read from the Hub's log, where the spawner writes
+    each one: a start that finishes within the Hub's `slow_spawn_timeout` answers 201, and
+    the progress API of a started server only says "ready"."""
+    logged = hub.log_path.stat().st_size
+    r = hub.api("POST", f"/users/{user}/servers/{ws}", json={"profile": "small"})
+    assert r.status_code in (201, 202), r.text
+    if r.status_code == 202:
+        with requests.get(
+            f"{hub.url}/hub/api/users/{user}/servers/{ws}/progress",
+            headers={"Authorization": f"token {hub.admin_token}"},
+            stream=True,
+            timeout=400,
+        ) as stream:
+            for line in stream.iter_lines(decode_unicode=True):
+                if not line or not line.startswith("data:"):
+                    continue
+                event = json.loads(line[5:])
+                assert not event.get("failed"), f"{event}\n{hub.log_tail()}"
+                if event.get("ready"):
+                    break
+    with hub.log_path.open("rb") as log:
+        log.seek(logged)
+        lines = log.read().decode("utf-8", "replace").splitlines()
+    prefix = f"{user}:{ws}: "
+    return [line.split(prefix, 1)[1] for line in lines if prefix in line]
+
+
+def stop(hub: HubProcess, user: str, ws: str) -> None:
+    hub.api("DELETE", f"/users/{user}/servers/{ws}")
+    deadline = time.monotonic() + 120
+    while ws in hub.api("GET", f"/users/{user}").json()["servers"]:
+        assert time.monotonic() < deadline, hub.log_tail()
+        time.sleep(0.3)
+
+
+def container_of(hub: HubProcess, user: str, ws: str) -> str:
+    """The container name in the server's state (admin:server_state)."""
+    user_model = hub.api("GET", f"/users/{user}").json()
+    state = user_model["servers"][ws]["state"]
+    return str(state["object_name"])
+
+
+def token(hub: HubProcess, user: str) -> dict[str, str]:
+    return {"Authorization": f"token {hub.token_for(user, note='pool test')}"}
+
+
+def base(hub: HubProcess, user: str, ws: str) -> str:
+    return f"{hub.url}/user/{user}/{ws}"
+
+
+def exec_out(client: docker.APIClient, cid: str, cmd: list[str]) -> str:
+    ex = client.exec_create(cid, cmd, user="1000:1000")
+    return client.exec_start(ex["Id"]).decode("utf-8", "replace")
+
+
+# ---- the tests, in order ------------------------------------------------------------------
+
+
+def test_pool_size_on_a_swarm_host_is_refused(pool_hub: HubProcess) -> None:
+    registry = registry_of(pool_hub)
+    registry.add_server(
+        {
+            "name": "swarm-nopool",
+            "endpoint": "unix:///nonexistent/docker.sock",
+            "kind": "swarm",
+            "state": "draining",
+        }
+    )
+    try:
+        with pytest.raises(RegistryError) as refused:
+            registry.update_server("swarm-nopool", {"pool_size": 1})
+        assert refused.value.status == 400
+        assert "not supported on a swarm host" in str(refused.value)
+        assert registry.get_server("swarm-nopool")["pool_size"] == 0
+    finally:
+        registry.delete_server("swarm-nopool")
+
+
+def test_empty_pool_starts_cold_with_the_usual_progress(
+    pool_hub: HubProcess, users: Users, docker_client: docker.APIClient
+) -> None:
+    assert registry_of(pool_hub).get_server(local_host(pool_hub))["pool_size"] == 0
+    messages = spawn(pool_hub, users.alice, "cold")
+    assert "Creating container" in messages, messages
+    assert "Starting Jupyter server" in messages, messages
+    assert not any("warm" in m for m in messages), messages
+    assert not container_of(pool_hub, users.alice, "cold").startswith("codeyard-pool-")
+    assert warm_containers(pool_hub, docker_client) == []
+    stop(pool_hub, users.alice, "cold")
+
+
+def test_pool_fills_to_its_size(pool_hub: HubProcess, docker_client: docker.APIClient) -> None:
+    server = set_host(pool_hub, pool_size=1)
+    assert server["pool_size"] == 1
+    wait_warm(pool_hub, docker_client, 1)
+    (warm,) = warm_containers(pool_hub, docker_client)
+    info = docker_client.inspect_container(warm["Id"])
+    hc = info["HostConfig"]
+    # The same hardening as every workspace.
+    assert hc["CapDrop"] == ["ALL"] and hc["ReadonlyRootfs"] is True
+    assert "no-new-privileges:true" in hc["SecurityOpt"]
+    assert hc["PidsLimit"] == 1024
+    assert hc["NetworkMode"] == "codeyard-workspaces"
+    # No user's anything before a claim.
+    env = "\n".join(info["Config"]["Env"])
+    assert "JUPYTERHUB_API_TOKEN" not in env and "JUPYTERHUB_USER" not in env
+
+
+def test_claimed_workspaces_in_a_row_share_nothing(
+    pool_hub: HubProcess, users: Users, docker_client: docker.APIClient
+) -> None:
+    marker = f"alice-only-{secrets.token_hex(8)}"
+    alice_headers = token(pool_hub, users.alice)
+    messages = spawn(pool_hub, users.alice, "w")
+    assert "Claiming a warm workspace" in messages, messages
+    assert "Creating container" not in messages, messages
+    alice_container = container_of(pool_hub, users.alice, "w")
+    assert alice_container.startswith("codeyard-pool-")
+    alice_base = base(pool_hub, users.alice, "w")
+    # Her files, her token, her kernel, her environment.
+    r = requests.put(
+        f"{alice_base}/api/contents/secret.txt",
+        json={"type": "file", "format": "text", "content": marker},
+        headers=alice_headers,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    r = requests.get(f"{alice_base}/codeyard/api/tree", headers=alice_headers, timeout=30)
+    assert r.status_code == 200, r.text
+    r = requests.post(f"{alice_base}/api/kernels", json={}, headers=alice_headers, timeout=60)
+    assert r.status_code == 201, r.text
+    info = docker_client.inspect_container(alice_container)
+    assert info["HostConfig"]["Memory"] == 2 * 1024**3  # the small profile's limit
+    server_env = exec_out(
+        docker_client, alice_container, ["sh", "-c", "cat /proc/*/environ | tr '\\0' '\\n'"]
+    )
+    assert f"JUPYTERHUB_USER={users.alice}" in server_env
+    assert f"{users.bob}" not in server_env
+    # Each process of the server and its kernels: no pool secret once claimed.
+    kernels_env = exec_out(
+        docker_client,
+        alice_container,
+        [
+            "sh",
+            "-c",
+            # The bracket keeps this shell's own command line from matching.
+            "for p in /proc/[0-9]*; do grep -qs 'ipykernel_launche[r]' $p/cmdline"
+            " && tr '\\0' '\\n' < $p/environ; done",
+        ],
+    )
+    assert "JUPYTERHUB_API_TOKEN=" in kernels_env
+    assert "CODEYARD_POOL_SECRET" not in kernels_env
+    alice_token = alice_headers["Authorization"].split()[1]
+    stop(pool_hub, users.alice, "w")
+    # The home is back in its place, with her file; her container is gone for good.
+    home = pool_hub.state_dir / "homes" / users.alice / "w"
+    assert [p.read_text() for p in home.rglob("secret.txt")] == [marker]
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.inspect_container(alice_container)
+    slots = pool_hub.state_dir / "homes" / ".pool"
+    assert not any(p.name == info["Config"]["Labels"]["codeyard.pool.slot"] for p in _ls(slots))
+
+    # The pool refills to its size, and bob gets a different container on the same host.
+    wait_warm(pool_hub, docker_client, 1)
+    bob_headers = token(pool_hub, users.bob)
+    messages = spawn(pool_hub, users.bob, "w")
+    assert "Claiming a warm workspace" in messages, messages
+    bob_container = container_of(pool_hub, users.bob, "w")
+    assert bob_container.startswith("codeyard-pool-") and bob_container != alice_container
+    bob_base = base(pool_hub, users.bob, "w")
+    r = requests.get(f"{bob_base}/codeyard/api/tree", headers=bob_headers, timeout=30)
+    assert r.status_code == 200, r.text
+    assert marker not in r.text and "secret.txt" not in r.text
+    r = requests.get(f"{bob_base}/api/me", headers=bob_headers, timeout=30)
+    assert r.status_code == 200 and r.json()["identity"]["username"] == users.bob, r.text
+    r = requests.get(f"{bob_base}/api/kernels", headers=bob_headers, timeout=30)
+    assert r.status_code == 200 and r.json() == [], r.text
+    # Alice's token does not open bob's workspace.
+    r = requests.get(
+        f"{bob_base}/api/contents",
+        headers={"Authorization": f"token {alice_token}"},
+        timeout=30,
+        allow_redirects=False,
+    )
+    assert r.status_code in (302, 403), r.status_code
+    everything = exec_out(
+        docker_client,
+        bob_container,
+        [
+            "sh",
+            "-c",
+            "cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n';"
+            " grep -rs . /home /tmp 2>/dev/null | head -c 2000000; ls -laR /home /tmp",
+        ],
+    )
+    assert users.alice not in everything
+    assert alice_token not in everything
+    assert marker not in everything
+    processes = exec_out(
+        docker_client, bob_container, ["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"]
+    )
+    assert "codeyard.server_extension.warm_launcher" in processes
+    assert "ipykernel" not in processes
+    stop(pool_hub, users.bob, "w")
+
+
+def test_two_claims_at_once_get_different_containers(
+    pool_hub: HubProcess, users: Users, docker_client: docker.APIClient
+) -> None:
+    set_host(pool_hub, pool_size=2)
+    wait_warm(pool_hub, docker_client, 2)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda u: spawn(pool_hub, u, "both"), [users.alice, users.bob]))
+    for messages in results:
+        assert "Claiming a warm workspace" in messages, messages
+    a = container_of(pool_hub, users.alice, "both")
+    b = container_of(pool_hub, users.bob, "both")
+    assert a.startswith("codeyard-pool-") and b.startswith("codeyard-pool-") and a != b
+    for user in (users.alice, users.bob):
+        headers = token(pool_hub, user)
+        r = requests.get(f"{base(pool_hub, user, 'both')}/api/status", headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+    stop(pool_hub, users.alice, "both")
+    stop(pool_hub, users.bob, "both")
+
+
+def test_pooled_containers_count_against_capacity(
+    pool_hub: HubProcess, users: Users, docker_client: docker.APIClient
+) -> None:
+    # Room for two containers in all: a pool of 3 fills only that room.
+    set_host(pool_hub, pool_size=3, max_workspaces=2)
+    wait_warm(pool_hub, docker_client, 2)
+    time.sleep(5)  # a few refill rounds: still two
+    server = registry_of(pool_hub).get_server(local_host(pool_hub))
+    assert server["load"]["pooled"] == 2 and server["load"]["running"] == 0
+    assert server["load"]["load"] == 1.0
+    assert len(warm_containers(pool_hub, docker_client)) == 2
+    # A user claims one: the user and the remaining warm container fill the host.
+    messages = spawn(pool_hub, users.alice, "cap")
+    assert "Claiming a warm workspace" in messages, messages
+    time.sleep(5)
+    server = registry_of(pool_hub).get_server(local_host(pool_hub))
+    assert server["load"]["running"] == 1 and server["load"]["pooled"] == 1, server["load"]
+    assert len(warm_containers(pool_hub, docker_client)) == 1
+    stop(pool_hub, users.alice, "cap")
+    # No pool size: the warm containers go.
+    set_host(pool_hub, pool_size=0, max_workspaces=0)
+    deadline = time.monotonic() + 60
+    while warm_containers(pool_hub, docker_client):
+        assert time.monotonic() < deadline, pool_hub.log_tail()
+        time.sleep(0.5)
+    assert registry_of(pool_hub).get_server(local_host(pool_hub))["load"]["pooled"] == 0
+
+
+def _ls(folder: Path) -> list[Path]:
+    """What a root test process sees in `folder` (the slots' folder is not listable by
+    the workspace uid, on purpose)."""
+    try:
+        return list(folder.iterdir())
+    except FileNotFoundError:
+        return []
