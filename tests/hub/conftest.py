@@ -60,7 +60,9 @@ os.environ.setdefault("CODEYARD_LLM_PORT", str(free_port()))
 
 @pytest.fixture(scope="session")
 def image() -> str:
-    return ensure_images()
+    """The single-user image: `CODEYARD_TEST_IMAGE` (a tag already built, to test Hub-side
+    changes against a known image without a rebuild), else the tree's, built if needed."""
+    return os.environ.get("CODEYARD_TEST_IMAGE") or ensure_images()
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ import requests
 from conftest import Users, running_hub
 from support.browser import Browser, start_workspace
 from support.container_exec import fetch, run_in
-from support.hub import DOCKER_BRIDGE_IP, REPO, HubProcess, ensure_images
+from support.hub import DOCKER_BRIDGE_IP, REPO, HubProcess
 from support.pki import CA
 from support.processes import run_last_line
 
@@ -282,14 +282,6 @@ X11Forwarding no
         client_key=(root / "client_key").read_text(),
         known_hosts=f"{ALLOWED} {host_public}\n{FORBIDDEN} {host_public}\n",
     )
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    """The single-user image: `CODEYARD_TEST_IMAGE` (a tag already built: what is tested
-    here runs in the Hub and the egress image, not in the workspace image), else the tree's,
-    built if needed."""
-    return os.environ.get("CODEYARD_TEST_IMAGE") or ensure_images()
 
 
 @pytest.fixture(scope="module")

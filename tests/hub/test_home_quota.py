@@ -24,7 +24,7 @@ import pytest
 import requests
 from conftest import Users, running_hub
 from support.browser import Browser, signed_in, start_workspace
-from support.hub import REPO, HubProcess, ensure_images
+from support.hub import REPO, HubProcess
 from support.machines import can_run_machines, start_machines
 from support.processes import run_last_line
 
@@ -51,13 +51,6 @@ def _mounts_under(root: Path) -> list[str]:
             if target == str(root) or target.startswith(f"{root}/"):
                 found.append(target)
     return sorted(set(found), key=len, reverse=True)
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    """`CODEYARD_TEST_IMAGE` (a tag already built: the quota is the Hub's, not the image's)
-    or the tree's image, built if needed; also what `git_server` waits for (dockerd up)."""
-    return os.environ.get("CODEYARD_TEST_IMAGE") or ensure_images()
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ from typing import Any
 import docker
 import pytest
 import requests
-from support.hub import PROJECT_ADMIN_SCOPES, HubProcess, ensure_images
+from support.hub import PROJECT_ADMIN_SCOPES, HubProcess
 from support.hub_workspaces import registry_of, server_model
 from support.machines import Machine, can_run_machines, start_machines
 
@@ -60,12 +60,6 @@ ADMIN_SCOPES = (
     "access:services!service=codeyard-placement",
 )
 TIMES: dict[str, float] = {}
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    """The single-user image: `CODEYARD_TEST_IMAGE` when set, else the tree's."""
-    return os.environ.get("CODEYARD_TEST_IMAGE") or ensure_images()
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ import docker
 import pytest
 import requests
 from support.browser import Browser, signed_in
-from support.hub import HubProcess, ensure_images
+from support.hub import HubProcess
 from support.hub_workspaces import (
     explain_from_workspace,
     registry_of,
@@ -61,14 +61,6 @@ c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]
 c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "5"}
 """
 SPAWN_TIMES: dict[str, float] = {}
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    """The single-user image: `CODEYARD_TEST_IMAGE` (a tag already built, to test the
-    multi-machine paths against a known-good image while the tree's own does not build),
-    else the tree's, built if needed."""
-    return os.environ.get("CODEYARD_TEST_IMAGE") or ensure_images()
 
 
 MANIFEST_TYPES = ", ".join(

@@ -25,7 +25,7 @@ import pytest
 import requests
 from conftest import Users, running_hub
 from support.browser import Browser
-from support.hub import HubProcess, ensure_images
+from support.hub import HubProcess
 
 from codeyard.server_extension.audit import AuditLog
 from codeyard.server_extension.patches.manager import PatchManager
@@ -39,13 +39,6 @@ OLD_WS = "oldhome"
 POLL = 3  # seconds between the Hub's polls, so a death is noticed quickly
 OLD = b"def main():\n    return 1\n"
 NEW = b"def main():\n    return 2\n"
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    """`CODEYARD_TEST_IMAGE` (a tag already built with this tree's extension) or the tree's
-    image, built if needed."""
-    return os.environ.get("CODEYARD_TEST_IMAGE") or ensure_images()
 
 
 @pytest.fixture(scope="module")

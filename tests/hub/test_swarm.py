@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ import docker
 import pytest
 import requests
 from support.browser import Browser
-from support.hub import HubProcess, ensure_images
+from support.hub import HubProcess
 from support.hub_workspaces import (
     explain_from_workspace,
     registry_of,
@@ -56,12 +55,6 @@ c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]
 c.Spawner.poll_interval = 3
 """
 TIMES: dict[str, float] = {}
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    """`CODEYARD_TEST_IMAGE` (a tag already built) or the tree's image, built if needed."""
-    return os.environ.get("CODEYARD_TEST_IMAGE") or ensure_images()
 
 
 @pytest.fixture(scope="module")

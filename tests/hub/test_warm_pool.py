@@ -11,7 +11,6 @@ host's capacity; a swarm host refuses a pool size with 400.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import time
@@ -23,7 +22,7 @@ import docker
 import pytest
 import requests
 from conftest import Users, running_hub
-from support.hub import HubProcess, ensure_images
+from support.hub import HubProcess
 from support.hub_workspaces import registry_of
 
 from codeyard.placement import pool
@@ -31,13 +30,6 @@ from codeyard.placement.shapes import RegistryError
 
 POOL_LABEL = "codeyard.pool"
 STORAGE_LABEL = "codeyard.pool.storage"
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    """`CODEYARD_TEST_IMAGE` (a tag already built, with the launcher in it) or the tree's
-    image, built if needed."""
-    return os.environ.get("CODEYARD_TEST_IMAGE") or ensure_images()
 
 
 @pytest.fixture(scope="module")
