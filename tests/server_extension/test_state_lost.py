@@ -320,6 +320,31 @@ def test_state_deleted_while_the_server_was_down_is_recorded_at_start(tmp_path: 
     assert again.audit.verify()
 
 
+def test_state_beside_the_tree_deleted_while_the_server_was_down_is_recorded(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    root = home / "work"
+    make_repo(root)
+    state = home / ".codeyard"
+
+    def start() -> PatchManager:
+        return PatchManager(WorkspacePaths(root), state, AuditLog(state / "audit.jsonl"))
+
+    first = start()
+    assert first.audit.records() == []  # a first start is no loss
+    first.apply(create("a.txt"))
+    first.settle()
+    assert git(root, "status", "--porcelain", "--ignored") == "?? a.txt\n"  # no state in the tree
+    shutil.rmtree(state)
+    again = start()
+    assert [(r["action"], r["missing"]) for r in again.audit.records()] == [
+        ("state_lost", [str(state)])
+    ]
+    assert again.audit.verify()
+    assert start().audit.records() == again.audit.records()  # a later start adds nothing
+
+
 def test_first_start_records_nothing_and_a_non_git_workspace_gets_no_exclude(
     tmp_path: Path,
 ) -> None:

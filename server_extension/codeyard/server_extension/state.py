@@ -242,22 +242,39 @@ class StateFolder:
     def start(self) -> None:
         """At server start: make the folder (or say why not) and hide it from git.
 
-        A folder that is gone while `.git/info/exclude` already names it was deleted while
-        the server was down; that is recorded as a loss too. An unwritable folder is
+        A folder that is gone while something says it was made before was deleted while
+        the server was down; that is recorded as a loss too. Inside the working tree the
+        witness is its `.git/info/exclude` line; outside it (the usual layout, beside the
+        tree) it is the `witness()` file next to the folder. An unwritable folder is
         logged, not raised: the server starts, and each patch request answers 507.
         """
         pattern = self.exclude_pattern()
+        witness = self.witness()
         was_there = os.path.lexists(self.path)
         excluded = pattern is not None and pattern in self._exclude_lines()
+        made_before = witness is not None and os.path.lexists(witness)
         try:
             self.ensure()
         except CodeyardError as exc:
             self.log.error("codeyard: %s", exc.message)
             return
         self.hide_from_git()
-        if not was_there and excluded:
+        if witness is not None and not made_before:
+            try:
+                witness.touch(0o600)
+            except OSError as exc:
+                self.log.warning("codeyard: cannot write %s: %s", witness, exc)
+        if not was_there and (excluded or made_before):
             with self._lock:
                 self._record_loss([self.label(self.path)], None, True)
+
+    def witness(self) -> Path | None:
+        """For a folder outside the working tree: the file beside it that says it was made
+        once, so a folder gone at the next start is a loss, not a first start. None inside
+        the tree, where the `.git/info/exclude` line says the same."""
+        if self.exclude_pattern() is not None:
+            return None
+        return self.path.with_name(f"{self.path.name}.made")
 
     # ---- git ------------------------------------------------------------------------
 
