@@ -217,8 +217,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditStack]:
     relay = Relay(f"http://127.0.0.1:{audit.port}")
     threading.Thread(target=relay.serve_forever, daemon=True).start()
     ws_port = free_port()
-    # The LLM gateway sends its records to the same service (the shared vLLM when the run
-    # has one; else a closed port, and the gateway records its 503s all the same).
+    # The LLM gateway sends its records to the same service. It needs the run's vLLM: a
+    # call the gateway refuses before forwarding (no model list from a closed port: 503)
+    # is counted in its metrics but leaves no audit row.
     model = model_env()
     gateway = Gateway(
         GATEWAY,

@@ -114,8 +114,9 @@ def test_signup_login_and_token_are_rows_in_postgresql(pg_hub: PostgresHub) -> N
     # NativeAuthenticator's sign-up record shares the Hub's database; the password is hashed.
     (stored,) = _rows(pg_hub.hub_db, "SELECT password FROM users_info WHERE username = :u", u=user)
     assert PASSWORD.encode() not in bytes(stored[0])
-    # the Hub wrote no SQLite database of its own
-    assert not list(hub.state_dir.glob("*.sqlite"))
+    # The Hub wrote no SQLite database of its own. The one SQLite file is the LLM gateway's
+    # ledger, which its worker processes on this machine share for exact per-user limits.
+    assert [p.name for p in hub.state_dir.glob("*.sqlite")] == ["llm-audit-ledger.sqlite"]
 
 
 def test_the_placement_registry_has_its_own_postgresql_database(pg_hub: PostgresHub) -> None:

@@ -342,5 +342,5 @@ def test_files_survive_stop_and_start_on_the_machine_only(
     # The home is on the machine's own storage, not on the Hub's disk.
     assert not os.path.exists(source), f"{source} exists on the Hub's machine"
     assert not any(Path(machine.storage_root).iterdir())
-    seen = on_machine(machine, "cat", f"{source}/notes.txt")
+    seen = on_machine(machine, "cat", f"{source}/work/notes.txt")  # the tree is H/work
     assert seen.returncode == 0 and seen.stdout == "keep me", seen
