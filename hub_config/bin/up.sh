@@ -36,21 +36,34 @@ chmod 700 "$CODEYARD_STATE"
 STARTED_PIDS=()   # what we started, stopped in reverse order on exit
 DOCKERD_PIDFILE=""
 HUB_PID=""
+PROXY_PID_COPY="$CODEYARD_STATE/up-proxy.pid"
+PROXY_PID_COPIER=""
 
 cleanup() {
     trap - INT TERM EXIT
+    # The Hub signals its proxy on the way out but does not wait for it, and removes its
+    # pid file first (Ctrl-C reaches the Hub too, so maybe before this line): the pid comes
+    # from our copy, else from the Hub's file if this Hub wrote it, and we wait for it below,
+    # so that when this script returns nothing it started still listens.
+    [ -n "$PROXY_PID_COPIER" ] && { kill "$PROXY_PID_COPIER" 2>/dev/null || true; }
+    proxy_pid="$(cat "$PROXY_PID_COPY" 2>/dev/null || true)"
+    if [ -z "$proxy_pid" ] && [ -e "$PROXY_PID_COPY.start" ] &&
+        [ "$CODEYARD_STATE/proxy.pid" -nt "$PROXY_PID_COPY.start" ]; then
+        proxy_pid="$(cat "$CODEYARD_STATE/proxy.pid" 2>/dev/null || true)"
+    fi
+    rm -f "$PROXY_PID_COPY" "$PROXY_PID_COPY.start"
     if [ -n "$HUB_PID" ] && kill -0 "$HUB_PID" 2>/dev/null; then
         log "stopping the Hub (pid $HUB_PID)..."
-        # The Hub signals its proxy on the way out but does not wait for it (and removes the
-        # pid file): note the pid now and wait below, so that when this script returns
-        # nothing it started still listens.
-        proxy_pid="$(cat "$CODEYARD_STATE/proxy.pid" 2>/dev/null || true)"
         kill -TERM "$HUB_PID" 2>/dev/null || true
         wait "$HUB_PID" 2>/dev/null || true
-        if [ -n "$proxy_pid" ]; then
-            for _ in $(seq 50); do kill -0 "$proxy_pid" 2>/dev/null || break; sleep 0.2; done
-            kill -KILL "$proxy_pid" 2>/dev/null || true
-        fi
+    fi
+    if [ -n "$proxy_pid" ] && grep -qa configurable-http-proxy "/proc/$proxy_pid/cmdline" 2>/dev/null; then
+        # Gone, or a zombie (stopped; its new parent, init, reaps it).
+        for _ in $(seq 50); do
+            grep -q '^State:[[:space:]]*[^Z]' "/proc/$proxy_pid/status" 2>/dev/null || break
+            sleep 0.2
+        done
+        kill -KILL "$proxy_pid" 2>/dev/null || true
     fi
     for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
         pid="${STARTED_PIDS[$i]}"
@@ -125,6 +138,18 @@ cat >&2 <<MSG
 
 MSG
 cd "$CODEYARD_STATE"
+touch "$PROXY_PID_COPY.start"
 "$VENV_BIN/jupyterhub" -f "$REPO/hub_config/jupyterhub_config.py" &
 HUB_PID=$!
+# Copy the proxy's pid once this Hub has written it (newer than the marker: a pid file left
+# by an earlier run is the Hub's to deal with, not ours to wait for).
+(
+    for _ in $(seq 1200); do
+        if [ "$CODEYARD_STATE/proxy.pid" -nt "$PROXY_PID_COPY.start" ]; then
+            cp "$CODEYARD_STATE/proxy.pid" "$PROXY_PID_COPY" && break
+        fi
+        sleep 0.5
+    done
+) &
+PROXY_PID_COPIER=$!
 wait "$HUB_PID"

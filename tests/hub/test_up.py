@@ -21,11 +21,14 @@ pytestmark = pytest.mark.slow
 
 
 def alive(pid: int) -> bool:
+    """Whether `pid` still runs. A zombie has stopped: it holds no port, memory or file, only
+    its exit status, and reaping an orphan is init's job (this sandbox's init is slow at it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    state = next(ln.split()[1] for ln in status.splitlines() if ln.startswith("State:"))
+    return state != "Z"
 
 
 def test_up_starts_the_hub_and_ctrl_c_stops_what_it_started(
