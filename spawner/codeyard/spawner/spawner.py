@@ -653,9 +653,12 @@ class PlacementSpawner(SpawnerSettings):
         running (`spawn_events.record_died`), once: JupyterHub cleans such a server up
         without its stop event, so its usage hours would count on.
         """
+        # The time the engine was asked, not answered: a container killed while the answer
+        # travels was still seen up, and its hours must not run past its death.
+        asked = time.time()
         status = await self.poll_container()
         if status is None:
-            self._last_seen_up = time.time()
+            self._last_seen_up = asked
             self._death_recorded = False
         elif not self._stop_pending and not self._death_recorded:
             self.record_death(status)
