@@ -101,7 +101,10 @@ def load_stack(
     site_config: str = "",
     machine_count: int = 2,
     image_store: str = "",
+    log_copy: Path | None = None,
 ) -> Iterator[LoadStack]:
+    """The stack for one run; the Hub's log is copied to `log_copy` before its state folder
+    goes, so a failed request can be traced to the Hub's side of it."""
     with run_machines(machine_count, image_store) as running:
         started = time.monotonic()
         with ThreadPoolExecutor(len(running)) as pool:
@@ -134,6 +137,11 @@ def load_stack(
             yield LoadStack(hub, running, user_prefix, copies)
         finally:
             hub.stop()
+            if log_copy is not None:
+                log_copy.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(hub.log_path, log_copy)
+                    print(f"[load] Hub log: {log_copy}", file=sys.stderr)
             local = docker.APIClient(base_url=LOCAL_ENGINE, version="1.41")
             try:
                 removed = remove_user_containers(local, user_prefix)

@@ -211,7 +211,11 @@ def main() -> int:
     rec = Recorder()
     load_before = load_average()
     wall = time.monotonic()
-    with load_stack(image, prefix, site, image_store=args.machine_image_store) as stack:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_copy = Path(args.out) / f"hub-{args.users}u-{args.workspaces}w-{stamp}.log"
+    with load_stack(
+        image, prefix, site, image_store=args.machine_image_store, log_copy=log_copy
+    ) as stack:
         rec.notes["image copy to machines (s)"] = {
             k: round(v, 1) for k, v in stack.image_copy_seconds.items()
         }

@@ -25,6 +25,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,9 @@ class RegistryHostProvider(HostProvider):
         self._cache: dict[str, tuple[float, DockerHost]] = {}
         self._down_cache: dict[str, tuple[float, str | None]] = {}
         self._tunnels: dict[tuple[str, str], SSHTunnel] = {}
+        # The worker threads open a host's tunnel on first use; one lock keeps two spawns for
+        # the same host from opening two tunnels (one would leak an ssh process).
+        self._tunnels_lock = threading.Lock()
         self._private_dir = ""
 
     @property
@@ -297,14 +301,15 @@ class RegistryHostProvider(HostProvider):
     def _tunnel(self, server: Any, secret: dict[str, Any]) -> SSHTunnel:
         """The host's SSH tunnel, reopened if it died (ssh exits when the link drops)."""
         key = (server["name"], server["credential"]["fingerprints"]["key"])
-        tunnel = self._tunnels.get(key)
-        if tunnel is None or not tunnel.alive():
-            if tunnel is not None:
-                tunnel.close()
-            tunnel = self._tunnels[key] = SSHTunnel(
-                server["endpoint"], secret, runtime_dir=str(self._runtime_path())
-            )
-        return tunnel
+        with self._tunnels_lock:
+            tunnel = self._tunnels.get(key)
+            if tunnel is None or not tunnel.alive():
+                if tunnel is not None:
+                    tunnel.close()
+                tunnel = self._tunnels[key] = SSHTunnel(
+                    server["endpoint"], secret, runtime_dir=str(self._runtime_path())
+                )
+            return tunnel
 
     def close(self) -> None:
         """Close every SSH tunnel (the Hub calls nothing at exit; tunnels die with it too)."""
@@ -317,13 +322,20 @@ class RegistryHostProvider(HostProvider):
         folder = self._runtime_path() / f"{server['name']}-{fp}"
         paths = {part: folder / f"{part}.pem" for part in ("ca", "cert", "key")}
         if not all(p.exists() for p in paths.values()):
+            # Spawns run this in the provider's worker threads, several for one host at once:
+            # each writer gets a temporary file of its own (mkstemp, mode 0600), so one
+            # writer's rename never finds its file already renamed away by another.
             folder.mkdir(mode=0o700, exist_ok=True)
             for part, path in paths.items():
-                tmp = path.with_suffix(".tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(secret[part])
-                os.replace(tmp, path)
+                fd, tmp = tempfile.mkstemp(prefix=f".{part}-", suffix=".tmp", dir=folder)
+                try:
+                    with os.fdopen(fd, "w") as fh:
+                        fh.write(secret[part])
+                    os.replace(tmp, path)
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                    raise
         return DockerTLS(
             ca_cert=str(paths["ca"]), client_cert=str(paths["cert"]), client_key=str(paths["key"])
         )
