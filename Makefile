@@ -110,11 +110,19 @@ up: venv system-deps
 	hub_config/bin/up.sh
 
 # Benchmarks print ratios against a baseline measured in the same run; they are not tests.
+# Each records its targets (tests/bench/results.py) in a fresh file under .artifacts/bench/;
+# the run ends with one table of them (tests/bench/summary.py), also when a bench failed,
+# and fails when any bench did.
 BENCHES ?= bench_tree bench_patch_apply bench_placement bench_gateway bench_spawn bench_events \
   bench_login bench_redaction bench_warm_pool bench_workspace_cost
 bench: venv system-deps
-	@hub_config/vllm/with-vllm.sh bash -c 'for b in $(BENCHES); do \
-	  echo "==> $$b"; $(BIN)/python tests/bench/$$b.py || exit 1; done'
+	@results="$(CURDIR)/.artifacts/bench/$$(date -u +%Y%m%dT%H%M%SZ).jsonl"; status=0; \
+	mkdir -p "$(CURDIR)/.artifacts/bench"; \
+	vllm=hub_config/vllm/with-vllm.sh; [ -z "$${CODEYARD_TEST_VLLM_URL:-}" ] || vllm=; \
+	CODEYARD_BENCH_RESULTS="$$results" $$vllm \
+	  $(BIN)/python tests/bench/run_benches.py $(BENCHES) || status=$$?; \
+	echo "==> summary ($$results)"; $(BIN)/python tests/bench/summary.py "$$results" || true; \
+	exit $$status
 
 # The load test (docs/load-test.md): the project's Hub on a fresh state folder, two namespace
 # machines, simulated users; prints a table, writes a chart to .artifacts/load/. A benchmark,

@@ -39,6 +39,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from results import record
+
 from codeyard.server_extension.llm.context import ContextBuilder
 from codeyard.server_extension.llm.redaction import Redactor
 from codeyard.server_extension.llm.secret_finder import Work, find_secrets
@@ -249,7 +251,7 @@ def main() -> None:
         f"{'plain Python (baseline)':40} {base:8.3f} {1.0:7.2f} {base / half:7.2f}"
         f" {plain_growth:8.2f} {os.getloadavg()[0]:6.2f}"
     )
-    worst = ("", 0.0)
+    worst = ("", 0.0, 0.0)
     halves = crafted(size // 2)
     for name, (path, text) in crafted(size).items():
         if args.only not in name:
@@ -261,12 +263,22 @@ def main() -> None:
         first = median_time(lambda t=small, p=small_path: Redactor().redact(t, p), args.rounds)
         grows = work_growth(text, path, small, small_path)
         if ratio > worst[1]:
-            worst = (name, ratio)
+            worst = (name, ratio, seconds)
         print(
             f"{name:40} {seconds:8.3f} {ratio:7.2f} {seconds / first:7.2f} {grows:8.2f}"
             f" {os.getloadavg()[0]:6.2f}"
         )
     print(f"worst ratio crafted/plain (redaction): {worst[1]:.2f} ({worst[0]})")
+    record(
+        "bench_redaction",
+        "worst crafted input / plain, redaction",
+        worst[1],
+        "x",
+        1.0,
+        "plain Python file, same size, same rounds",
+        None,
+        f"{worst[0]}: {worst[2]:.3f} s, median of per-round ratios",
+    )
 
     if not args.only:
         _, mixed = crafted(size)["mixed (all of the above)"]
@@ -286,6 +298,15 @@ def main() -> None:
         print(
             f"context build: plain {results['plain']:.3f} s, mixed crafted "
             f"{results['mixed']:.3f} s, ratio {ratio:.2f}"
+        )
+        record(
+            "bench_redaction",
+            "context build, mixed crafted input",
+            results["mixed"],
+            "s",
+            results["plain"],
+            "plain Python file, same size",
+            None,
         )
     print(f"load average after: {load()}")
 

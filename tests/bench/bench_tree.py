@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import record
 from server import running_server
 
 FILES = int(os.environ.get("BENCH_TREE_FILES", "50000"))
@@ -65,6 +66,15 @@ def main() -> None:
     print(f"tree endpoint ({FILES} files, depth 64): median {t * 1000:.0f} ms")
     print(f"git ls-files + stat per file:        median {b * 1000:.0f} ms")
     print(f"RATIO tree/baseline = {t / b:.2f}  (target <= 1.5)")
+    record(
+        "bench_tree",
+        f"GET tree, {FILES} files <= 1.5x baseline",
+        t * 1000,
+        "ms",
+        b * 1000,
+        "git ls-files + stat",
+        t / b <= 1.5,
+    )
 
 
 def _files(entries: list[dict]):

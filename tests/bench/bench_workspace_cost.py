@@ -13,29 +13,37 @@ Measured per image, interleaved (baseline, candidate, baseline, ...) so load fro
 on the machine hits both alike:
 
 - start: `docker run` of `jupyter server` (the image's own config and server extensions,
-  as `jupyterhub-singleuser` loads them) -> `GET /lab` 200 and `GET /codeyard/api/tree` 200
-  on the container's published port, with a token. Directly, not through the Hub's proxy:
-  the proxy adds the same few milliseconds to both images, and a Hub would add its own
-  spawn cost and noise. Also the container's CPU-seconds (cgroup cpuacct) at that moment.
+  as `jupyterhub-singleuser` loads them) -> `GET /lab` 200 with JupyterLab's page config
+  and `GET /codeyard/api/tree` 200, with a token, through configurable-http-proxy (the
+  proxy JupyterHub runs), the container's server under its own base URL and route as a
+  Hub would place it. No Hub: its spawn bookkeeping is the same for both images and would
+  only add noise; bench_warm_pool and bench_spawn time spawns through a whole Hub. Also the
+  container's CPU-seconds (cgroup cpuacct) at that moment.
 - idle memory: the container's cgroup `memory.usage_in_bytes` minus `total_inactive_file`,
-  after JupyterLab has loaded once in Chromium (`/usr/bin/chromium`, Playwright) and the
-  server then sat idle for 60 s.
+  after JupyterLab has loaded once through the proxy in Chromium (`/usr/bin/chromium`,
+  Playwright) and the server then sat idle for 60 s.
 - 10 concurrent starts: all started at once; seconds until every one answers as above.
+
+Issue 12's targets go to tests/bench/results.py (the table `make bench` ends with): idle
+memory <= 150 MiB, single start <= 0.5x the baseline's, 10 concurrent starts all ready in
+<= 30 s, each beside the baseline image's figure from this run.
 
 Usage: python tests/bench/bench_workspace_cost.py [--baseline REV] [--candidate worktree|REV]
            [--overlay PATH ...] [--starts 3] [--concurrency 10] [--idle 60] [--json out.json]
        python tests/bench/bench_workspace_cost.py --imports IMAGE
            (per-extension import time and memory inside IMAGE, for docs/performance.md)
-Prints a table and the ratios. No assertions: the targets are read off the table.
+Prints a table and the ratios and records the targets; no assertions.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +55,10 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from results import record
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.hub import ensure_proxy
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = "/usr/bin/docker"
@@ -191,30 +203,93 @@ def cpu_seconds(cid: str) -> float:
     return int(cgroup_file(cid, "cpuacct", "cpuacct.usage").read_text()) / 1e9
 
 
-class Workspace:
-    """One container of `image` running `jupyter server` on a published loopback port."""
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-    def __init__(self, image: str) -> None:
+
+class Proxy:
+    """configurable-http-proxy on loopback, as JupyterHub runs it: one route per workspace."""
+
+    def __init__(self) -> None:
+        self.port, self.api_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._auth = {"Authorization": f"token {secrets.token_hex(16)}"}
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.log = ""
+
+    def __enter__(self) -> Proxy:
+        env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": self._auth["Authorization"][6:]}
+        # Its log goes to a file: it logs a 503 for every poll of a server not yet up.
+        fd, self.log = tempfile.mkstemp(prefix="codeyard-bench-proxy-", suffix=".log")
+        with os.fdopen(fd, "wb") as log:
+            self._proc = subprocess.Popen(
+                [ensure_proxy(), "--ip", "127.0.0.1", "--port", str(self.port),
+                 "--api-ip", "127.0.0.1", "--api-port", str(self.api_port)],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self._api("GET", "")
+                return self
+            except (requests.RequestException, RuntimeError):
+                time.sleep(0.1)
+        raise RuntimeError("configurable-http-proxy did not answer in 60 s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc:
+            self._proc.terminate()
+            self._proc.wait(timeout=30)
+        Path(self.log).unlink(missing_ok=True)
+
+    def _api(self, method: str, path: str, **kw: Any) -> None:
+        url = f"http://127.0.0.1:{self.api_port}/api/routes{path}"
+        r = requests.request(method, url, headers=self._auth, timeout=10, **kw)
+        if r.status_code >= 300:
+            raise RuntimeError(f"proxy {method} {path}: {r.status_code} {r.text}")
+
+    def add(self, prefix: str, target: str) -> None:
+        self._api("POST", prefix.rstrip("/"), json={"target": target})
+
+    def remove(self, prefix: str) -> None:
+        self._api("DELETE", prefix.rstrip("/"))
+
+
+class Workspace:
+    """One container of `image` running `jupyter server`, reached through `proxy`."""
+
+    def __init__(self, image: str, proxy: Proxy) -> None:
         self.image = image
+        self.proxy = proxy
         self.token = secrets.token_hex(16)
+        self.prefix = f"/user/bench-{secrets.token_hex(4)}/"
         self.cid = ""
         self.url = ""
 
     def start(self) -> dict[str, Any]:
-        """Start it and wait until /lab and the Codeyard tree answer; timings from `docker run`."""
+        """Start it and wait until /lab and the Codeyard tree answer through the proxy;
+        timings from `docker run`."""
         t0 = time.monotonic()
         self.cid = docker(
             "run", "-d", "--label", LABEL, "-p", "127.0.0.1::8888", self.image,
             "jupyter", "server", "--ip=0.0.0.0", "--port=8888", "--no-browser",
-            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.base_url={self.prefix}", f"--IdentityProvider.token={self.token}",
         ).strip()  # fmt: skip
         port = docker("port", self.cid, "8888/tcp").split()[0].rsplit(":", 1)[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.proxy.add(self.prefix, f"http://127.0.0.1:{port}")
+        self.url = self.proxy.url + self.prefix.rstrip("/")
         auth = {"Authorization": f"token {self.token}"}
         pending = ["/lab", "/codeyard/api/tree"]
         while pending and time.monotonic() - t0 < READY_TIMEOUT:
             try:
-                if requests.get(self.url + pending[0], headers=auth, timeout=5).status_code == 200:
+                r = requests.get(self.url + pending[0], headers=auth, timeout=5,
+                                 allow_redirects=False)  # fmt: skip
+                # /lab counts once it is JupyterLab's page, not a proxy error page
+                if r.status_code == 200 and (
+                    pending[0] != "/lab" or "jupyter-config-data" in r.text
+                ):
                     pending.pop(0)
                     continue
             except requests.RequestException:
@@ -243,19 +318,22 @@ class Workspace:
     def remove(self) -> None:
         if self.cid:
             subprocess.run([DOCKER, "rm", "-f", self.cid], capture_output=True, check=False)
+            # the proxy goes away with the run anyway: a failed removal changes nothing
+            with contextlib.suppress(requests.RequestException, RuntimeError):
+                self.proxy.remove(self.prefix)
 
 
-def single_start(image: str) -> dict[str, Any]:
-    ws = Workspace(image)
+def single_start(image: str, proxy: Proxy) -> dict[str, Any]:
+    ws = Workspace(image, proxy)
     try:
         return ws.start()
     finally:
         ws.remove()
 
 
-def idle_memory(images: dict[str, str], idle_s: float) -> dict[str, dict[str, Any]]:
+def idle_memory(images: dict[str, str], idle_s: float, proxy: Proxy) -> dict[str, dict[str, Any]]:
     """Start one workspace per image, load the lab in each, let all sit idle together, read."""
-    spaces = {name: Workspace(image) for name, image in images.items()}
+    spaces = {name: Workspace(image, proxy) for name, image in images.items()}
     out: dict[str, dict[str, Any]] = {}
     try:
         for name, ws in spaces.items():
@@ -276,8 +354,8 @@ def idle_memory(images: dict[str, str], idle_s: float) -> dict[str, dict[str, An
     return out
 
 
-def concurrent_starts(image: str, n: int) -> dict[str, Any]:
-    spaces = [Workspace(image) for _ in range(n)]
+def concurrent_starts(image: str, n: int, proxy: Proxy) -> dict[str, Any]:
+    spaces = [Workspace(image, proxy) for _ in range(n)]
     t0 = time.monotonic()
     try:
         with ThreadPoolExecutor(n) as pool:
@@ -360,15 +438,20 @@ def main() -> int:
                   file=sys.stderr)  # fmt: skip
 
     report: dict[str, Any] = {"images": images, "single": {n: [] for n in images}}
+    loads: dict[str, float] = {}
     try:
-        for i in range(args.starts):
-            order = list(images) if i % 2 == 0 else list(reversed(images))
-            for name in order:
-                report["single"][name].append(single_start(images[name]))
-        report["idle"] = idle_memory(images, args.idle)
-        report["concurrent"] = {
-            name: concurrent_starts(image, args.concurrency) for name, image in images.items()
-        }
+        with Proxy() as proxy:
+            for i in range(args.starts):
+                order = list(images) if i % 2 == 0 else list(reversed(images))
+                for name in order:
+                    report["single"][name].append(single_start(images[name], proxy))
+            loads["single"] = os.getloadavg()[0]
+            report["idle"] = idle_memory(images, args.idle, proxy)
+            loads["idle"] = os.getloadavg()[0]
+            report["concurrent"] = {}
+            for name, image in images.items():
+                report["concurrent"][name] = concurrent_starts(image, args.concurrency, proxy)
+                loads[f"concurrent {name}"] = os.getloadavg()[0]
     finally:
         ids = docker("ps", "-aq", "--filter", f"label={LABEL}").split()
         if ids:
@@ -401,6 +484,26 @@ def main() -> int:
         b, c = rows["baseline"][key], rows["candidate"][key]
         ratio = f"{c / b:.2f}" if b and c is not None else "-"
         print(f"{label:28} {fmt(b):>10} {fmt(c):>10} {ratio:>7}")
+    print("load average (1 min) after each phase: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in loads.items()))  # fmt: skip
+    base, cand = rows["baseline"], rows["candidate"]
+    label = f"image of {args.baseline}" if not args.baseline_image else args.baseline_image
+    record("bench_workspace_cost", "idle memory per workspace <= 150 MiB", cand["idle_mib"],
+           "MiB", base["idle_mib"], label,
+           cand["idle_mib"] is not None and cand["idle_mib"] <= 150,
+           f"after /lab in Chromium + {args.idle:.0f} s idle", load=loads.get("idle"))  # fmt: skip
+    record("bench_workspace_cost", "single start <= 0.5x baseline", cand["start_s"], "s",
+           base["start_s"], label,
+           cand["start_s"] is not None and base["start_s"] is not None
+           and cand["start_s"] <= 0.5 * base["start_s"],
+           f"median of {args.starts}, /lab + codeyard/api/tree via proxy",
+           load=loads.get("single"))  # fmt: skip
+    record("bench_workspace_cost", f"{args.concurrency} concurrent starts all ready <= 30 s",
+           cand["concurrent_all_ready_s"], "s", base["concurrent_all_ready_s"], label,
+           cand["concurrent_all_ready_s"] is not None and cand["concurrent_all_ready_s"] <= 30,
+           f"failed starts {cand['failed']:.0f}, baseline {base['failed']:.0f}"
+           f" (a start not ready in {READY_TIMEOUT} s fails)",
+           load=loads.get("concurrent candidate"))  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
