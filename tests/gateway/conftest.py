@@ -16,6 +16,10 @@ hub (session)
     (its vLLM key file appears after start-up) and `codeyard-llm-tuned` (token answers cached
     1 s, idle vLLM connections kept 30 s).
     `hub.user_token(user, scopes=None)` creates a user and a token.
+module_hub (module)
+    A minimal Hub of the test module's own, running the gateways its module-level
+    `MODULE_GATEWAYS` names (service name -> `--GatewayApp.<name>=<value>` arguments) in
+    front of the same vLLM, so that every count a module reads comes from its own calls.
 gateway, strict_gateway, down_gateway, slow_gateway
     Base URLs (`http://127.0.0.1:<port>`) of those services.
 token
@@ -52,6 +56,17 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vllm]:
 @pytest.fixture(scope="session")
 def hub(vllm: Vllm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JsonApiHub]:
     running = start_hub(tmp_path_factory.mktemp("hub"), vllm)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def module_hub(
+    request: pytest.FixtureRequest, vllm: Vllm, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[JsonApiHub]:
+    gateways: dict[str, list[str]] = request.module.MODULE_GATEWAYS
+    name = request.module.__name__.rpartition(".")[2]
+    running = start_hub(tmp_path_factory.mktemp(f"{name}-hub"), vllm, gateways)
     yield running
     running.stop()
 

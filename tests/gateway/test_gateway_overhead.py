@@ -4,6 +4,7 @@ the upstream call when the caller goes away. Real Hub, real vLLM."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -14,6 +15,7 @@ from test_gateway import CHAT, metric
 from traitlets import TraitError
 
 from codeyard.gateway.app import GatewayApp
+from codeyard.gateway.token_cache import TokenCache
 
 SCOPE = "custom:codeyard-llm"
 
@@ -26,12 +28,13 @@ def scrape(base: str, hub: Any) -> str:
     return r.text
 
 
-def connections_opened(base: str, hub: Any) -> float:
-    """`codeyard_llm_upstream_connections_total` (no labels, so not for `metric`)."""
+def connections_opened(base: str, hub: Any, name: str = "connections") -> float:
+    """`codeyard_llm_upstream_<name>_total` (no labels, so not for `metric`)."""
+    series = f"codeyard_llm_upstream_{name}_total "
     for line in scrape(base, hub).splitlines():
-        if line.startswith("codeyard_llm_upstream_connections_total "):
+        if line.startswith(series):
             return float(line.split()[1])
-    raise AssertionError("codeyard_llm_upstream_connections_total is missing")
+    raise AssertionError(f"{series}is missing")
 
 
 def test_token_cache_age_defaults_to_30_s_and_is_what_hubauth_uses() -> None:
@@ -66,6 +69,78 @@ def test_a_connection_vllm_closed_while_idle_is_replaced(llm: Any, hub: Any) -> 
     assert after == before + 1
 
 
+def test_idle_connections_are_renewed_past_vllms_keep_alive(
+    gateway: str, token: str, hub: Any
+) -> None:
+    small = {"model": "smollm2", "prompt": "x", "max_tokens": 2}
+    with requests.Session() as session:  # one connection: the same gateway worker each time
+
+        def call() -> None:
+            r = session.post(
+                f"{gateway}/v1/completions",
+                headers={"Authorization": f"Bearer {token}"},
+                json=small,
+                timeout=120,
+            )
+            assert r.status_code == 200, r.text
+
+        call()  # the worker now has a connection to vLLM, idle from here on
+        opened = connections_opened(gateway, hub)
+        warmed = connections_opened(gateway, hub, "connections_warmed")
+        time.sleep(6.5)  # vLLM closes a connection idle for 5 s; ours is renewed before
+        call()
+    assert connections_opened(gateway, hub) == opened  # the call found one open
+    assert connections_opened(gateway, hub, "connections_warmed") > warmed
+
+
+def test_token_answers_are_renewed_ahead_and_never_used_past_their_age() -> None:
+    """The cache alone, with a stand-in clock and Hub so that ages are exact; the real Hub
+    path is in the revocation test below."""
+    now = [0.0]
+    valid = {"t": True}
+    asked: list[float] = []
+    scope_checks: list[str] = []
+
+    async def hub_lookup(token: str) -> dict[str, Any] | None:
+        asked.append(now[0])
+        if valid.get(token) is None:
+            raise ConnectionError("the Hub is down")
+        return {"name": "u", "scopes": [SCOPE]} if valid[token] else None
+
+    def allowed(user: dict[str, Any]) -> bool:
+        scope_checks.append(user["name"])
+        return SCOPE in user["scopes"]
+
+    async def scenario() -> None:
+        cache = TokenCache(hub_lookup, allowed, max_age=30, clock=lambda: now[0])
+
+        async def at(t: float) -> Any:
+            now[0] = t
+            answer = await cache.answer("t")
+            for _ in range(3):  # let a renewal started by this call run
+                await asyncio.sleep(0)
+            return answer
+
+        assert (await at(0)).allowed and asked == [0]
+        assert (await at(10)).user is not None and asked == [0]  # fresh: no lookup
+        assert (await at(16)).allowed and asked == [0, 16]  # past half its age: renewed
+        valid["t"] = False  # revoked at the Hub
+        served = await at(40)  # the answer of t=16 is 24 s old: still used, and renewed
+        assert served.user is not None and asked == [0, 16, 40]
+        assert (await at(41)).user is None  # the renewal's answer: not valid
+        assert scope_checks == ["u", "u"]  # once per valid answer, not per call
+        valid["t"] = True
+        await at(80)  # expired: asked on the call's path
+        assert asked[-1] == 80
+        del valid["t"]  # the Hub is down from here on
+        assert (await at(96)).user is not None  # renewal fails; the t=80 answer is kept
+        assert asked[-1] == 96
+        with pytest.raises(ConnectionError):
+            await at(110.5)  # never past max_age, not even when the Hub is down
+
+    asyncio.run(scenario())
+
+
 def test_audit_and_metrics_hold_the_gateways_own_time(
     llm: Any, gateway: str, hub: Any, audit_rows: Any
 ) -> None:
@@ -85,6 +160,20 @@ def test_audit_and_metrics_hold_the_gateways_own_time(
     name = "codeyard_llm_gateway_overhead_seconds_count"
     for stage in stages:
         assert metric(after, name, stage=stage) > metric(before, name, stage=stage)
+
+
+def test_the_audit_holds_vllms_own_time_to_first_chunk(llm: Any, audit_rows: Any) -> None:
+    seen = len(audit_rows("codeyard-llm"))
+    r = llm("POST", "chat/completions", json={**CHAT, "stream": True}, stream=True)
+    assert r.status_code == 200 and r.content
+    time.sleep(0.3)  # the row is written after the answer has gone out
+    row = audit_rows("codeyard-llm")[seen:][-1]
+    # From sending the call to vLLM to its first chunk: inside the caller's TTFT, which
+    # also holds the hop through the gateway (the benchmark subtracts the two).
+    assert 0 < row["upstream_ttft_ms"] < row["ttft_ms"]
+    # What is left of the caller's TTFT before the call went to vLLM is part of forward_ms
+    # (which also counts tornado reading the request before the handler ran).
+    assert row["ttft_ms"] - row["upstream_ttft_ms"] <= row["forward_ms"] + 0.01
 
 
 def test_a_revoked_token_stops_working_once_its_cache_entry_ages_out(llm: Any, hub: Any) -> None:

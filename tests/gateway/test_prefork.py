@@ -1,13 +1,14 @@
 """Several gateway worker processes on one port: per-user limits, charges, metrics and the
 audit chain hold across them. Real Hub, real vLLM, real forked workers.
 
-The module starts its own minimal Hub with two gateways of 2 workers each (the kernel spreads
-connections over the workers by SO_REUSEPORT): `codeyard-llm-forked` (2 calls in flight per
-user, no token budget) and `codeyard-llm-forked-quota` (10,000 tokens a minute per user,
-no concurrency limit). Answers are capped at 2,000 tokens and the long calls here ask for
-that many, so a call is still streaming while the test probes the other worker (SmolLM2
-counting to 1,000 takes tens of seconds on two cores); each test checks afterwards, from the
-audit, that its long calls were cut short by the test (499), i.e. were in flight throughout.
+The module runs its own minimal Hub (conftest's `module_hub`) with two gateways of 2 workers
+each (the kernel spreads connections over the workers by SO_REUSEPORT): `codeyard-llm-forked`
+(2 calls in flight per user, no token budget) and `codeyard-llm-forked-quota` (10,000 tokens
+a minute per user, no concurrency limit). Answers are capped at 2,000 tokens and the long
+calls here ask for that many, so a call is still streaming while the test probes the other
+worker (SmolLM2 counting to 1,000 takes tens of seconds on two cores); each test checks
+afterwards, from the audit, that its long calls were cut short by the test (499), i.e. were
+in flight throughout.
 Each answer carries the pid of the worker that served it (`X-Codeyard-Gateway-Pid`), so
 every test shows that its calls landed on both workers, not only that the limits held.
 """
@@ -20,7 +21,7 @@ import random
 import signal
 import string
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import pytest
 import requests
 from support.hub import JsonApiHub
-from support.llm_stack import MODEL, Vllm, start_hub
+from support.llm_stack import MODEL
 from test_gateway import metric
 from traitlets import TraitError
 
@@ -53,25 +54,26 @@ LONG = {
 }
 
 
+# The gateways of this module's own Hub (conftest's `module_hub`).
+MODULE_GATEWAYS = {
+    CONC: [
+        "--GatewayApp.processes=2",
+        f"--GatewayApp.max_concurrent_per_user={LIMIT}",
+        "--GatewayApp.tokens_per_minute_per_user=0",
+        f"--GatewayApp.max_tokens_cap={CAP}",
+    ],
+    QUOTA: [
+        "--GatewayApp.processes=2",
+        "--GatewayApp.max_concurrent_per_user=0",
+        f"--GatewayApp.tokens_per_minute_per_user={BUDGET}",
+        f"--GatewayApp.max_tokens_cap={CAP}",
+    ],
+}
+
+
 @pytest.fixture(scope="module")
-def forked_hub(vllm: Vllm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JsonApiHub]:
-    gateways = {
-        CONC: [
-            "--GatewayApp.processes=2",
-            f"--GatewayApp.max_concurrent_per_user={LIMIT}",
-            "--GatewayApp.tokens_per_minute_per_user=0",
-            f"--GatewayApp.max_tokens_cap={CAP}",
-        ],
-        QUOTA: [
-            "--GatewayApp.processes=2",
-            "--GatewayApp.max_concurrent_per_user=0",
-            f"--GatewayApp.tokens_per_minute_per_user={BUDGET}",
-            f"--GatewayApp.max_tokens_cap={CAP}",
-        ],
-    }
-    running = start_hub(tmp_path_factory.mktemp("forked-hub"), vllm, gateways)
-    yield running
-    running.stop()
+def forked_hub(module_hub: JsonApiHub) -> JsonApiHub:
+    return module_hub
 
 
 def base(hub: JsonApiHub, name: str) -> str:

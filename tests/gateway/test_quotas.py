@@ -2,9 +2,10 @@
 into many answers, only allowed models reach vLLM, and no caller can grow the metrics' label
 sets. Real Hub, real vLLM.
 
-The module starts its own minimal Hub with one gateway, `codeyard-llm-quota`, whose budget is
-small enough to run out in a few calls (1,500 tokens a minute per user; answers capped at
-300 tokens), so that every count read here comes from this module's calls alone.
+The module runs its own minimal Hub (conftest's `module_hub`) with one gateway,
+`codeyard-llm-quota`, whose budget is small enough to run out in a few calls (1,500 tokens a
+minute per user; answers capped at 300 tokens), so that every count read here comes from this
+module's calls alone.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import json
 import random
 import string
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import requests
 from support.hub import JsonApiHub
-from support.llm_stack import MODEL, Vllm, start_hub
+from support.llm_stack import MODEL
 from test_gateway import metric
 from traitlets.config import Config
 
@@ -41,15 +42,18 @@ LONG = {
 }
 
 
-@pytest.fixture(scope="module")
-def quota_hub(vllm: Vllm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JsonApiHub]:
-    args = [
+# The gateways of this module's own Hub (conftest's `module_hub`).
+MODULE_GATEWAYS = {
+    NAME: [
         f"--GatewayApp.tokens_per_minute_per_user={BUDGET}",
         f"--GatewayApp.max_tokens_cap={CAP}",
     ]
-    running = start_hub(tmp_path_factory.mktemp("quota-hub"), vllm, {NAME: args})
-    yield running
-    running.stop()
+}
+
+
+@pytest.fixture(scope="module")
+def quota_hub(module_hub: JsonApiHub) -> JsonApiHub:
+    return module_hub
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ Token cache: the Hub's answer about a token (owner, scopes) is reused for
 `GatewayApp.token_cache_seconds` (default 30 s; 0 asks the Hub on every call). That is also
 how long a revoked token, a deleted user or a withdrawn `custom:codeyard-llm` grant keeps
 working here. JupyterHub's own service default is 300 s; 30 s bounds that window to half a
-minute while the lookup (one Hub API call, a few ms) is paid at most twice a minute per
-active token, which does not show in any percentile.
+minute. An answer past half its age that is used again is renewed in the background
+(`token_cache`), so an active token never waits for the Hub on the way to its first token.
 
 Quotas: `accounting.TokenLedger` reserves a call's most possible cost (prompt estimate plus
 `max_tokens`) before it goes to vLLM and settles it with vLLM's usage at the end, or with the
@@ -30,7 +30,9 @@ all workers share, the audit stays one chain (an flock around each append), and 
 adds up every worker (prometheus_client's multiprocess mode).
 
 Overhead: calls to vLLM reuse kept-alive connections (`upstream.UpstreamPool`;
-`upstream_keepalive_seconds`, below vLLM's 5 s keep-alive). Each audit row and the histogram
+`upstream_keepalive_seconds`, below vLLM's 5 s keep-alive), renewed ahead for
+`upstream_warm_seconds` after a call so that the next burst finds them open. Each audit row
+(with vLLM's own `upstream_ttft_ms`) and the histogram
 `codeyard_llm_gateway_overhead_seconds{stage}` record the gateway's own time per call:
 `forward` (request read to request sent to vLLM) and `first_chunk` (vLLM's first chunk
 handed over to it written to the caller). `codeyard_llm_upstream_connections_total` counts

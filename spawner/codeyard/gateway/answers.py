@@ -11,6 +11,8 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
+
 
 def prompt_digest(body: dict[str, Any]) -> str:
     """sha256 of the prompt: the `messages` list (chat) or `prompt` (completions)."""
@@ -46,7 +48,7 @@ class AnswerTally:
 
     def _take(self, payload: bytes) -> None:
         try:
-            event = json.loads(payload)
+            event = orjson.loads(payload)  # one per token: orjson is several times faster
         except ValueError:
             return
         if not isinstance(event, dict):

@@ -11,28 +11,36 @@ Hub's settings (`CodeyardHub`) are the one place they are decided.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 import json
 import os
+import platform
 import signal
 import socket
+import struct
+import sys
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubAuth
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from traitlets import Bool, Float, Instance, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from . import metrics as metrics_module
-from .accounting import TokenLedger
+from .accounting import Checkpointer, TokenLedger
 from .audit import GatewayAudit
 from .handlers import HealthHandler, MetricsHandler, NotFoundHandler, ProxyHandler
 from .metrics import GatewayMetrics
 from .models import ModelCatalog
 from .prefork import Supervisor, reuse_port_sockets
-from .upstream import UpstreamPool, UpstreamRejected
+from .token_cache import TokenCache
+from .upstream import LiteralResolver, UpstreamPool, UpstreamRejected
 
 SCOPE = "custom:codeyard-llm"
 
@@ -123,6 +131,19 @@ class GatewayApp(Application):
         0 opens a new connection per call.""",
     ).tag(config=True)
 
+    upstream_warm_seconds = Float(
+        60.0,
+        help="""Seconds after a call during which the gateway keeps the connections to vLLM
+        that calls left idle open for the next calls: each is replaced in the background by a
+        new one before it has been idle for `upstream_keepalive_seconds`, so a burst of calls
+        a few seconds after the last finds them open. vLLM closes idle connections after 5 s,
+        and a new one costs a wake-up of vLLM's API server on the way to the first token,
+        which on busy cores waits for a CPU slice (tens to hundreds of ms). The price is one
+        reconnect per kept connection every few seconds while warm
+        (`codeyard_llm_upstream_connections_warmed_total`). 0: idle connections are only
+        kept for `upstream_keepalive_seconds`.""",
+    ).tag(config=True)
+
     max_idle_upstream_connections = Int(
         64,
         help="""Most idle connections to vLLM kept for reuse; more are closed when their call
@@ -135,11 +156,18 @@ class GatewayApp(Application):
         the Hub is asked again. This is how long a revoked token, a removed user or a withdrawn
         scope may keep working. A lookup costs one Hub API call (a few ms), paid once per token
         per period: at 30 s that is noise for an active user, while a revocation takes effect
-        within half a minute (JupyterHub's own default for services is 300 s). 0 asks the Hub on
+        within half a minute (JupyterHub's own default for services is 300 s). An answer past
+        half its age that is used again is renewed in the background (`token_cache`), so an
+        active token never waits for the Hub; none is used past this age. 0 asks the Hub on
         every call.""",
     ).tag(config=True)
 
-    @validate("token_cache_seconds", "upstream_keepalive_seconds", "max_idle_upstream_connections")
+    @validate(
+        "token_cache_seconds",
+        "upstream_keepalive_seconds",
+        "upstream_warm_seconds",
+        "max_idle_upstream_connections",
+    )
     def _not_negative(self, proposal: dict[str, Any]) -> Any:
         if proposal["value"] < 0:
             raise TraitError(f"{proposal['trait'].name} must be >= 0")
@@ -258,6 +286,17 @@ class GatewayApp(Application):
         inherited niceness. 0 leaves it unchanged.""",
     ).tag(config=True)
 
+    scheduler_slice_ms = Float(
+        0.1,
+        help="""Run slice the gateway asks the kernel's scheduler for (EEVDF, Linux 6.12 and
+        later; `sched_setattr`, no privilege needed), in ms; the kernel keeps it within
+        0.1..100. On busy cores a task that wakes up waits until the running one has used its
+        slice (1.4 ms by default on 2 cores), whatever its niceness; the gateway wakes several
+        times per call (the request, vLLM's first chunk, ...), each on the way to the first
+        token. A short slice lets it preempt at once; its share of the CPU is unchanged
+        (that is `nice`). 0 leaves the kernel's default. Ignored where unsupported.""",
+    ).tag(config=True)
+
     ledger_path = Unicode(
         "",
         help="""SQLite file of the per-user accounting (`accounting.TokenLedger`): calls in
@@ -334,10 +373,15 @@ class GatewayApp(Application):
     def shared_metrics_dir(self) -> Path:
         return Path(self.metrics_dir) if self.metrics_dir else self._beside_audit_log("-metrics")
 
-    def open_ledger(self) -> TokenLedger:
+    def open_ledger(self, auto_checkpoint: bool = True) -> TokenLedger:
         path = self.shared_ledger_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        return TokenLedger(self.max_concurrent_per_user, self.tokens_per_minute_per_user, path=path)
+        return TokenLedger(
+            self.max_concurrent_per_user,
+            self.tokens_per_minute_per_user,
+            path=path,
+            auto_checkpoint=auto_checkpoint,
+        )
 
     def setup_worker(self, index: int, shared_metrics: bool) -> None:
         """Make what one serving process uses. Runs in the worker, after the fork: SQLite
@@ -345,7 +389,13 @@ class GatewayApp(Application):
         self.worker_index = index
         self.pid = os.getpid()
         self.metrics = GatewayMetrics(self.shared_metrics_dir if shared_metrics else None)
-        self.ledger = self.open_ledger()
+        # The serving loops never checkpoint the ledger (an fsync on the way to a first
+        # token); worker 0's thread does, for all of them.
+        self.ledger = self.open_ledger(auto_checkpoint=False)
+        self.checkpointer: Checkpointer | None = None
+        if index == 0:
+            self.checkpointer = Checkpointer(self.shared_ledger_path)
+            self.checkpointer.start()
         self.audit = GatewayAudit(
             self.audit_log_path,
             central_url=self.central_audit_url,
@@ -356,6 +406,18 @@ class GatewayApp(Application):
         )
         self.upstream = self.make_upstream()
         self.models = ModelCatalog(self.allowed_models, self.fetch_served_models)
+        self.tokens = TokenCache(self._ask_hub, self._may_call, self.token_cache_seconds)
+        # The Hub lookups go through tornado's default client: answer IP literals (the
+        # usual Hub API address) without its resolver's thread-pool hop.
+        AsyncHTTPClient.configure(None, resolver=LiteralResolver())
+
+    def _ask_hub(self, token: str) -> Awaitable[dict[str, Any] | None]:
+        # The gateway's own cache (`tokens`) decides when to ask; HubAuth's must not answer
+        # a renewal with what it holds.
+        return self.hub_auth.user_for_token(token, use_cache=False, sync=False)  # type: ignore[no-any-return]
+
+    def _may_call(self, user: dict[str, Any]) -> bool:
+        return bool(self.hub_auth.check_scopes(set(self.required_scopes), user))
 
     def reset_shared_state(self) -> None:
         """Before any process serves: end reservations a previous run left open (charged in
@@ -423,6 +485,8 @@ class GatewayApp(Application):
             idle_seconds=self.upstream_keepalive_seconds,
             max_idle=self.max_idle_upstream_connections,
             connect_timeout=self.connect_timeout,
+            warm_seconds=self.upstream_warm_seconds,
+            on_warmed=self.metrics.upstream_connections_warmed.inc,
         )
 
     def make_handlers(self) -> list[Any]:
@@ -473,6 +537,8 @@ class GatewayApp(Application):
         server.stop()
         self.upstream.close()
         self.audit.close()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.ledger.close()
 
     def _serve_worker(self, index: int, sockets: list[socket.socket]) -> None:
@@ -483,9 +549,19 @@ class GatewayApp(Application):
         """Apply `nice` to the process and, where the kernel groups tasks by session
         (autogroup, the default on desktop and many server kernels), to its group: there a
         process's niceness only ranks it against its own session, and the Hub starts every
-        service in a session of its own."""
-        if not self.nice:
-            return
+        service in a session of its own. Then ask for `scheduler_slice_ms`; workers inherit
+        both."""
+        if self.nice:
+            self._set_nice()
+        if self.scheduler_slice_ms > 0:
+            try:
+                set_scheduler_slice(self.scheduler_slice_ms)
+            except OSError as exc:
+                self.log.warning(
+                    "cannot ask for a %g ms run slice: %s", self.scheduler_slice_ms, exc
+                )
+
+    def _set_nice(self) -> None:
         try:
             os.setpriority(os.PRIO_PROCESS, 0, self.nice)
         except PermissionError:
@@ -518,6 +594,27 @@ class GatewayApp(Application):
             os.getpid(),
         )
         Supervisor(sockets, self._serve_worker, self._worker_gone, self.log).run()
+
+
+# sched_setattr(2) by machine; struct sched_attr (version 1, 56 bytes): size, policy, flags,
+# nice, priority, runtime (the slice of a SCHED_OTHER task, ns), deadline, period, util_min,
+# util_max.
+_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}
+_SCHED_ATTR = struct.Struct("IIQiIQQQII")
+
+
+def set_scheduler_slice(ms: float) -> None:
+    """Ask the scheduler for a run slice of `ms` for the calling thread (inherited by
+    threads and processes it starts), keeping its policy (SCHED_OTHER) and niceness."""
+    number = _SCHED_SETATTR.get(platform.machine())
+    if number is None or sys.platform != "linux":
+        raise OSError(errno.ENOSYS, "sched_setattr is not known on this machine")
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    attr = _SCHED_ATTR.pack(_SCHED_ATTR.size, 0, 0, nice, 0, int(ms * 1e6), 0, 0, 0, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(number, 0, ctypes.create_string_buffer(attr, len(attr)), 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,6 +62,10 @@ class AuditRow:
     # handing over vLLM's first chunk to having written it to the caller's socket.
     forward_ms: float | None
     first_chunk_ms: float | None
+    # vLLM's own time to first chunk as the gateway saw it: request sent to first chunk
+    # received. A caller's time to first token minus this is what the hop through the
+    # gateway added to it.
+    upstream_ttft_ms: float | None
     # Whether this call had to open a new connection to vLLM (pooled ones are reused).
     upstream_new_connection: bool
     # The gateway worker process that served the call.

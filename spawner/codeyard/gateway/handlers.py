@@ -14,12 +14,12 @@ Errors are `codeyard.jsonapi.JSONError`s answered in OpenAI's shape
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import httputil, web
 from tornado.iostream import StreamClosedError
@@ -32,6 +32,7 @@ from .audit import AuditRow
 from .body_checks import check_fan_out, reservation_tokens
 from .metrics import route_label
 from .models import OTHER, UNREAD
+from .token_cache import TokenAnswer
 from .upstream import Abort, UpstreamClosed, UpstreamRejected, UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -103,24 +104,28 @@ class BaseHandler(JSONHandlerMixin, web.RequestHandler):
             self.set_header("Retry-After", str(err.retry_after))
         super().write_error(status_code, **kwargs)
 
-    async def authenticate(self) -> dict[str, Any]:
-        """Return the Hub's model of the token's owner, or raise 401/403."""
+    async def token_answer(self) -> TokenAnswer:
+        """The Hub's answer about the caller's token (cached, `token_cache`), or 401."""
         match = _AUTH.match(self.request.headers.get("Authorization", ""))
         if not match:
             raise JSONError(
                 401, "unauthorized", "send your JupyterHub token as 'Authorization: Bearer <token>'"
             )
         try:
-            user = await self.gateway.hub_auth.user_for_token(
-                match.group(1), use_cache=self.gateway.token_cache_seconds > 0, sync=False
-            )
+            answer = await self.gateway.tokens.answer(match.group(1))
         except web.HTTPError as exc:
             raise JSONError(
                 503, "hub_unavailable", f"cannot check the token with JupyterHub: {exc.log_message}"
             ) from None
-        if not user:
+        if not answer.user:
             raise JSONError(401, "unauthorized", "the token is not valid (expired or revoked?)")
-        return user
+        return answer
+
+    async def authenticate(self) -> dict[str, Any]:
+        """Return the Hub's model of the token's owner, or raise 401."""
+        answer = await self.token_answer()
+        assert answer.user is not None  # token_answer raised otherwise
+        return answer.user
 
 
 class ProxyHandler(BaseHandler):
@@ -132,6 +137,7 @@ class ProxyHandler(BaseHandler):
         # The gateway's own cost, measured per request (see `_overhead`).
         self._sent_upstream_at: float | None = None
         self._first_chunk_s: float | None = None
+        self._upstream_ttft_s: float | None = None
         self._new_connection = False
 
     def on_connection_close(self) -> None:
@@ -156,9 +162,10 @@ class ProxyHandler(BaseHandler):
         route = route_label(path)
         reservation: Reservation | None = None
         try:
-            user = await self.authenticate()
-            user_name = str(user.get("name", "-"))
-            if not gw.hub_auth.check_scopes(set(gw.required_scopes), user):
+            answer = await self.token_answer()
+            assert answer.user is not None  # token_answer raised otherwise
+            user_name = str(answer.user.get("name", "-"))
+            if not answer.allowed:
                 raise JSONError(
                     403,
                     "forbidden",
@@ -240,6 +247,9 @@ class ProxyHandler(BaseHandler):
                         first_chunk_ms=None
                         if self._first_chunk_s is None
                         else round(self._first_chunk_s * 1000, 3),
+                        upstream_ttft_ms=None
+                        if self._upstream_ttft_s is None
+                        else round(self._upstream_ttft_s * 1000, 3),
                         upstream_new_connection=self._new_connection,
                         pid=gw.pid,
                         prompt_sha256=prompt_digest(body),
@@ -357,6 +367,8 @@ class ProxyHandler(BaseHandler):
                 raise Abort()
             if not first:
                 first.append(got - started)
+                if self._sent_upstream_at is not None:
+                    self._upstream_ttft_s = got - self._sent_upstream_at
                 if upstream["status"] == 401:
                     # vLLM refused our key: a deployment fault, not the caller's.
                     upstream["misconfigured"] = True
@@ -387,7 +399,8 @@ class ProxyHandler(BaseHandler):
 
         if self._client_gone:
             return 499, None, "client_gone"  # hung up while waiting for the Hub or the ledger
-        content = None if body is None else json.dumps(body).encode("utf-8")
+        # orjson: the body was parsed by orjson, so it serialises back as it came.
+        content = None if body is None else orjson.dumps(body)
         gw.metrics.upstream_requests.labels(route_label(path)).inc()
         try:
             async with asyncio.timeout(gw.upstream_timeout):

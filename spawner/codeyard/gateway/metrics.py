@@ -123,6 +123,13 @@ class GatewayMetrics:
             "than the request count.",
             registry=registry,
         )
+        self.upstream_connections_warmed = Counter(
+            "codeyard_llm_upstream_connections_warmed",
+            "TCP connections opened to vLLM ahead of calls, to replace idle ones before vLLM's "
+            "keep-alive closes them (GatewayApp.upstream_warm_seconds). Not in "
+            "codeyard_llm_upstream_connections_total, which counts those calls had to open.",
+            registry=registry,
+        )
         self.upstream_requests = Counter(
             "codeyard_llm_upstream_requests",
             "Requests the gateway sent to vLLM, by route (including its own model-list "
