@@ -14,6 +14,13 @@ git_server (module)
     `GitServer` with a bare repository `project.git` (README.md, src/app.py; branch
     `feature` adds FEATURE.md) served by `git daemon` on the docker bridge, so workspace
     containers clone it over the network. `.url(name)` gives `git://172.17.0.1:<port>/name`.
+hubs (module)
+    `HubLauncher`: `hubs.running(name, **options)` starts a project Hub in a fresh state
+    folder (or in a `Path` the caller made) with the image and proxy above; `options` are
+    `HubProcess` fields (`extra_env`, `site_config`, `port`, `admin_scopes`, ...), the only
+    part a module's Hub varies. On the way out it is stopped and this module's users'
+    containers and homes are removed. Every module's own Hub fixture is one
+    `with hubs.running(...)` block.
 hub (module)
     A started `HubProcess` with its own state folder, on free loopback ports, with an
     admin service token (`hub.api(...)`) and a limit of `WORKSPACE_LIMIT` workspaces per
@@ -39,7 +46,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,17 +189,43 @@ def running_hub(
         shutil.rmtree(state / "homes", ignore_errors=True)
 
 
+@dataclass
+class HubLauncher:
+    """Starts a module's project Hubs. Modules differ only in the options they start a Hub
+    with, so the image, proxy, users and cleanup are bound here once."""
+
+    tmp_path_factory: pytest.TempPathFactory
+    image: str
+    proxy_command: str
+    users: Users
+    docker_client: docker.APIClient
+
+    def running(self, state: str | Path, **options: Any) -> AbstractContextManager[HubProcess]:
+        """A Hub in a fresh state folder named after `state`, or in the folder `state` when
+        the caller made it (its own cleanup needs the path even if the Hub never starts);
+        `options` are `HubProcess` fields. Stopped, with the users' containers and homes
+        removed, on the way out."""
+        folder = state if isinstance(state, Path) else self.tmp_path_factory.mktemp(state)
+        return running_hub(
+            folder, self.image, self.proxy_command, self.users, self.docker_client, **options
+        )
+
+
 @pytest.fixture(scope="module")
-def hub(
+def hubs(
     tmp_path_factory: pytest.TempPathFactory,
     image: str,
     proxy_command: str,
     users: Users,
     docker_client: docker.APIClient,
-) -> Iterator[HubProcess]:
-    state = tmp_path_factory.mktemp("hubstate")
+) -> HubLauncher:
+    return HubLauncher(tmp_path_factory, image, proxy_command, users, docker_client)
+
+
+@pytest.fixture(scope="module")
+def hub(hubs: HubLauncher) -> Iterator[HubProcess]:
     limit = {"CODEYARD_WORKSPACES_PER_USER": str(WORKSPACE_LIMIT)}
-    with running_hub(state, image, proxy_command, users, docker_client, extra_env=limit) as proc:
+    with hubs.running("hubstate", extra_env=limit) as proc:
         yield proc
 
 
@@ -209,17 +242,9 @@ def test_vllm() -> str:
 
 
 @pytest.fixture(scope="module")
-def model_hub(
-    tmp_path_factory: pytest.TempPathFactory,
-    test_vllm: str,
-    image: str,
-    proxy_command: str,
-    users: Users,
-    docker_client: docker.APIClient,
-) -> Iterator[HubProcess]:
+def model_hub(test_vllm: str, hubs: HubLauncher) -> Iterator[HubProcess]:
     """`hub` as `make up` configures it, answering through the test vLLM; explanations are
     kept short because the model runs on a shared CPU."""
-    state = tmp_path_factory.mktemp("hubstate-model")
     short = 'c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]'
-    with running_hub(state, image, proxy_command, users, docker_client, site_config=short) as proc:
+    with hubs.running("hubstate-model", site_config=short) as proc:
         yield proc

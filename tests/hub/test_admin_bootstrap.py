@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import HubLauncher
 from support.browser import Browser
 from support.hub import HubProcess
 
@@ -16,20 +17,10 @@ PASSWORD = "correct-horse-battery-7"
 
 
 @pytest.fixture(scope="module")
-def signup_hub(
-    tmp_path_factory: pytest.TempPathFactory, image: str, proxy_command: str
-) -> Iterator[HubProcess]:
-    hub = HubProcess(
-        state_dir=Path(tmp_path_factory.mktemp("bootstrap")),
-        image=image,
-        proxy_command=proxy_command,
-        extra_env={"CODEYARD_ADMIN": f"chief{secrets.token_hex(3)}"},
-    )
-    hub.start()
-    try:
+def signup_hub(hubs: HubLauncher) -> Iterator[HubProcess]:
+    admin = {"CODEYARD_ADMIN": f"chief{secrets.token_hex(3)}"}
+    with hubs.running("bootstrap", extra_env=admin) as hub:
         yield hub
-    finally:
-        hub.stop()
 
 
 def test_the_admin_name_is_registered_only_through_the_one_time_link(

@@ -32,9 +32,10 @@ from typing import Any
 import docker
 import pytest
 import requests
-from conftest import Users, running_hub
-from support.browser import Browser, start_workspace
+from conftest import HubLauncher, Users
+from support.browser import Browser, signed_in, start_workspace
 from support.container_exec import fetch, run_in
+from support.contents_api import write_text
 from support.hub import DOCKER_BRIDGE_IP, REPO, HubProcess
 from support.pki import CA
 from support.processes import run_last_line
@@ -295,35 +296,39 @@ def network_name() -> str:
     return f"cyeg-{secrets.token_hex(3)}"
 
 
+def egress_config(site: Site, *more: str) -> str:
+    """The site config both Hubs here run: the allow-list, and the test names resolved to
+    the stand-in sites (the metadata name allowed, so only its address can refuse it);
+    `more` lines after them."""
+    hosts = {ALLOWED: site.allowed_ip, FORBIDDEN: site.forbidden_ip, METADATA_NAME: METADATA_IP}
+    return "\n".join(
+        [
+            f"c.CodeyardHub.egress_allow = {[ALLOWED, METADATA_NAME]!r}",
+            f"c.EgressProxy.extra_hosts = {hosts!r}",
+            *more,
+        ]
+    )
+
+
 @pytest.fixture(scope="module")
 def hub(
-    tmp_path_factory: pytest.TempPathFactory,
     test_vllm: str,
-    image: str,
+    hubs: HubLauncher,
     egress_image: str,
-    proxy_command: str,
-    users: Users,
     docker_client: docker.APIClient,
     site: Site,
     network_name: str,
     git_site: GitSite,
 ) -> Iterator[HubProcess]:
-    state = tmp_path_factory.mktemp("hubstate-egress")
-    hosts = {ALLOWED: site.allowed_ip, FORBIDDEN: site.forbidden_ip, METADATA_NAME: METADATA_IP}
-    config = "\n".join(
-        [
-            f"c.CodeyardHub.egress_allow = {[ALLOWED, METADATA_NAME]!r}",
-            f"c.EgressProxy.extra_hosts = {hosts!r}",
-            f"c.PlacementSpawner.workspace_network = {network_name!r}",
-            'c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]',
-            f"c.EgressProxy.ssh_known_hosts = {git_site.known_hosts!r}",
-        ]
+    config = egress_config(
+        site,
+        f"c.PlacementSpawner.workspace_network = {network_name!r}",
+        'c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]',
+        f"c.EgressProxy.ssh_known_hosts = {git_site.known_hosts!r}",
     )
     env = {"CODEYARD_EGRESS_IMAGE": egress_image}
     try:
-        with running_hub(
-            state, image, proxy_command, users, docker_client, site_config=config, extra_env=env
-        ) as proc:
+        with hubs.running("hubstate-egress", site_config=config, extra_env=env) as proc:
             yield proc
     finally:
         for c in docker_client.containers(
@@ -365,9 +370,7 @@ def workspaces(
     found: dict[str, Any] = {}
     auth: dict[str, dict[str, str]] = {}
     for name in users.all():
-        browser = Browser(hub.url)
-        assert "signup was successful" in browser.signup(name, PASSWORD).text
-        assert browser.login(name, PASSWORD).url.endswith("/hub/home")
+        browser = signed_in(hub.url, name, PASSWORD)
         auth[name] = start_workspace(hub, browser, name, WS)
         [c] = docker_client.containers(
             filters={"label": [f"codeyard.user={name}", f"codeyard.workspace={WS}"]}
@@ -574,13 +577,7 @@ def test_explain_goes_through_the_gateway(
 ) -> None:
     base = f"{hub.url}/user/{users.alice}/{WS}"
     auth = workspaces.alice_auth
-    r = requests.put(
-        f"{base}/api/contents/calc.py",
-        json={"type": "file", "format": "text", "content": "def add(a, b):\n    return a + b\n"},
-        headers=auth,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
+    write_text(base, "calc.py", "def add(a, b):\n    return a + b\n", auth)
     r = requests.post(
         f"{base}/codeyard/api/explain",
         json={"path": "calc.py", "start_line": 1, "end_line": 2},
@@ -817,56 +814,25 @@ def machine(image: str) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def remote_hub(
-    tmp_path_factory: pytest.TempPathFactory,
-    image: str,
+    hubs: HubLauncher,
     egress_image: str,
-    proxy_command: str,
     users: Users,
-    docker_client: docker.APIClient,
     site: Site,
     machine: Any,
 ) -> Iterator[HubProcess]:
-    from codeyard.placement.crypto import CredentialCipher
-    from codeyard.placement.database import open_db
-    from codeyard.placement.models import ServerState
-    from codeyard.placement.registry import Registry
+    from support.hub_workspaces import registry_of
 
-    state = tmp_path_factory.mktemp("hubstate-egress-remote")
-    hosts = {ALLOWED: site.allowed_ip, FORBIDDEN: site.forbidden_ip, METADATA_NAME: METADATA_IP}
-    config = "\n".join(
-        [
-            f"c.CodeyardHub.egress_allow = {[ALLOWED, METADATA_NAME]!r}",
-            f"c.EgressProxy.extra_hosts = {hosts!r}",
-        ]
-    )
+    from codeyard.placement.models import ServerState
+
+    config = egress_config(site)
     env = {"CODEYARD_EGRESS_IMAGE": egress_image, "CODEYARD_HUB_IP": "0.0.0.0"}
-    hub = HubProcess(
-        state_dir=state,
-        image=image,
-        proxy_command=proxy_command,
-        extra_env=env,
-        site_config=config,
-    )
-    hub.start()
     try:
-        key = (state / "placement_crypt_key").read_text().strip()
-        registry = Registry(
-            open_db(f"sqlite:///{state / 'placement.sqlite'}"), CredentialCipher(key)
-        )
-        registry.add_server(
-            {
-                "name": machine.name,
-                "endpoint": machine.endpoint,
-                "credential": machine.credential,
-                "region": "far",
-                "storage_root": machine.storage_root,
-                "storage_shared": False,
-            }
-        )
-        registry.set_state("local", ServerState.draining)
-        yield hub
+        with hubs.running("hubstate-egress-remote", extra_env=env, site_config=config) as hub:
+            registry = registry_of(hub)
+            registry.add_server(machine.registration(region="far", storage_shared=False))
+            registry.set_state("local", ServerState.draining)
+            yield hub
     finally:
-        hub.stop()
         with machine.client() as c:
             for name in users.all():
                 for found in c.api.containers(all=True, filters={"label": f"codeyard.user={name}"}):
@@ -884,10 +850,8 @@ class RemoteWorkspace:
 def remote_workspace(
     remote_hub: HubProcess, users: Users, machine: Any
 ) -> Iterator[RemoteWorkspace]:
-    browser = Browser(remote_hub.url)
     user = users.alice
-    assert "signup was successful" in browser.signup(user, PASSWORD).text
-    assert browser.login(user, PASSWORD).url.endswith("/hub/home")
+    browser = signed_in(remote_hub.url, user, PASSWORD)
     start_workspace(remote_hub, browser, user, REMOTE_WS)
     status = browser.api("GET", f"/codeyard/workspaces/{user}/{REMOTE_WS}/status").json()
     assert status["host"] == machine.name, status

@@ -31,7 +31,8 @@ import docker
 import pytest
 import requests
 from private_git import PrivateGitServer, private_git_server, publish_repo
-from support.browser import Browser, signed_in, start_workspace
+from support.browser import Browser, signed_in, start_workspace, user_token
+from support.contents_api import write_text
 from support.hub import DOCKER_BRIDGE_IP, HubProcess
 
 pytestmark = pytest.mark.slow
@@ -93,8 +94,7 @@ def workspace(
         {"repo_url": remote.url("shared.git"), "profile": "small", "image": IMAGE_KEY},
     )
     assert events[-1].get("ready"), f"{[e['message'] for e in events]}\n{hub.log_tail()}"
-    r = alice.api("POST", f"/users/{users.alice}/tokens", json={"note": "git push test"})
-    assert r.status_code == 201, r.text
+    token = user_token(alice, users.alice, "git push test")
     found = docker_client.containers(
         filters={"label": [f"codeyard.user={users.alice}", f"codeyard.workspace={WS}"]}
     )
@@ -103,7 +103,7 @@ def workspace(
     env = dict(e.split("=", 1) for e in info["Config"]["Env"])
     return {
         "base": f"{hub.url}/user/{users.alice}/{WS}",
-        "auth": {"Authorization": f"token {r.json()['token']}"},
+        "auth": {"Authorization": f"token {token}"},
         "id": info["Id"],
         "server_token": env["JUPYTERHUB_API_TOKEN"],
     }
@@ -120,13 +120,7 @@ def ws_api(ws: dict[str, Any], method: str, endpoint: str, body: Any = None) -> 
 
 
 def write_file(ws: dict[str, Any], rel: str, text: str) -> None:
-    r = requests.put(
-        f"{ws['base']}/api/contents/{rel}",
-        headers=ws["auth"],
-        json={"type": "file", "format": "text", "content": text},
-        timeout=60,
-    )
-    assert r.status_code in (200, 201), r.text
+    write_text(ws["base"], rel, text, ws["auth"], timeout=60)
 
 
 def fill(hub: HubProcess, user: str, server: str, headers: dict[str, str], host: str = "") -> Any:

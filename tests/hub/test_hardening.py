@@ -12,7 +12,6 @@ import asyncio
 import errno
 import json
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -20,8 +19,8 @@ from typing import Any
 import docker
 import pytest
 import requests
-from conftest import Users, running_hub
-from support.browser import Browser
+from conftest import HubLauncher, Users
+from support.browser import signed_in, start_server, user_token
 from support.hub import HubProcess
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
@@ -39,16 +38,9 @@ NETWORK = "codeyard-workspaces"
 
 
 @pytest.fixture(scope="module")
-def hub(
-    tmp_path_factory: pytest.TempPathFactory,
-    image: str,
-    proxy_command: str,
-    users: Users,
-    docker_client: docker.APIClient,
-) -> Iterator[HubProcess]:
-    state = tmp_path_factory.mktemp("hubstate-hardening")
+def hub(hubs: HubLauncher) -> Iterator[HubProcess]:
     small = f"c.PlacementSpawner.pids_limit = {PIDS_LIMIT}"
-    with running_hub(state, image, proxy_command, users, docker_client, site_config=small) as proc:
+    with hubs.running("hubstate-hardening", site_config=small) as proc:
         yield proc
 
 
@@ -57,24 +49,9 @@ def workspace(
     hub: HubProcess, users: Users, git_server, docker_client: docker.APIClient
 ) -> dict[str, Any]:
     """Alice's workspace, cloned from the test git server; returns its token and inspect."""
-    alice = Browser(hub.url)
-    assert "signup was successful" in alice.signup(users.alice, PASSWORD).text
-    assert alice.login(users.alice, PASSWORD).url.endswith("/hub/home")
-    r = alice.api("POST", f"/users/{users.alice}/tokens", json={"note": "hardening"})
-    assert r.status_code == 201, r.text
-    token = r.json()["token"]
-    r = alice.api(
-        "POST",
-        f"/users/{users.alice}/servers/{WS}",
-        json={"profile": "small", "repo_url": git_server.url("project.git")},
-    )
-    assert r.status_code in (201, 202), r.text
-    deadline = time.monotonic() + 300
-    while not (hub.api("GET", f"/users/{users.alice}").json()["servers"].get(WS) or {}).get(
-        "ready"
-    ):
-        assert time.monotonic() < deadline, f"workspace not ready\n{hub.log_tail()}"
-        time.sleep(0.5)
+    alice = signed_in(hub.url, users.alice, PASSWORD)
+    token = user_token(alice, users.alice, "hardening")
+    start_server(hub, alice, users.alice, WS, repo_url=git_server.url("project.git"))
     found = docker_client.containers(
         filters={"label": [f"codeyard.user={users.alice}", f"codeyard.workspace={WS}"]}
     )

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 import requests
-from conftest import Users, running_hub
-from support.browser import Browser, start_workspace
+from conftest import HubLauncher, Users
+from support.browser import signed_in, start_workspace
 from support.chromium import HubPage, chromium
+from support.contents_api import write_text
 from support.hub import HubProcess
 
 pytestmark = pytest.mark.slow
@@ -38,20 +37,9 @@ c.Spawner.environment = {{"JUPYTERHUB_ACTIVITY_INTERVAL": "10"}}
 
 
 @pytest.fixture(scope="module")
-def culling_hub(
-    tmp_path_factory: pytest.TempPathFactory,
-    image: str,
-    proxy_command: str,
-    users: Users,
-    docker_client: docker.APIClient,
-) -> Iterator[HubProcess]:
-    state: Path = tmp_path_factory.mktemp("hubstate-cull")
-    with running_hub(
-        state,
-        image,
-        proxy_command,
-        users,
-        docker_client,
+def culling_hub(hubs: HubLauncher) -> Iterator[HubProcess]:
+    with hubs.running(
+        "hubstate-cull",
         extra_env={"CODEYARD_CULL_TIMEOUT": str(CULL_TIMEOUT)},
         site_config=SITE_CONFIG,
     ) as proc:
@@ -66,18 +54,11 @@ def test_culler_stops_an_idle_workspace_and_opening_it_starts_it_with_its_files(
     culling_hub: HubProcess, users: Users
 ) -> None:
     hub = culling_hub
-    alice = Browser(hub.url)
-    assert "signup was successful" in alice.signup(users.alice, PASSWORD).text
-    assert alice.login(users.alice, PASSWORD).url.endswith("/hub/home")
+    alice = signed_in(hub.url, users.alice, PASSWORD)
     auth = start_workspace(hub, alice, users.alice, WS)
-    notes = f"{hub.url}/user/{users.alice}/{WS}/api/contents/notes.txt"
-    r = requests.put(
-        notes,
-        json={"type": "file", "format": "text", "content": NOTE},
-        headers=auth,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
+    base = f"{hub.url}/user/{users.alice}/{WS}"
+    notes = f"{base}/api/contents/notes.txt"
+    write_text(base, "notes.txt", NOTE, auth)
 
     # Nobody touches it now: the culler stops it after CULL_TIMEOUT (checked every CULL_EVERY).
     started = time.monotonic()

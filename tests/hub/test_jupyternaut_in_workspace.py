@@ -18,7 +18,8 @@ from pathlib import Path
 import docker
 import pytest
 import requests
-from support.browser import Browser, start_workspace
+from support.browser import signed_in, start_workspace
+from support.contents_api import write_text
 from support.hub import HubProcess
 from support.jupyternaut import chat
 
@@ -34,6 +35,16 @@ def container_id(client: docker.APIClient, user: str, workspace: str) -> str:
     )
     assert len(found) == 1, found
     return str(found[0]["Id"])
+
+
+def fresh_workspace(
+    hub: HubProcess, client: docker.APIClient, user: str, ws_name: str
+) -> tuple[dict[str, str], str, str]:
+    """A new user's workspace, started: its auth header, container id and base URL. Each
+    test starts its own, so Jupyternaut is not loaded yet when the test begins."""
+    b = signed_in(hub.url, user, PASSWORD)
+    auth = start_workspace(hub, b, user, ws_name)
+    return auth, container_id(client, user, ws_name), f"{hub.url}/user/{user}/{ws_name}"
 
 
 def mcp_listening(client: docker.APIClient, cid: str) -> bool:
@@ -60,12 +71,7 @@ def test_jupyternaut_answers_in_a_workspace_after_loading_on_first_chat(
     model_hub: HubProcess, users, docker_client: docker.APIClient
 ) -> None:
     hub, user, ws_name = model_hub, users.alice, "naut"
-    b = Browser(hub.url)
-    assert "signup was successful" in b.signup(user, PASSWORD).text
-    assert b.login(user, PASSWORD).url.endswith("/hub/home")
-    auth = start_workspace(hub, b, user, ws_name)
-    cid = container_id(docker_client, user, ws_name)
-    base = f"{hub.url}/user/{user}/{ws_name}"
+    auth, cid, base = fresh_workspace(hub, docker_client, user, ws_name)
 
     # Started, lab-ready, and Jupyternaut not loaded: the page-load probe is answered by the
     # placeholder and the MCP server is not up.
@@ -75,13 +81,7 @@ def test_jupyternaut_answers_in_a_workspace_after_loading_on_first_chat(
     assert not mcp_listening(docker_client, cid)
     assert requests.get(f"{base}/lab", headers=auth, timeout=60).status_code == 200
 
-    r = requests.put(
-        f"{base}/api/contents/test.chat",
-        json={"type": "file", "format": "text", "content": "{}"},
-        headers=auth,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
+    write_text(base, "test.chat", "{}", auth)
     before = len(audit_rows_for(hub, user))
     ws_base = base.replace("http://", "ws://", 1)
     reply = asyncio.run(chat(ws_base, auth, "What is 2+2? Answer briefly."))
@@ -109,12 +109,7 @@ def test_jupyternaut_settings_request_loads_it_then_the_chat_answers(
     model_hub: HubProcess, users, docker_client: docker.APIClient
 ) -> None:
     hub, user, ws_name = model_hub, users.bob, "nautcfg"
-    b = Browser(hub.url)
-    assert "signup was successful" in b.signup(user, PASSWORD).text
-    assert b.login(user, PASSWORD).url.endswith("/hub/home")
-    auth = start_workspace(hub, b, user, ws_name)
-    cid = container_id(docker_client, user, ws_name)
-    base = f"{hub.url}/user/{user}/{ws_name}"
+    auth, cid, base = fresh_workspace(hub, docker_client, user, ws_name)
     assert not mcp_listening(docker_client, cid)
 
     # The settings panel's first call loads the extensions and is redirected to itself (307);
@@ -132,12 +127,6 @@ def test_jupyternaut_settings_request_loads_it_then_the_chat_answers(
         assert time.monotonic() < deadline, "the MCP server did not start after loading"
         time.sleep(0.5)
 
-    r = requests.put(
-        f"{base}/api/contents/test.chat",
-        json={"type": "file", "format": "text", "content": "{}"},
-        headers=auth,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
+    write_text(base, "test.chat", "{}", auth)
     reply = asyncio.run(chat(base.replace("http://", "ws://", 1), auth, "Say hello briefly."))
     assert_real_reply(reply)

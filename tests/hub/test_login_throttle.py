@@ -10,10 +10,10 @@ import secrets
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
+from conftest import HubLauncher
 from support.browser import Browser
 from support.hub import HubProcess
 
@@ -24,23 +24,15 @@ LOCKED = "Too many failed logins"
 
 
 @pytest.fixture(scope="module")
-def lock_hub(
-    tmp_path_factory: pytest.TempPathFactory, image: str, proxy_command: str
-) -> Iterator[HubProcess]:
-    hub = HubProcess(
-        state_dir=Path(tmp_path_factory.mktemp("throttle")),
-        image=image,
-        proxy_command=proxy_command,
+def lock_hub(hubs: HubLauncher) -> Iterator[HubProcess]:
+    with hubs.running(
+        "throttle",
         site_config=(
             f"c.CodeyardHub.failed_logins_before_lock = {FAILURES}\n"
             f"c.CodeyardHub.login_lock_seconds = {LOCK_SECONDS}\n"
         ),
-    )
-    hub.start()
-    try:
+    ) as hub:
         yield hub
-    finally:
-        hub.stop()
 
 
 def new_user(hub: HubProcess, prefix: str) -> str:

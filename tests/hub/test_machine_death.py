@@ -34,9 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 import requests
+from conftest import HubLauncher
+from support.browser import wait_gone, wait_ready
+from support.contents_api import write_text
 from support.hub import PROJECT_ADMIN_SCOPES, HubProcess
 from support.hub_workspaces import registry_of, server_model
 from support.machines import Machine, can_run_machines, start_machines
@@ -84,32 +86,14 @@ def shared_storage() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def death_hub(
-    tmp_path_factory: pytest.TempPathFactory,
-    image: str,
-    proxy_command: str,
-    users,
-    docker_client: docker.APIClient,
-    trio: dict[str, Machine],
-) -> Iterator[HubProcess]:
-    state = tmp_path_factory.mktemp("hubstate-death")
-    hub = HubProcess(
-        state_dir=state,
-        image=image,
-        proxy_command=proxy_command,
+def death_hub(hubs: HubLauncher, trio: dict[str, Machine]) -> Iterator[HubProcess]:
+    with hubs.running(
+        "hubstate-death",
         extra_env={"CODEYARD_HUB_IP": "0.0.0.0", "CODEYARD_POLL_INTERVAL": str(POLL_INTERVAL)},
         site_config=SITE_CONFIG,
         admin_scopes=ADMIN_SCOPES,
-    )
-    hub.start()
-    try:
+    ) as hub:
         yield hub
-    finally:
-        hub.stop()
-        for c in docker_client.containers(all=True, filters={"label": "codeyard.user"}):
-            if c["Labels"].get("codeyard.user") in users.all():
-                docker_client.remove_container(c["Id"], force=True)
-        shutil.rmtree(state / "homes", ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -131,20 +115,12 @@ def spawn_ready(hub: HubProcess, user: str, ws: str) -> float:
     started = time.monotonic()
     r = spawn(hub, user, ws)
     assert r.status_code in (201, 202), r.text
-    while not (server_model(hub, user, ws) or {}).get("ready"):
-        assert time.monotonic() < started + 300, f"{user}/{ws} not ready\n{hub.log_tail()}"
-        time.sleep(0.3)
+    wait_ready(hub, user, ws, timeout=300, poll=0.3)
     return time.monotonic() - started
 
 
 def put_file(hub: HubProcess, token: dict[str, str], user: str, ws: str, text: str) -> None:
-    r = requests.put(
-        f"{hub.url}/user/{user}/{ws}/api/contents/notes.txt",
-        json={"type": "file", "format": "text", "content": text},
-        headers=token,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
+    write_text(f"{hub.url}/user/{user}/{ws}", "notes.txt", text, token)
 
 
 def kill_dockerd(m: Machine) -> None:
@@ -177,14 +153,11 @@ def test_register_the_machines_and_drain_local(
     for role, m in trio.items():
         shared = role != "lone"
         server = registry.add_server(
-            {
-                "name": m.name,
-                "endpoint": m.endpoint,
-                "credential": m.credential,
-                "region": "far",
-                "storage_root": str(shared_storage) if shared else m.storage_root,
-                "storage_shared": shared,
-            }
+            m.registration(
+                region="far",
+                storage_root=str(shared_storage) if shared else m.storage_root,
+                storage_shared=shared,
+            )
         )
         assert server["storage_shared"] is shared
     assert registry.set_state("local", ServerState.draining)["state"] == "draining"
@@ -257,10 +230,7 @@ def test_machine_without_shared_storage_dies(
     assert r.status_code == 404, r.text  # its files stayed on the dead machine
     r = death_hub.api("DELETE", f"/users/{user}/servers/{ws}")
     assert r.status_code in (202, 204), r.text
-    deadline = time.monotonic() + 60
-    while server_model(death_hub, user, ws):
-        assert time.monotonic() < deadline, death_hub.log_tail()
-        time.sleep(0.3)
+    wait_gone(death_hub, user, ws, poll=0.3)
 
 
 def test_machine_with_shared_storage_dies_and_the_workspace_moves(

@@ -13,12 +13,12 @@ tests/hub/test_panel_in_workspace.py`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-from support.browser import Browser, start_workspace
+from support.browser import signed_in, start_workspace
+from support.chromium import chromium as launch_chromium
+from support.contents_api import write_text
 from support.hub import REPO, HubProcess
 
 pytestmark = pytest.mark.slow
@@ -33,23 +33,13 @@ CODE = '''def add(a, b):
 def twice(x):
     return add(x, x)
 '''
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / ".artifacts" / "hub"
 
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail("Debian Chromium is missing: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"],
-        )
+    with launch_chromium() as browser:
         yield browser
-        browser.close()
 
 
 def test_panel_explains_a_selection_in_a_spawned_workspace(
@@ -57,18 +47,10 @@ def test_panel_explains_a_selection_in_a_spawned_workspace(
 ) -> None:
     hub = model_hub
     user = users.alice
-    b = Browser(hub.url)
-    assert "signup was successful" in b.signup(user, PASSWORD).text
-    assert b.login(user, PASSWORD).url.endswith("/hub/home")
+    b = signed_in(hub.url, user, PASSWORD)
     auth = start_workspace(hub, b, user, WS)
     base = f"{hub.url}/user/{user}/{WS}"
-    r = requests.put(
-        f"{base}/api/contents/calc.py",
-        json={"type": "file", "format": "text", "content": CODE},
-        headers=auth,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
+    write_text(base, "calc.py", CODE, auth)
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     context = chromium.new_context(viewport={"width": 1600, "height": 1000})

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import docker
 import pytest
 import requests
-from conftest import Users, running_hub
-from support.browser import Browser, start_workspace
+from conftest import HubLauncher, Users
+from support.browser import signed_in, start_workspace
+from support.contents_api import put_text
 from support.hub import HubProcess
 
 pytestmark = pytest.mark.slow
@@ -25,34 +25,19 @@ WS = "strict"
 
 
 @pytest.fixture(scope="module")
-def strict_hub(
-    tmp_path_factory: pytest.TempPathFactory,
-    image: str,
-    proxy_command: str,
-    users: Users,
-    docker_client: docker.APIClient,
-) -> Iterator[HubProcess]:
-    state = tmp_path_factory.mktemp("hub-patch-only")
-    env = {"CODEYARD_PATCH_ONLY": "1"}
-    with running_hub(state, image, proxy_command, users, docker_client, extra_env=env) as hub:
+def strict_hub(hubs: HubLauncher) -> Iterator[HubProcess]:
+    with hubs.running("hub-patch-only", extra_env={"CODEYARD_PATCH_ONLY": "1"}) as hub:
         yield hub
 
 
 def _workspace(hub: HubProcess, user: str) -> tuple[str, dict[str, str]]:
-    b = Browser(hub.url)
-    assert "signup was successful" in b.signup(user, PASSWORD).text
-    assert b.login(user, PASSWORD).url.endswith("/hub/home")
+    b = signed_in(hub.url, user, PASSWORD)
     auth = start_workspace(hub, b, user, WS)
     return f"{hub.url}/user/{user}/{WS}", auth
 
 
 def _save(base: str, auth: dict[str, str], name: str) -> requests.Response:
-    return requests.put(
-        f"{base}/api/contents/{name}",
-        json={"type": "file", "format": "text", "content": "print('saved')\n"},
-        headers=auth,
-        timeout=60,
-    )
+    return put_text(base, name, "print('saved')\n", auth, timeout=60)
 
 
 def test_patch_only_workspace_refuses_saves_and_terminals_but_takes_patches(

@@ -34,7 +34,9 @@ from typing import Any
 import docker
 import pytest
 import requests
-from support.browser import Browser, signed_in
+from conftest import HubLauncher
+from support.browser import Browser, signed_in, user_token
+from support.contents_api import write_text
 from support.hub import HubProcess
 from support.hub_workspaces import (
     explain_from_workspace,
@@ -128,38 +130,25 @@ def _remove_user_containers(client: docker.APIClient, user: str) -> None:
 
 @pytest.fixture(scope="module")
 def remote_hub(
-    tmp_path_factory: pytest.TempPathFactory,
     test_vllm: str,
-    image: str,
-    proxy_command: str,
+    hubs: HubLauncher,
     users,
-    docker_client: docker.APIClient,
     machine: Machine,
     registry_server: RegistryServer,
     pushed: str,
 ) -> Iterator[HubProcess]:
-    state = tmp_path_factory.mktemp("hubstate-remote")
-    hub = HubProcess(
-        state_dir=state,
-        image=image,
-        proxy_command=proxy_command,
-        # The multi-machine settings: the Hub on every interface, the site's registry.
-        extra_env={"CODEYARD_HUB_IP": "0.0.0.0", **registry_server.env()},
-        site_config=SITE_CONFIG,
-    )
-    hub.start()
     try:
-        yield hub
+        with hubs.running(
+            "hubstate-remote",
+            # The multi-machine settings: the Hub on every interface, the site's registry.
+            extra_env={"CODEYARD_HUB_IP": "0.0.0.0", **registry_server.env()},
+            site_config=SITE_CONFIG,
+        ) as hub:
+            yield hub
     finally:
-        hub.stop()
         with machine.client() as c:
             for name in users.all():
                 _remove_user_containers(c.api, name)
-        for name in users.all():
-            _remove_user_containers(docker_client, name)
-        import shutil
-
-        shutil.rmtree(state / "homes", ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -169,9 +158,7 @@ def user(remote_hub: HubProcess, users) -> Browser:
 
 @pytest.fixture(scope="module")
 def token(user: Browser, users) -> dict[str, str]:
-    r = user.api("POST", f"/users/{users.alice}/tokens", json={"note": "remote"})
-    assert r.status_code == 201, r.text
-    return {"Authorization": f"token {r.json()['token']}"}
+    return {"Authorization": f"token {user_token(user, users.alice, 'remote')}"}
 
 
 def remote_container(machine: Machine, user: str, ws: str) -> dict[str, Any]:
@@ -199,16 +186,7 @@ def test_a_local_spawn_for_comparison(remote_hub: HubProcess, user: Browser, use
 
 def test_register_the_machine_and_drain_local(remote_hub: HubProcess, machine: Machine) -> None:
     registry = registry_of(remote_hub)
-    server = registry.add_server(
-        {
-            "name": machine.name,
-            "endpoint": machine.endpoint,
-            "credential": machine.credential,
-            "region": "far",
-            "storage_root": machine.storage_root,
-            "storage_shared": False,
-        }
-    )
+    server = registry.add_server(machine.registration(region="far", storage_shared=False))
     # Derived from the route: the Hub's address on the test bridge, the machine's address.
     assert server["addresses"]["hub_connect_ip"] == machine.gateway, server
     assert server["addresses"]["publish_ip"] == machine.ip, server
@@ -316,13 +294,7 @@ def test_files_survive_stop_and_start_on_the_machine_only(
     remote_hub: HubProcess, user: Browser, token: dict[str, str], machine: Machine, users
 ) -> None:
     base = f"{remote_hub.url}/user/{users.alice}/{WS}"
-    r = requests.put(
-        f"{base}/api/contents/notes.txt",
-        json={"type": "file", "format": "text", "content": "keep me"},
-        headers=token,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
+    write_text(base, "notes.txt", "keep me", token)
     home = remote_container(machine, users.alice, WS)
     mounts = {m["Destination"]: m["Source"] for m in home["Mounts"]}
     source = mounts["/home/jovyan"]

@@ -25,16 +25,15 @@ the browser refused it.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import docker
 import pytest
-import requests
-from conftest import Users, running_hub
+from conftest import HubLauncher, Users
+from support.browser import wait_ready
 from support.chromium import HubPage, chromium
+from support.contents_api import write_text
 from support.hub import PROJECT_ADMIN_SCOPES, HubProcess
 from support.processes import free_port
 
@@ -71,31 +70,14 @@ PROBE_HTML = (
 
 
 @pytest.fixture(scope="module", params=["path", "subdomain"])
-def mode_hub(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    image: str,
-    proxy_command: str,
-    users: Users,
-    docker_client: docker.APIClient,
-) -> Iterator[tuple[str, HubProcess]]:
+def mode_hub(request: pytest.FixtureRequest, hubs: HubLauncher) -> Iterator[tuple[str, HubProcess]]:
     mode = request.param
     port = free_port()
     env = {}
     if mode == "subdomain":
         env["CODEYARD_SUBDOMAIN_HOST"] = f"http://localhost:{port}"
-    state = tmp_path_factory.mktemp(f"hub-{mode}")
     scopes = (*PROJECT_ADMIN_SCOPES, "shares")
-    with running_hub(
-        state,
-        image,
-        proxy_command,
-        users,
-        docker_client,
-        port=port,
-        extra_env=env,
-        admin_scopes=scopes,
-    ) as hub:
+    with hubs.running(f"hub-{mode}", port=port, extra_env=env, admin_scopes=scopes) as hub:
         yield mode, hub
 
 
@@ -129,12 +111,7 @@ def test_served_html_cannot_act_as_the_viewer(
             # (Codeyard's default roles give users no `shares` scope; an admin shares).
             r = hub.api("POST", f"/users/{users.bob}/servers/{WS}", json={"profile": "small"})
             assert r.status_code in (201, 202), r.text
-            deadline = time.monotonic() + 300
-            while not (hub.api("GET", f"/users/{users.bob}").json()["servers"].get(WS) or {}).get(
-                "ready"
-            ):
-                assert time.monotonic() < deadline, f"workspace not ready\n{hub.log_tail()}"
-                time.sleep(0.5)
+            wait_ready(hub, users.bob, WS)
             r = hub.api("POST", f"/shares/{users.bob}/{WS}", json={"user": users.alice})
             assert r.status_code in (200, 201), r.text
             token = hub.api("POST", f"/users/{users.bob}/tokens", json={"note": "probe"})
@@ -152,13 +129,13 @@ def test_served_html_cannot_act_as_the_viewer(
             # not know *.localhost (Chromium does): loopback, with the workspace's Host.
             html = PROBE_HTML.replace("HUB", json.dumps(public))
             split = urlsplit(ws_url)
-            r = requests.put(
-                f"{hub.url}{split.path.rstrip('/')}/api/contents/probe.html",
-                json={"type": "file", "format": "text", "content": html},
-                headers={**auth, "Host": split.netloc},
+            write_text(
+                f"{hub.url}{split.path.rstrip('/')}",
+                "probe.html",
+                html,
+                {**auth, "Host": split.netloc},
                 timeout=60,
             )
-            assert r.status_code in (200, 201), r.text
 
             # Control: the probe on a Hub page, as Alice, reads what the attack wants.
             alice.goto("/hub/home")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from conftest import HubLauncher
 from support.browser import Browser
 from support.hub import HubProcess
 
@@ -15,21 +15,11 @@ PASSWORD = "correct-horse-battery-7"
 
 
 @pytest.fixture(scope="module")
-def approval_hub(
-    tmp_path_factory: pytest.TempPathFactory, image: str, proxy_command: str
-) -> Iterator[HubProcess]:
+def approval_hub(hubs: HubLauncher) -> Iterator[HubProcess]:
     admin = f"boss{secrets.token_hex(3)}"
-    hub = HubProcess(
-        state_dir=Path(tmp_path_factory.mktemp("approval")),
-        image=image,
-        proxy_command=proxy_command,
-        extra_env={"CODEYARD_REQUIRE_APPROVAL": "1", "CODEYARD_ADMIN": admin},
-    )
-    hub.start()
-    try:
+    env = {"CODEYARD_REQUIRE_APPROVAL": "1", "CODEYARD_ADMIN": admin}
+    with hubs.running("approval", extra_env=env) as hub:
         yield hub
-    finally:
-        hub.stop()
 
 
 def test_new_users_wait_for_an_admin_and_the_first_admin_comes_from_the_setting(

@@ -23,8 +23,8 @@ from typing import Any
 import docker
 import pytest
 import requests
-from conftest import Users, running_hub
-from support.browser import Browser
+from conftest import HubLauncher, Users
+from support.browser import signed_in, start_server, user_token, wait_gone
 from support.hub import HubProcess
 
 from codeyard.server_extension.audit import AuditLog
@@ -42,38 +42,20 @@ NEW = b"def main():\n    return 2\n"
 
 
 @pytest.fixture(scope="module")
-def hub(
-    tmp_path_factory: pytest.TempPathFactory,
-    image: str,
-    proxy_command: str,
-    users: Users,
-    docker_client: docker.APIClient,
-) -> Iterator[HubProcess]:
-    state = tmp_path_factory.mktemp("hubstate-layout")
+def hub(hubs: HubLauncher) -> Iterator[HubProcess]:
     env = {"CODEYARD_POLL_INTERVAL": str(POLL)}
-    with running_hub(state, image, proxy_command, users, docker_client, extra_env=env) as proc:
+    with hubs.running("hubstate-layout", extra_env=env) as proc:
         yield proc
 
 
 @pytest.fixture(scope="module")
 def alice(hub: HubProcess, users: Users) -> dict[str, Any]:
-    browser = Browser(hub.url)
-    assert "signup was successful" in browser.signup(users.alice, PASSWORD).text
-    assert browser.login(users.alice, PASSWORD).url.endswith("/hub/home")
-    r = browser.api("POST", f"/users/{users.alice}/tokens", json={"note": "layout"})
-    assert r.status_code == 201, r.text
-    return {"browser": browser, "token": r.json()["token"]}
+    browser = signed_in(hub.url, users.alice, PASSWORD)
+    return {"browser": browser, "token": user_token(browser, users.alice, "layout")}
 
 
 def start(hub: HubProcess, user: str, alice: dict[str, Any], ws: str, **opts: str) -> None:
-    r = alice["browser"].api(
-        "POST", f"/users/{user}/servers/{ws}", json={"profile": "small", **opts}
-    )
-    assert r.status_code in (201, 202), r.text
-    deadline = time.monotonic() + 300
-    while not (hub.api("GET", f"/users/{user}").json()["servers"].get(ws) or {}).get("ready"):
-        assert time.monotonic() < deadline, f"{ws} not ready\n{hub.log_tail()}"
-        time.sleep(0.5)
+    start_server(hub, alice["browser"], user, ws, **opts)
 
 
 def container(docker_client: docker.APIClient, user: str, ws: str) -> dict[str, Any]:
@@ -243,10 +225,7 @@ def test_a_container_killed_behind_the_hubs_back_gets_one_died_stop(
     time.sleep(POLL * 2)  # let a poll or two see it running
     killed = time.time()
     docker_client.kill(info["Id"])
-    deadline = time.monotonic() + 60
-    while (hub.api("GET", f"/users/{user}").json()["servers"].get(OLD_WS)) is not None:
-        assert time.monotonic() < deadline, f"the Hub did not notice\n{hub.log_tail()}"
-        time.sleep(0.5)
+    wait_gone(hub, user, OLD_WS)
     time.sleep(POLL * 2)  # further polls must not record it again
     records = spawn_records(hub, user, OLD_WS)
     assert [r["action"] for r in records] == ["workspace.start", "workspace.stop"], records

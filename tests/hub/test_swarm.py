@@ -30,7 +30,9 @@ from typing import Any
 import docker
 import pytest
 import requests
-from support.browser import Browser
+from conftest import HubLauncher
+from support.browser import Browser, signed_in, user_token
+from support.contents_api import write_text
 from support.hub import HubProcess
 from support.hub_workspaces import (
     explain_from_workspace,
@@ -75,60 +77,41 @@ def swarm(image: str) -> Iterator[Swarm]:
         yield sw
 
 
-def _remove_user_objects(client: docker.APIClient, user: str, manager: bool = False) -> None:
-    if manager:
-        for s in client.services(filters={"label": f"codeyard.user={user}"}):
-            client.remove_service(s["ID"])
-        for n in client.networks(filters={"label": f"codeyard.user={user}"}):
-            with contextlib.suppress(docker.errors.APIError):
-                client.remove_network(n["Id"])
+def _remove_user_objects(client: docker.APIClient, user: str) -> None:
+    """The user's services, networks and containers on the swarm's manager (the Hub's own
+    engine is cleaned by `hubs`)."""
+    for s in client.services(filters={"label": f"codeyard.user={user}"}):
+        client.remove_service(s["ID"])
+    for n in client.networks(filters={"label": f"codeyard.user={user}"}):
+        with contextlib.suppress(docker.errors.APIError):
+            client.remove_network(n["Id"])
     for c in client.containers(all=True, filters={"label": f"codeyard.user={user}"}):
         client.remove_container(c["Id"], force=True)
 
 
 @pytest.fixture(scope="module")
-def swarm_hub(
-    tmp_path_factory: pytest.TempPathFactory,
-    test_vllm: str,
-    image: str,
-    proxy_command: str,
-    users,
-    docker_client: docker.APIClient,
-    swarm: Swarm,
-) -> Iterator[HubProcess]:
-    state = tmp_path_factory.mktemp("hubstate-swarm")
-    hub = HubProcess(
-        state_dir=state,
-        image=image,
-        proxy_command=proxy_command,
-        extra_env={"CODEYARD_HUB_IP": "0.0.0.0"},  # the multi-machine setting
-        site_config=SITE_CONFIG,
-    )
-    hub.start()
+def swarm_hub(test_vllm: str, hubs: HubLauncher, users, swarm: Swarm) -> Iterator[HubProcess]:
     try:
-        yield hub
+        with hubs.running(
+            "hubstate-swarm",
+            extra_env={"CODEYARD_HUB_IP": "0.0.0.0"},  # the multi-machine setting
+            site_config=SITE_CONFIG,
+        ) as hub:
+            yield hub
     finally:
-        hub.stop()
         with swarm.manager.client() as c:
             for name in users.all():
-                _remove_user_objects(c.api, name, manager=True)
-        for name in users.all():
-            _remove_user_objects(docker_client, name)
+                _remove_user_objects(c.api, name)
 
 
 @pytest.fixture(scope="module")
 def user(swarm_hub: HubProcess, users) -> Browser:
-    b = Browser(swarm_hub.url)
-    assert "signup was successful" in b.signup(users.alice, PASSWORD).text
-    assert b.login(users.alice, PASSWORD).url.endswith("/hub/home")
-    return b
+    return signed_in(swarm_hub.url, users.alice, PASSWORD)
 
 
 @pytest.fixture(scope="module")
 def token(user: Browser, users) -> dict[str, str]:
-    r = user.api("POST", f"/users/{users.alice}/tokens", json={"note": "swarm"})
-    assert r.status_code == 201, r.text
-    return {"Authorization": f"token {r.json()['token']}"}
+    return {"Authorization": f"token {user_token(user, users.alice, 'swarm')}"}
 
 
 def the_service(swarm: Swarm, user: str) -> dict[str, Any]:
@@ -284,13 +267,7 @@ def test_files_survive_stop_and_start_on_shared_storage(
     swarm_hub: HubProcess, user: Browser, token: dict[str, str], swarm: Swarm, users
 ) -> None:
     base = f"{swarm_hub.url}/user/{users.alice}/{WS}"
-    r = requests.put(
-        f"{base}/api/contents/notes.txt",
-        json={"type": "file", "format": "text", "content": "keep me"},
-        headers=token,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
+    write_text(base, "notes.txt", "keep me", token)
     first_id = the_service(swarm, users.alice)["ID"]
 
     stop(swarm_hub, user, users.alice, WS)
@@ -318,9 +295,7 @@ def test_each_workspace_has_its_own_network_and_cannot_reach_another(
 ) -> None:
     """Overlay networks cannot turn inter-container traffic off, so each workspace is alone
     on its own; bob's server answers on his overlay address to himself, never to alice."""
-    bob = Browser(swarm_hub.url)
-    assert "signup was successful" in bob.signup(users.bob, PASSWORD).text
-    assert bob.login(users.bob, PASSWORD).url.endswith("/hub/home")
+    bob = signed_in(swarm_hub.url, users.bob, PASSWORD)
     spawn_and_time(swarm_hub, bob, users.bob, WS)
 
     nets = {}

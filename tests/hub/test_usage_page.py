@@ -25,6 +25,7 @@ import pytest
 import requests
 from support.audit_service import AuditService, local_process_workspaces
 from support.chromium import CHROMIUM_FLAGS, chromium
+from support.contents_api import text_file
 from support.hub import MINIMAL_ADMIN_SCOPES, Gateway, HubProcess
 from support.processes import free_port
 
@@ -176,7 +177,7 @@ def run(stack: UsageStack) -> dict[str, Any]:
         "ula",
         "PUT",
         "api/contents/calc.py",
-        json={"type": "file", "format": "text", "content": CODE},
+        json=text_file(CODE),
     )
     assert r.status_code in (200, 201), r.text
     r = stack.ws(

@@ -13,7 +13,8 @@ from typing import Any
 import docker
 import pytest
 import requests
-from support.browser import Browser, signed_in
+from support.browser import Browser, signed_in, user_token, wait_gone, wait_ready
+from support.contents_api import write_text
 from support.hub import HubProcess
 
 pytestmark = pytest.mark.slow
@@ -38,9 +39,7 @@ def bob(hub: HubProcess, users) -> Browser:
 
 @pytest.fixture(scope="module")
 def alice_token(alice: Browser, users) -> str:
-    r = alice.api("POST", f"/users/{users.alice}/tokens", json={"note": "e2e"})
-    assert r.status_code == 201, r.text
-    return r.json()["token"]
+    return user_token(alice, users.alice, "e2e")
 
 
 def tree(hub: HubProcess, user: str, ws: str, token: str, path: str = "") -> requests.Response:
@@ -54,16 +53,6 @@ def tree(hub: HubProcess, user: str, ws: str, token: str, path: str = "") -> req
 
 def tree_paths(body: dict[str, Any]) -> set[str]:
     return {e["path"] for e in body["entries"]}
-
-
-def wait_ready(hub: HubProcess, user: str, ws: str, timeout: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        model = hub.api("GET", f"/users/{user}").json()["servers"].get(ws)
-        if model and model["ready"]:
-            return model
-        time.sleep(0.5)
-    raise AssertionError(f"{user}/{ws} not ready in {timeout}s\n{hub.log_tail()}")
 
 
 def container_of(docker_client: docker.APIClient, user: str, ws: str) -> dict[str, Any]:
@@ -182,20 +171,12 @@ def test_a_file_written_survives_stop_and_start(
     hub: HubProcess, alice: Browser, alice_token: str, users
 ) -> None:
     auth = {"Authorization": f"token {alice_token}"}
-    url = f"{hub.url}/user/{users.alice}/{WS}/api/contents/notes.txt"
-    r = requests.put(
-        url,
-        json={"type": "file", "format": "text", "content": "keep me"},
-        headers=auth,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
+    base = f"{hub.url}/user/{users.alice}/{WS}"
+    url = f"{base}/api/contents/notes.txt"
+    write_text(base, "notes.txt", "keep me", auth)
     r = alice.api("DELETE", f"/users/{users.alice}/servers/{WS}")
     assert r.status_code in (202, 204), r.text
-    deadline = time.monotonic() + 60
-    while hub.api("GET", f"/users/{users.alice}").json()["servers"].get(WS):
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    wait_gone(hub, users.alice, WS)
     status = alice.api("GET", f"/codeyard/workspaces/{users.alice}/{WS}/status").json()
     assert status["state"] == "STOPPED", status
 

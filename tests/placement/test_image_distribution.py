@@ -190,14 +190,7 @@ def fake_spawner(host: DockerHost, config: Config, registry: Registry | None = N
 
 
 def register(registry: Registry, m: Machine) -> None:
-    registry.add_server(
-        {
-            "name": m.name,
-            "endpoint": m.endpoint,
-            "credential": m.credential,
-            "storage_root": m.storage_root,
-        }
-    )
+    registry.add_server(m.registration())
 
 
 def test_a_machine_pulls_the_image_from_the_registry(
@@ -335,12 +328,7 @@ async def servers_page(service: Any, token: str) -> str:
 
 
 def registration(m: Machine, name: str = "") -> dict[str, Any]:
-    return {
-        "name": name or m.name,
-        "endpoint": m.endpoint,
-        "credential": m.credential,
-        "storage_root": m.storage_root,
-    }
+    return m.registration(name=name or m.name)
 
 
 def shown_image(registry: Registry, host: str, image: str) -> dict[str, Any]:

@@ -66,24 +66,15 @@ async def test_rotation_keeps_credentials_working_on_real_engines(  # type: igno
 
 def test_serve_runs_as_the_hub_would_run_it(hub, hub_tokens, engines, db_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """`python -m codeyard.placement serve` with the environment a managed service gets."""
-    import socket
+    from support.processes import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     prefix = "/services/codeyard-placement/"
     env = {
         **os.environ,
         KEY_ENV: Fernet.generate_key().decode(),
         "CODEYARD_PLACEMENT_DB_URL": db_url,
-        "JUPYTERHUB_API_URL": hub.api_url,
-        "JUPYTERHUB_API_TOKEN": hub.service_token,
-        "JUPYTERHUB_CLIENT_ID": "service-codeyard-placement",
-        "JUPYTERHUB_SERVICE_NAME": "codeyard-placement",
-        "JUPYTERHUB_SERVICE_PREFIX": prefix,
-        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}",
-        "JUPYTERHUB_BASE_URL": "/",
-        "JUPYTERHUB_OAUTH_CALLBACK_URL": prefix + "oauth_callback",
+        **hub.placement_service_env(prefix, port),
     }
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(

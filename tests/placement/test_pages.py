@@ -6,10 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support.chromium import CHROMIUM, CHROMIUM_FLAGS
 from tornado.httpclient import AsyncHTTPClient
 
 pytestmark = pytest.mark.asyncio
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "placement"
 
 
@@ -37,7 +37,7 @@ async def test_pages_need_the_admin_scope(service, hub_tokens, registry) -> None
     assert resp.code == 200
 
 
-@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed")
+@pytest.mark.skipif(not shutil.which(str(CHROMIUM)), reason="Debian's chromium is not installed")
 async def test_browser_registers_a_server_and_sees_it_go_green(  # type: ignore[no-untyped-def]
     hub, service, engines, tmp_path
 ) -> None:
@@ -53,18 +53,7 @@ async def test_browser_registers_a_server_and_sees_it_go_green(  # type: ignore[
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     base = hub.public_url + "/services/codeyard-placement/"
     async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
             page = await browser.new_page()
             await page.goto(base + "servers/new")

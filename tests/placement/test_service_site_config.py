@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
+from support.processes import free_port
 
 HUB_CONFIG = Path(__file__).resolve().parents[2] / "hub_config" / "jupyterhub_config.py"
 
@@ -63,22 +63,13 @@ def test_a_site_config_setting_reaches_the_running_service(hub, hub_tokens, tmp_
     service = loaded["service"]
     assert any(arg.startswith("--config=") for arg in service["command"]), service["command"]
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     prefix = "/services/codeyard-placement/"
     # What the Hub gives a managed service, pointed at the test Hub that knows this service.
     env = {
         **os.environ,
         **service["environment"],
-        "JUPYTERHUB_API_URL": hub.api_url,
-        "JUPYTERHUB_API_TOKEN": hub.service_token,
-        "JUPYTERHUB_CLIENT_ID": "service-codeyard-placement",
-        "JUPYTERHUB_SERVICE_NAME": "codeyard-placement",
-        "JUPYTERHUB_SERVICE_PREFIX": prefix,
-        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}",
-        "JUPYTERHUB_BASE_URL": "/",
-        "JUPYTERHUB_OAUTH_CALLBACK_URL": prefix + "oauth_callback",
+        **hub.placement_service_env(prefix, port),
     }
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:

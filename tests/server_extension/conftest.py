@@ -19,6 +19,10 @@ settle
 git_diff
     `git_diff(before: dict[str, bytes|None], after: dict[str, bytes|None]) -> str`: a real
     `git diff -M --binary` between two trees built in a scratch repository.
+without_token
+    `await without_token(endpoint, method="GET", body=None)`: calls the real server's
+    `codeyard/api/<endpoint>` over HTTP with no token (`jp_fetch` always sends one), expects
+    it refused, and returns the `HTTPClientError` for the caller's checks.
 model_stack
     Session-scoped: real vLLM + JupyterHub + the LLM gateway (tests/support/llm_stack.py),
     started on first use only; `{"url": gateway URL, "token": a user token}`.
@@ -35,7 +39,7 @@ from typing import Any
 import pytest
 from jpconfig import server_config
 from support import llm_stack
-from tornado.httpclient import HTTPClientError
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
@@ -87,6 +91,20 @@ def api(jp_fetch: Any, jp_serverapp: Any) -> ApiCall:
             assert exc.response is not None, exc
             return exc.code, json.loads(exc.response.body or b"null")
         return resp.code, json.loads(resp.body or b"null")
+
+    return call
+
+
+@pytest.fixture
+def without_token(
+    http_server_client: Any, jp_base_url: str, jp_http_port: int
+) -> Callable[..., Awaitable[HTTPClientError]]:
+    # http_server_client makes the real server listen; a plain client sends no token.
+    async def call(endpoint: str, method: str = "GET", body: str | None = None) -> HTTPClientError:
+        url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}codeyard/api/{endpoint}"
+        with pytest.raises(HTTPClientError) as info:
+            await AsyncHTTPClient().fetch(url, method=method, body=body)
+        return info.value
 
     return call
 

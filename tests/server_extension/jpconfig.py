@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 from typing import Any
 
 _HELD: list[socket.socket] = []
+
+#: The converted model's tokenizer, where hub_config/vllm/setup.sh (run for the model_stack
+#: fixture) puts it: under $CODEYARD_CACHE, as the script reads it.
+TOKENIZER = (
+    Path(os.environ.get("CODEYARD_CACHE", Path.home() / ".cache" / "codeyard"))
+    / "models"
+    / "smollm2"
+    / "tokenizer.json"
+)
+
+
+def model_llm(model_stack: dict[str, str], **settings: Any) -> dict[str, Any]:
+    """The `CodeyardLLM` section for the test model: the gateway's URL and token from the
+    model_stack fixture, the model's tokenizer, and a module's own `settings`."""
+    return {
+        "url": model_stack["url"],
+        "token": model_stack["token"],
+        "tokenizer_file": str(TOKENIZER),
+        **settings,
+    }
 
 
 def closed_port() -> int:

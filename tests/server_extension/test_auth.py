@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from codeyard.server_extension.base import CodeyardHandler
 
@@ -45,13 +44,8 @@ def test_server_refuses_unauthenticated_access(jp_serverapp) -> None:
 
 
 @pytest.mark.parametrize(("method", "endpoint", "body"), ENDPOINTS)
-async def test_requests_without_token_get_403(
-    http_server_client, jp_base_url, jp_http_port, method, endpoint, body
-) -> None:
-    # http_server_client makes the real server listen; we bypass jp_fetch's auth header.
-    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}codeyard/api/{endpoint}"
-    with pytest.raises(HTTPClientError) as info:
-        await AsyncHTTPClient().fetch(url, method=method, body=body)
-    assert info.value.code == 403
-    payload = json.loads(info.value.response.body)
+async def test_requests_without_token_get_403(without_token, method, endpoint, body) -> None:
+    err = await without_token(endpoint, method, body)
+    assert err.code == 403
+    payload = json.loads(err.response.body)
     assert "message" in payload

@@ -14,9 +14,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from jpconfig import server_config
-
-TOKENIZER = Path.home() / ".cache" / "codeyard" / "models" / "smollm2" / "tokenizer.json"
+from jpconfig import model_llm, server_config
 
 RATE_CELL = "def apply_rate(total):\n    result = total * 0.2\n    return result"
 
@@ -24,14 +22,9 @@ RATE_CELL = "def apply_rate(total):\n    result = total * 0.2\n    return result
 @pytest.fixture
 def jp_server_config(model_stack: dict[str, str]) -> dict[str, Any]:
     return server_config(
-        CodeyardLLM={
-            "url": model_stack["url"],
-            "token": model_stack["token"],
-            "tokenizer_file": str(TOKENIZER),
-            "explain_max_tokens": 48,
-            "explain_temperature": 0.0,
-            "rewrite_max_tokens": 96,
-        },
+        CodeyardLLM=model_llm(
+            model_stack, explain_max_tokens=48, explain_temperature=0.0, rewrite_max_tokens=96
+        ),
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from jpconfig import server_config
+from support.contents_api import text_file
 from tornado.httpclient import HTTPClientError
 
 from codeyard.server_extension.contents_audit import PATCH_ONLY_MESSAGE
@@ -183,7 +184,7 @@ async def test_editor_save_records_hashes_sizes_and_lines_never_content(
     await watcher_ready(jp_serverapp)
     marker = f"MARKER-{uuid.uuid4().hex}"
     first = f"print('{marker}')\n"
-    body = {"type": "file", "format": "text", "content": first}
+    body = text_file(first)
     status, _ = await contents("PUT", "app.py", body)
     assert status == 201
     created = await wait_record(api, "contents.create", "app.py")
@@ -258,7 +259,7 @@ async def test_rename_delete_and_folders_are_recorded_once(
 ) -> None:
     await watcher_ready(jp_serverapp)
     data = b"one\ntwo\n"
-    body = {"type": "file", "format": "text", "content": data.decode()}
+    body = text_file(data.decode())
     assert (await contents("PUT", "a.txt", body))[0] == 201
     status, _ = await contents("PATCH", "a.txt", {"path": "b.txt"})
     assert status == 200
@@ -400,7 +401,7 @@ class TestPatchOnly:
         self, api: Any, contents: Any, workspace: Path
     ) -> None:
         (workspace / "keep.txt").write_bytes(b"keep\n")
-        body = {"type": "file", "format": "text", "content": "nope\n"}
+        body = text_file("nope\n")
         for method, path, payload in (
             ("PUT", "new.txt", body),
             ("PUT", "keep.txt", body),

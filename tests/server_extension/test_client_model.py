@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jpconfig import server_config
+from jpconfig import model_llm, server_config
 
 from codeyard.client import CodeyardAPIError, Workspace
-
-TOKENIZER = Path.home() / ".cache" / "codeyard" / "models" / "smollm2" / "tokenizer.json"
 
 SOURCE = """def area(width, height):
     return width*height
@@ -33,15 +31,13 @@ def perimeter(width, height):
 @pytest.fixture
 def jp_server_config(model_stack: dict[str, str]) -> dict[str, Any]:
     return server_config(
-        CodeyardLLM={
-            "url": model_stack["url"],
-            "token": model_stack["token"],
-            "tokenizer_file": str(TOKENIZER),
-            "explain_max_tokens": 48,
-            "explain_temperature": 0.0,
-            "rewrite_max_tokens": 96,
-            "max_tokens_limit": 400,
-        },
+        CodeyardLLM=model_llm(
+            model_stack,
+            explain_max_tokens=48,
+            explain_temperature=0.0,
+            rewrite_max_tokens=96,
+            max_tokens_limit=400,
+        ),
     )
 
 

@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jpconfig import closed_port, server_config
+from jpconfig import TOKENIZER, closed_port, server_config
 
 from codeyard.server_extension.llm.client import CodeyardLLM
 from codeyard.server_extension.llm.completion import CodeyardCompleter, trim_completion
 from codeyard.server_extension.llm.redaction import Redactor
 from codeyard.server_extension.paths import WorkspacePaths
 
-TOKENIZER = Path.home() / ".cache" / "codeyard" / "models" / "smollm2" / "tokenizer.json"
 CAP = 16
 MARKER = "zq_complete_marker_51c9"
 
@@ -177,16 +176,9 @@ def test_max_tokens_setting_must_be_positive() -> None:
 
 
 @pytest.mark.parametrize("jp_server_config", [GATEWAY_DOWN])
-async def test_a_request_without_a_token_gets_403(
-    http_server_client: Any, jp_base_url: str, jp_http_port: int
-) -> None:
-    from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-
-    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}codeyard/api/complete"
-    with pytest.raises(HTTPClientError) as info:
-        body = json.dumps({"path": "a.py", "prefix": "x = "})
-        await AsyncHTTPClient().fetch(url, method="POST", body=body)
-    assert info.value.code == 403
+async def test_a_request_without_a_token_gets_403(without_token: Any) -> None:
+    body = json.dumps({"path": "a.py", "prefix": "x = "})
+    assert (await without_token("complete", "POST", body)).code == 403
 
 
 @pytest.mark.parametrize("jp_server_config", [GATEWAY_DOWN])

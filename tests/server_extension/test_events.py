@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from jpconfig import closed_port, server_config
+from support.contents_api import text_file
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
@@ -218,7 +219,7 @@ async def test_a_write_by_another_process_arrives_as_an_external_change(
 
 async def test_an_editor_save_arrives_as_a_contents_change(jp_fetch: Any, events: Any) -> None:
     client = await events()
-    body = {"type": "file", "format": "text", "content": SECRET_LINE}
+    body = text_file(SECRET_LINE)
     await jp_fetch("api", "contents", "saved.py", method="PUT", body=json.dumps(body))
     event = await client.wait_for(
         lambda m: m["event"] == "files" and "saved.py" in m["data"]["paths"], "contents save"

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from jpconfig import server_config
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from codeyard.server_extension.exec.handlers import ExecHandler, ExecRunHandler
 from codeyard.server_extension.exec.runs import SCHEMA_ID
@@ -375,18 +374,9 @@ def test_handlers_are_authenticated_and_scoped(jp_serverapp: Any) -> None:
     ],
 )
 async def test_requests_without_token_get_403(
-    http_server_client: Any,
-    jp_base_url: str,
-    jp_http_port: int,
-    workspace: Path,
-    method: str,
-    endpoint: str,
-    body: str | None,
+    without_token: Any, workspace: Path, method: str, endpoint: str, body: str | None
 ) -> None:
-    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}codeyard/api/{endpoint}"
-    with pytest.raises(HTTPClientError) as info:
-        await AsyncHTTPClient().fetch(url, method=method, body=body)
-    assert info.value.code == 403
+    assert (await without_token(endpoint, method, body)).code == 403
     assert not (workspace / "pwned").exists()
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from jpconfig import TOKENIZER, model_llm
 from support import llm_stack
 
 from codeyard.server_extension.files import FileReader
@@ -26,10 +26,6 @@ from codeyard.server_extension.llm.rewrite import Rewriter, extract_code
 from codeyard.server_extension.llm.tokens import TokenCounter
 from codeyard.server_extension.patches.difftext import unified_diff
 from codeyard.server_extension.paths import WorkspacePaths
-
-# Where hub_config/vllm/setup.sh (run by the model_stack fixture) puts the converted model.
-CACHE = Path(os.environ.get("CODEYARD_CACHE", Path.home() / ".cache" / "codeyard"))
-TOKENIZER = CACHE / "models" / "smollm2" / "tokenizer.json"
 
 CALC = '''"""Small helpers for arithmetic."""
 
@@ -60,14 +56,9 @@ def jp_server_config(model_stack: dict[str, str]) -> dict[str, Any]:
             "jpserver_extensions": {"codeyard.server_extension": True},
             "allow_unauthenticated_access": False,
         },
-        "CodeyardLLM": {
-            "url": model_stack["url"],
-            "token": model_stack["token"],
-            "tokenizer_file": str(TOKENIZER),
-            "explain_max_tokens": 64,
-            "explain_temperature": 0.0,
-            "rewrite_max_tokens": 96,
-        },
+        "CodeyardLLM": model_llm(
+            model_stack, explain_max_tokens=64, explain_temperature=0.0, rewrite_max_tokens=96
+        ),
     }
 
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from jpconfig import closed_port
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from trees import files_of, put
 
 from codeyard.server_extension.git.message import CommitMessageWriter, clean_answer
@@ -494,17 +493,9 @@ GIT_ENDPOINTS = [
 
 @pytest.mark.parametrize(("method", "endpoint", "body"), GIT_ENDPOINTS)
 async def test_git_requests_without_token_get_403(
-    http_server_client: Any,
-    jp_base_url: str,
-    jp_http_port: int,
-    method: str,
-    endpoint: str,
-    body: str | None,
+    without_token: Any, method: str, endpoint: str, body: str | None
 ) -> None:
-    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}codeyard/api/{endpoint}"
-    with pytest.raises(HTTPClientError) as info:
-        await AsyncHTTPClient().fetch(url, method=method, body=body)
-    assert info.value.code == 403
+    assert (await without_token(endpoint, method, body)).code == 403
 
 
 # ---- the proposed commit message -----------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from proposal_samples import BROKEN, UTILS
 
 from codeyard.server_extension.errors import CodeyardError
 from codeyard.server_extension.llm.proposal_checks import (
@@ -19,26 +20,6 @@ from codeyard.server_extension.llm.proposal_checks import (
     parse_selection,
 )
 from codeyard.server_extension.patches.difftext import unified_diff
-
-# The shape of the click report: a docstring request answered with a future import that
-# lands in the middle of the file, after other statements.
-UTILS = """import os
-import sys
-
-
-def echo(message):
-    sys.stdout.write(message)
-
-
-def make_str(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    return str(value)
-"""
-BROKEN = UTILS.replace(
-    "def make_str(value):\n",
-    'from __future__ import annotations\ndef make_str(value):\n    """Text of value."""\n',
-)
 
 
 def test_python_that_parses_passes() -> None:

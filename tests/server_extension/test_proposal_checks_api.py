@@ -16,28 +16,10 @@ from typing import Any
 import nbformat
 import pytest
 from jpconfig import server_config
+from proposal_samples import BROKEN, UTILS
 
 from codeyard.server_extension.errors import CodeyardError
 from codeyard.server_extension.patches.difftext import unified_diff
-
-UTILS = """import os
-import sys
-
-
-def echo(message):
-    sys.stdout.write(message)
-
-
-def make_str(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    return str(value)
-"""
-# The click report: asked for a one-line docstring, the model put a future import mid-file.
-BROKEN = UTILS.replace(
-    "def make_str(value):\n",
-    'from __future__ import annotations\ndef make_str(value):\n    """Text of value."""\n',
-)
 
 
 @pytest.fixture

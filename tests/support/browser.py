@@ -1,5 +1,9 @@
 """A user of the Hub's web pages (cookies, _xsrf, redirects, like a browser), and spawning a
-workspace as that user."""
+workspace as that user: signed up and logged in (`signed_in`), a token of theirs
+(`user_token`), a named server started (`start_server`, `start_workspace`) and waited for until
+the Hub reports it ready or no longer lists it (`wait_ready`, `wait_gone`). The Hub test
+modules start their workspaces through these, so a change to how the Hub answers is made
+here once."""
 
 from __future__ import annotations
 
@@ -103,20 +107,67 @@ def signed_in(hub_url: str, user: str, password: str) -> Browser:
     return b
 
 
+def user_token(browser: Browser, user: str, note: str) -> str:
+    """A fresh API token of `user`, asked for through the Hub API as that user."""
+    r = browser.api("POST", f"/users/{user}/tokens", json={"note": note})
+    assert r.status_code == 201, r.text
+    return str(r.json()["token"])
+
+
+def wait_ready(
+    hub: HubProcess, user: str, workspace: str, timeout: float = 300, poll: float = 0.5
+) -> dict[str, Any]:
+    """Until the Hub reports `user`'s named server `workspace` ready; its model then. Read
+    as the admin service, so the wait does not touch the user's session."""
+    deadline = time.monotonic() + timeout
+    while True:
+        model: dict[str, Any] | None = (
+            hub.api("GET", f"/users/{user}").json()["servers"].get(workspace)
+        )
+        if model and model["ready"]:
+            return model
+        assert time.monotonic() < deadline, (
+            f"{user}/{workspace} not ready in {timeout}s\n{hub.log_tail()}"
+        )
+        time.sleep(poll)
+
+
+def wait_gone(
+    hub: HubProcess, user: str, workspace: str, timeout: float = 60, poll: float = 0.5
+) -> None:
+    """Until the Hub no longer lists `user`'s named server `workspace`: stopped, or found
+    dead by the Hub's poll."""
+    deadline = time.monotonic() + timeout
+    while hub.api("GET", f"/users/{user}").json()["servers"].get(workspace) is not None:
+        assert time.monotonic() < deadline, (
+            f"{user}/{workspace} still listed after {timeout}s\n{hub.log_tail()}"
+        )
+        time.sleep(poll)
+
+
+def start_server(
+    hub: HubProcess,
+    browser: Browser,
+    user: str,
+    workspace: str,
+    timeout: float = 300,
+    **options: str,
+) -> dict[str, Any]:
+    """Spawn `user`'s named server `workspace` (small profile, plus the spawn form's
+    `options`, e.g. `repo_url`) through the Hub API as that user and wait until the Hub
+    reports it ready; its model."""
+    r = browser.api(
+        "POST", f"/users/{user}/servers/{workspace}", json={"profile": "small", **options}
+    )
+    assert r.status_code in (201, 202), r.text
+    return wait_ready(hub, user, workspace, timeout)
+
+
 def start_workspace(
     hub: HubProcess, browser: Browser, user: str, workspace: str, timeout: float = 300
 ) -> dict[str, str]:
-    """Spawn `user`'s named workspace (small profile) through the Hub API as that user and
-    wait until the Hub reports it ready; return an auth header with a fresh token of theirs."""
-    r = browser.api("POST", f"/users/{user}/tokens", json={"note": f"e2e {workspace}"})
-    assert r.status_code == 201, r.text
-    auth = {"Authorization": f"token {r.json()['token']}"}
-    r = browser.api("POST", f"/users/{user}/servers/{workspace}", json={"profile": "small"})
-    assert r.status_code in (201, 202), r.text
-    deadline = time.monotonic() + timeout
-    while not (hub.api("GET", f"/users/{user}").json()["servers"].get(workspace) or {}).get(
-        "ready"
-    ):
-        assert time.monotonic() < deadline, f"workspace not ready\n{hub.log_tail()}"
-        time.sleep(0.5)
-    return auth
+    """`start_server` (small profile), with a fresh token of the user's taken first; an auth
+    header with it, for the calls into the workspace."""
+    token = user_token(browser, user, f"e2e {workspace}")
+    start_server(hub, browser, user, workspace, timeout)
+    return {"Authorization": f"token {token}"}

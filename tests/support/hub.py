@@ -390,3 +390,17 @@ class JsonApiHub(HubProcess):
     def service_token(self) -> str:
         """The placement admin service's Hub API token."""
         return self.placement_token
+
+    def placement_service_env(self, prefix: str, port: int) -> dict[str, str]:
+        """The JUPYTERHUB_* variables this Hub gives its placement service when it manages it,
+        for a test that runs the service as the Hub would: served at `prefix` on `port`."""
+        return {
+            "JUPYTERHUB_API_URL": self.api_url,
+            "JUPYTERHUB_API_TOKEN": self.service_token,
+            "JUPYTERHUB_CLIENT_ID": "service-codeyard-placement",
+            "JUPYTERHUB_SERVICE_NAME": "codeyard-placement",
+            "JUPYTERHUB_SERVICE_PREFIX": prefix,
+            "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}",
+            "JUPYTERHUB_BASE_URL": "/",
+            "JUPYTERHUB_OAUTH_CALLBACK_URL": prefix + "oauth_callback",
+        }

@@ -12,7 +12,8 @@ import requests
 from codeyard.placement.crypto import CredentialCipher
 from codeyard.placement.database import open_db
 from codeyard.placement.registry import Registry
-from support.browser import Browser
+from support.browser import Browser, wait_gone, wait_ready
+from support.contents_api import write_text
 from support.hub import HubProcess
 
 
@@ -36,10 +37,7 @@ def spawn_and_time(hub: HubProcess, b: Browser, user: str, ws: str) -> float:
     started = time.monotonic()
     r = b.api("POST", f"/users/{user}/servers/{ws}", json={"profile": "small"})
     assert r.status_code in (201, 202), r.text
-    deadline = started + 300
-    while not (server_model(hub, user, ws) or {}).get("ready"):
-        assert time.monotonic() < deadline, f"{user}/{ws} not ready\n{hub.log_tail()}"
-        time.sleep(0.3)
+    wait_ready(hub, user, ws, timeout=300, poll=0.3)
     return time.monotonic() - started
 
 
@@ -47,10 +45,7 @@ def stop(hub: HubProcess, b: Browser, user: str, ws: str) -> None:
     """Stop `ws` as the user and wait until the Hub no longer lists it."""
     r = b.api("DELETE", f"/users/{user}/servers/{ws}")
     assert r.status_code in (202, 204), r.text
-    deadline = time.monotonic() + 60
-    while server_model(hub, user, ws):
-        assert time.monotonic() < deadline, hub.log_tail()
-        time.sleep(0.3)
+    wait_gone(hub, user, ws, poll=0.3)
 
 
 #: What `explain_from_workspace` writes as calc.py and has the model explain (lines 1-3).
@@ -67,13 +62,7 @@ def explain_from_workspace(
     Contents API and ask its `codeyard/api/explain` about lines 1-3, so the request goes
     container -> gateway -> model. Both must answer; returns the explain's body and the
     seconds it took, for the caller's checks of the answer."""
-    r = requests.put(
-        f"{base}/api/contents/calc.py",
-        json={"type": "file", "format": "text", "content": CALC_PY},
-        headers=token,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
+    write_text(base, "calc.py", CALC_PY, token)
     started = time.monotonic()
     r = requests.post(
         f"{base}/codeyard/api/explain",

@@ -116,6 +116,18 @@ class Machine:
         """The registry credential (`{"kind": "tls", "ca", "cert", "key"}`)."""
         return {"kind": "tls", "ca": self.ca, "cert": self.client_cert, "key": self.client_key}
 
+    def registration(self, **fields: Any) -> dict[str, Any]:
+        """The fields that register this machine as a host in the placement registry: its
+        name, engine endpoint, credential and homes folder, with `fields` added or replaced
+        (region, shared storage, another name)."""
+        return {
+            "name": self.name,
+            "endpoint": self.endpoint,
+            "credential": self.credential,
+            "storage_root": self.storage_root,
+            **fields,
+        }
+
     def client(self, timeout: float = 60.0) -> Any:
         """A TLS docker-py client (`HostClient`) for the machine's engine, as the Hub has."""
         from codeyard.placement.connect import HostClient

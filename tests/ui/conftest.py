@@ -48,22 +48,13 @@ from typing import Any
 
 import pytest
 import requests
+from support.chromium import HOST_NETWORK_NOISE, chromium
 from support.llm_stack import start_hub, start_vllm
 from support.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "server_extension" / "codeyard" / "server_extension" / "labextension"
 ARTIFACTS = REPO / ".artifacts" / "ui"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 EXT_NAME = "codeyard-labextension"
 
 
@@ -230,20 +221,8 @@ def lab_without_model(
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail("Debian Chromium is missing: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+    with chromium() as b:
         yield b
-        b.close()
-
-
-# Other suites on this machine add and remove network links (Docker bridges); Chromium then
-# reports failed loads as ERR_NETWORK_CHANGED and retries. That is the host, not the page.
-HOST_NETWORK_NOISE = ("net::ERR_NETWORK_CHANGED",)
 
 
 def _note_console(pg: Any, message: Any) -> None:

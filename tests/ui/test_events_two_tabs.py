@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import HOST_NETWORK_NOISE, CodeyardPanel, Lab
+from conftest import CodeyardPanel, Lab
 from panel_samples import SOURCE, fresh_file
+from support.chromium import HOST_NETWORK_NOISE
 from test_panel_rewrite import rewrite_until_diff
 
 #: Seconds tab B may take to show what tab A did; the events arrive within milliseconds,
