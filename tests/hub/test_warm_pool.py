@@ -6,13 +6,21 @@ fills; a claimed workspace is its own user's only (a second user on the same hos
 the first, sees none of the first's files, environment, tokens, processes or kernels);
 two users claiming at once get different containers; pooled containers count against the
 host's capacity; a swarm host refuses a pool size with 400.
+
+A second Hub has a home quota (docs/home-quota.md): each home is its own loop-mounted ext4
+file system, which the quota helper binds into the claimed container's slot. Its tests: a
+claim is still warm, the home inside is the quota'd file system of the quota's size, a
+write past the quota fails with ENOSPC and loses nothing else, and after the stop the next
+user's claim sees none of the first user's files.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -358,3 +366,179 @@ def _ls(folder: Path) -> list[Path]:
         return list(folder.iterdir())
     except FileNotFoundError:
         return []
+
+
+# ---- with a home quota: the home is a mount point, bound into the slot at claim -------------
+
+QUOTA = 64 * 1024 * 1024
+QUOTA_CONFIG = """
+c.PlacementSpawner.home_quota = "64M"
+c.PlacementSpawner.home_quota_keep_free = "256M"
+"""
+
+
+def _mounts_under(root: Path) -> list[str]:
+    """Mount points at or below `root` in this (the host's) mount namespace, deepest first."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            target = line.split()[4].replace("\\040", " ")
+            if target == str(root) or target.startswith(f"{root}/"):
+                found.append(target)
+    return sorted(set(found), key=len, reverse=True)
+
+
+@pytest.fixture(scope="module")
+def quota_hub(
+    tmp_path_factory: pytest.TempPathFactory,
+    image: str,
+    proxy_command: str,
+    users: Users,
+    docker_client: docker.APIClient,
+) -> Iterator[HubProcess]:
+    state = tmp_path_factory.mktemp("hubstate-pool-quota")
+    try:
+        with running_hub(
+            state, image, proxy_command, users, docker_client, site_config=QUOTA_CONFIG
+        ) as proc:
+            r = proc.api("POST", "/users", json={"usernames": users.all()})
+            assert r.status_code == 201, r.text
+            yield proc
+    finally:
+        root = str(state / "homes")
+        for c in docker_client.containers(all=True, filters={"label": f"{STORAGE_LABEL}={root}"}):
+            docker_client.remove_container(c["Id"], force=True)
+        # The homes' loop mounts, the slots' binds and the storage root's shared bind are
+        # the host's: undo them (each loop device goes with its mount).
+        for target in _mounts_under(state / "homes"):
+            subprocess.run(["umount", "-l", target], check=False)
+        shutil.rmtree(state / "homes", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def quota_marker() -> str:
+    """A string only alice's quota'd home holds."""
+    return f"alice-quota-only-{secrets.token_hex(8)}"
+
+
+def exec_code(client: docker.APIClient, cid: str, script: str) -> tuple[int, str]:
+    """Run `script` in `cid` as the workspace uid; its exit code and output."""
+    ex = client.exec_create(cid, ["sh", "-c", script], user="1000:1000")
+    out = client.exec_start(ex["Id"]).decode("utf-8", "replace")
+    return client.exec_inspect(ex["Id"])["ExitCode"], out
+
+
+def test_with_a_quota_a_claim_is_warm_and_the_home_is_its_file_system(
+    quota_hub: HubProcess, users: Users, docker_client: docker.APIClient, quota_marker: str
+) -> None:
+    set_host(quota_hub, pool_size=1)
+    wait_warm(quota_hub, docker_client, 1)
+    (warm,) = warm_containers(quota_hub, docker_client)
+    info = docker_client.inspect_container(warm["Id"])
+    hc = info["HostConfig"]
+    # Still no capability and no privilege: only mounts under its own slot reach it.
+    assert hc["Privileged"] is False and hc["CapDrop"] == ["ALL"] and not hc["CapAdd"]
+    assert hc["ReadonlyRootfs"] is True
+    (slot_mount,) = [m for m in info["Mounts"] if m["Destination"] == "/home"]
+    assert slot_mount["Propagation"] == "rslave", slot_mount
+
+    messages = spawn(quota_hub, users.alice, "q")
+    assert "Claiming a warm workspace" in messages, messages
+    assert "Creating container" not in messages, messages
+    assert not any("No warm workspace" in m for m in messages), messages
+    alice_container = container_of(quota_hub, users.alice, "q")
+    assert alice_container == warm["Names"][0].lstrip("/")
+
+    # The home on the host is its own file system of the quota's size...
+    home = quota_hub.state_dir / "homes" / users.alice / "q"
+    assert str(home) in _mounts_under(home), _mounts_under(quota_hub.state_dir)
+    fs = os.statvfs(home)
+    size = fs.f_blocks * fs.f_frsize
+    assert QUOTA // 2 < size <= QUOTA, size
+    # ...and it is what the claimed container has at its home: same size, same files.
+    headers = token(quota_hub, users.alice)
+    r = requests.put(
+        f"{base(quota_hub, users.alice, 'q')}/api/contents/marker.txt",
+        json={"type": "file", "format": "text", "content": quota_marker},
+        headers=headers,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    assert [p.read_text() for p in home.rglob("marker.txt")] == [quota_marker]
+    code, out = exec_code(
+        docker_client, alice_container, "df -B1 --output=size /home/jovyan | tail -1"
+    )
+    assert code == 0 and int(out.split()[-1]) == size, out
+
+    # A write past the quota fails at once and loses nothing else.
+    code, out = exec_code(
+        docker_client,
+        alice_container,
+        "cd /home/jovyan && echo kept > keep && dd if=/dev/zero of=fill bs=1M count=128 2>&1;"
+        " echo rc=$?; cat keep",
+    )
+    assert code == 0 and "No space left on device" in out, out
+    assert "rc=0" not in out and out.rstrip().endswith("kept"), out
+    assert (home / "fill").stat().st_size < QUOTA
+    assert (home / "keep").read_text() == "kept\n"
+    assert [p.read_text() for p in home.rglob("marker.txt")] == [quota_marker]
+    assert (home.with_name("q.img")).stat().st_size == QUOTA, "the image grew past its quota"
+    code, out = exec_code(docker_client, alice_container, "rm /home/jovyan/fill && echo ok")
+    assert code == 0, out
+    r = requests.get(
+        f"{base(quota_hub, users.alice, 'q')}/api/contents/marker.txt", headers=headers, timeout=30
+    )
+    assert r.status_code == 200 and r.json()["content"] == quota_marker, r.text
+
+    stop(quota_hub, users.alice, "q")
+    # The container is gone for good, its slot with it; the home is still mounted at its
+    # own folder, with her files, and no bind of it is left anywhere under the slots.
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.inspect_container(alice_container)
+    slots = quota_hub.state_dir / "homes" / ".pool"
+    slot = info["Config"]["Labels"]["codeyard.pool.slot"]
+    assert not any(p.name == slot for p in _ls(slots))
+    assert _mounts_under(slots) == [], _mounts_under(slots)
+    assert str(home) in _mounts_under(home)
+    assert (home / "keep").read_text() == "kept\n"
+
+
+def test_with_a_quota_the_next_claim_sees_nothing_of_the_first(
+    quota_hub: HubProcess, users: Users, docker_client: docker.APIClient, quota_marker: str
+) -> None:
+    alice_home = quota_hub.state_dir / "homes" / users.alice / "q"
+    assert [p.read_text() for p in alice_home.rglob("marker.txt")] == [quota_marker]
+    wait_warm(quota_hub, docker_client, 1)
+    messages = spawn(quota_hub, users.bob, "q")
+    assert "Claiming a warm workspace" in messages, messages
+    assert "Creating container" not in messages, messages
+    bob_container = container_of(quota_hub, users.bob, "q")
+    assert bob_container.startswith("codeyard-pool-")
+    bob_home = quota_hub.state_dir / "homes" / users.bob / "q"
+    # His own file system, not hers.
+    assert str(bob_home) in _mounts_under(bob_home)
+    assert os.stat(bob_home).st_dev != os.stat(alice_home).st_dev
+    code, out = exec_code(
+        docker_client, bob_container, "df -B1 --output=size /home/jovyan | tail -1"
+    )
+    fs = os.statvfs(bob_home)
+    assert code == 0 and int(out.split()[-1]) == fs.f_blocks * fs.f_frsize <= QUOTA, out
+    headers = token(quota_hub, users.bob)
+    r = requests.get(
+        f"{base(quota_hub, users.bob, 'q')}/codeyard/api/tree", headers=headers, timeout=30
+    )
+    assert r.status_code == 200, r.text
+    assert quota_marker not in r.text and "marker.txt" not in r.text
+    code, everything = exec_code(
+        docker_client,
+        bob_container,
+        "cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n';"
+        " grep -rs . /home /tmp 2>/dev/null | head -c 2000000; ls -laR /home /tmp;"
+        " cat /proc/self/mountinfo",
+    )
+    assert users.alice not in everything
+    assert quota_marker not in everything
+    stop(quota_hub, users.bob, "q")
+    slots = quota_hub.state_dir / "homes" / ".pool"
+    assert _mounts_under(slots) == [], _mounts_under(slots)
+    set_host(quota_hub, pool_size=0)

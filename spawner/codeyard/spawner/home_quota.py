@@ -40,15 +40,17 @@ from .homes import ensure_user_dir
 
 DockerCall = Callable[..., Awaitable[Any]]
 
-# $1 mode (mount|remount|unmount|delete; remount mounts only an existing image), $2 home
-# folder name, $3 size in bytes, $4 uid, $5 preallocate (1|0), $6 bytes the host file
-# system must keep free after a new image.
+# $1 mode (mount|remount|unmount|delete|attach|detach; remount mounts only an existing
+# image), $2 home folder name, $3 size in bytes, $4 uid, $5 preallocate (1|0), $6 bytes the
+# host file system must keep free after a new image, $7 the home's name in a warm slot.
 # Exit 4: no room on the host for a new image; 5: an existing home exceeds the quota.
 # Runs as root in /homes (the user's folder, bound rshared), with the capabilities that
-# `helper_host_config` names. Mounts made here propagate to the host.
+# `helper_host_config` names. Mounts made here propagate to the host. attach/detach also
+# have a warm container's slot folder at /slot (bound rshared): attach binds the mounted
+# home into it, detach takes that bind away again (warm_pool.py).
 QUOTA_SCRIPT = r"""
 set -u
-mode="$1"; ws="$2"; size="$3"; uid="$4"; prealloc="$5"; keep_free="$6"
+mode="$1"; ws="$2"; size="$3"; uid="$4"; prealloc="$5"; keep_free="$6"; in_slot="${7:-}"
 img="$ws.img"; fresh="$ws.img.partial"; stage=".$ws.quota-copy"
 cd /homes || exit 2
 
@@ -94,6 +96,29 @@ unmount_home() {
 case "$mode" in
 remount)
     [ -e "$img" ] || exit 0 ;;
+attach|detach)
+    case "$in_slot" in ""|.|..|*/*) say "not a home name in a slot: $in_slot"; exit 2 ;; esac ;;
+esac
+case "$mode" in
+attach)
+    # The warm container sees /slot at the home's parent (an rslave bind), so this bind
+    # appears at its home at once. Whatever the container wrote at that name before the
+    # claim is not the user's: it goes, without crossing into another file system.
+    target="/slot/$in_slot"
+    mountpoint -q "$ws" || { say "home $ws is not mounted"; exit 1; }
+    if mountpoint -q "$target"; then say "slot already holds a home"; exit 1; fi
+    rm -rf --one-file-system -- "$target" || exit 1
+    mkdir -m 0755 -- "$target" && chown "$uid:$uid" "$target" || exit 1
+    mount --bind "$ws" "$target" || exit 1
+    say "home $ws attached to its warm slot"
+    exit 0 ;;
+detach)
+    target="/slot/$in_slot"
+    if mountpoint -q "$target"; then
+        umount "$target" 2>/dev/null || umount -l "$target" || exit 1
+    fi
+    if mountpoint -q "$target"; then say "slot still holds a home"; exit 1; fi
+    exit 0 ;;
 unmount)
     unmount_home || exit 1
     exit 0 ;;
@@ -194,6 +219,9 @@ class QuotaJob:
     preallocate: bool = True
     keep_free: int = 0
     labels: dict[str, str] | None = None
+    #: attach/detach: a warm container's slot folder on the host, and the home's name in it.
+    slot_dir: str = ""
+    slot_home: str = ""
 
     def command(self) -> list[str]:
         return [
@@ -203,14 +231,19 @@ class QuotaJob:
             str(self.uid),
             "1" if self.preallocate else "0",
             str(self.keep_free),
+            self.slot_home,
         ]
 
 
-def helper_host_config(user_dir: str) -> dict[str, Any]:
+def helper_host_config(user_dir: str, slot_dir: str = "") -> dict[str, Any]:
     """Docker host config of the quota helper: root with the few capabilities a loop mount
-    needs, no network, a read-only root, and the user's folder bound `rshared`."""
+    needs, no network, a read-only root, and the user's folder bound `rshared` (plus, to
+    attach a home to a warm container, that container's slot, also `rshared`)."""
+    binds = {user_dir: {"bind": "/homes", "mode": "rw", "propagation": "rshared"}}
+    if slot_dir:
+        binds[slot_dir] = {"bind": "/slot", "mode": "rw", "propagation": "rshared"}
     return {
-        "binds": {user_dir: {"bind": "/homes", "mode": "rw", "propagation": "rshared"}},
+        "binds": binds,
         "cap_drop": ["ALL"],
         "cap_add": [
             # mount(2)/umount(2), and the loop ioctls that attach and release an image.
@@ -254,7 +287,7 @@ async def run_quota_helper(
             command=job.command(),
             working_dir="/homes",
             labels=job.labels or {},
-            host_config=client.create_host_config(**helper_host_config(job.user_dir)),
+            host_config=client.create_host_config(**helper_host_config(job.user_dir, job.slot_dir)),
         )
     except APIError as e:
         raise QuotaUnavailable(f"home quota helper not created: {e.explanation or e}") from e
@@ -330,19 +363,22 @@ def ensure_shared_mount(path: str) -> bool:
     return is_shared_mount(path)
 
 
-def _job(spawner: Any, host: Any, mode: str) -> QuotaJob:
+def _job(spawner: Any, host: Any, mode: str, slot_dir: str = "", slot_home: str = "") -> QuotaJob:
     home = spawner.home_location(host)
     return QuotaJob(
         mode=mode,
         user_dir=home.user_dir,
         home_name=home.home_name,
         image=spawner.image,
-        name=f"{spawner.object_name}-quota",
+        # Not object_name: a claimed container's is the pool's, and a failed claim resets it.
+        name=f"{spawner._object_name_default()}-quota",
         size=parse_size(spawner.home_quota),
         uid=spawner.home_uid,
         preallocate=spawner.home_quota_preallocate,
         keep_free=parse_size(spawner.home_quota_keep_free),
         labels={"codeyard.user": spawner.user.name, "codeyard.helper": "home-quota"},
+        slot_dir=slot_dir,
+        slot_home=slot_home,
     )
 
 
@@ -390,4 +426,25 @@ async def release_home_quota(spawner: Any, host: Any, delete: bool) -> None:
         return
     await _shared_storage_root(spawner, host)
     job = _job(spawner, host, "delete" if delete else "unmount")
+    await run_quota_helper(spawner.docker, spawner.client, job, spawner.clone_timeout)
+
+
+async def shared_storage_root(spawner: Any, host: Any) -> None:
+    """The storage root as a shared mount where the Hub can make it one (its own machine, as
+    root): the warm pool's slots need it before any home is mounted (`warm_pool.py`)."""
+    await _shared_storage_root(spawner, host)
+
+
+async def attach_to_slot(spawner: Any, host: Any, slot_dir: str, slot_home: str) -> None:
+    """Bind the workspace's mounted home into a claimed warm container's slot folder
+    (`slot_dir` on the host), where the container sees it at its home mount point."""
+    job = _job(spawner, host, "attach", slot_dir, slot_home)
+    output = await run_quota_helper(spawner.docker, spawner.client, job, spawner.clone_timeout)
+    spawner.log.info("%s: %s", spawner._log_name, " ".join(output.strip().splitlines()[-1:]))
+
+
+async def detach_from_slot(spawner: Any, host: Any, slot_dir: str, slot_home: str) -> None:
+    """Take the home's bind out of a warm slot (the home stays mounted at its own folder).
+    Idempotent: a slot without the bind is left as it is."""
+    job = _job(spawner, host, "detach", slot_dir, slot_home)
     await run_quota_helper(spawner.docker, spawner.client, job, spawner.clone_timeout)

@@ -398,9 +398,7 @@ class PlacementSpawner(SpawnerSettings):
                 await self.remove_object()
                 self.object_id = ""
             # A warm container of this profile and image on this host, else a cold start.
-            # Not with a quota: a home that is a mount point cannot be renamed into a slot.
-            cold = self.on_swarm or home_quota.quota_applies(self)
-            warm = None if cold else await warm_pool.claim(self, host, opts.profile.name)
+            warm = None if self.on_swarm else await warm_pool.claim(self, host, opts.profile.name)
             ip, port = warm or await super().start()
             await self.wait_for_server(ip, port)
             self.last_error = ""

@@ -27,6 +27,12 @@ needs a shared host mount (which the Docker API cannot make) or a privileged con
 `<storage_root>/.pool/<slot>`, at the parent of the home's mount point, and the home is
 *renamed* into it: same file system, so it is one atomic rename, whatever its size.
 
+With a home quota (`home_quota.py`) the home is a mount point, which cannot be renamed. The
+quota already makes the storage root a shared mount, so there the slot is bound `rslave`
+and the quota helper binds the mounted home into the slot at claim (`attach_to_slot`); the
+bind reaches the running container through that propagation, and only mounts under its own
+slot do. At stop it is unmounted again (`detach_from_slot`).
+
 docs/warm-pool.md has the whole design and its security argument.
 """
 
@@ -48,8 +54,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from traitlets import Float, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
 
-from . import egress
-from .home_quota import parse_size
+from codeyard.placement.cleanup import record_claim as record_claim_in
+
+from . import egress, home_quota
 
 if TYPE_CHECKING:
     from codeyard.placement.hosts import DockerHost
@@ -154,9 +161,16 @@ def move_out_command(user_dir: str, home: str, slot: str, base: str) -> list[str
     src = posixpath.join(folder, _check(base, "home name"))
     script = (
         'if [ -e "$1" ]; then [ ! -e "$2" ] || exit 3; mv -T -- "$1" "$2" || exit 1; fi;'
-        ' rm -rf -- "$3"'
+        ' rm -rf --one-file-system -- "$3"'
     )
     return ["sh", "-c", script, "move-out", src, dst, folder]
+
+
+def remove_slot_command(slot: str) -> list[str]:
+    """The helper's command that removes a slot folder and what a server left in it. It
+    never crosses into another file system, so a home still bound there (a quota'd home
+    whose detach failed) is refused, never emptied."""
+    return ["rm", "-rf", "--one-file-system", "--", slot_path(HELPER_MOUNT, slot)]
 
 
 @dataclass
@@ -215,8 +229,9 @@ class WarmPool(LoggingConfigurable):
 
     helper_image = Unicode(
         "",
-        help="""Image of the per-host home helper (needs `sh`, `mv`, `rm`, `sleep`).
-        Empty: the workspace image, which every pooled host has anyway.""",
+        help="""Image of the per-host home helper (needs `sh`, `mv`, `sleep` and GNU
+        `rm`, whose `--one-file-system` keeps a slot's removal out of a home still bound
+        there). Empty: the workspace image, which every pooled host has anyway.""",
     ).tag(config=True)
 
     helper_pids_limit = Integer(64, help="""pids limit of the home helper container.""").tag(
@@ -236,7 +251,6 @@ class WarmPool(LoggingConfigurable):
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._base: PlacementSpawner | None = None
-        self._quota_warned = False
 
     @classmethod
     def instance(cls) -> WarmPool | None:
@@ -302,13 +316,6 @@ class WarmPool(LoggingConfigurable):
         sizes: dict[str, int] = {}
         if provider is not None and hasattr(provider, "pool_hosts"):
             sizes = await provider.pool_hosts()
-        if sizes and self._base is not None and parse_size(self._base.home_quota):
-            # A quota'd home is a mount point: it cannot be renamed into a slot, so every
-            # start is cold and warm containers would only hold capacity.
-            if not self._quota_warned:
-                self.log.warning("warm pool: off, because homes have a quota (home_quota)")
-                self._quota_warned = True
-            sizes = {}
         # Hosts no longer pooled (size 0, drained, down): their warm containers go.
         for host_name, key in list(self.ready):
             if host_name not in sizes:
@@ -415,10 +422,11 @@ class WarmPool(LoggingConfigurable):
             info = await spawner.docker("inspect_container", c["Id"])
             env = dict(e.split("=", 1) for e in info["Config"]["Env"] if "=" in e)
             ports = (info["NetworkSettings"]["Ports"] or {}).get(f"{SERVER_PORT}/tcp") or []
-            if name not in recorded or not info["State"]["Running"] or not ports:
-                # Claimed by a workspace (no row any more), or dead: not the pool's.
-                if name in recorded and not info["State"]["Running"]:
-                    await provider.pool_release(name)
+            if POOL_LABEL not in c["Labels"]:
+                continue  # the home helper
+            if not (info["State"]["Running"] and ports):
+                if name in recorded:
+                    await provider.pool_release(name)  # dead: not claimable
                 continue
             warm = WarmContainer(
                 host=host.name,
@@ -430,6 +438,14 @@ class WarmPool(LoggingConfigurable):
                 ip=host.host_ip,
                 port=int(ports[0]["HostPort"]),
             )
+            if name not in recorded:
+                # No row: claimed by a workspace (its server answers at that port now), or
+                # left half-removed by a Hub that died. Only a launcher still waiting for
+                # its claim answers `/warm`; that one is nobody's and goes.
+                if await _still_warm(warm):
+                    self.log.info("warm pool: removing unrecorded warm container %s", name)
+                    await self._remove(spawner, warm, None)
+                continue
             task = asyncio.ensure_future(self._until_ready(spawner, warm, provider))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -465,7 +481,15 @@ class WarmPool(LoggingConfigurable):
         secret = new_secret()
         config = pooled_host_config(spawner.workspace_host_config(), mount)
         extra = spawner.extra_host_config if isinstance(spawner.extra_host_config, dict) else {}
-        binds = {slot_path(host.storage_root, slot): {"bind": mount, "mode": "rw"}}
+        slot_bind: dict[str, str] = {"bind": mount, "mode": "rw"}
+        if home_quota.quota_applies(spawner):
+            # A quota'd home is a mount point and cannot be renamed into the slot: the quota
+            # helper binds it there at claim instead, and `rslave` lets that later mount
+            # (and only mounts under this slot) reach the running container, never the
+            # other way. Docker allows it only on a shared (or slave) storage root.
+            await home_quota.shared_storage_root(spawner, host)
+            slot_bind["propagation"] = "rslave"
+        binds = {slot_path(host.storage_root, slot): slot_bind}
         if host.storage_is_local:
             binds.update(spawner.extra_volumes)
         host_config = await spawner.docker(
@@ -512,14 +536,19 @@ class WarmPool(LoggingConfigurable):
         return WarmContainer(host.name, key, name, cid, slot, secret, host.host_ip, port)
 
     async def _remove(self, spawner: PlacementSpawner, warm: WarmContainer, provider: Any) -> None:
+        """Remove a warm container nobody claimed, and its slot.
+
+        Its registry row goes first, so the host's load never counts a container that is
+        already gone (an admin who sets the pool size to 0 sees `pooled` reach 0 as the
+        containers go). A Hub that dies between the two leaves an unrecorded warm
+        container; the next Hub finds it still unclaimed in `_adopt` and removes it.
+        """
+        if provider is not None:
+            await provider.pool_release(warm.name)
         with contextlib.suppress(NotFound, APIError):
             await spawner.docker("remove_container", warm.id, force=True)
         with contextlib.suppress(Exception):
-            await self.helper_exec(
-                spawner, ["rm", "-rf", "--", slot_path(HELPER_MOUNT, warm.slot)], spawner.home_uid
-            )
-        if provider is not None:
-            await provider.pool_release(warm.name)
+            await self.helper_exec(spawner, remove_slot_command(warm.slot), spawner.home_uid)
 
     # ---- the home helper ---------------------------------------------------------------
 
@@ -611,15 +640,27 @@ async def claim(
     spawner.emit(40, "Claiming a warm workspace")
     moved = False
     try:
-        await provider.pool_release(warm.name)
+        await asyncio.gather(
+            provider.pool_release(warm.name),
+            record_claim(provider, spawner.user.name, spawner.name or "", host.name, warm.name),
+        )
         home = spawner.home_location(host)
         _mount, base = slot_mount(spawner.home_mount)
         await pool.ensure_helper(spawner, host)
-        await pool.helper_exec(
-            spawner,
-            move_in_command(home.user_dir_name, home.home_name, warm.slot, base),
-            spawner.home_uid,
-        )
+        if home_quota.quota_applies(spawner):
+            # The home is its own mounted file system: bound into the slot, not renamed. A
+            # failure half-way is undone like a finished attach (detach is idempotent).
+            moved = True
+            spawner.warm_slot = warm.slot
+            await home_quota.attach_to_slot(
+                spawner, host, slot_path(host.storage_root, warm.slot), _check(base, "home name")
+            )
+        else:
+            await pool.helper_exec(
+                spawner,
+                move_in_command(home.user_dir_name, home.home_name, warm.slot, base),
+                spawner.home_uid,
+            )
         moved = True
         spawner.warm_slot = warm.slot
         spawner.object_id, spawner.object_name = warm.id, warm.name
@@ -638,6 +679,42 @@ async def claim(
         return None
     spawner.emit(60, "Starting Jupyter server in the warm workspace")
     return warm.ip, warm.port
+
+
+async def record_claim(provider: Any, user: str, workspace: str, host: str, name: str) -> None:
+    """Record in the registry that `user/workspace` runs in the warm container `name`.
+
+    A claimed container keeps the pool's labels (labels cannot change on a running
+    container), so this record is how placement's clean-up of a host that came back
+    (`cleanup.remove_stale_containers`) finds the workspace it belongs to. The Hub itself
+    follows the container id and name in the spawner's state. A provider without a
+    registry has no clean-up to tell. Bookkeeping only: a failure is logged.
+    """
+    registry = getattr(provider, "registry", None)
+    if registry is None:
+        return
+    try:
+        await asyncio.to_thread(record_claim_in, registry, user, workspace, host, name)
+    except Exception:
+        provider.log.exception("warm pool: could not record the claim of %s", name)
+
+
+async def _still_warm(warm: WarmContainer) -> bool:
+    """Whether `warm`'s launcher still waits for a claim (its `/warm` answers 200). A
+    claimed container's server does not serve that path; no answer counts as claimed."""
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        resp = await client.fetch(
+            f"http://{warm.ip}:{warm.port}/warm",
+            raise_error=False,
+            request_timeout=3,
+            follow_redirects=False,
+        )
+        return resp.code == 200
+    except Exception:
+        return False
+    finally:
+        client.close()
 
 
 async def _send_claim(
@@ -669,13 +746,28 @@ async def release_home(spawner: PlacementSpawner, host: DockerHost) -> None:
     home = spawner.home_location(host)
     _mount, base = slot_mount(spawner.home_mount)
     await pool.ensure_helper(spawner, host)
-    await pool.helper_exec(
-        spawner,
-        move_out_command(home.user_dir_name, home.home_name, slot, base),
-        spawner.home_uid,
-    )
+    if home_quota.quota_applies(spawner):
+        # The home was bound into the slot (it never left its own folder): take the bind
+        # away, then remove the slot, which refuses to cross into a bind still there.
+        await home_quota.detach_from_slot(
+            spawner, host, slot_path(host.storage_root, slot), _check(base, "home name")
+        )
+        # The detach checked, in a new mount namespace, that the slot holds no home any
+        # more; removing the empty slot is housekeeping. It can fail only where the
+        # helper's own, older namespace still holds a copy of the bind (the helper was
+        # restarted while the container ran): the slot then stays, empty, and the stop goes on.
+        try:
+            await pool.helper_exec(spawner, remove_slot_command(slot), spawner.home_uid)
+        except RuntimeError as e:
+            spawner.log.warning("%s: slot %s left in place: %s", spawner._log_name, slot, e)
+    else:
+        await pool.helper_exec(
+            spawner,
+            move_out_command(home.user_dir_name, home.home_name, slot, base),
+            spawner.home_uid,
+        )
     spawner.warm_slot = ""
-    spawner.log.info("%s: home moved back from warm slot %s", spawner._log_name, slot)
+    spawner.log.info("%s: home out of warm slot %s", spawner._log_name, slot)
 
 
 def run_with_hub(spawner_class: Any = None) -> None:

@@ -18,7 +18,11 @@ and that does not depend on the user. So the launcher:
 3. on the claim, stops listening, replaces its whole environment with the claimed one (the
    image's own variables plus the user's), changes to the workspace folder and runs
    `jupyterhub-singleuser` with the claimed arguments *in this process*, so every module
-   imported in step 1 is already there.
+   imported in step 1 is already there;
+4. answers the claim only once that server listens on the port (`HeldAnswer`; at most
+   `ANSWER_WITHIN` seconds later), so the Hub's first check of the server finds it up and
+   the Hub never polls for it. The phases of that start go to the log as one line
+   (`Phases`), which `tests/bench/bench_warm_pool.py` reads.
 
 A claimed launcher never listens again: one container serves one user, once. See
 docs/warm-pool.md for the whole design and its security argument.
@@ -26,12 +30,18 @@ docs/warm-pool.md for the whole design and its security argument.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hmac
 import importlib
+import inspect
 import json
 import os
+import socket
 import sys
+import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -63,6 +73,12 @@ PREIMPORTS = (
 )
 #: Most bytes a claim may carry (the environment and arguments of one server).
 MAX_CLAIM = 256 * 1024
+#: Longest the claim's answer is held back waiting for the server to listen. The Hub then
+#: finds the server up at its first check instead of polling for it; past this, the
+#: launcher answers anyway and the Hub waits for the server as after a cold start.
+ANSWER_WITHIN = 5.0
+#: The log line (prefix) that carries the claim's phase timings as JSON, for the benchmark.
+TIMINGS_TAG = "codeyard-warm-launcher: claim timings "
 
 
 def modules_of_dry_run(timeout: float = 300) -> list[str]:
@@ -157,9 +173,49 @@ class Claim:
         return cls(env, args, cwd)
 
 
-def wait_for_claim(secret: str, port: int) -> Claim:
-    """Serve the claim channel on `port` until one authenticated, well-formed claim came."""
+class HeldAnswer:
+    """The claim's HTTP answer, sent once: when the server listens, after `ANSWER_WITHIN`,
+    or when the process exits, whichever comes first.
+
+    Holding the answer until the server listens tells the Hub the moment it may use the
+    server, so it needs no polling (each poll costs an interval and an engine call). The
+    connection is the Hub's own claim call; the listening socket is closed before the
+    server binds the port, so nothing else can reach the launcher meanwhile.
+    """
+
+    def __init__(self, sock: socket.socket | None) -> None:
+        self.sock = sock
+        self.state = ""
+        self._lock = threading.Lock()
+
+    def send(self, state: str) -> None:
+        with self._lock:
+            if self.state:
+                return
+            self.state = state
+        if self.sock is None:
+            return
+        body = f"claimed; {state}\n".encode()
+        head = (
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        try:
+            self.sock.sendall(head + body)
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the Hub gave up on the call; it falls back to a cold start
+        finally:
+            self.sock.close()
+
+
+def wait_for_claim(secret: str, port: int) -> tuple[Claim, HeldAnswer]:
+    """Serve the claim channel on `port` until one authenticated, well-formed claim came.
+
+    Returns the claim and its held answer: the claim's connection stays open, unanswered,
+    after the listening socket is closed (`HeldAnswer`)."""
     claims: list[Claim] = []
+    held: list[socket.socket] = []
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
@@ -196,28 +252,122 @@ def wait_for_claim(secret: str, port: int) -> Claim:
                 self._answer(400, f"{e}\n")
                 return
             claims.append(claim)
-            self._answer(200, "claimed\n")
+            held.append(self.connection)
+            self.log_request(200)
+            self.close_connection = True
 
-    HTTPServer.allow_reuse_address = True
-    server = HTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - the published port
+    class Server(HTTPServer):
+        allow_reuse_address = True
+
+        def shutdown_request(self, request: Any) -> None:
+            if request in held:
+                return  # answered by HeldAnswer once the server listens
+            super().shutdown_request(request)
+
+    server = Server(("0.0.0.0", port), Handler)  # noqa: S104 - the published port
     try:
         while not claims:
             server.handle_request()
     finally:
         server.server_close()
-    return claims[0]
+    return claims[0], HeldAnswer(held[0] if held else None)
 
 
-def run_server(claim: Claim, base_env: dict[str, str]) -> Any:
-    """Become the user's `jupyterhub-singleuser`: environment, folder, arguments, main()."""
+class Phases:
+    """Wall time of the server's start-up phases after the claim, for one log line.
+
+    The wrapped methods are the server's own; the wrappers only take the time."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.epoch = time.time()
+        self.spans: list[tuple[str, float, float]] = []
+
+    def wrap(
+        self, owner: Any, name: str, label: str, after: Callable[[], None] | None = None
+    ) -> None:
+        original = getattr(owner, name, None)
+        if original is None:
+            return
+        spans = self.spans
+        started = self.started
+
+        if inspect.iscoroutinefunction(original):
+
+            @functools.wraps(original)
+            async def timed_async(*args: Any, **kwargs: Any) -> Any:
+                t = time.monotonic()
+                try:
+                    return await original(*args, **kwargs)
+                finally:
+                    spans.append((label, t - started, time.monotonic() - t))
+
+            setattr(owner, name, timed_async)
+            return
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t = time.monotonic()
+            try:
+                result = original(*args, **kwargs)
+            finally:
+                spans.append((label, t - started, time.monotonic() - t))
+            if after is not None:
+                after()  # only once it worked: a failed bind exits instead
+            return result
+
+        setattr(owner, name, timed)
+
+    def line(self, state: str) -> str:
+        """One log line: the phases, then the same as JSON after `TIMINGS_TAG`."""
+        at = time.monotonic() - self.started
+        text = ", ".join(f"{label} {took:.3f}s" for label, _start, took in self.spans)
+        data = {
+            "claimed_epoch": self.epoch,
+            state: at,
+            "spans": [[label, round(s, 4), round(t, 4)] for label, s, t in self.spans],
+        }
+        return (
+            f"codeyard-warm-launcher: {state} {at:.3f}s after the claim ({text})\n"
+            f"{TIMINGS_TAG}{json.dumps(data)}\n"
+        )
+
+
+def run_server(claim: Claim, base_env: dict[str, str], answer: HeldAnswer | None = None) -> Any:
+    """Become the user's `jupyterhub-singleuser`: environment, folder, arguments, main().
+
+    The claim is answered once the server listens on its port (`HeldAnswer`)."""
+    answer = answer or HeldAnswer(None)
+    phases = Phases()
+    timer = threading.Timer(ANSWER_WITHIN, answer.send, ["starting"])
+    timer.daemon = True
+    atexit.register(answer.send, "exited")
     os.environ.clear()
     os.environ.update(base_env)
     os.environ.update(claim.env)
     if claim.cwd:
         os.chdir(claim.cwd)
     sys.argv = ["jupyterhub-singleuser", *claim.args]
+    from jupyter_server.serverapp import ServerApp
     from jupyterhub.singleuser import main as singleuser_main
 
+    def listening() -> None:
+        answer.send("listening")
+        timer.cancel()
+        sys.stderr.write(phases.line("listening"))
+
+    phases.wrap(ServerApp, "initialize", "initialize")
+    phases.wrap(ServerApp, "init_server_extensions", "link extensions")
+    phases.wrap(ServerApp, "init_webapp", "web app")
+    phases.wrap(ServerApp, "load_server_extensions", "load extensions")
+    with_hub = getattr(singleuser_main, "__self__", None)
+    if with_hub is not None:
+        phases.wrap(with_hub, "check_hub_version", "hub version check")
+    if hasattr(ServerApp, "_bind_http_server"):
+        phases.wrap(ServerApp, "_bind_http_server", "bind", after=listening)
+    else:
+        answer.send("starting")  # no hook here: the Hub polls for the server instead
+    timer.start()
     return singleuser_main()
 
 
@@ -236,7 +386,7 @@ def main() -> None:
         f" ({len(sys.modules)} modules, {len(learned)} from a dry run; not in this image:"
         f" {', '.join(missing) or 'none'}); waiting for a claim\n"
     )
-    claim = wait_for_claim(secret, port)
+    claim, answer = wait_for_claim(secret, port)
     del secret
     sys.stderr.write("codeyard-warm-launcher: claimed; starting jupyterhub-singleuser\n")
-    sys.exit(run_server(claim, base_env))
+    sys.exit(run_server(claim, base_env, answer))
