@@ -26,6 +26,7 @@ from conftest import Users, running_hub
 from support.browser import Browser, signed_in, start_workspace
 from support.hub import REPO, HubProcess
 from support.machines import can_run_machines, start_machines
+from support.mounts import mounts_under, unmount_all_under
 from support.processes import run_last_line
 
 from codeyard.spawner import home_quota
@@ -40,17 +41,6 @@ c.PlacementSpawner.home_quota = "64M"
 c.PlacementSpawner.home_quota_keep_free = "256M"
 c.PlacementSpawner.delete_data_on_remove = True
 """
-
-
-def _mounts_under(root: Path) -> list[str]:
-    """Mount points at or below `root` in this (the host's) mount namespace, deepest first."""
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            target = line.split()[4].replace("\\040", " ")
-            if target == str(root) or target.startswith(f"{root}/"):
-                found.append(target)
-    return sorted(set(found), key=len, reverse=True)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +60,7 @@ def hub(
     finally:
         # The homes' loop mounts and the storage root's shared bind are the host's: undo
         # them (each loop device goes with its mount) so nothing outlives the test.
-        for target in _mounts_under(state / "homes"):
-            subprocess.run(["umount", "-l", target], check=False)
+        unmount_all_under(state / "homes")
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +102,7 @@ def run_in(docker_client: docker.APIClient, info: dict[str, Any], script: str) -
 
 
 def is_mount_point(path: Path) -> bool:
-    return str(path) in _mounts_under(path)
+    return str(path) in mounts_under(path)
 
 
 def test_home_is_a_file_system_of_the_quota_size(
@@ -121,7 +110,7 @@ def test_home_is_a_file_system_of_the_quota_size(
 ) -> None:
     home = home_of(hub, users.alice)
     image = home.with_name(f"{WS}.img")
-    assert is_mount_point(home), _mounts_under(hub.state_dir)
+    assert is_mount_point(home), mounts_under(hub.state_dir)
     fs = os.statvfs(home)
     assert fs.f_blocks * fs.f_frsize <= QUOTA
     # Preallocated: the image holds its whole size on the host's disk from the start.

@@ -16,11 +16,11 @@ user's claim sees none of the first user's files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,12 +32,41 @@ import requests
 from conftest import Users, running_hub
 from support.hub import HubProcess
 from support.hub_workspaces import registry_of
+from support.mounts import mounts_under, unmount_all_under
 
 from codeyard.placement import pool
 from codeyard.placement.shapes import RegistryError
 
 POOL_LABEL = "codeyard.pool"
 STORAGE_LABEL = "codeyard.pool.storage"
+
+
+@contextlib.contextmanager
+def _pool_hub_at(
+    state: Path,
+    image: str,
+    proxy_command: str,
+    users: Users,
+    docker_client: docker.APIClient,
+    site_config: str = "",
+) -> Iterator[HubProcess]:
+    """A Hub with the test users made, on the local engine; afterwards the warm containers
+    and the home helper (they carry the storage root, not a user) are removed, and the
+    homes' loop mounts, the slots' binds and the storage root's shared bind, which are the
+    host's, are undone before the homes folder goes."""
+    try:
+        with running_hub(
+            state, image, proxy_command, users, docker_client, site_config=site_config
+        ) as proc:
+            r = proc.api("POST", "/users", json={"usernames": users.all()})
+            assert r.status_code == 201, r.text
+            yield proc
+    finally:
+        root = str(state / "homes")
+        for c in docker_client.containers(all=True, filters={"label": f"{STORAGE_LABEL}={root}"}):
+            docker_client.remove_container(c["Id"], force=True)
+        unmount_all_under(state / "homes")
+        shutil.rmtree(state / "homes", ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +78,8 @@ def pool_hub(
     docker_client: docker.APIClient,
 ) -> Iterator[HubProcess]:
     state = tmp_path_factory.mktemp("hubstate-pool")
-    try:
-        with running_hub(state, image, proxy_command, users, docker_client) as proc:
-            r = proc.api("POST", "/users", json={"usernames": users.all()})
-            assert r.status_code == 201, r.text
-            yield proc
-    finally:
-        # Warm containers and the home helper carry the storage root, not a user.
-        root = str(state / "homes")
-        for c in docker_client.containers(all=True, filters={"label": f"{STORAGE_LABEL}={root}"}):
-            docker_client.remove_container(c["Id"], force=True)
-        shutil.rmtree(state / "homes", ignore_errors=True)
+    with _pool_hub_at(state, image, proxy_command, users, docker_client) as proc:
+        yield proc
 
 
 def local_host(hub: HubProcess) -> str:
@@ -377,17 +397,6 @@ c.PlacementSpawner.home_quota_keep_free = "256M"
 """
 
 
-def _mounts_under(root: Path) -> list[str]:
-    """Mount points at or below `root` in this (the host's) mount namespace, deepest first."""
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            target = line.split()[4].replace("\\040", " ")
-            if target == str(root) or target.startswith(f"{root}/"):
-                found.append(target)
-    return sorted(set(found), key=len, reverse=True)
-
-
 @pytest.fixture(scope="module")
 def quota_hub(
     tmp_path_factory: pytest.TempPathFactory,
@@ -397,22 +406,10 @@ def quota_hub(
     docker_client: docker.APIClient,
 ) -> Iterator[HubProcess]:
     state = tmp_path_factory.mktemp("hubstate-pool-quota")
-    try:
-        with running_hub(
-            state, image, proxy_command, users, docker_client, site_config=QUOTA_CONFIG
-        ) as proc:
-            r = proc.api("POST", "/users", json={"usernames": users.all()})
-            assert r.status_code == 201, r.text
-            yield proc
-    finally:
-        root = str(state / "homes")
-        for c in docker_client.containers(all=True, filters={"label": f"{STORAGE_LABEL}={root}"}):
-            docker_client.remove_container(c["Id"], force=True)
-        # The homes' loop mounts, the slots' binds and the storage root's shared bind are
-        # the host's: undo them (each loop device goes with its mount).
-        for target in _mounts_under(state / "homes"):
-            subprocess.run(["umount", "-l", target], check=False)
-        shutil.rmtree(state / "homes", ignore_errors=True)
+    with _pool_hub_at(
+        state, image, proxy_command, users, docker_client, site_config=QUOTA_CONFIG
+    ) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
@@ -451,7 +448,7 @@ def test_with_a_quota_a_claim_is_warm_and_the_home_is_its_file_system(
 
     # The home on the host is its own file system of the quota's size...
     home = quota_hub.state_dir / "homes" / users.alice / "q"
-    assert str(home) in _mounts_under(home), _mounts_under(quota_hub.state_dir)
+    assert str(home) in mounts_under(home), mounts_under(quota_hub.state_dir)
     fs = os.statvfs(home)
     size = fs.f_blocks * fs.f_frsize
     assert QUOTA // 2 < size <= QUOTA, size
@@ -498,8 +495,8 @@ def test_with_a_quota_a_claim_is_warm_and_the_home_is_its_file_system(
     slots = quota_hub.state_dir / "homes" / ".pool"
     slot = info["Config"]["Labels"]["codeyard.pool.slot"]
     assert not any(p.name == slot for p in _ls(slots))
-    assert _mounts_under(slots) == [], _mounts_under(slots)
-    assert str(home) in _mounts_under(home)
+    assert mounts_under(slots) == [], mounts_under(slots)
+    assert str(home) in mounts_under(home)
     assert (home / "keep").read_text() == "kept\n"
 
 
@@ -516,7 +513,7 @@ def test_with_a_quota_the_next_claim_sees_nothing_of_the_first(
     assert bob_container.startswith("codeyard-pool-")
     bob_home = quota_hub.state_dir / "homes" / users.bob / "q"
     # His own file system, not hers.
-    assert str(bob_home) in _mounts_under(bob_home)
+    assert str(bob_home) in mounts_under(bob_home)
     assert os.stat(bob_home).st_dev != os.stat(alice_home).st_dev
     code, out = exec_code(
         docker_client, bob_container, "df -B1 --output=size /home/jovyan | tail -1"
@@ -540,5 +537,5 @@ def test_with_a_quota_the_next_claim_sees_nothing_of_the_first(
     assert quota_marker not in everything
     stop(quota_hub, users.bob, "q")
     slots = quota_hub.state_dir / "homes" / ".pool"
-    assert _mounts_under(slots) == [], _mounts_under(slots)
+    assert mounts_under(slots) == [], mounts_under(slots)
     set_host(quota_hub, pool_size=0)
