@@ -25,7 +25,15 @@ Prints p50/p95 of each, the warm/cold ratio against the target (warm p50 < 1 s) 
 machine's load average beside each figure: on a shared 2-core machine the figures move
 with whatever else runs.
 
+`--home-quota 10G` runs the same with each home its own file system of that size, as
+`make up` sets it (docs/home-quota.md). The images are sparse (`home_quota_preallocate`
+off), so the benchmark's 30 homes fit on the disk. Each cold spawn is then a workspace's
+first start (its file system is made); each warm spawn starts that same workspace again,
+with its home already made and mounted, as every start after the first is: the claim binds
+the mounted home into the warm container's slot.
+
 Usage: .venv/bin/python tests/bench/bench_warm_pool.py [--spawns 20] [--concurrent 10]
+    [--home-quota 10G]
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from results import record
 from support.hub import HubProcess, ensure_images, ensure_proxy
 from support.hub_workspaces import registry_of
+from support.mounts import unmount_all_under
 
 READY_TIMEOUT = 600
 STORAGE_LABEL = "codeyard.pool.storage"
@@ -158,7 +167,7 @@ def launcher_marks(client: docker.APIClient, root: str) -> dict[str, float]:
 STEPS = (
     ("request", "start", "Hub: API request, tokens, DB, until spawner.start()"),
     ("start", "claim", "spawner: place, image check, home, old container"),
-    ("claim", "claimed", "claim: registry row, home move (helper exec), env, claim call"),
+    ("claim", "claimed", "claim: registry row, home move or bind, env, claim call"),
     ("claimed", "listening", "container: claim to server listening"),
     ("listening", "claim_answered", "claim answer back at the Hub"),
     ("claim", "claim_answered", "  = the hand-over, 'Claiming' to its answer at the Hub"),
@@ -247,6 +256,13 @@ def main() -> int:
         " container importing for seconds on one core) runs beside the spawn; default: wait"
         " only until one warm container is ready, as spawns in a row meet the pool",
     )
+    ap.add_argument(
+        "--home-quota",
+        default="",
+        help="each home its own file system of this size (e.g. 10G, as `make up` sets it),"
+        " sparse; warm spawns then restart each user's cold workspace, whose home is made"
+        " and mounted. Default: no quota",
+    )
     ap.add_argument("--json", help="write raw results here")
     args = ap.parse_args()
 
@@ -255,9 +271,20 @@ def main() -> int:
     tag = secrets.token_hex(3)
     n = args.spawns
     users = [f"wp{tag}u{i}" for i in range(max(n, args.concurrent))]
-    report: dict[str, Any] = {"image": image}
+    report: dict[str, Any] = {"image": image, "home_quota": args.home_quota or "0"}
     state = Path(tempfile.mkdtemp(prefix="codeyard-bench-pool-"))
-    hub = HubProcess(state_dir=state, image=image, proxy_command=ensure_proxy())
+    site_config = ""
+    if args.home_quota:
+        site_config = (
+            f"c.PlacementSpawner.home_quota = {args.home_quota!r}\n"
+            "c.PlacementSpawner.home_quota_preallocate = False\n"
+            'c.PlacementSpawner.home_quota_keep_free = "1G"\n'
+        )
+    # With a quota the warm spawns start the cold ones' workspaces again (home mounted).
+    warm_ws = "cold" if args.home_quota else "warm"
+    hub = HubProcess(
+        state_dir=state, image=image, proxy_command=ensure_proxy(), site_config=site_config
+    )
     hub.start()
     try:
         r = hub.api("POST", "/users", json={"usernames": users})
@@ -288,14 +315,14 @@ def main() -> int:
                 break
             refills.append(wait_pool(hub, client, args.pool if args.settled else 1))
             marks: dict[str, float] = {}
-            warm.append(spawn_usable(hub, u, "warm", headers[u], marks))
+            warm.append(spawn_usable(hub, u, warm_ws, headers[u], marks))
             warm_load.append(os.getloadavg()[0])
             marks.update(launcher_marks(client, root))
-            marks.update(hub_marks(hub, u, "warm", marks["request"]))
+            marks.update(hub_marks(hub, u, warm_ws, marks["request"]))
             steps.append(marks)
             claimed = "claimed" if "claim" in marks else "NOT CLAIMED (cold)"
             print(f"  warm {len(warm):2}: {warm[-1]:.2f}s {claimed} ({load()})", flush=True)
-            stop(hub, u, "warm")
+            stop(hub, u, warm_ws)
         mode = "pool full before each" if args.settled else "one warm container ready before each"
         print(
             f"warm  {len(warm)} in a row ({mode}): p50 {pct(warm, 0.5):.2f}s"
@@ -330,6 +357,8 @@ def main() -> int:
         )
         ratio = statistics.median(warm) / statistics.median(cold)
         print()
+        quota = f"home quota {args.home_quota} (sparse)" if args.home_quota else "no home quota"
+        print(f"{quota}; image {image}")
         print(f"{'':24} {'p50':>7} {'p95':>7} {'max':>7}   load avg (1 min) at the spawns")
         for name, values, loads in (("cold", cold, cold_load), ("warm", warm, warm_load)):
             print(
@@ -342,9 +371,10 @@ def main() -> int:
         print_steps(steps)
         report["warm_steps"] = steps
         warm_loads = f"load {statistics.mean(warm_load):.1f} mean at the warm spawns"
+        with_quota = f", home quota {args.home_quota}" if args.home_quota else ""
         record(
             "bench_warm_pool",
-            f"warm spawn to usable, p50 < 1 s ({len(warm)} in a row)",
+            f"warm spawn to usable, p50 < 1 s ({len(warm)} in a row{with_quota})",
             statistics.median(warm),
             "s",
             baseline=statistics.median(cold),
@@ -369,6 +399,8 @@ def main() -> int:
         root = str(state / "homes")
         for c in client.containers(all=True, filters={"label": f"{STORAGE_LABEL}={root}"}):
             client.remove_container(c["Id"], force=True)
+        # The homes' loop mounts and the storage root's shared bind are the host's.
+        unmount_all_under(state / "homes")
         shutil.rmtree(state, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -29,7 +29,9 @@ from support.machines import can_run_machines, start_machines
 from support.mounts import mounts_under, unmount_all_under
 from support.processes import run_last_line
 
+from codeyard.placement.hosts import DockerHost
 from codeyard.spawner import home_quota
+from codeyard.spawner.homes import HomeLocation
 
 pytestmark = pytest.mark.slow
 
@@ -369,3 +371,151 @@ def machine_ls(machine: Any, path: str) -> list[str]:
         check=True,
     )
     return out.stdout.split()
+
+
+# ---- the Hub's own machine: the mount check, attach and detach in-process ------------------
+
+SLOT = "0123456789abcdef01234567"
+
+
+def _make_image(path: Path, size: str = "16M") -> None:
+    subprocess.run(["truncate", "-s", size, str(path)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(path)], check=True)
+
+
+def _loop_mount(image: Path, at: Path) -> None:
+    """Mount `image` at `at` as the quota helper does (a loop device, nosuid,nodev)."""
+    dev = subprocess.run(
+        ["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        subprocess.run(["mount", "-t", "ext4", "-o", "nosuid,nodev", dev, str(at)], check=True)
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)  # released with the mount
+
+
+@pytest.fixture
+def local_home(tmp_path: Path) -> Iterator[HomeLocation]:
+    """Alice's home `w` under a storage root in `tmp_path`, its image made, not mounted; a
+    warm slot beside it. Every mount under `tmp_path` is undone afterwards."""
+    root = tmp_path / "homes"
+    (root / "alice" / "w").mkdir(parents=True)
+    (root / ".pool" / SLOT).mkdir(parents=True)
+    _make_image(root / "alice" / "w.img")
+    host = DockerHost(name="local", storage_root=str(root), storage_is_local=True)
+    try:
+        yield HomeLocation(host, "alice", "w")
+    finally:
+        unmount_all_under(tmp_path)
+
+
+def test_in_process_mount_check_wants_the_homes_own_image(
+    local_home: HomeLocation, tmp_path: Path
+) -> None:
+    home = Path(local_home.path)
+    assert home_quota.hub_can_mount(local_home.host)
+    assert not home_quota.home_is_mounted(local_home)
+    # Some other file system at the home is not its quota: the helper is left to decide.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "nosuid,nodev", "tmpfs", str(home)], check=True)
+    assert not home_quota.home_is_mounted(local_home)
+    subprocess.run(["umount", str(home)], check=True)
+    other = tmp_path / "other.img"
+    _make_image(other)
+    _loop_mount(other, home)
+    assert not home_quota.home_is_mounted(local_home), "another image's file system"
+    subprocess.run(["umount", str(home)], check=True)
+    _loop_mount(home.with_name("w.img"), home)
+    assert home_quota.home_is_mounted(local_home)
+    # The home's place planted as a symlink to its mounted folder: not the home.
+    subprocess.run(["umount", str(home)], check=True)
+    home.with_name("w-real").mkdir()
+    _loop_mount(home.with_name("w.img"), home.with_name("w-real"))
+    home.rmdir()
+    home.symlink_to(home.with_name("w-real"))
+    assert not home_quota.home_is_mounted(local_home)
+
+
+def test_in_process_attach_binds_the_home_and_never_follows_a_symlink(
+    local_home: HomeLocation, tmp_path: Path
+) -> None:
+    home = Path(local_home.path)
+    root = Path(local_home.host.storage_root)
+    slot = root / ".pool" / SLOT
+    # Not mounted: refused, nothing made in the slot.
+    with pytest.raises(home_quota.QuotaUnavailable, match="not mounted"):
+        home_quota.attach_locally(local_home, str(slot), "jovyan", 1000)
+    assert os.listdir(slot) == []
+    _loop_mount(home.with_name("w.img"), home)
+    (home / "mine.txt").write_text("mine")
+    # A symlink the warm container left at the home's name goes; its target stays as it was.
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (slot / "jovyan").symlink_to(precious)
+    home_quota.attach_locally(local_home, str(slot), "jovyan", 1000)
+    assert str(slot / "jovyan") in mounts_under(slot)
+    assert (slot / "jovyan" / "mine.txt").read_text() == "mine"
+    assert os.listdir(precious) == [] and str(precious) not in mounts_under(tmp_path)
+    with pytest.raises(home_quota.QuotaUnavailable, match="already holds a home"):
+        home_quota.attach_locally(local_home, str(slot), "jovyan", 1000)
+    home_quota.detach_locally(str(root), str(slot), "jovyan")
+    assert mounts_under(slot) == [] and os.listdir(slot / "jovyan") == []
+    home_quota.detach_locally(str(root), str(slot), "jovyan")  # idempotent
+    assert is_mount_point(home) and (home / "mine.txt").read_text() == "mine"
+    # A slot planted as a symlink (to a folder elsewhere): refused, nothing mounted there.
+    other_slot = root / ".pool" / ("f" * 24)
+    other_slot.symlink_to(precious)
+    with pytest.raises(OSError):
+        home_quota.attach_locally(local_home, str(other_slot), "jovyan", 1000)
+    assert os.listdir(precious) == [] and mounts_under(precious) == []
+    # Only a hex slot under the storage root's `.pool` is a slot at all.
+    with pytest.raises(ValueError):
+        home_quota.attach_locally(local_home, str(root / "alice"), "jovyan", 1000)
+    with pytest.raises(ValueError):
+        home_quota.attach_locally(local_home, str(slot), "../jovyan", 1000)
+
+
+def test_the_quota_helper_attaches_and_detaches_a_home_in_a_slot(
+    tmp_path: Path, image: str, docker_client: docker.APIClient
+) -> None:
+    """The helper path that hosts other than the Hub's own take (`attach`/`detach` modes),
+    driven here through the local engine: the helper binds the mounted home into a slot,
+    the bind reaches the host, and `detach` takes it away again."""
+    root = tmp_path / "homes"
+    (root / "u").mkdir(parents=True)
+    os.chown(root / "u", 1000, 1000)
+    slot = root / ".pool" / SLOT
+    slot.mkdir(parents=True)
+    os.chown(slot, 1000, 1000)
+    try:
+        assert home_quota.ensure_shared_mount(str(root))
+
+        async def call(method: str, *args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(getattr(docker_client, method), *args, **kwargs)
+
+        def run(mode: str, slot_dir: str = "", slot_home: str = "") -> str:
+            job = home_quota.QuotaJob(
+                mode=mode,
+                user_dir=str(root / "u"),
+                home_name="w",
+                image=image,
+                name=f"quota-slot-test-{mode}-{SLOT[:6]}",
+                size=QUOTA,
+                slot_dir=slot_dir,
+                slot_home=slot_home,
+            )
+            return asyncio.run(home_quota.run_quota_helper(call, docker_client, job, 120))
+
+        assert "made home w" in run("mount")
+        home = root / "u" / "w"
+        (home / "mine.txt").write_text("mine")
+        assert "attached" in run("attach", str(slot), "jovyan")
+        assert str(slot / "jovyan") in mounts_under(slot)
+        assert (slot / "jovyan" / "mine.txt").read_text() == "mine"
+        run("detach", str(slot), "jovyan")
+        assert mounts_under(slot) == []
+        run("detach", str(slot), "jovyan")  # idempotent
+        assert is_mount_point(home) and (home / "mine.txt").read_text() == "mine"
+        run("delete")
+        assert not is_mount_point(home) and not (root / "u" / "w.img").exists()
+    finally:
+        unmount_all_under(tmp_path)

@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from support.mounts import mounts_under, unmount_all_under
 
 from codeyard.placement import pool
 from codeyard.placement.shapes import RegistryError
+from codeyard.spawner import warm_pool
 
 POOL_LABEL = "codeyard.pool"
 STORAGE_LABEL = "codeyard.pool.storage"
@@ -351,6 +353,53 @@ def test_two_claims_at_once_get_different_containers(
     stop(pool_hub, users.bob, "both")
 
 
+def helper_events(client: docker.APIClient, since: float) -> list[dict[str, Any]]:
+    """Docker events since `since` of the helper containers: the home helper
+    (`codeyard-pool-homes-*`, its execs included) and the quota helper (`codeyard.helper`
+    label), in any state."""
+    events = client.events(since=int(since), until=int(time.time()) + 1, decode=True)
+    found = []
+    for event in events:
+        attrs = (event.get("Actor") or {}).get("Attributes") or {}
+        if event.get("Type") == "container" and (
+            attrs.get("codeyard.helper") or attrs.get("name", "").startswith("codeyard-pool-homes-")
+        ):
+            found.append(event)
+    return found
+
+
+def test_a_claim_on_the_hubs_own_machine_runs_no_helper(
+    pool_hub: HubProcess, users: Users, docker_client: docker.APIClient
+) -> None:
+    """The storage root is the Hub's own file system and the Hub runs as root: the home
+    moves in and out by an in-process rename, with no helper container and no exec."""
+    wait_warm(pool_hub, docker_client, 2)
+    since = time.time() - 1
+    messages = spawn(pool_hub, users.alice, "fast")
+    assert "Claiming a warm workspace" in messages, messages
+    assert "Creating container" not in messages, messages
+    container = container_of(pool_hub, users.alice, "fast")
+    assert container.startswith("codeyard-pool-")
+    headers = token(pool_hub, users.alice)
+    r = requests.put(
+        f"{base(pool_hub, users.alice, 'fast')}/api/contents/fast.txt",
+        json={"type": "file", "format": "text", "content": "fast"},
+        headers=headers,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    stop(pool_hub, users.alice, "fast")
+    home = pool_hub.state_dir / "homes" / users.alice / "fast"
+    assert [p.read_text() for p in home.rglob("fast.txt")] == ["fast"], "the home did not come back"
+    assert os.stat(home).st_uid == 1000
+    assert helper_events(docker_client, since) == []
+    root = str(pool_hub.state_dir / "homes")
+    helpers = docker_client.containers(
+        all=True, filters={"label": ["codeyard.helper", f"{STORAGE_LABEL}={root}"]}
+    )
+    assert helpers == [], helpers
+
+
 def test_pooled_containers_count_against_capacity(
     pool_hub: HubProcess, users: Users, docker_client: docker.APIClient
 ) -> None:
@@ -539,3 +588,180 @@ def test_with_a_quota_the_next_claim_sees_nothing_of_the_first(
     slots = quota_hub.state_dir / "homes" / ".pool"
     assert mounts_under(slots) == [], mounts_under(slots)
     set_host(quota_hub, pool_size=0)
+
+
+def test_with_a_quota_a_claim_on_the_hubs_own_machine_runs_no_helper_container(
+    quota_hub: HubProcess, users: Users, docker_client: docker.APIClient, quota_marker: str
+) -> None:
+    """Alice's home is made and mounted already: her next start checks that the home is
+    the mount of its own image, binds it into the slot and, at stop, unmounts the bind, all
+    in the Hub's process. No quota helper container runs, and the bind still reaches the
+    running warm container through its `rslave` slot."""
+    alice_home = quota_hub.state_dir / "homes" / users.alice / "q"
+    assert str(alice_home) in mounts_under(alice_home)
+    set_host(quota_hub, pool_size=1)
+    wait_warm(quota_hub, docker_client, 1)
+    since = time.time() - 1
+    messages = spawn(quota_hub, users.alice, "q")
+    assert "Claiming a warm workspace" in messages, messages
+    assert "Creating container" not in messages, messages
+    container = container_of(quota_hub, users.alice, "q")
+    assert container.startswith("codeyard-pool-")
+    code, out = exec_code(docker_client, container, "cat /home/jovyan/keep")
+    assert code == 0 and out == "kept\n", out
+    code, out = exec_code(docker_client, container, "df -B1 --output=size /home/jovyan | tail -1")
+    fs = os.statvfs(alice_home)
+    assert code == 0 and int(out.split()[-1]) == fs.f_blocks * fs.f_frsize <= QUOTA, out
+    slots = quota_hub.state_dir / "homes" / ".pool"
+    assert len(mounts_under(slots)) == 1, mounts_under(slots)
+    stop(quota_hub, users.alice, "q")
+    assert mounts_under(slots) == [], mounts_under(slots)
+    assert str(alice_home) in mounts_under(alice_home)
+    assert [p.read_text() for p in alice_home.rglob("marker.txt")] == [quota_marker]
+    assert helper_events(docker_client, since) == []
+    set_host(quota_hub, pool_size=0)
+
+
+# ---- the in-process home moves themselves: symlinks are refused, never followed -----------
+
+SLOT = "0123456789abcdef01234567"
+
+
+def _homes(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(storage root, alice's home `w` with a file, an empty slot): as the Hub lays them out,
+    owned by the workspace uid."""
+    root = tmp_path / "homes"
+    home = root / "alice" / "w"
+    home.mkdir(parents=True)
+    (home / "mine.txt").write_text("mine")
+    for p in (root / "alice", home, home / "mine.txt"):
+        os.chown(p, 1000, 1000)
+    warm_pool.make_slot_locally(str(root), SLOT, 1000)
+    slot = root / ".pool" / SLOT
+    return root, home, slot
+
+
+def test_in_process_moves_keep_the_home_its_owner_and_remove_the_slot(tmp_path: Path) -> None:
+    root, home, slot = _homes(tmp_path)
+    assert (os.stat(root / ".pool").st_mode & 0o7777) == 0o1733
+    assert os.stat(slot).st_uid == 1000 and (os.stat(slot).st_mode & 0o777) == 0o755
+    # What a warm server left at the home's name is not the user's: it goes.
+    (slot / "jovyan" / ".cache").mkdir(parents=True)
+    (slot / "jovyan" / ".cache" / "x").write_text("warm")
+    warm_pool.move_in_locally(str(root), "alice", "w", SLOT, "jovyan")
+    assert not home.exists()
+    assert (slot / "jovyan" / "mine.txt").read_text() == "mine"
+    assert not (slot / "jovyan" / ".cache").exists()
+    assert os.stat(slot / "jovyan").st_uid == 1000
+    (slot / "runtime").write_text("left by the server")
+    warm_pool.move_out_locally(str(root), "alice", "w", SLOT, "jovyan")
+    assert (home / "mine.txt").read_text() == "mine" and os.stat(home).st_uid == 1000
+    assert not slot.exists()
+    # Idempotent: done once more, nothing changes.
+    warm_pool.move_out_locally(str(root), "alice", "w", SLOT, "jovyan")
+    assert (home / "mine.txt").read_text() == "mine"
+
+
+def test_in_process_move_in_refuses_a_symlink_at_the_home(tmp_path: Path) -> None:
+    root, home, slot = _homes(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    home.rename(elsewhere)
+    home.symlink_to(elsewhere)
+    (slot / "jovyan").mkdir()
+    with pytest.raises(RuntimeError, match="not a folder"):
+        warm_pool.move_in_locally(str(root), "alice", "w", SLOT, "jovyan")
+    # Nothing moved, nothing removed.
+    assert home.is_symlink() and (elsewhere / "mine.txt").read_text() == "mine"
+    assert (slot / "jovyan").is_dir() and not (slot / "jovyan").is_symlink()
+
+
+def test_in_process_move_in_refuses_a_symlink_at_the_slot_or_the_user_folder(
+    tmp_path: Path,
+) -> None:
+    root, home, slot = _homes(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    slot.rmdir()
+    slot.symlink_to(elsewhere)
+    with pytest.raises(OSError):
+        warm_pool.move_in_locally(str(root), "alice", "w", SLOT, "jovyan")
+    assert (home / "mine.txt").read_text() == "mine" and os.listdir(elsewhere) == []
+    # The user folder planted as a symlink: refused too.
+    (root / "alice").rename(root / "alice-real")
+    (root / "alice").symlink_to(root / "alice-real")
+    slot.unlink()
+    warm_pool.make_slot_locally(str(root), SLOT, 1000)
+    with pytest.raises(OSError):
+        warm_pool.move_in_locally(str(root), "alice", "w", SLOT, "jovyan")
+    assert (root / "alice-real" / "w" / "mine.txt").read_text() == "mine"
+    assert os.listdir(slot) == []
+    with pytest.raises(ValueError):
+        warm_pool.move_in_locally(str(root), "alice", "w", "../alice", "jovyan")
+    with pytest.raises(ValueError):
+        warm_pool.move_in_locally(str(root), "..", "w", SLOT, "jovyan")
+
+
+def test_in_process_move_in_removes_a_symlink_planted_in_the_slot_without_following_it(
+    tmp_path: Path,
+) -> None:
+    root, _home, slot = _homes(tmp_path)
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep")
+    (slot / "jovyan").symlink_to(target)
+    warm_pool.move_in_locally(str(root), "alice", "w", SLOT, "jovyan")
+    assert not (slot / "jovyan").is_symlink()
+    assert (slot / "jovyan" / "mine.txt").read_text() == "mine"
+    assert (target / "keep.txt").read_text() == "keep"
+
+
+def test_in_process_move_out_refuses_a_symlink_left_at_the_home_in_the_slot(
+    tmp_path: Path,
+) -> None:
+    """A user may rename their home inside the slot (it is their container's /home) and
+    leave a symlink in its place. Moving that link back would make it the home that the
+    next container binds: refused, the slot and the home in it stay for an admin."""
+    root, home, slot = _homes(tmp_path)
+    warm_pool.move_in_locally(str(root), "alice", "w", SLOT, "jovyan")
+    (slot / "jovyan").rename(slot / "moved")
+    (slot / "jovyan").symlink_to("/etc")
+    with pytest.raises(RuntimeError, match="not a folder"):
+        warm_pool.move_out_locally(str(root), "alice", "w", SLOT, "jovyan")
+    assert not os.path.lexists(home)
+    assert (slot / "moved" / "mine.txt").read_text() == "mine"
+    assert (slot / "jovyan").is_symlink()
+
+
+def test_in_process_slot_removal_never_enters_another_file_system(tmp_path: Path) -> None:
+    root, _home, slot = _homes(tmp_path)
+    (slot / "jovyan").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(slot / "jovyan")], check=True)
+    try:
+        (slot / "jovyan" / "bound.txt").write_text("a home bound here")
+        with pytest.raises(OSError, match="another file system"):
+            warm_pool.remove_slot_locally(str(root), SLOT)
+        assert (slot / "jovyan" / "bound.txt").read_text() == "a home bound here"
+    finally:
+        subprocess.run(["umount", "-l", str(slot / "jovyan")], check=False)
+    warm_pool.remove_slot_locally(str(root), SLOT)
+    assert not slot.exists()
+
+
+def test_the_home_helpers_move_out_refuses_a_symlink_left_at_the_home(tmp_path: Path) -> None:
+    """Remote hosts move homes back with the home helper's script: it refuses a symlink at
+    the home's place in the slot the same way (run here with the host's `sh`)."""
+    slot, user = tmp_path / "slot", tmp_path / "user"
+    (slot / "moved").mkdir(parents=True)
+    user.mkdir()
+    (slot / "jovyan").symlink_to("/etc")
+    script = warm_pool.move_out_command("alice", "w", SLOT, "jovyan")[:3]
+    args = ["move-out", str(slot / "jovyan"), str(user / "w"), str(slot)]
+    done = subprocess.run([*script, *args], capture_output=True, text=True)
+    assert done.returncode == 4, done
+    assert not os.path.lexists(user / "w") and (slot / "moved").is_dir()
+    # A real folder moves back, and the slot goes.
+    (slot / "jovyan").unlink()
+    (slot / "jovyan").mkdir()
+    done = subprocess.run([*script, *args], capture_output=True, text=True)
+    assert done.returncode == 0, done
+    assert (user / "w").is_dir() and not slot.exists()

@@ -15,6 +15,11 @@ folder lies on a shared mount: the storage root must be one (`ensure_shared_moun
 it so where the Hub shares the host's file system and runs as root; on other hosts the
 admin adds one line to the host's fstab, docs/home-quota.md).
 
+On the Hub's own machine, with the Hub running as root and the engine in its mount
+namespace (`hub_mounts_locally`), the Hub skips the helper where it has nothing to do (the
+home is already the mount of its own image) and binds a home into a warm slot itself: a
+container per check costs about a second, the Hub's own check microseconds.
+
 Lifecycle: every start makes sure the home is mounted (after a host restart, or a stop,
 nothing else remounts it), first-start homes are made (empty or cloned) as before and then
 copied into the new image, so the clone script and the home layout need not know about
@@ -26,9 +31,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
+import fcntl
 import os
+import re
+import socket
+import stat
+import struct
 import subprocess
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +49,7 @@ from docker.errors import APIError, NotFound
 from jupyterhub.traitlets import ByteSpecification
 from tornado import web
 
-from .homes import ensure_user_dir
+from .homes import HomeLocation, ensure_user_dir
 
 DockerCall = Callable[..., Awaitable[Any]]
 
@@ -363,6 +376,363 @@ def ensure_shared_mount(path: str) -> bool:
     return is_shared_mount(path)
 
 
+# ---- the Hub's own machine: mount work in-process ---------------------------------------
+#
+# Where the storage root is on the Hub's own file system and the Hub runs as root, the Hub is
+# already root in the host's mount namespace: it makes the storage root a shared mount itself
+# (`ensure_shared_mount`). A helper container there adds a container's start and removal
+# (about a second) to every check and bind, and no privilege the Hub lacks. So on that
+# machine the check that a home is mounted, and the bind of a home into a warm slot and its
+# removal, run in the spawner's executor thread. Every path is walked from the storage root
+# one component at a time, each opened with O_NOFOLLOW, and mounts are made on and from the
+# opened folders (`/proc/self/fd/N`), never by a path a container could redirect with a
+# symlink. Remote hosts keep the helper container (docs/warm-pool.md).
+
+#: The loop block devices' major number.
+LOOP_MAJOR = 7
+#: ioctl(LOOP_GET_STATUS64): the backing file's device and inode, its offset.
+_LOOP_GET_STATUS64 = 0x4C05
+#: struct loop_info64: lo_device, lo_inode, lo_rdevice, lo_offset, lo_sizelimit (5 x u64),
+#: then lo_number, lo_encrypt_type, lo_encrypt_key_size, lo_flags, names, key, init.
+_LOOP_INFO64 = struct.Struct("=5Q4I64s64s32s2Q")
+_MS_BIND = 0x1000
+_MNT_DETACH = 2
+#: A folder opened for walking: never through a symlink, never a non-folder.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: A folder opened only as a place (a mount's source or target).
+_PLACE_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: `<.pool>/<slot>` relative to the storage root: what a warm slot's folder must be.
+_SLOT_REL = re.compile(r"\.pool/([a-f0-9]{24})")
+_SLOT_HOME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+_libc: ctypes.CDLL | None = None
+
+
+def hub_can_mount(host: Any) -> bool:
+    """Whether `host`'s storage root is on the Hub's own file system and the Hub runs as root:
+    then it makes that root a shared mount itself, and may move homes in-process."""
+    return bool(host.storage_is_local) and os.geteuid() == 0
+
+
+def hub_mounts_locally(host: Any) -> bool:
+    """Whether the Hub does `host`'s home mount work itself, in-process: `hub_can_mount`, and
+    a mount the Hub makes under the storage root is one the engine sees (`engine_sees_mounts`).
+    Elsewhere the helper container does it, in a namespace the engine made."""
+    return hub_can_mount(host) and engine_sees_mounts(host)
+
+
+#: base URL and storage root -> (when checked, whether the engine sees the Hub's mounts).
+_ENGINE_SEES: dict[tuple[str, str], tuple[float, bool]] = {}
+_ENGINE_CHECK_TTL = 30.0
+
+
+def engine_sees_mounts(host: Any) -> bool:
+    """Whether a mount the Hub makes under `host.storage_root` reaches that engine's
+    containers: the engine (the process behind its unix socket) lives in the Hub's mount
+    namespace, or its copy of the storage root is a peer of the Hub's (the same `shared:N`
+    group). Anything unknown (a TCP engine, a peer in another pid namespace) is no, and the
+    helper does the work. Checked at most every 30 s: a restarted engine may have moved."""
+    key = (str(host.base_url), str(host.storage_root))
+    now = time.monotonic()
+    cached = _ENGINE_SEES.get(key)
+    if cached is not None and now - cached[0] < _ENGINE_CHECK_TTL:
+        return cached[1]
+    try:
+        sees = _engine_sees_mounts(key[0], key[1])
+    except OSError:
+        sees = False
+    _ENGINE_SEES[key] = (now, sees)
+    return sees
+
+
+def _engine_sees_mounts(base_url: str, storage_root: str) -> bool:
+    if not base_url.startswith(("unix://", "http+unix://")):
+        return False
+    path = base_url.split("://", 1)[1]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2)
+        sock.connect(path)
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid = struct.unpack("3i", creds)[0]
+    if pid <= 0:
+        return False
+    if os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+        return True
+    root = os.path.realpath(storage_root)
+    ours = _peer_group(_read_mountinfo("/proc/self/mountinfo"), root)
+    theirs = _peer_group(_read_mountinfo(f"/proc/{pid}/mountinfo"), root)
+    return ours is not None and ours == theirs
+
+
+def _read_mountinfo(path: str) -> list[list[str]]:
+    with open(path) as f:
+        return [line.split() for line in f]
+
+
+def _peer_group(mounts: list[list[str]], path: str) -> str | None:
+    """The `shared:N` tag of the innermost mount holding `path`, if it is shared."""
+    best: list[str] | None = None
+    for fields in mounts:
+        target = fields[4].replace("\\040", " ")
+        inside = path == target or path.startswith(target.rstrip("/") + "/")
+        if inside and (best is None or len(target) >= len(best[4])):
+            best = fields
+    if best is None:
+        return None
+    tags = [t for t in best[6 : best.index("-")] if t.startswith("shared:")]
+    return tags[0] if tags else None
+
+
+def _syscall(name: str, *args: Any) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(_libc, name)(*args) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{name}: {os.strerror(code)}")
+
+
+def _fd_path(fd: int) -> bytes:
+    """The magic link that names exactly the folder `fd` was opened on: the kernel resolves
+    it to that dentry, whatever was renamed or planted at its path since."""
+    return f"/proc/self/fd/{fd}".encode()
+
+
+def open_dir_at(dir_fd: int, name: str, flags: int = DIR_FLAGS) -> int:
+    """`name` (one path component) in `dir_fd`, opened without following a symlink: a
+    symlink or non-folder there is refused (ELOOP / ENOTDIR)."""
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"not one path component: {name!r}")
+    return os.open(name, flags, dir_fd=dir_fd)
+
+
+@contextlib.contextmanager
+def opened(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def remove_tree_at(dir_fd: int, name: str) -> None:
+    """Remove `name` in `dir_fd` and all below it, as `rm -rf --one-file-system` would: a
+    symlink is removed, never followed, and a folder on another file system (a mount, such as
+    a home still bound in a slot) is refused with EXDEV, never emptied. Iterative: a deep
+    tree cannot exhaust the stack."""
+    try:
+        top = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(top.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    dev = os.fstat(dir_fd).st_dev
+
+    def enter(parent: int, child: str) -> int:
+        fd = open_dir_at(parent, child)
+        if os.fstat(fd).st_dev != dev:
+            os.close(fd)
+            raise OSError(errno.EXDEV, f"{child} is another file system (a mount); not removed")
+        return fd
+
+    stack = [(dir_fd, name, enter(dir_fd, name))]
+    try:
+        while stack:
+            _parent, _name, fd = stack[-1]
+            deeper = None
+            for child in os.listdir(fd):
+                st = os.stat(child, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    deeper = child
+                    break
+                os.unlink(child, dir_fd=fd)
+            if deeper is None:
+                parent, done, fd = stack.pop()
+                os.close(fd)
+                os.rmdir(done, dir_fd=parent)
+            else:
+                stack.append((fd, deeper, enter(fd, deeper)))
+    finally:
+        for _parent, _name, fd in stack:
+            os.close(fd)
+
+
+def _mountinfo() -> list[list[str]]:
+    """This process's mountinfo lines as fields (the Hub's is the host's namespace here)."""
+    return _read_mountinfo("/proc/self/mountinfo")
+
+
+def _loop_backing(dev: int) -> tuple[int, int, int] | None:
+    """(device, inode, offset) of the file behind loop block device `dev`, or None when its
+    node cannot be opened here."""
+    sysfs = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/uevent"
+    try:
+        with open(sysfs) as f:
+            names = [line.split("=", 1)[1].strip() for line in f if line.startswith("DEVNAME=")]
+        fd = os.open(f"/dev/{names[0]}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except (OSError, IndexError):
+        return None
+    with opened(fd):
+        st = os.fstat(fd)
+        if not stat.S_ISBLK(st.st_mode) or st.st_rdev != dev:
+            return None
+        buf = bytearray(_LOOP_INFO64.size)
+        try:
+            fcntl.ioctl(fd, _LOOP_GET_STATUS64, buf)
+        except OSError:
+            return None
+    fields = _LOOP_INFO64.unpack(bytes(buf))
+    return fields[0], fields[1], fields[3]
+
+
+def open_mounted_home(home: HomeLocation) -> tuple[int, int] | None:
+    """(user folder fd, home fd) when the home folder is the mount point of *its own* image
+    (`<home>.img` in the same user folder), else None.
+
+    The check that lets a start skip the quota helper. The visible file system at the home
+    must be a loop device's, mounted there whole (root "/", ext4, nosuid,nodev, as the helper
+    mounts it), and that loop device's backing file must be this image, by device and
+    inode. "Some mount" is not enough: any other file system there is left to the helper.
+    """
+    root_fd = os.open(home.host.storage_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    with opened(root_fd):
+        try:
+            user_fd = open_dir_at(root_fd, home.user_dir_name)
+        except OSError:
+            return None
+    try:
+        image = os.stat(f"{home.home_name}.img", dir_fd=user_fd, follow_symlinks=False)
+        home_fd = open_dir_at(user_fd, home.home_name, _PLACE_FLAGS)
+    except OSError:
+        os.close(user_fd)
+        return None
+    try:
+        dev = os.fstat(home_fd).st_dev
+        backing = _loop_backing(dev) if os.major(dev) == LOOP_MAJOR else None
+        ok = (
+            stat.S_ISREG(image.st_mode)
+            and backing == (image.st_dev, image.st_ino, 0)
+            and _mounted_whole_at(os.path.realpath(home.path), dev)
+        )
+    except OSError:
+        ok = False
+    if not ok:
+        os.close(home_fd)
+        os.close(user_fd)
+        return None
+    return user_fd, home_fd
+
+
+def _mounted_whole_at(path: str, dev: int) -> bool:
+    """Whether the top mount at `path` is file system `dev`, whole, as the helper mounts a
+    home: ext4 from /dev/loopN, nosuid and nodev."""
+    top = None
+    for fields in _mountinfo():
+        if fields[4].replace("\\040", " ") == path:
+            top = fields
+    if top is None:
+        return False
+    rest = top[top.index("-") + 1 :]
+    options = top[5].split(",")
+    return (
+        top[2] == f"{os.major(dev)}:{os.minor(dev)}"
+        and top[3] == "/"
+        and rest[0] == "ext4"
+        and rest[1].startswith("/dev/loop")
+        and "nosuid" in options
+        and "nodev" in options
+    )
+
+
+def home_is_mounted(home: HomeLocation) -> bool:
+    """Whether the home folder is already the mount of its own image (`open_mounted_home`)."""
+    found = open_mounted_home(home)
+    if found is None:
+        return False
+    for fd in found:
+        os.close(fd)
+    return True
+
+
+def open_slot(storage_root: str, slot_dir: str) -> int:
+    """A warm slot's folder, opened from the storage root without following a symlink at
+    `.pool` or at the slot: `slot_dir` must be `<storage_root>/.pool/<hex slot>`."""
+    rel = os.path.relpath(slot_dir, storage_root)
+    if not _SLOT_REL.fullmatch(rel):
+        raise ValueError(f"not a warm slot under {storage_root}: {slot_dir!r}")
+    pool_dir, slot = rel.split("/")
+    root_fd = os.open(storage_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    with opened(root_fd), opened(open_dir_at(root_fd, pool_dir)) as pool_fd:
+        return open_dir_at(pool_fd, slot)
+
+
+def _check_slot_home(slot_home: str) -> str:
+    if not _SLOT_HOME.fullmatch(slot_home) or slot_home in (".", ".."):
+        raise ValueError(f"not a home name in a slot: {slot_home!r}")
+    return slot_home
+
+
+def attach_locally(home: HomeLocation, slot_dir: str, slot_home: str, uid: int) -> None:
+    """The quota helper's `attach`, in-process: bind the mounted home at `<slot>/<slot_home>`.
+
+    What the warm container left at that name goes first (a symlink is removed, not
+    followed; a mount there is refused). The bind is made from the opened home onto the
+    opened new folder, so nothing planted in the slot between the checks and the mount can
+    send the home anywhere else.
+    """
+    slot_home = _check_slot_home(slot_home)
+    found = open_mounted_home(home)
+    if found is None:
+        raise QuotaUnavailable(f"home quota: home {home.home_name} is not mounted")
+    user_fd, home_fd = found
+    with (
+        opened(user_fd),
+        opened(home_fd),
+        opened(open_slot(home.host.storage_root, slot_dir)) as slot_fd,
+    ):
+        slot_dev = os.fstat(slot_fd).st_dev
+        with contextlib.suppress(FileNotFoundError):
+            there = os.stat(slot_home, dir_fd=slot_fd, follow_symlinks=False)
+            if stat.S_ISDIR(there.st_mode) and there.st_dev != slot_dev:
+                raise QuotaUnavailable("home quota: slot already holds a home")
+        remove_tree_at(slot_fd, slot_home)
+        os.mkdir(slot_home, 0o755, dir_fd=slot_fd)
+        os.chown(slot_home, uid, uid, dir_fd=slot_fd, follow_symlinks=False)
+        with opened(open_dir_at(slot_fd, slot_home, _PLACE_FLAGS)) as target_fd:
+            made = os.fstat(target_fd)
+            if made.st_dev != slot_dev or made.st_uid != uid:
+                raise QuotaUnavailable("home quota: the slot's home folder changed under us")
+            _syscall("mount", _fd_path(home_fd), _fd_path(target_fd), None, _MS_BIND, None)
+
+
+def detach_locally(storage_root: str, slot_dir: str, slot_home: str) -> None:
+    """The quota helper's `detach`, in-process: unmount whatever is bound at
+    `<slot>/<slot_home>`, then make sure nothing is. Idempotent; a slot already gone is
+    fine."""
+    slot_home = _check_slot_home(slot_home)
+    try:
+        slot_fd = open_slot(storage_root, slot_dir)
+    except FileNotFoundError:
+        return
+    with opened(slot_fd):
+        slot_dev = os.fstat(slot_fd).st_dev
+        for _ in range(8):
+            try:
+                target_fd = open_dir_at(slot_fd, slot_home, _PLACE_FLAGS)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            except OSError as e:
+                if e.errno == errno.ELOOP:  # a symlink is never a mount point
+                    return
+                raise
+            with opened(target_fd):
+                if os.fstat(target_fd).st_dev == slot_dev:
+                    return
+                # Lazily: the fd this call holds keeps the mount busy for a plain unmount.
+                _syscall("umount2", _fd_path(target_fd), _MNT_DETACH)
+        raise QuotaUnavailable("home quota: slot still holds a home")
+
+
 def _job(spawner: Any, host: Any, mode: str, slot_dir: str = "", slot_home: str = "") -> QuotaJob:
     home = spawner.home_location(host)
     return QuotaJob(
@@ -390,7 +760,7 @@ def quota_applies(spawner: Any) -> bool:
 
 async def _shared_storage_root(spawner: Any, host: Any) -> None:
     """On the Hub's own machine, make the storage root the shared mount the helper needs."""
-    if not host.storage_is_local or os.geteuid() != 0:
+    if not hub_can_mount(host):
         return
     await asyncio.wrap_future(spawner.executor.submit(ensure_shared_mount, host.storage_root))
 
@@ -404,6 +774,12 @@ async def ensure_home_quota(spawner: Any, host: Any, make: bool = True) -> None:
         return
     spawner.emit(30, f"Mounting the home's {spawner.home_quota} file system")
     await _shared_storage_root(spawner, host)
+    if hub_mounts_locally(host) and await asyncio.wrap_future(
+        spawner.executor.submit(home_is_mounted, spawner.home_location(host))
+    ):
+        # What the helper would find and leave as it is: no container for that.
+        spawner.log.info("%s: home is mounted (its own image)", spawner._log_name)
+        return
     job = _job(spawner, host, "mount" if make else "remount")
     if host.storage_is_local:
         # The user's folder exists, owned by the workspace user, before the helper binds it.
@@ -437,7 +813,16 @@ async def shared_storage_root(spawner: Any, host: Any) -> None:
 
 async def attach_to_slot(spawner: Any, host: Any, slot_dir: str, slot_home: str) -> None:
     """Bind the workspace's mounted home into a claimed warm container's slot folder
-    (`slot_dir` on the host), where the container sees it at its home mount point."""
+    (`slot_dir` on the host), where the container sees it at its home mount point. On the
+    Hub's own machine the Hub binds it itself (`attach_locally`), elsewhere the helper."""
+    if hub_mounts_locally(host):
+        await asyncio.wrap_future(
+            spawner.executor.submit(
+                attach_locally, spawner.home_location(host), slot_dir, slot_home, spawner.home_uid
+            )
+        )
+        spawner.log.info("%s: home attached to its warm slot (in-process)", spawner._log_name)
+        return
     job = _job(spawner, host, "attach", slot_dir, slot_home)
     output = await run_quota_helper(spawner.docker, spawner.client, job, spawner.clone_timeout)
     spawner.log.info("%s: %s", spawner._log_name, " ".join(output.strip().splitlines()[-1:]))
@@ -445,6 +830,12 @@ async def attach_to_slot(spawner: Any, host: Any, slot_dir: str, slot_home: str)
 
 async def detach_from_slot(spawner: Any, host: Any, slot_dir: str, slot_home: str) -> None:
     """Take the home's bind out of a warm slot (the home stays mounted at its own folder).
-    Idempotent: a slot without the bind is left as it is."""
+    Idempotent: a slot without the bind is left as it is. In-process on the Hub's own
+    machine (`detach_locally`), elsewhere the helper."""
+    if hub_mounts_locally(host):
+        await asyncio.wrap_future(
+            spawner.executor.submit(detach_locally, host.storage_root, slot_dir, slot_home)
+        )
+        return
     job = _job(spawner, host, "detach", slot_dir, slot_home)
     await run_quota_helper(spawner.docker, spawner.client, job, spawner.clone_timeout)

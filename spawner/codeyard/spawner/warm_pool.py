@@ -11,7 +11,9 @@ claim. A spawn that finds a warm container of its profile and image on its host:
    the same one) and removes its row from the registry (its user's placement now counts);
 2. moves the user's home into the container's slot folder (`move_in_command`), with the
    per-host home helper container (`ensure_helper`): no capabilities, no network, running
-   as the home's uid, driven with `exec` over the Docker API, so it works on remote hosts;
+   as the home's uid, driven with `exec` over the Docker API, so it works on remote hosts.
+   On the Hub's own machine, as root, the Hub renames it itself (`move_in_locally`), with
+   every folder opened O_NOFOLLOW from the storage root;
 3. sends the launcher the server's environment (the user's token, identity, URLs) and
    arguments on the claim channel, authenticated by the container's own secret;
 4. waits for the server as a cold start does.
@@ -29,9 +31,10 @@ needs a shared host mount (which the Docker API cannot make) or a privileged con
 
 With a home quota (`home_quota.py`) the home is a mount point, which cannot be renamed. The
 quota already makes the storage root a shared mount, so there the slot is bound `rslave`
-and the quota helper binds the mounted home into the slot at claim (`attach_to_slot`); the
-bind reaches the running container through that propagation, and only mounts under its own
-slot do. At stop it is unmounted again (`detach_from_slot`).
+and the quota helper binds the mounted home into the slot at claim (`attach_to_slot`; on
+the Hub's own machine the Hub makes the bind itself); the bind reaches the running container
+through that propagation, and only mounts under its own slot do. At stop it is unmounted
+again (`detach_from_slot`).
 
 docs/warm-pool.md has the whole design and its security argument.
 """
@@ -42,9 +45,11 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import posixpath
 import re
 import secrets
+import stat
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -119,11 +124,15 @@ def _check(part: str, what: str) -> str:
     return part
 
 
-def slot_path(root: str, slot: str) -> str:
-    """The slot folder under `root` (the storage root on the host, or `HELPER_MOUNT`)."""
+def _check_slot(slot: str) -> str:
     if not _SLOT.fullmatch(slot):
         raise ValueError(f"not a pool slot: {slot!r}")
-    return posixpath.join(root, POOL_DIR, slot)
+    return slot
+
+
+def slot_path(root: str, slot: str) -> str:
+    """The slot folder under `root` (the storage root on the host, or `HELPER_MOUNT`)."""
+    return posixpath.join(root, POOL_DIR, _check_slot(slot))
 
 
 def pooled_host_config(config: dict[str, Any], mount: str) -> dict[str, Any]:
@@ -155,12 +164,17 @@ def move_in_command(user_dir: str, home: str, slot: str, base: str) -> list[str]
 def move_out_command(user_dir: str, home: str, slot: str, base: str) -> list[str]:
     """The helper's command that renames the home back out of the slot, then removes the
     slot (the runtime files the server left there). Idempotent: a home already back is
-    not touched again."""
+    not touched again. Only a real folder moves back: a symlink a user left at the home's
+    place in the slot would otherwise become the home the next container's bind follows
+    on the host; the slot then stays for an admin (exit 4)."""
     dst = posixpath.join(HELPER_MOUNT, _check(user_dir, "user folder"), _check(home, "home"))
     folder = slot_path(HELPER_MOUNT, slot)
     src = posixpath.join(folder, _check(base, "home name"))
     script = (
-        'if [ -e "$1" ]; then [ ! -e "$2" ] || exit 3; mv -T -- "$1" "$2" || exit 1; fi;'
+        'if [ -L "$1" ] || { [ -e "$1" ] && [ ! -d "$1" ]; }; then'
+        ' echo "$1 is not a folder; the slot is left in place"; exit 4; fi;'
+        ' if [ -e "$1" ]; then { [ ! -e "$2" ] && [ ! -L "$2" ]; } || exit 3;'
+        ' mv -T -- "$1" "$2" || exit 1; fi;'
         ' rm -rf --one-file-system -- "$3"'
     )
     return ["sh", "-c", script, "move-out", src, dst, folder]
@@ -171,6 +185,138 @@ def remove_slot_command(slot: str) -> list[str]:
     never crosses into another file system, so a home still bound there (a quota'd home
     whose detach failed) is refused, never emptied."""
     return ["rm", "-rf", "--one-file-system", "--", slot_path(HELPER_MOUNT, slot)]
+
+
+# ---- the same moves in-process, on the Hub's own machine ----------------------------------
+#
+# Where the storage root is the Hub's own file system and the Hub runs as root
+# (`home_quota.hub_can_mount`), the Hub moves homes itself, in the spawner's executor
+# thread: a `docker exec` in the home helper costs tens of milliseconds idle and more than a
+# second on a busy machine, a rename costs microseconds. Root can rename anything, so these
+# never use a path string below the storage root: each folder is opened from the one above
+# with O_NOFOLLOW|O_DIRECTORY, and the renames and removals name one entry in an opened
+# folder (`src_dir_fd`/`dst_dir_fd`). A symlink that a container planted in its slot, or
+# anything at a home's place that is not a folder, is refused or removed, never followed.
+
+
+def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    """What is at `name` in `dir_fd` (a symlink itself, not its target), or None."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _open_root(storage_root: str, make: bool = False) -> int:
+    """The storage root (the admin's configured path; the only path that is followed),
+    made first with `make`, as the engine makes a bind's missing host folder."""
+    if make:
+        os.makedirs(storage_root, mode=0o755, exist_ok=True)
+    return os.open(storage_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _open_pool_dir(root_fd: int, make: bool = False) -> int:
+    """`.pool` under the storage root: root's, mode 1733 (as the home helper makes it)."""
+    if make:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(POOL_DIR, 0o700, dir_fd=root_fd)
+    fd = home_quota.open_dir_at(root_fd, POOL_DIR)
+    if make:
+        os.fchmod(fd, 0o1733)
+    return fd
+
+
+def make_slot_locally(storage_root: str, slot: str, uid: int) -> None:
+    """`mkdir -m 0755 <slot>` as the home's uid, in-process: a new empty slot it owns."""
+    _check_slot(slot)
+    with (
+        home_quota.opened(_open_root(storage_root, make=True)) as root_fd,
+        home_quota.opened(_open_pool_dir(root_fd, make=True)) as pool_fd,
+    ):
+        os.mkdir(slot, 0o700, dir_fd=pool_fd)
+        with home_quota.opened(home_quota.open_dir_at(pool_fd, slot)) as fd:
+            os.fchown(fd, uid, uid)
+            os.fchmod(fd, 0o755)
+
+
+def remove_slot_locally(storage_root: str, slot: str) -> None:
+    """`remove_slot_command` in-process: the slot and what a server left in it, never
+    following a symlink, never crossing into another file system (a home still bound)."""
+    _check_slot(slot)
+    with home_quota.opened(_open_root(storage_root)) as root_fd:
+        try:
+            pool_fd = home_quota.open_dir_at(root_fd, POOL_DIR)
+        except FileNotFoundError:
+            return
+        with home_quota.opened(pool_fd):
+            home_quota.remove_tree_at(pool_fd, slot)
+
+
+def move_in_locally(storage_root: str, user_dir: str, home: str, slot: str, base: str) -> None:
+    """`move_in_command` in-process: rename the home into the slot as `base`.
+
+    The home must be a real folder (a symlink at its place is refused before anything
+    moves). What the warm container put at `base` is removed first, a symlink as a link,
+    never followed. The rename keeps the home's owner, as the helper's `mv` did.
+    """
+    _check(user_dir, "user folder")
+    _check(home, "home")
+    _check(base, "home name")
+    _check_slot(slot)
+    with (
+        home_quota.opened(_open_root(storage_root)) as root_fd,
+        home_quota.opened(home_quota.open_dir_at(root_fd, user_dir)) as user_fd,
+        home_quota.opened(_open_pool_dir(root_fd)) as pool_fd,
+        home_quota.opened(home_quota.open_dir_at(pool_fd, slot)) as slot_fd,
+    ):
+        before = os.stat(home, dir_fd=user_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(before.st_mode):
+            raise RuntimeError(f"home {user_dir}/{home} is not a folder; nothing moved")
+        home_quota.remove_tree_at(slot_fd, base)
+        os.rename(home, base, src_dir_fd=user_fd, dst_dir_fd=slot_fd)
+        after = os.stat(base, dir_fd=slot_fd, follow_symlinks=False)
+        if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+            # Swapped between the check and the rename: put back whatever moved, refuse.
+            os.rename(base, home, src_dir_fd=slot_fd, dst_dir_fd=user_fd)
+            raise RuntimeError(f"home {user_dir}/{home} changed while moving; moved back")
+
+
+def move_out_locally(storage_root: str, user_dir: str, home: str, slot: str, base: str) -> None:
+    """`move_out_command` in-process: rename the home back out of the slot, then remove the
+    slot. Idempotent: a home already back (nothing at `base`) is not touched again.
+
+    Only a real folder is moved back: a symlink or file a user left at their home's place
+    in the slot is refused, and the slot stays (with whatever the user moved elsewhere in
+    it) for an admin, rather than a link becoming the home that the next container binds.
+    """
+    _check(user_dir, "user folder")
+    _check(home, "home")
+    _check(base, "home name")
+    _check_slot(slot)
+    with (
+        home_quota.opened(_open_root(storage_root)) as root_fd,
+        home_quota.opened(home_quota.open_dir_at(root_fd, user_dir)) as user_fd,
+    ):
+        try:
+            pool_fd = home_quota.open_dir_at(root_fd, POOL_DIR)
+        except FileNotFoundError:
+            return
+        with home_quota.opened(pool_fd):
+            try:
+                slot_fd = home_quota.open_dir_at(pool_fd, slot)
+            except FileNotFoundError:
+                return
+            with home_quota.opened(slot_fd):
+                there = _lstat_at(slot_fd, base)
+                if there is not None:
+                    if not stat.S_ISDIR(there.st_mode):
+                        raise RuntimeError(
+                            f"slot {slot}: {base} is not a folder; the slot is left in place"
+                        )
+                    if _lstat_at(user_fd, home) is not None:
+                        raise RuntimeError(f"{user_dir}/{home} exists; the home stays in {slot}")
+                    os.rename(base, home, src_dir_fd=slot_fd, dst_dir_fd=user_fd)
+            home_quota.remove_tree_at(pool_fd, slot)
 
 
 @dataclass
@@ -474,10 +620,15 @@ class WarmPool(LoggingConfigurable):
         plan = await egress.prepare_workspace(spawner)
         slot = new_slot()
         mount, _base = slot_mount(spawner.home_mount)
-        await self.ensure_helper(spawner, host)
-        await self.helper_exec(
-            spawner, ["mkdir", "-m", "0755", slot_path(HELPER_MOUNT, slot)], spawner.home_uid
-        )
+        if home_quota.hub_can_mount(host):
+            await _in_executor(
+                spawner, make_slot_locally, host.storage_root, slot, spawner.home_uid
+            )
+        else:
+            await self.ensure_helper(spawner, host)
+            await self.helper_exec(
+                spawner, ["mkdir", "-m", "0755", slot_path(HELPER_MOUNT, slot)], spawner.home_uid
+            )
         secret = new_secret()
         config = pooled_host_config(spawner.workspace_host_config(), mount)
         extra = spawner.extra_host_config if isinstance(spawner.extra_host_config, dict) else {}
@@ -548,7 +699,12 @@ class WarmPool(LoggingConfigurable):
         with contextlib.suppress(NotFound, APIError):
             await spawner.docker("remove_container", warm.id, force=True)
         with contextlib.suppress(Exception):
-            await self.helper_exec(spawner, remove_slot_command(warm.slot), spawner.home_uid)
+            if home_quota.hub_can_mount(spawner.host):
+                await _in_executor(
+                    spawner, remove_slot_locally, spawner.host.storage_root, warm.slot
+                )
+            else:
+                await self.helper_exec(spawner, remove_slot_command(warm.slot), spawner.home_uid)
 
     # ---- the home helper ---------------------------------------------------------------
 
@@ -646,7 +802,9 @@ async def claim(
         )
         home = spawner.home_location(host)
         _mount, base = slot_mount(spawner.home_mount)
-        await pool.ensure_helper(spawner, host)
+        local = home_quota.hub_can_mount(host)
+        if not local:
+            await pool.ensure_helper(spawner, host)
         if home_quota.quota_applies(spawner):
             # The home is its own mounted file system: bound into the slot, not renamed. A
             # failure half-way is undone like a finished attach (detach is idempotent).
@@ -654,6 +812,16 @@ async def claim(
             spawner.warm_slot = warm.slot
             await home_quota.attach_to_slot(
                 spawner, host, slot_path(host.storage_root, warm.slot), _check(base, "home name")
+            )
+        elif local:
+            await _in_executor(
+                spawner,
+                move_in_locally,
+                host.storage_root,
+                home.user_dir_name,
+                home.home_name,
+                warm.slot,
+                base,
             )
         else:
             await pool.helper_exec(
@@ -679,6 +847,12 @@ async def claim(
         return None
     spawner.emit(60, "Starting Jupyter server in the warm workspace")
     return warm.ip, warm.port
+
+
+async def _in_executor(spawner: PlacementSpawner, fn: Any, *args: Any) -> Any:
+    """Run file-system work for the spawner's host in its executor thread, off the Hub's
+    event loop."""
+    return await asyncio.wrap_future(spawner.executor.submit(fn, *args))
 
 
 async def record_claim(provider: Any, user: str, workspace: str, host: str, name: str) -> None:
@@ -745,21 +919,36 @@ async def release_home(spawner: PlacementSpawner, host: DockerHost) -> None:
     pool = WarmPool.instance() or WarmPool(None, type(spawner), config=spawner.config)
     home = spawner.home_location(host)
     _mount, base = slot_mount(spawner.home_mount)
-    await pool.ensure_helper(spawner, host)
+    local = home_quota.hub_can_mount(host)
+    if not local:
+        await pool.ensure_helper(spawner, host)
     if home_quota.quota_applies(spawner):
         # The home was bound into the slot (it never left its own folder): take the bind
         # away, then remove the slot, which refuses to cross into a bind still there.
         await home_quota.detach_from_slot(
             spawner, host, slot_path(host.storage_root, slot), _check(base, "home name")
         )
-        # The detach checked, in a new mount namespace, that the slot holds no home any
-        # more; removing the empty slot is housekeeping. It can fail only where the
-        # helper's own, older namespace still holds a copy of the bind (the helper was
-        # restarted while the container ran): the slot then stays, empty, and the stop goes on.
+        # The detach checked that the slot holds no home any more; removing the empty slot
+        # is housekeeping. Through the home helper it can fail only where the helper's own,
+        # older namespace still holds a copy of the bind (the helper was restarted while
+        # the container ran): the slot then stays, empty, and the stop goes on.
         try:
-            await pool.helper_exec(spawner, remove_slot_command(slot), spawner.home_uid)
-        except RuntimeError as e:
+            if local:
+                await _in_executor(spawner, remove_slot_locally, host.storage_root, slot)
+            else:
+                await pool.helper_exec(spawner, remove_slot_command(slot), spawner.home_uid)
+        except (RuntimeError, OSError) as e:
             spawner.log.warning("%s: slot %s left in place: %s", spawner._log_name, slot, e)
+    elif local:
+        await _in_executor(
+            spawner,
+            move_out_locally,
+            host.storage_root,
+            home.user_dir_name,
+            home.home_name,
+            slot,
+            base,
+        )
     else:
         await pool.helper_exec(
             spawner,
