@@ -3,7 +3,7 @@ while other work keeps both cores busy, against calling vLLM directly in the sam
 Target: <= 5 ms added TTFT.
 
     python tests/bench/bench_gateway.py [--rounds N] [--streams 16] [--busy N] [--compare]
-        [--before-src DIR] [--uncontended] [--skip-steps]
+        [--before-src DIR] [--uncontended] [--skip-steps] [--cpu-only]
 
 Uses the vLLM of CODEYARD_TEST_VLLM_URL/CODEYARD_TEST_VLLM_KEY_FILE, else starts one
 (hub_config/vllm/serve.sh); starts a minimal JupyterHub whose managed services are the
@@ -52,8 +52,10 @@ milliseconds from one batch to the next, more than the 5 ms looked for, so:
 Where the time goes: the gateway workers' CPU and their wait for a core per call, from
 /proc/<pid>/task/*/schedstat (on CPU, runnable but waiting, and the number of times they
 were scheduled); a Hub token lookup under the same contention (what a token-cache miss
-would add); and, in this process without contention, the CPU each step of the request path
-costs (`--skip-steps` leaves that out).
+would add); in this process without contention, the CPU each step of the request path
+costs; and a whole call's CPU in one gateway worker against the synthetic upstream without
+contention, with `--before-src` alternating with the older code (`--skip-steps` leaves
+these out, `--cpu-only` runs only these: no vLLM, no Hub).
 
 The verdict, and the line recorded for `make bench` (tests/bench/results.py): met when the
 upper end of the interval of the paired vLLM figure is <= 5 ms, NOT met when its lower end
@@ -642,6 +644,139 @@ def step_costs(workdir: Path) -> None:
     ledger.close()
 
 
+# --- a whole call's CPU in a gateway worker, no contention --------------------------------------
+
+
+def _serve_local_gateway(port: int, upstream: str, key_file: str, workdir: str) -> None:
+    """A gateway worker as the Hub config runs it (multiprocess metrics, shared ledger, audit),
+    in this process, with the Hub's token answers made up here (every token is a valid user
+    holding the scope): what a call costs the worker, without a Hub in the measurement.
+    Imports `codeyard.gateway` from PYTHONPATH, so `--before-src` code runs the same way."""
+    os.environ.setdefault("JUPYTERHUB_API_TOKEN", "bench")
+    from codeyard.gateway import metrics as metrics_module
+    from codeyard.gateway.app import GatewayApp
+
+    app = GatewayApp(
+        port=port,
+        ip="127.0.0.1",
+        upstream_url=upstream,
+        upstream_api_key_file=key_file,
+        audit_log_path=f"{workdir}/audit.jsonl",
+        processes=1,
+        scheduler_slice_ms=0,
+    )
+
+    async def made_up_hub(token: str) -> dict[str, object]:
+        return {"name": token, "kind": "user", "scopes": ["custom:codeyard-llm"]}
+
+    app._ask_hub = made_up_hub  # type: ignore[method-assign]
+    app.reset_shared_state()
+    metrics_module.reset_shared_folder(app.shared_metrics_dir)
+    app.setup_worker(0, shared_metrics=True)
+    asyncio.run(app.serve())
+
+
+_RAW_BODY = json.dumps(
+    {
+        "model": llm_stack.MODEL,
+        "messages": PROMPT,
+        "max_tokens": 8,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+).encode()
+
+
+async def _raw_call(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: str) -> None:
+    """One streamed call over a kept connection, read to its last chunk (a lean client, so
+    that the client's own cost stays out of the gateway's)."""
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (token.encode(), len(_RAW_BODY), _RAW_BODY)
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    if b" 200 " not in head.split(b"\r\n", 1)[0]:
+        raise RuntimeError(f"gateway answered {head[:200]!r}")
+    tail = b""
+    while not tail.endswith(b"0\r\n\r\n"):
+        data = await reader.read(65536)
+        if not data:
+            raise RuntimeError("the gateway closed the connection mid-answer")
+        tail = (tail + data)[-16:]
+
+
+async def _drive_local(port: int, pid: int, calls: int, streams: int) -> tuple[float, float]:
+    """(CPU ms, times scheduled in) per call of gateway process `pid`, over `calls` calls in
+    batches of `streams` concurrent ones."""
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(streams)]
+    tokens = [f"bench{i}" for i in range(streams)]
+
+    async def batch() -> None:
+        await asyncio.gather(*(_raw_call(r, w, t) for (r, w), t in zip(conns, tokens, strict=True)))
+
+    for _ in range(3):  # warm: token answers, model list, upstream connections
+        await batch()
+    cpu0, _, n0 = schedstat([pid])
+    rounds = max(1, calls // streams)
+    for _ in range(rounds):
+        await batch()
+    cpu1, _, n1 = schedstat([pid])
+    for _, writer in conns:
+        writer.close()
+    done = rounds * streams
+    return 1000 * (cpu1 - cpu0) / done, (n1 - n0) / done
+
+
+def cpu_per_call(workdir: Path, before_src: str, repeats: int = 3, calls: int = 800) -> None:
+    """A gateway worker's CPU and wake-ups per streamed call (16 at once, 8 tokens each)
+    against the zero-latency synthetic upstream, without contention; with `before_src`, the
+    older code the same way, alternating, so both meet the same machine."""
+    synth = start_synthetic(workdir)
+    variants = [("gateway", os.environ.get("PYTHONPATH", ""))]
+    if before_src:
+        src = Path(before_src).resolve()
+        parts = ("server_extension", "spawner", "placement")
+        variants.append(("gateway-before", ":".join(str(src / part) for part in parts)))
+    figures: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in variants}
+    try:
+        for i in range(repeats):
+            for name, pythonpath in variants:
+                folder = workdir / f"{name}-{i}"
+                folder.mkdir()
+                port = llm_stack.free_port()
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--serve-local-gateway",
+                        str(port),
+                        synth.url,
+                        str(synth.key_file),
+                        str(folder),
+                    ],
+                    env={**os.environ, "PYTHONPATH": pythonpath},
+                    start_new_session=True,
+                )
+                try:
+                    llm_stack.wait_http(f"http://127.0.0.1:{port}/health", 30, proc)
+                    figures[name].append(asyncio.run(_drive_local(port, proc.pid, calls, 16)))
+                finally:
+                    llm_stack.stop_process(proc)
+    finally:
+        synth.stop()
+    print("a gateway worker per streamed call, zero-latency upstream, no contention:")
+    for name, runs in figures.items():
+        cpu = statistics.median(c for c, _ in runs)
+        wakes = statistics.median(w for _, w in runs)
+        spread = ", ".join(f"{c:.3f}" for c, _ in runs)
+        print(
+            f"  {name:>18} CPU {cpu:.3f} ms/call (runs: {spread}), scheduled in "
+            f"{wakes:.2f} times/call ({repeats} x {calls} calls, 16 at once; {load_average()})"
+        )
+
+
 def _ledger_writer(path: str, seconds: float, queued: bool) -> None:
     """Another gateway worker: reserve and settle on the same ledger for `seconds`."""
     ledger = TokenLedger(0, 0, path=path, auto_checkpoint=not queued)
@@ -911,6 +1046,13 @@ def main() -> None:
     )
     parser.add_argument("--serve-synthetic", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ledger-writer", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-local-gateway", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--cpu-only",
+        action="store_true",
+        help="only the per-step costs and a worker's CPU per call without contention (and "
+        "with --before-src the older code's): no vLLM, no Hub",
+    )
     args = parser.parse_args()
     if args.serve_synthetic:
         asyncio.run(_serve_synthetic(args.serve_synthetic))
@@ -919,12 +1061,19 @@ def main() -> None:
         path, flag = args.ledger_writer
         _ledger_writer(path, 3.0, flag == "queued")
         return
+    if args.serve_local_gateway:
+        port, upstream, key_file, folder = args.serve_local_gateway
+        _serve_local_gateway(int(port), upstream, key_file, folder)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for sub in ("vllm", "hub", "synthetic", "steps"):
             (work / sub).mkdir()
-        if not args.skip_steps:
+        if not args.skip_steps or args.cpu_only:
             step_costs(work / "steps")
+            cpu_per_call(work / "steps", args.before_src)
+        if args.cpu_only:
+            return
         started = time.monotonic()
         vllm = llm_stack.start_vllm(work / "vllm")
         print(f"vLLM ready in {time.monotonic() - started:.1f} s")

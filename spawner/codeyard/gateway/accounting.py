@@ -206,21 +206,28 @@ class TokenLedger:
         tokens = max(0, tokens)
         with self._write() as db:
             now = self._clock()
-            count, reserved = self._open(db, user)
+            budget = self.tokens_per_minute
+            if budget > 0:
+                # One statement for the user's position: this runs before the call goes to
+                # vLLM. Expired charges are deleted by `settle`, after the answer.
+                count, reserved, spent_total = db.execute(
+                    "SELECT count(*), coalesce(sum(tokens), 0), (SELECT coalesce(sum(tokens), "
+                    "0) FROM charge WHERE user = ?1 AND at > ?2) FROM reservation "
+                    "WHERE user = ?1",
+                    (user, now - self.WINDOW),
+                ).fetchone()
+            else:
+                count, reserved = self._open(db, user)
             if self.max_concurrent > 0 and count >= self.max_concurrent:
                 raise LimitExceeded(
                     "concurrency",
                     f"too many concurrent requests: at most {self.max_concurrent} per user",
                     1,
                 )
-            budget = self.tokens_per_minute
             if budget > 0:
-                db.execute(
-                    "DELETE FROM charge WHERE user = ? AND at <= ?", (user, now - self.WINDOW)
-                )
-                spent = self._spent(db, user, now)
-                committed = sum(n for _, n in spent) + reserved
+                committed = spent_total + reserved
                 if committed > 0 and committed + tokens > budget:
+                    spent = self._spent(db, user, now)
                     raise LimitExceeded(
                         "tokens_per_minute",
                         f"token budget of {budget} tokens per minute used up: {committed} "
@@ -252,13 +259,20 @@ class TokenLedger:
             return
         reservation.charged = max(0, tokens)
         with self._write() as db:
+            now = self._clock()
             gone = db.execute("DELETE FROM reservation WHERE id = ?", (reservation.id,)).rowcount
             # A row already gone was charged in full by `close_process`/`close_all_open`.
             if gone and reservation.charged:
                 db.execute(
                     "INSERT INTO charge (user, at, tokens) VALUES (?, ?, ?)",
-                    (reservation.user, self._clock(), reservation.charged),
+                    (reservation.user, now, reservation.charged),
                 )
+            # Charges out of the window count for nothing: forget them here, after the
+            # answer, rather than in `reserve`, on the way to the first token.
+            db.execute(
+                "DELETE FROM charge WHERE user = ? AND at <= ?",
+                (reservation.user, now - self.WINDOW),
+            )
 
     def refund(self, reservation: Reservation) -> None:
         """End a call that generated nothing: free its slot, charge nothing."""

@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from tornado import httputil, web
+from tornado import web
 from tornado.iostream import StreamClosedError
 
 from codeyard.jsonapi import JSONError, JSONHandlerMixin, openai_shape, parse_json_object
@@ -357,9 +357,9 @@ class ProxyHandler(BaseHandler):
         upstream: dict[str, Any] = {"status": 0, "content_type": "application/json"}
         first: list[float] = []
 
-        def on_headers(status: int, answer_headers: httputil.HTTPHeaders) -> None:
+        def on_headers(status: int, answer_headers: Mapping[str, str]) -> None:
             upstream["status"] = status
-            upstream["content_type"] = answer_headers.get("Content-Type", "application/json")
+            upstream["content_type"] = answer_headers.get("content-type", "application/json")
 
         def on_chunk(chunk: bytes) -> Awaitable[None] | None:
             got = time.perf_counter()

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 # The routes the gateway forwards, the only values of the `path` and `route` labels
@@ -51,6 +53,32 @@ def worker_gone(folder: str | os.PathLike[str], pid: int) -> None:
     mark_process_dead(pid, str(folder))
 
 
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+class Labelled(Generic[M]):
+    """A labelled metric whose `labels(...)` children are kept by their label values.
+
+    prometheus_client's `labels` converts and checks every value and takes a lock on each
+    call; a forwarded call asks for about ten children, on the same event loop that relays
+    every stream. Label values come from bounded sets (the module doc), so the children
+    kept are the series that exist anyway. Everything else is the metric's own.
+    """
+
+    def __init__(self, metric: M) -> None:
+        self.metric: M = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def labels(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.metric, name)
+
+
 class GatewayMetrics:
     """The gateway's metrics; `shared_folder` turns on multiprocess mode (see above)."""
 
@@ -68,54 +96,68 @@ class GatewayMetrics:
         self._build(metric_registry)
 
     def _build(self, registry: CollectorRegistry | None) -> None:
-        self.requests = Counter(
-            "codeyard_llm_requests",
-            "Requests answered by the gateway, by final HTTP status.",
-            ["user", "model", "path", "status"],
-            registry=registry,
+        self.requests = Labelled(
+            Counter(
+                "codeyard_llm_requests",
+                "Requests answered by the gateway, by final HTTP status.",
+                ["user", "model", "path", "status"],
+                registry=registry,
+            )
         )
-        self.tokens = Counter(
-            "codeyard_llm_tokens",
-            "Tokens reported by the upstream, by kind (prompt or completion).",
-            ["user", "model", "kind"],
-            registry=registry,
+        self.tokens = Labelled(
+            Counter(
+                "codeyard_llm_tokens",
+                "Tokens reported by the upstream, by kind (prompt or completion).",
+                ["user", "model", "kind"],
+                registry=registry,
+            )
         )
-        self.charged = Counter(
-            "codeyard_llm_charged_tokens",
-            "Tokens charged against users' budgets: vLLM's usage when it reported one, the "
-            "call's whole reservation (prompt estimate plus max_tokens) when the answer was "
-            "cut short.",
-            ["user", "model"],
-            registry=registry,
+        self.charged = Labelled(
+            Counter(
+                "codeyard_llm_charged_tokens",
+                "Tokens charged against users' budgets: vLLM's usage when it reported one, the "
+                "call's whole reservation (prompt estimate plus max_tokens) when the answer was "
+                "cut short.",
+                ["user", "model"],
+                registry=registry,
+            )
         )
-        self.errors = Counter(
-            "codeyard_llm_errors",
-            "Requests that failed, by reason (auth, forbidden, limit, upstream_down, ...).",
-            ["user", "model", "reason"],
-            registry=registry,
+        self.errors = Labelled(
+            Counter(
+                "codeyard_llm_errors",
+                "Requests that failed, by reason (auth, forbidden, limit, upstream_down, ...).",
+                ["user", "model", "reason"],
+                registry=registry,
+            )
         )
-        self.ttft = Histogram(
-            "codeyard_llm_time_to_first_token_seconds",
-            "Seconds from receiving a request to relaying the first byte of the answer.",
-            ["user", "model"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=registry,
+        self.ttft = Labelled(
+            Histogram(
+                "codeyard_llm_time_to_first_token_seconds",
+                "Seconds from receiving a request to relaying the first byte of the answer.",
+                ["user", "model"],
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                registry=registry,
+            )
         )
-        self.latency = Histogram(
-            "codeyard_llm_request_seconds",
-            "Seconds from receiving a request to the end of the answer.",
-            ["user", "model"],
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-            registry=registry,
+        self.latency = Labelled(
+            Histogram(
+                "codeyard_llm_request_seconds",
+                "Seconds from receiving a request to the end of the answer.",
+                ["user", "model"],
+                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+                registry=registry,
+            )
         )
-        self.overhead = Histogram(
-            "codeyard_llm_gateway_overhead_seconds",
-            "The gateway's own time per request, by stage: 'forward' from reading the request "
-            "to having sent it to vLLM, 'first_chunk' from receiving vLLM's first chunk to "
-            "having written it to the caller.",
-            ["stage"],
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
-            registry=registry,
+        self.overhead = Labelled(
+            Histogram(
+                "codeyard_llm_gateway_overhead_seconds",
+                "The gateway's own time per request, by stage: 'forward' from reading the request "
+                "to having sent it to vLLM, 'first_chunk' from receiving vLLM's first chunk to "
+                "having written it to the caller.",
+                ["stage"],
+                buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+                registry=registry,
+            )
         )
         self.upstream_connections = Counter(
             "codeyard_llm_upstream_connections",
@@ -130,17 +172,21 @@ class GatewayMetrics:
             "codeyard_llm_upstream_connections_total, which counts those calls had to open.",
             registry=registry,
         )
-        self.upstream_requests = Counter(
-            "codeyard_llm_upstream_requests",
-            "Requests the gateway sent to vLLM, by route (including its own model-list "
-            "lookups on `models`).",
-            ["route"],
-            registry=registry,
+        self.upstream_requests = Labelled(
+            Counter(
+                "codeyard_llm_upstream_requests",
+                "Requests the gateway sent to vLLM, by route (including its own model-list "
+                "lookups on `models`).",
+                ["route"],
+                registry=registry,
+            )
         )
-        self.in_flight = Gauge(
-            "codeyard_llm_in_flight",
-            "Requests being forwarded right now.",
-            ["user"],
-            registry=registry,
-            multiprocess_mode="livesum",
+        self.in_flight = Labelled(
+            Gauge(
+                "codeyard_llm_in_flight",
+                "Requests being forwarded right now.",
+                ["user"],
+                registry=registry,
+                multiprocess_mode="livesum",
+            )
         )

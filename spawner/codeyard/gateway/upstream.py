@@ -1,12 +1,20 @@
-"""Keep-alive HTTP/1.1 connections to the upstream (vLLM), on tornado's own HTTP/1 code.
+"""Keep-alive HTTP/1.1 connections to the upstream (vLLM), read by a small parser of its own.
 
 tornado's `AsyncHTTPClient` opens and closes a TCP connection per call, which would cost every
 model call a connect plus vLLM's accept (about 1 ms on loopback, more when vLLM's event loop is
 busy streaming to others). httpx pools connections but costs more per chunk than it saves: in
 a 16-stream test against a zero-latency upstream its time to first chunk is two to three
-times tornado's. This module keeps tornado's parser and adds the pool: idle connections are kept
-for `idle_seconds` (below vLLM's own keep-alive timeout) and checked for a close by the peer
-before reuse; a reused connection that turns out dead before any answer byte is replaced once.
+times tornado's. tornado's own HTTP/1 code (`HTTP1Connection`) reads a chunked answer with
+two awaited reads per chunk (its size line, then its data), each a future and a trip through
+`IOStream`'s buffers: profiled in the gateway against a zero-latency upstream it was the
+largest part of a call's CPU. Here each connection is an asyncio `Protocol` whose
+`data_received` parses what arrived in one pass (status line, headers, Content-Length,
+chunked or until-close bodies) and hands the caller all body bytes of that read in one
+`on_chunk` call, with no future or task per chunk. The request goes out in one write.
+
+The pool: idle connections are kept for `idle_seconds` (below vLLM's own keep-alive timeout);
+a connection the peer closed or sent stray bytes on while idle is dropped when the loop sees
+it, and a reused connection that turns out dead before any answer byte is replaced once.
 
 Connections are also kept warm ahead of calls (`warm_seconds`). vLLM closes a connection
 idle for 5 s, so calls that come in bursts a few seconds apart (a user asking again, an
@@ -23,20 +31,21 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
 from urllib.parse import urlparse
 
-from tornado import httputil
-from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
-from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import DefaultLoopResolver, Resolver, is_valid_ip
-from tornado.tcpclient import TCPClient
 
-# (status, headers) once they arrive; then each body chunk; both may return an awaitable
-# (the caller's flush) that is awaited before reading on: backpressure from a slow caller.
-OnHeaders = Callable[[int, httputil.HTTPHeaders], None]
+# (status, headers with lower-case names) once they arrive; then the body bytes of each read
+# of the socket; `on_chunk` may return an awaitable (the caller's flush) that is awaited
+# before reading on: backpressure from a slow caller.
+OnHeaders = Callable[[int, Mapping[str, str]], None]
 OnChunk = Callable[[bytes], Awaitable[None] | None]
+
+# Longest status line plus headers, and longest chunk-size or trailer line, accepted.
+MAX_HEAD = 64 * 1024
+MAX_LINE = 4 * 1024
 
 
 class UpstreamUnavailable(ConnectionError):
@@ -59,56 +68,289 @@ class Abort(Exception):
     """Raised by `on_chunk` (or its awaitable) to stop reading: the connection is dropped."""
 
 
-class _Delegate(httputil.HTTPMessageDelegate):
-    def __init__(self, stream: IOStream, on_headers: OnHeaders, on_chunk: OnChunk) -> None:
-        self.stream = stream
+class _Broken(Exception):
+    """The answer's framing cannot be read (bad status line, chunk size, too long)."""
+
+
+# Parser states of a connection.
+_IDLE, _HEAD, _LENGTH, _SIZE, _DATA, _CRLF, _TRAILER, _UNTIL_CLOSE, _DONE = range(9)
+
+
+class _Exchange:
+    """One request on a connection: the caller's callbacks and the future `request` awaits
+    (its result: whether the connection may be reused)."""
+
+    __slots__ = ("aborted", "conn", "done", "on_chunk", "on_headers", "pending", "started")
+
+    def __init__(self, conn: UpstreamConnection, on_headers: OnHeaders, on_chunk: OnChunk) -> None:
+        self.conn = conn
         self.on_headers = on_headers
         self.on_chunk = on_chunk
-        self.started = False
-        self.finished = False
+        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.started = False  # a status line arrived
         self.aborted = False
+        self.pending: asyncio.Task[None] | None = None  # a slow caller's flush
 
-    def headers_received(
-        self,
-        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
-        headers: httputil.HTTPHeaders,
-    ) -> None:
-        assert isinstance(start_line, httputil.ResponseStartLine)
-        self.started = True
-        self.on_headers(start_line.code, headers)
+    def abort(self) -> None:
+        """Drop the call now: closing the socket tells vLLM to stop generating. Once the
+        answer is complete the connection may be back in the pool, serving another call:
+        it is not ours to close any more."""
+        if self.done.done() or self.aborted:
+            return
+        self.aborted = True
+        self.done.set_exception(Abort())
+        self.conn.close()
 
-    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
-        if self.aborted:
-            return None
+
+class UpstreamConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection to the upstream; parses each answer as its bytes arrive."""
+
+    def __init__(self, max_body_size: int = 1 << 30) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.max_body_size = max_body_size
+        self.closed = False
+        self.usable = True  # False once anything but a clean keep-alive answer was seen
+        self._exchange: _Exchange | None = None
+        self._state = _IDLE
+        self._buf = b""
+        self._remaining = 0
+        self._received = 0
+        self._keep = True
+        self._no_body = False
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio's, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.usable = False
+        ex = self._exchange
+        if ex is None or ex.done.done():
+            return
+        if self._state == _UNTIL_CLOSE:
+            self._state = _DONE
+            self._keep = False
+            self._complete(ex)
+        else:
+            ex.done.set_exception(UpstreamClosed("the model server closed the connection"))
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; `connection_lost` reports it
+
+    def data_received(self, data: bytes) -> None:
+        ex = self._exchange
+        if ex is None or ex.done.done():
+            # Bytes nobody asked for (on an idle connection, or after an abort): the
+            # connection is out of step with the peer.
+            self.usable = False
+            self.close()
+            return
         try:
-            pending = self.on_chunk(chunk)
+            body = self._parse(ex, self._buf + data if self._buf else data)
+            pending = ex.on_chunk(body) if body else None
         except Abort:
-            self.abort()
-            return None
-        return None if pending is None else self._settle(pending)
+            ex.abort()
+            return
+        except Exception as exc:  # unreadable framing, or the caller's callback failed
+            self.usable = False
+            if isinstance(exc, _Broken):
+                exc = UpstreamClosed(f"unreadable answer from the model server: {exc}")
+            if not ex.done.done():
+                ex.done.set_exception(exc)
+            self.close()
+            return
+        if pending is not None:
+            # A slow caller: read no more until it has taken this.
+            assert self.transport is not None
+            self.transport.pause_reading()
+            ex.pending = asyncio.ensure_future(self._drained(ex, pending))
+            return
+        if self._state == _DONE:
+            self._complete(ex)
 
-    async def _settle(self, pending: Awaitable[None]) -> None:
+    # --- parsing ---
+
+    def _parse(self, ex: _Exchange, buf: bytes) -> bytes:
+        """Advance the parser over `buf`; returns the body bytes it held."""
+        self._buf = b""
+        out: list[bytes] = []
+        pos = 0
+        size = len(buf)
+        while pos < size or self._state == _DONE:
+            state = self._state
+            if state == _HEAD:
+                end = buf.find(b"\r\n\r\n", pos)
+                if end < 0:
+                    if size - pos > MAX_HEAD:
+                        raise _Broken("headers too long")
+                    self._buf = buf[pos:]
+                    break
+                self._head(ex, buf[pos:end])
+                pos = end + 4
+            elif state in (_LENGTH, _DATA):
+                take = min(self._remaining, size - pos)
+                out.append(buf[pos : pos + take])
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._state = _DONE if state == _LENGTH else _CRLF
+            elif state in (_SIZE, _TRAILER):
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    if size - pos > MAX_LINE:
+                        raise _Broken("chunk line too long")
+                    self._buf = buf[pos:]
+                    break
+                line = buf[pos:end]
+                pos = end + 2
+                if state == _TRAILER:
+                    if not line:
+                        self._state = _DONE
+                    continue
+                try:
+                    self._remaining = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise _Broken(f"bad chunk size {line[:40]!r}") from None
+                if self._remaining < 0:
+                    raise _Broken("negative chunk size")
+                self._state = _DATA if self._remaining else _TRAILER
+            elif state == _CRLF:
+                if size - pos < 2:
+                    self._buf = buf[pos:]
+                    break
+                if buf[pos : pos + 2] != b"\r\n":
+                    raise _Broken("chunk not followed by CRLF")
+                pos += 2
+                self._state = _SIZE
+            elif state == _UNTIL_CLOSE:
+                out.append(buf[pos:])
+                pos = size
+            else:  # _DONE: anything after the answer puts the connection out of step
+                if pos < size:
+                    self._keep = False
+                break
+        if not out:
+            return b""
+        body = out[0] if len(out) == 1 else b"".join(out)
+        self._received += len(body)
+        if self._received > self.max_body_size:
+            raise _Broken(f"answer over {self.max_body_size} bytes")
+        return body
+
+    def _head(self, ex: _Exchange, head: bytes) -> None:
+        """The status line and headers: call `on_headers` and choose how the body is framed."""
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+            raise _Broken(f"bad status line {lines[0][:60]!r}")
+        try:
+            status = int(parts[1])
+        except ValueError:
+            raise _Broken(f"bad status line {lines[0][:60]!r}") from None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise _Broken(f"bad header line {line[:60]!r}")
+            name = name.strip().lower()
+            value = value.strip()
+            headers[name] = f"{headers[name]},{value}" if name in headers else value
+        if 100 <= status < 200:
+            return  # an interim answer (100 Continue): the real one follows
+        ex.started = True
+        connection = headers.get("connection", "").lower()
+        if parts[0] == "HTTP/1.0":
+            self._keep = "keep-alive" in connection
+        else:
+            self._keep = "close" not in connection
+        ex.on_headers(status, headers)
+        if self._no_body or status in (204, 304):
+            self._state = _DONE
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            self._state = _SIZE
+        elif "content-length" in headers:
+            try:
+                self._remaining = int(headers["content-length"])
+            except ValueError:
+                raise _Broken("bad Content-Length") from None
+            if self._remaining < 0:
+                raise _Broken("bad Content-Length")
+            if self._remaining > self.max_body_size:
+                raise _Broken(f"answer over {self.max_body_size} bytes")
+            self._state = _LENGTH if self._remaining else _DONE
+        else:
+            self._state = _UNTIL_CLOSE
+            self._keep = False
+
+    # --- one request ---
+
+    def begin(
+        self, method: str, request: bytes, on_headers: OnHeaders, on_chunk: OnChunk
+    ) -> _Exchange:
+        """Send `request` (status line, headers and body in one write) and start reading its
+        answer; `request` awaits the returned exchange's `done`."""
+        ex = _Exchange(self, on_headers, on_chunk)
+        self._exchange = ex
+        self._state = _HEAD
+        self._buf = b""
+        self._received = 0
+        self._keep = True
+        self._no_body = method == "HEAD"
+        if self.closed or self.transport is None:
+            ex.done.set_exception(UpstreamClosed("the connection was closed"))
+            return ex
+        self.transport.write(request)
+        return ex
+
+    def _complete(self, ex: _Exchange) -> None:
+        if not ex.done.done():
+            ex.done.set_result(self._keep and not self.closed)
+
+    async def _drained(self, ex: _Exchange, pending: Awaitable[None]) -> None:
         try:
             await pending
         except Abort:
-            self.abort()
-
-    def abort(self) -> None:
-        # Closing the socket ends tornado's read loop and tells vLLM to stop generating.
-        # Once the answer is complete the connection may be back in the pool, serving
-        # another call: it is not ours to close any more.
-        if self.finished or self.aborted:
+            ex.pending = None
+            ex.abort()
             return
-        self.aborted = True
-        self.stream.close()
+        ex.pending = None
+        if ex.done.done() or self.closed:
+            return
+        if self._state == _DONE:
+            self._complete(ex)
+        elif self.transport is not None:
+            self.transport.resume_reading()
 
-    def finish(self) -> None:
-        self.finished = True
+    def finish(self) -> bool:
+        """End the current exchange; True if the connection may serve another request."""
+        ex = self._exchange
+        self._exchange = None
+        self._state = _IDLE
+        reusable = (
+            ex is not None
+            and ex.done.done()
+            and not ex.done.cancelled()
+            and ex.done.exception() is None
+            and ex.done.result()
+        )
+        return bool(reusable) and self.usable and not self.closed
+
+    def close(self) -> None:
+        self.usable = False
+        ex = self._exchange
+        if ex is not None and ex.pending is not None:
+            ex.pending.cancel()
+        if self.transport is not None:
+            self.transport.close()
 
 
 class LiteralResolver(Resolver):
-    """Answers IP literals (the usual 127.0.0.1 upstream) without the default resolver's
-    thread-pool hop, which costs whole scheduler slices on a busy machine."""
+    """Answers IP literals (the usual 127.0.0.1 Hub) without the default resolver's
+    thread-pool hop, which costs whole scheduler slices on a busy machine. The gateway's
+    Hub lookups go through tornado's HTTP client, which uses it."""
 
     def initialize(self) -> None:
         self._fallback = DefaultLoopResolver()
@@ -119,22 +361,6 @@ class LiteralResolver(Resolver):
         if is_valid_ip(host):
             return [(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))]
         return await self._fallback.resolve(host, port, family)
-
-
-def _peer_closed(stream: IOStream) -> bool:
-    """True if an idle connection was closed by the peer (EOF or stray bytes are waiting)."""
-    sock = stream.socket
-    if stream.closed() or sock is None:
-        return True
-    try:
-        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return False  # nothing to read: alive and idle
-    except ValueError:
-        return False  # TLS sockets take no flags; rely on the idle limit and the retry
-    except OSError:
-        return True
-    return True  # EOF, or bytes nobody asked for: not reusable
 
 
 class UpstreamPool:
@@ -160,12 +386,9 @@ class UpstreamPool:
         self.idle_seconds = idle_seconds
         self.max_idle = max_idle
         self.connect_timeout = connect_timeout
-        self.params = HTTP1ConnectionParameters(
-            no_keep_alive=False, decompress=False, max_body_size=max_body_size
-        )
+        self.max_body_size = max_body_size
         self._ssl = ssl.create_default_context() if self.https else None
-        self._tcp = TCPClient(resolver=LiteralResolver())
-        self._idle: list[tuple[IOStream, float]] = []
+        self._idle: list[tuple[UpstreamConnection, float]] = []
         self.opened = 0
         # Keeping connections warm: the keeper task runs while a call took a connection in
         # the last `warm_seconds`.
@@ -175,27 +398,34 @@ class UpstreamPool:
         self._last_use = 0.0
         self._keeper: asyncio.Task[None] | None = None
 
-    async def _connection(self) -> tuple[IOStream, bool]:
-        """(stream, reused): the most recently idle live connection, else a new one."""
-        now = time.monotonic()
-        while self._idle:
-            stream, since = self._idle.pop()
-            if now - since < self.idle_seconds and not _peer_closed(stream):
-                return stream, True
-            stream.close()
+    async def _open(self) -> UpstreamConnection:
+        """A new connection (TCP_NODELAY: asyncio sets it on TCP transports, so requests and
+        relayed chunks, all small writes, never wait for an ACK)."""
+        loop = asyncio.get_running_loop()
         try:
-            stream = await self._tcp.connect(
-                self.host,
-                self.port,
-                ssl_options=self._ssl,
-                timeout=self.connect_timeout,
-            )
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self.max_body_size),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl else None,
+                )
         except (OSError, TimeoutError) as exc:
             raise UpstreamUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
-        # Requests and relayed chunks are small writes: never hold them for an ACK (Nagle).
-        stream.set_nodelay(True)
+        return conn
+
+    async def _connection(self) -> tuple[UpstreamConnection, bool]:
+        """(connection, reused): the most recently idle live connection, else a new one."""
+        now = time.monotonic()
+        while self._idle:
+            conn, since = self._idle.pop()
+            if now - since < self.idle_seconds and conn.usable:
+                return conn, True
+            conn.close()
+        conn = await self._open()
         self.opened += 1
-        return stream, False
+        return conn, False
 
     def _taken(self) -> None:
         self._last_use = time.monotonic()
@@ -225,42 +455,55 @@ class UpstreamPool:
                         self._idle.remove(entry)
                         entry[0].close()
                 now = time.monotonic()
-                for stream in fresh:
-                    if stream is None:
+                for conn in fresh:
+                    if conn is None:
                         continue
                     if len(self._idle) < self.max_idle:
                         # At the front: calls take the most recently idle (the end) first.
-                        self._idle.insert(0, (stream, now))
+                        self._idle.insert(0, (conn, now))
                     else:
-                        stream.close()
+                        conn.close()
         finally:
             self._keeper = None
 
-    async def _open_ahead(self) -> IOStream | None:
+    async def _open_ahead(self) -> UpstreamConnection | None:
         try:
-            stream = await self._tcp.connect(
-                self.host, self.port, ssl_options=self._ssl, timeout=self.connect_timeout
-            )
-        except (OSError, TimeoutError):
+            conn = await self._open()
+        except UpstreamUnavailable:
             return None  # vLLM away: the next call finds out and says so
-        stream.set_nodelay(True)
         self.warmed += 1
         if self.on_warmed is not None:
             self.on_warmed()
-        return stream
+        return conn
 
-    def _release(self, stream: IOStream) -> None:
-        stream.set_nodelay(True)  # tornado turns it off after each request
-        if self.idle_seconds > 0 and len(self._idle) < self.max_idle and not stream.closed():
-            self._idle.append((stream, time.monotonic()))
+    def _release(self, conn: UpstreamConnection) -> None:
+        if self.idle_seconds > 0 and len(self._idle) < self.max_idle and conn.usable:
+            self._idle.append((conn, time.monotonic()))
         else:
-            stream.close()
+            conn.close()
+
+    def _request_bytes(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None
+    ) -> bytes:
+        head = [f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self.netloc}\r\n"]
+        for name, value in headers.items():
+            head.append(f"{name}: {value}\r\n")
+        if body is not None:
+            head.append(f"Content-Length: {len(body)}\r\n")
+        head.append("\r\n")
+        text = "".join(head)
+        # Header injection: a CR or LF anywhere but the line ends (a key file with a stray
+        # newline, say) would split a line.
+        if text.count("\n") != len(head) + 1 or text.count("\r") != len(head) + 1:
+            raise ValueError("newline in an upstream request line or header")
+        data = text.encode("latin-1")
+        return data + body if body else data
 
     async def request(
         self,
         method: str,
         path: str,
-        headers: dict[str, str],
+        headers: Mapping[str, str],
         body: bytes | None,
         on_headers: OnHeaders,
         on_chunk: OnChunk,
@@ -277,46 +520,41 @@ class UpstreamPool:
         answer was cut off, `Abort` if `on_chunk` asked to stop. If the caller cancels (a
         timeout), the connection is dropped, which makes vLLM abort the generation.
         """
+        request = self._request_bytes(method, path, headers, body)
         for attempt in range(2):
-            stream, reused = await self._connection()
+            conn, reused = await self._connection()
             self._taken()
-            conn = HTTP1Connection(stream, True, self.params)
-            delegate = _Delegate(stream, on_headers, on_chunk)
-            request_headers = httputil.HTTPHeaders({"Host": self.netloc, **headers})
-            if body is not None:
-                request_headers["Content-Length"] = str(len(body))
-            keep = False
+            ex = conn.begin(method, request, on_headers, on_chunk)
+            if on_sent is not None:
+                on_sent(not reused)
+            if on_abortable is not None:
+                on_abortable(ex.abort)
             try:
-                conn.write_headers(
-                    httputil.RequestStartLine(method, self.prefix + path, "HTTP/1.1"),
-                    request_headers,
-                    body,  # one write: headers and body in the same segment
-                )
+                await ex.done
+            except UpstreamClosed:
                 conn.finish()
-                if on_sent is not None:
-                    on_sent(not reused)
-                if on_abortable is not None:
-                    on_abortable(delegate.abort)
-                keep = await conn.read_response(delegate)
-            except StreamClosedError:
-                keep = False
-            finally:
-                if keep and delegate.finished and not delegate.aborted:
-                    self._release(conn.detach())
-                else:
-                    stream.close()
-            if delegate.aborted:
-                raise Abort()
-            if delegate.finished:
-                return
-            if delegate.started or not reused or attempt:
-                raise UpstreamClosed("the model server closed the connection mid-answer")
-            # A reused connection died between the check and our write: try a new one once.
+                conn.close()
+                if ex.started or not reused or attempt:
+                    raise UpstreamClosed(
+                        "the model server closed the connection mid-answer"
+                    ) from None
+                # A reused connection died between the check and our write: a new one, once.
+                continue
+            except BaseException:
+                # Abort, or cancelled (a timeout): dropping the connection stops vLLM.
+                conn.finish()
+                conn.close()
+                raise
+            if conn.finish():
+                self._release(conn)
+            else:
+                conn.close()
+            return
 
     def close(self) -> None:
         if self._keeper is not None:
             self._keeper.cancel()
             self._keeper = None
-        for stream, _ in self._idle:
-            stream.close()
+        for conn, _ in self._idle:
+            conn.close()
         self._idle.clear()
