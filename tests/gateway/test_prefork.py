@@ -48,9 +48,14 @@ CAP = 2000
 
 LONG = {
     "model": MODEL,
-    "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+    "messages": [
+        {"role": "user", "content": "Write the numbers from 1 to 1000, separated by commas."}
+    ],
     "max_tokens": CAP,
     "stream": True,
+    # Greedy, so the stream is long every time: sampled, the small test model sometimes ends
+    # a count after a few numbers, and a held stream that ends frees its slot too early.
+    "temperature": 0,
 }
 
 

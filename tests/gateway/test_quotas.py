@@ -36,9 +36,14 @@ CAP = 300
 
 LONG = {
     "model": MODEL,
-    "messages": [{"role": "user", "content": "Count from 1 to 300, one number per line."}],
+    "messages": [
+        {"role": "user", "content": "Write the numbers from 1 to 1000, separated by commas."}
+    ],
     "max_tokens": CAP,
     "stream": True,
+    # Greedy, so the stream runs to the cap every time (the sampled small model may stop
+    # after a few numbers).
+    "temperature": 0,
 }
 
 
