@@ -17,7 +17,6 @@ user's claim sees none of the first user's files.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -33,6 +32,7 @@ import requests
 from conftest import Users, running_hub
 from support.hub import HubProcess
 from support.hub_workspaces import registry_of
+from support.hub_workspaces import spawn_with_progress as spawn
 from support.mounts import mounts_under, unmount_all_under
 
 from codeyard.placement import pool
@@ -121,35 +121,6 @@ def wait_warm(hub: HubProcess, client: docker.APIClient, n: int, timeout: float 
             f"pool never reached {n}: registry {load}, waiting {len(waiting)}\n{hub.log_tail()}"
         )
         time.sleep(0.5)
-
-
-def spawn(hub: HubProcess, user: str, ws: str) -> list[str]:
-    """Start `user`'s `ws` (small profile) through the Hub API and follow it to ready; the
-    spawner's progress messages. They are read from the Hub's log, where the spawner writes
-    each one: a start that finishes within the Hub's `slow_spawn_timeout` answers 201, and
-    the progress API of a started server only says "ready"."""
-    logged = hub.log_path.stat().st_size
-    r = hub.api("POST", f"/users/{user}/servers/{ws}", json={"profile": "small"})
-    assert r.status_code in (201, 202), r.text
-    if r.status_code == 202:
-        with requests.get(
-            f"{hub.url}/hub/api/users/{user}/servers/{ws}/progress",
-            headers={"Authorization": f"token {hub.admin_token}"},
-            stream=True,
-            timeout=400,
-        ) as stream:
-            for line in stream.iter_lines(decode_unicode=True):
-                if not line or not line.startswith("data:"):
-                    continue
-                event = json.loads(line[5:])
-                assert not event.get("failed"), f"{event}\n{hub.log_tail()}"
-                if event.get("ready"):
-                    break
-    with hub.log_path.open("rb") as log:
-        log.seek(logged)
-        lines = log.read().decode("utf-8", "replace").splitlines()
-    prefix = f"{user}:{ws}: "
-    return [line.split(prefix, 1)[1] for line in lines if prefix in line]
 
 
 def stop(hub: HubProcess, user: str, ws: str) -> None:

@@ -1,9 +1,11 @@
 """A project Hub's workspaces as the multi-machine and model tests drive them: its placement
-registry, a server's model, a timed spawn and a stop, all through the Hub's own API, and an
-explain through a workspace and the Hub's gateway."""
+registry, a server's model, a timed spawn and a stop, all through the Hub's own API, a spawn
+that returns the spawner's progress messages, and an explain through a workspace and the
+Hub's gateway."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -39,6 +41,35 @@ def spawn_and_time(hub: HubProcess, b: Browser, user: str, ws: str) -> float:
     assert r.status_code in (201, 202), r.text
     wait_ready(hub, user, ws, timeout=300, poll=0.3)
     return time.monotonic() - started
+
+
+def spawn_with_progress(hub: HubProcess, user: str, ws: str) -> list[str]:
+    """Start `user`'s `ws` (small profile) as the admin and follow it to ready; the
+    spawner's progress messages. They are read from the Hub's log, where the spawner writes
+    each one: a start that finishes within the Hub's `slow_spawn_timeout` answers 201, and
+    the progress API of a started server only says "ready"."""
+    logged = hub.log_path.stat().st_size
+    r = hub.api("POST", f"/users/{user}/servers/{ws}", json={"profile": "small"})
+    assert r.status_code in (201, 202), r.text
+    if r.status_code == 202:
+        with requests.get(
+            f"{hub.url}/hub/api/users/{user}/servers/{ws}/progress",
+            headers={"Authorization": f"token {hub.admin_token}"},
+            stream=True,
+            timeout=400,
+        ) as stream:
+            for line in stream.iter_lines(decode_unicode=True):
+                if not line or not line.startswith("data:"):
+                    continue
+                event = json.loads(line[5:])
+                assert not event.get("failed"), f"{event}\n{hub.log_tail()}"
+                if event.get("ready"):
+                    break
+    with hub.log_path.open("rb") as log:
+        log.seek(logged)
+        lines = log.read().decode("utf-8", "replace").splitlines()
+    prefix = f"{user}:{ws}: "
+    return [line.split(prefix, 1)[1] for line in lines if prefix in line]
 
 
 def stop(hub: HubProcess, b: Browser, user: str, ws: str) -> None:

@@ -96,68 +96,55 @@ class GatewayMetrics:
         self._build(metric_registry)
 
     def _build(self, registry: CollectorRegistry | None) -> None:
-        self.requests = Labelled(
-            Counter(
-                "codeyard_llm_requests",
-                "Requests answered by the gateway, by final HTTP status.",
-                ["user", "model", "path", "status"],
-                registry=registry,
-            )
+        def counter(name: str, doc: str, labels: list[str]) -> Labelled[Counter]:
+            return Labelled(Counter(name, doc, labels, registry=registry))
+
+        def histogram(
+            name: str, doc: str, labels: list[str], buckets: tuple[float, ...]
+        ) -> Labelled[Histogram]:
+            return Labelled(Histogram(name, doc, labels, buckets=buckets, registry=registry))
+
+        self.requests = counter(
+            "codeyard_llm_requests",
+            "Requests answered by the gateway, by final HTTP status.",
+            ["user", "model", "path", "status"],
         )
-        self.tokens = Labelled(
-            Counter(
-                "codeyard_llm_tokens",
-                "Tokens reported by the upstream, by kind (prompt or completion).",
-                ["user", "model", "kind"],
-                registry=registry,
-            )
+        self.tokens = counter(
+            "codeyard_llm_tokens",
+            "Tokens reported by the upstream, by kind (prompt or completion).",
+            ["user", "model", "kind"],
         )
-        self.charged = Labelled(
-            Counter(
-                "codeyard_llm_charged_tokens",
-                "Tokens charged against users' budgets: vLLM's usage when it reported one, the "
-                "call's whole reservation (prompt estimate plus max_tokens) when the answer was "
-                "cut short.",
-                ["user", "model"],
-                registry=registry,
-            )
+        self.charged = counter(
+            "codeyard_llm_charged_tokens",
+            "Tokens charged against users' budgets: vLLM's usage when it reported one, the "
+            "call's whole reservation (prompt estimate plus max_tokens) when the answer was "
+            "cut short.",
+            ["user", "model"],
         )
-        self.errors = Labelled(
-            Counter(
-                "codeyard_llm_errors",
-                "Requests that failed, by reason (auth, forbidden, limit, upstream_down, ...).",
-                ["user", "model", "reason"],
-                registry=registry,
-            )
+        self.errors = counter(
+            "codeyard_llm_errors",
+            "Requests that failed, by reason (auth, forbidden, limit, upstream_down, ...).",
+            ["user", "model", "reason"],
         )
-        self.ttft = Labelled(
-            Histogram(
-                "codeyard_llm_time_to_first_token_seconds",
-                "Seconds from receiving a request to relaying the first byte of the answer.",
-                ["user", "model"],
-                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-                registry=registry,
-            )
+        self.ttft = histogram(
+            "codeyard_llm_time_to_first_token_seconds",
+            "Seconds from receiving a request to relaying the first byte of the answer.",
+            ["user", "model"],
+            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self.latency = Labelled(
-            Histogram(
-                "codeyard_llm_request_seconds",
-                "Seconds from receiving a request to the end of the answer.",
-                ["user", "model"],
-                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-                registry=registry,
-            )
+        self.latency = histogram(
+            "codeyard_llm_request_seconds",
+            "Seconds from receiving a request to the end of the answer.",
+            ["user", "model"],
+            (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
-        self.overhead = Labelled(
-            Histogram(
-                "codeyard_llm_gateway_overhead_seconds",
-                "The gateway's own time per request, by stage: 'forward' from reading the request "
-                "to having sent it to vLLM, 'first_chunk' from receiving vLLM's first chunk to "
-                "having written it to the caller.",
-                ["stage"],
-                buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
-                registry=registry,
-            )
+        self.overhead = histogram(
+            "codeyard_llm_gateway_overhead_seconds",
+            "The gateway's own time per request, by stage: 'forward' from reading the request "
+            "to having sent it to vLLM, 'first_chunk' from receiving vLLM's first chunk to "
+            "having written it to the caller.",
+            ["stage"],
+            (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
         )
         self.upstream_connections = Counter(
             "codeyard_llm_upstream_connections",
@@ -172,14 +159,11 @@ class GatewayMetrics:
             "codeyard_llm_upstream_connections_total, which counts those calls had to open.",
             registry=registry,
         )
-        self.upstream_requests = Labelled(
-            Counter(
-                "codeyard_llm_upstream_requests",
-                "Requests the gateway sent to vLLM, by route (including its own model-list "
-                "lookups on `models`).",
-                ["route"],
-                registry=registry,
-            )
+        self.upstream_requests = counter(
+            "codeyard_llm_upstream_requests",
+            "Requests the gateway sent to vLLM, by route (including its own model-list "
+            "lookups on `models`).",
+            ["route"],
         )
         self.in_flight = Labelled(
             Gauge(

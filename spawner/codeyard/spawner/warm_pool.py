@@ -51,6 +51,7 @@ import re
 import secrets
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -252,13 +253,12 @@ def remove_slot_locally(storage_root: str, slot: str) -> None:
             home_quota.remove_tree_at(pool_fd, slot)
 
 
-def move_in_locally(storage_root: str, user_dir: str, home: str, slot: str, base: str) -> None:
-    """`move_in_command` in-process: rename the home into the slot as `base`.
-
-    The home must be a real folder (a symlink at its place is refused before anything
-    moves). What the warm container put at `base` is removed first, a symlink as a link,
-    never followed. The rename keeps the home's owner, as the helper's `mv` did.
-    """
+@contextlib.contextmanager
+def _user_folder(
+    storage_root: str, user_dir: str, home: str, slot: str, base: str
+) -> Iterator[tuple[int, int]]:
+    """The names of a move checked, then (storage root, user folder) opened as directory
+    fds without following a symlink at either, closed when the move is done."""
     _check(user_dir, "user folder")
     _check(home, "home")
     _check(base, "home name")
@@ -266,6 +266,19 @@ def move_in_locally(storage_root: str, user_dir: str, home: str, slot: str, base
     with (
         home_quota.opened(_open_root(storage_root)) as root_fd,
         home_quota.opened(home_quota.open_dir_at(root_fd, user_dir)) as user_fd,
+    ):
+        yield root_fd, user_fd
+
+
+def move_in_locally(storage_root: str, user_dir: str, home: str, slot: str, base: str) -> None:
+    """`move_in_command` in-process: rename the home into the slot as `base`.
+
+    The home must be a real folder (a symlink at its place is refused before anything
+    moves). What the warm container put at `base` is removed first, a symlink as a link,
+    never followed. The rename keeps the home's owner, as the helper's `mv` did.
+    """
+    with (
+        _user_folder(storage_root, user_dir, home, slot, base) as (root_fd, user_fd),
         home_quota.opened(_open_pool_dir(root_fd)) as pool_fd,
         home_quota.opened(home_quota.open_dir_at(pool_fd, slot)) as slot_fd,
     ):
@@ -289,14 +302,7 @@ def move_out_locally(storage_root: str, user_dir: str, home: str, slot: str, bas
     in the slot is refused, and the slot stays (with whatever the user moved elsewhere in
     it) for an admin, rather than a link becoming the home that the next container binds.
     """
-    _check(user_dir, "user folder")
-    _check(home, "home")
-    _check(base, "home name")
-    _check_slot(slot)
-    with (
-        home_quota.opened(_open_root(storage_root)) as root_fd,
-        home_quota.opened(home_quota.open_dir_at(root_fd, user_dir)) as user_fd,
-    ):
+    with _user_folder(storage_root, user_dir, home, slot, base) as (root_fd, user_fd):
         try:
             pool_fd = home_quota.open_dir_at(root_fd, POOL_DIR)
         except FileNotFoundError:
