@@ -219,6 +219,19 @@ class Call:
     sent_ms: float  # the caller had written the whole request (headers and body)
     upstream_ttft_ms: float | None = None  # vLLM's own, as the gateway saw it
 
+    @classmethod
+    def of(cls, user: str, answer: tuple[float, float, float], row: dict[str, object]) -> Call:
+        """A call from `one_stream`'s answer (seconds) and its gateway audit row (if any)."""
+        ttft, total, sent = answer
+        upstream = row.get("upstream_ttft_ms")
+        return cls(
+            user,
+            ttft * 1000,
+            total * 1000,
+            sent * 1000,
+            None if upstream is None else float(upstream),  # type: ignore[arg-type]
+        )
+
 
 @dataclass
 class Rounds:
@@ -367,19 +380,12 @@ async def run_rounds(
                     engine[t.name].append(engine_means(sums, later))
             # Each call's audit row is written before its answer ends: all are there now.
             rows = t.new_rows()
-            batch = []
-            for user, (ttft, total, sent) in zip(users, answers, strict=True):
-                upstream = rows.get(user, {}).get("upstream_ttft_ms")
-                batch.append(
-                    Call(
-                        user,
-                        ttft * 1000,
-                        total * 1000,
-                        sent * 1000,
-                        None if upstream is None else float(upstream),  # type: ignore[arg-type]
-                    )
-                )
-            batches[t.name].append(batch)
+            batches[t.name].append(
+                [
+                    Call.of(user, answer, rows.get(user, {}))
+                    for user, answer in zip(users, answers, strict=True)
+                ]
+            )
     return Rounds(batches, os.getloadavg(), engine)
 
 
@@ -410,20 +416,11 @@ async def run_mixed_rounds(
         answers = await asyncio.gather(*(job for _, job in jobs))
         rows = gateway.new_rows()
         split: dict[str, list[Call]] = {direct.name: [], gateway.name: []}
-        for (t, _), (ttft, total, sent), k in zip(
+        for (t, _), answer, k in zip(
             jobs, answers, [k for k in range(streams) for _ in (0, 1)], strict=True
         ):
             user = f"bench{k}"
-            upstream = rows.get(user, {}).get("upstream_ttft_ms") if t is gateway else None
-            split[t.name].append(
-                Call(
-                    user,
-                    ttft * 1000,
-                    total * 1000,
-                    sent * 1000,
-                    None if upstream is None else float(upstream),  # type: ignore[arg-type]
-                )
-            )
+            split[t.name].append(Call.of(user, answer, rows.get(user, {}) if t is gateway else {}))
         for name, batch in split.items():
             batches[name].append(batch)
     return Rounds(batches, os.getloadavg())

@@ -138,6 +138,17 @@ def container_of(hub: HubProcess, user: str, ws: str) -> str:
     return str(state["object_name"])
 
 
+def claim_warm(hub: HubProcess, user: str, ws: str) -> str:
+    """Start `user`'s `ws` and check that it claimed a warm container rather than creating
+    one; that container's name."""
+    messages = spawn(hub, user, ws)
+    assert "Claiming a warm workspace" in messages, messages
+    assert "Creating container" not in messages, messages
+    container = container_of(hub, user, ws)
+    assert container.startswith("codeyard-pool-")
+    return container
+
+
 def token(hub: HubProcess, user: str) -> dict[str, str]:
     return {"Authorization": f"token {hub.token_for(user, note='pool test')}"}
 
@@ -209,11 +220,7 @@ def test_claimed_workspaces_in_a_row_share_nothing(
 ) -> None:
     marker = f"alice-only-{secrets.token_hex(8)}"
     alice_headers = token(pool_hub, users.alice)
-    messages = spawn(pool_hub, users.alice, "w")
-    assert "Claiming a warm workspace" in messages, messages
-    assert "Creating container" not in messages, messages
-    alice_container = container_of(pool_hub, users.alice, "w")
-    assert alice_container.startswith("codeyard-pool-")
+    alice_container = claim_warm(pool_hub, users.alice, "w")
     alice_base = base(pool_hub, users.alice, "w")
     # Her files, her token, her kernel, her environment.
     r = requests.put(
@@ -346,11 +353,7 @@ def test_a_claim_on_the_hubs_own_machine_runs_no_helper(
     moves in and out by an in-process rename, with no helper container and no exec."""
     wait_warm(pool_hub, docker_client, 2)
     since = time.time() - 1
-    messages = spawn(pool_hub, users.alice, "fast")
-    assert "Claiming a warm workspace" in messages, messages
-    assert "Creating container" not in messages, messages
-    container = container_of(pool_hub, users.alice, "fast")
-    assert container.startswith("codeyard-pool-")
+    claim_warm(pool_hub, users.alice, "fast")
     headers = token(pool_hub, users.alice)
     r = requests.put(
         f"{base(pool_hub, users.alice, 'fast')}/api/contents/fast.txt",
@@ -526,11 +529,7 @@ def test_with_a_quota_the_next_claim_sees_nothing_of_the_first(
     alice_home = quota_hub.state_dir / "homes" / users.alice / "q"
     assert [p.read_text() for p in alice_home.rglob("marker.txt")] == [quota_marker]
     wait_warm(quota_hub, docker_client, 1)
-    messages = spawn(quota_hub, users.bob, "q")
-    assert "Claiming a warm workspace" in messages, messages
-    assert "Creating container" not in messages, messages
-    bob_container = container_of(quota_hub, users.bob, "q")
-    assert bob_container.startswith("codeyard-pool-")
+    bob_container = claim_warm(quota_hub, users.bob, "q")
     bob_home = quota_hub.state_dir / "homes" / users.bob / "q"
     # His own file system, not hers.
     assert str(bob_home) in mounts_under(bob_home)
@@ -573,11 +572,7 @@ def test_with_a_quota_a_claim_on_the_hubs_own_machine_runs_no_helper_container(
     set_host(quota_hub, pool_size=1)
     wait_warm(quota_hub, docker_client, 1)
     since = time.time() - 1
-    messages = spawn(quota_hub, users.alice, "q")
-    assert "Claiming a warm workspace" in messages, messages
-    assert "Creating container" not in messages, messages
-    container = container_of(quota_hub, users.alice, "q")
-    assert container.startswith("codeyard-pool-")
+    container = claim_warm(quota_hub, users.alice, "q")
     code, out = exec_code(docker_client, container, "cat /home/jovyan/keep")
     assert code == 0 and out == "kept\n", out
     code, out = exec_code(docker_client, container, "df -B1 --output=size /home/jovyan | tail -1")

@@ -13,6 +13,8 @@ import time
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from support.hub import HubProcess
 
@@ -23,6 +25,21 @@ class Browser:
     def __init__(self, hub_url: str) -> None:
         self.hub_url = hub_url
         self.s = requests.Session()
+        # A kept-alive connection the proxy closes as it is reused (its idle timeout is 5 s,
+        # and tests wait about that long, e.g. for a login lock to end) resets the next
+        # request. A browser sends a GET again on a new connection then; so does this one,
+        # once. Other methods are never sent twice.
+        once = Retry(
+            total=1,
+            connect=1,
+            read=1,
+            status=0,
+            other=0,
+            allowed_methods=frozenset({"GET", "HEAD"}),
+            backoff_factor=0,
+            raise_on_status=False,
+        )
+        self.s.mount("http://", HTTPAdapter(max_retries=once))
 
     def xsrf(self, path: str) -> str:
         r = self.s.get(f"{self.hub_url}{path}", timeout=30)
