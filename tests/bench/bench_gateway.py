@@ -3,7 +3,7 @@ while other work keeps both cores busy, against calling vLLM directly in the sam
 Target: <= 5 ms added TTFT.
 
     python tests/bench/bench_gateway.py [--rounds N] [--streams 16] [--busy N] [--compare]
-        [--before-src DIR] [--uncontended] [--skip-steps] [--cpu-only]
+        [--before-src DIR] [--uncontended] [--skip-steps] [--cpu-only] [--relay-workers N]
 
 Uses the vLLM of CODEYARD_TEST_VLLM_URL/CODEYARD_TEST_VLLM_KEY_FILE, else starts one
 (hub_config/vllm/serve.sh); starts a minimal JupyterHub whose managed services are the
@@ -54,6 +54,13 @@ milliseconds from one batch to the next, more than the 5 ms looked for, so:
   takes from a vLLM that computes on the same cores: that slows both halves alike. The
   separate batches count that too, which is why both are recorded: on a GPU the model's
   compute does not share the gateway's cores, on this CPU-only box it does.
+- The floor of any hop: `--relay-workers` processes (default 2, the gateway's worker count
+  on this box) of a bare byte relay, defined here, at the gateway's niceness and run slice,
+  copy bytes between caller and upstream as they arrive, nothing else. Their same-batch
+  rounds alternate with the gateway's, so the gateway's added TTFT minus the relay's (per
+  pair of neighbouring rounds) is what the gateway's own work costs beyond being a second
+  process on the path, and the relay's own added TTFT is what any process on the path
+  costs on these cores.
 - A SYNTHETIC upstream (a zero-latency OpenAI-compatible streaming server defined here, in
   its own process, not vLLM) gets the same paired rounds: what the hop costs when the
   upstream answers at once.
@@ -83,6 +90,7 @@ import itertools
 import json
 import os
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -102,6 +110,7 @@ from codeyard.gateway.app import set_scheduler_slice
 from codeyard.gateway.audit import AuditRow, GatewayAudit
 from codeyard.gateway.body_checks import check_fan_out, reservation_tokens
 from codeyard.gateway.metrics import GatewayMetrics
+from codeyard.gateway.prefork import reuse_port_sockets
 from codeyard.gateway.token_cache import TokenCache
 from codeyard.jsonapi import parse_json_object
 
@@ -185,6 +194,98 @@ def start_synthetic(workdir: Path) -> llm_stack.Vllm:
     url = f"http://127.0.0.1:{port}"
     llm_stack.wait_http(f"{url}/v1/models", 30, proc)
     return llm_stack.Vllm(url, key_file, proc)
+
+
+# --- the floor of any hop: a bare byte relay (not the gateway) -------------------------------
+
+
+class _Pipe(asyncio.Protocol):
+    """One side of a relayed connection: what it reads goes to its peer's transport as is."""
+
+    def __init__(self, peer: _Pipe | None = None) -> None:
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []
+        self.opening: asyncio.Task[None] | None = None  # the connection to the upstream
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.peer is not None:
+            if self.peer.transport is None or self.peer.transport.is_closing():
+                transport.close()  # the caller left before the upstream answered
+                return
+            self.peer.peer = self
+            self.peer.flush()
+
+    def flush(self) -> None:
+        """Send what the caller wrote before the upstream connection was open."""
+        if self.peer is not None and self.peer.transport is not None:
+            for data in self.pending:
+                self.peer.transport.write(data)
+            self.pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+
+async def _serve_relay(fd: int, upstream: str, nice: int) -> None:
+    """One relay worker on the listening socket `fd` (one of an SO_REUSEPORT group, as the
+    gateway's workers have), at the gateway's priority: each connection opens one to
+    `upstream` and bytes are copied both ways as they arrive, with no parsing, checking or
+    accounting."""
+    raise_priority(nice)
+    host, _, up_port = upstream.removeprefix("http://").partition(":")
+    loop = asyncio.get_running_loop()
+
+    def accepted() -> _Pipe:
+        caller = _Pipe()
+
+        async def connect() -> None:
+            try:
+                await loop.create_connection(lambda: _Pipe(caller), host, int(up_port))
+            except OSError:
+                if caller.transport is not None:
+                    caller.transport.close()
+
+        caller.opening = loop.create_task(connect())
+        return caller
+
+    server = await loop.create_server(accepted, sock=socket.socket(fileno=fd))
+    async with server:
+        await server.serve_forever()
+
+
+def start_relay(upstream: llm_stack.Vllm, workers: int, nice: int) -> tuple[str, list[int]]:
+    """`workers` relay processes on one port in front of `upstream`: (URL, their pids)."""
+    port = llm_stack.free_port()
+    groups = reuse_port_sockets(workers, port, "127.0.0.1")
+    procs = []
+    for group in groups:
+        fd = group[0].fileno()
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, __file__, "--serve-relay", str(fd), upstream.url, str(nice)],
+                start_new_session=True,
+                pass_fds=(fd,),
+            )
+        )
+        for sock in group:
+            sock.close()
+    RELAYS.extend(procs)
+    url = f"http://127.0.0.1:{port}"
+    llm_stack.wait_http(f"{url}/v1/models", 30, procs[0])
+    return url, [p.pid for p in procs]
+
+
+RELAYS: list[subprocess.Popen[bytes]] = []
 
 
 # --- measurement ------------------------------------------------------------------------------
@@ -389,40 +490,51 @@ async def run_rounds(
     return Rounds(batches, os.getloadavg(), engine)
 
 
+def paired_with(via: str) -> str:
+    """The name of the direct half of `via`'s same-batch rounds."""
+    return f"direct|{via}"
+
+
 async def run_mixed_rounds(
     client: httpx.AsyncClient,
     direct: Target,
-    gateway: Target,
+    vias: list[Target],
     rounds: int,
     streams: int,
     max_tokens: int,
 ) -> Rounds:
-    """`rounds` rounds of ONE batch of 2 x `streams` concurrent streams: `streams` straight
-    to the upstream and `streams` through the gateway, started interleaved (pair k sends
-    direct then gateway when k + round is even, else the other way round). Both halves meet
-    the same engine steps of vLLM, so the per-round difference of their medians has none of
-    the batch-to-batch drift that separate batches carry; what the gateway does to vLLM
-    (its CPU, its requests arriving later) falls inside the batch and is counted."""
-    batches: dict[str, list[list[Call]]] = {direct.name: [], gateway.name: []}
-    gateway.new_rows()
+    """`rounds` rounds per target of `vias` of ONE batch of 2 x `streams` concurrent
+    streams: `streams` straight to the upstream and `streams` through the target, started
+    interleaved (pair k sends direct then via when k + round is even, else the other way
+    round). Both halves meet the same engine steps of vLLM, so the per-round difference of
+    their medians has none of the batch-to-batch drift that separate batches carry; what the
+    hop does to vLLM (its CPU, its requests arriving later) falls inside the batch and is
+    counted. With several `vias`, their rounds alternate (round i starts with via i mod n)
+    and the direct half of each is kept under `paired_with(via)`."""
+    batches: dict[str, list[list[Call]]] = {}
+    for via in vias:
+        batches[via.name] = []
+        batches[paired_with(via.name)] = []
+        via.new_rows()
     for i in range(rounds):
-        jobs = []
-        for k in range(streams):
-            pair = [
-                (direct, one_stream(client, direct.url, direct.tokens[k], max_tokens)),
-                (gateway, one_stream(client, gateway.url, gateway.tokens[k], max_tokens)),
-            ]
-            jobs += pair if (k + i) % 2 == 0 else pair[::-1]
-        answers = await asyncio.gather(*(job for _, job in jobs))
-        rows = gateway.new_rows()
-        split: dict[str, list[Call]] = {direct.name: [], gateway.name: []}
-        for (t, _), answer, k in zip(
-            jobs, answers, [k for k in range(streams) for _ in (0, 1)], strict=True
-        ):
-            user = f"bench{k}"
-            split[t.name].append(Call.of(user, answer, rows.get(user, {}) if t is gateway else {}))
-        for name, batch in split.items():
-            batches[name].append(batch)
+        for via in vias[i % len(vias) :] + vias[: i % len(vias)]:
+            jobs = []
+            for k in range(streams):
+                pair = [
+                    (direct, one_stream(client, direct.url, direct.tokens[k], max_tokens)),
+                    (via, one_stream(client, via.url, via.tokens[k], max_tokens)),
+                ]
+                jobs += pair if (k + i) % 2 == 0 else pair[::-1]
+            answers = await asyncio.gather(*(job for _, job in jobs))
+            rows = via.new_rows()
+            split: dict[str, list[Call]] = {direct.name: [], via.name: []}
+            for (t, _), answer, k in zip(
+                jobs, answers, [k for k in range(streams) for _ in (0, 1)], strict=True
+            ):
+                user = f"bench{k}"
+                split[t.name].append(Call.of(user, answer, rows.get(user, {}) if t is via else {}))
+            batches[paired_with(via.name)].append(split[direct.name])
+            batches[via.name].append(split[via.name])
     return Rounds(batches, os.getloadavg())
 
 
@@ -576,11 +688,12 @@ def start_busy_loops(count: int) -> list[subprocess.Popen[bytes]]:
     ]
 
 
-def raise_client_priority(nice: int) -> None:
-    """Run the measuring client at `nice` with a short run slice, as the gateway runs: a
-    client that waits for a core on receiving blurs both paths alike and hides the gateway's
-    part of each call. Only after the Hub, gateways and synthetic upstream were started, so
-    that they keep their own priorities."""
+def raise_priority(nice: int) -> None:
+    """Run this process at `nice` with a short run slice, as the gateway runs: the measuring
+    client (a client that waits for a core on receiving blurs both paths alike and hides the
+    gateway's part of each call; only after the Hub, gateways and synthetic upstream were
+    started, so that they keep their own priorities) and the bare relay (the floor of a hop
+    at the gateway's priority)."""
     if not nice:
         return
     try:
@@ -588,7 +701,7 @@ def raise_client_priority(nice: int) -> None:
         Path("/proc/self/autogroup").write_text(str(nice))
         set_scheduler_slice(0.1)
     except OSError as exc:
-        print(f"(the client runs at its inherited priority: {exc})")
+        print(f"(pid {os.getpid()} runs at its inherited priority: {exc})")
 
 
 def audit_overhead(rows: list[dict[str, object]], name: str) -> None:
@@ -642,7 +755,8 @@ def split_same_batch(mixed: Rounds, rng: random.Random) -> None:
     gateway: as the gateway saw it), gateway minus direct. What is left of the end-to-end
     difference is the hop itself (`Rounds.hops`)."""
     diffs = []
-    for direct, gateway in zip(mixed.batches["direct"], mixed.batches["gateway"], strict=True):
+    pairs = zip(mixed.batches[paired_with("gateway")], mixed.batches["gateway"], strict=True)
+    for direct, gateway in pairs:
         own = [c.upstream_ttft_ms for c in gateway if c.upstream_ttft_ms is not None]
         if own:
             diffs.append(
@@ -655,6 +769,28 @@ def split_same_batch(mixed: Rounds, rng: random.Random) -> None:
             f"minus direct ones: median {statistics.median(diffs):+.2f} ms "
             f"[95% CI {lo:+.2f}, {hi:+.2f}]"
         )
+
+
+def beyond_relay(mixed: Rounds, via: str, rng: random.Random) -> tuple[float, float, float]:
+    """What gateway `via` adds beyond a bare relay: per pair of neighbouring same-batch
+    rounds (one via the gateway, one via the relay: their rounds alternate), the gateway's
+    added TTFT minus the relay's, each against the direct half of its own batch. Median and
+    95% interval."""
+    added = {
+        name: [
+            v - d
+            for v, d in zip(mixed.medians(name), mixed.medians(paired_with(name)), strict=True)
+        ]
+        for name in (via, "relay")
+    }
+    diffs = [g - r for g, r in zip(added[via], added["relay"], strict=True)]
+    lo, hi = bootstrap_median_ci(diffs, rng)
+    median = statistics.median(diffs)
+    print(
+        f"{'':>10} {via:>18} beyond a bare relay (neighbouring same-batch rounds): "
+        f"median {median:+.2f} ms [95% CI {lo:+.2f}, {hi:+.2f}]"
+    )
+    return median, lo, hi
 
 
 def hub_lookup_ms(hub: JsonApiHub, token: str, n: int = 20) -> float:
@@ -681,7 +817,7 @@ def step_costs(workdir: Path) -> None:
     raw = json.dumps(
         {"model": llm_stack.MODEL, "messages": PROMPT, "max_tokens": 16, "stream": True}
     ).encode()
-    user = {
+    user: dict[str, object] = {
         "name": "bench0",
         "kind": "user",
         "scopes": ["custom:codeyard-llm", "access:servers!user=bench0", "read:users!user=bench0"],
@@ -1008,7 +1144,7 @@ async def run(
 ) -> None:
     rng = random.Random(args.seed)
     tokens = [hub.user_token(f"bench{i}", ["custom:codeyard-llm"]) for i in range(args.streams)]
-    raise_client_priority(args.client_nice)
+    raise_priority(args.client_nice)
     # Idle connections are dropped after 4 s, below vLLM's own 5 s keep-alive (as the
     # gateway does), so that a connection vLLM is closing is not reused.
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=4.0)
@@ -1026,6 +1162,10 @@ async def run(
                 )
             )
         gateways = [t.name for t in targets[1:]]
+        relay = None
+        if args.relay_workers:
+            url, pids = start_relay(upstream, args.relay_workers, args.nice)
+            relay = Target("relay", url, [upstream.key] * args.streams, pids=pids)
         rounds = args.rounds * (args.synthetic_factor if label == "synthetic" else 1)
         async with httpx.AsyncClient(timeout=300, limits=limits) as client:
             # Warm up every path unloaded: token caches, connection pools, model lists.
@@ -1057,22 +1197,27 @@ async def run(
                     # A same-batch round against vLLM spreads by ~10 ms (its engine steps);
                     # 80 of them put the interval within about +-1 ms of the median.
                     mixed_rounds = 2 * rounds if label == "vLLM" else rounds
+                vias = targets[1:] + ([relay] if relay is not None else [])
+                mixed_before = {t.name: schedstat(t.pids) for t in vias}
                 mixed = (
                     await run_mixed_rounds(
-                        client, targets[0], targets[1], mixed_rounds, args.streams, args.max_tokens
+                        client, targets[0], vias, mixed_rounds, args.streams, args.max_tokens
                     )
                     if mixed_rounds
                     else None
                 )
+                mixed_after = {t.name: schedstat(t.pids) for t in vias}
             finally:
                 for proc in busy:
                     llm_stack.stop_process(proc)
         added = compare(result, f"{label}+busy", "direct", gateways, rng)
-        together = (
-            compare(mixed, f"{label}+busy, same batch", "direct", ["gateway"], rng)
-            if mixed
-            else None
-        )
+        same_batch: dict[str, Added] = {}
+        beyond: dict[str, tuple[float, float, float]] = {}
+        for via in vias if mixed else []:
+            assert mixed is not None
+            same_batch |= compare(
+                mixed, f"{label}+busy, same batch", paired_with(via.name), [via.name], rng
+            )
         for t in targets[1:]:
             assert t.audit is not None
             lines = t.audit.read_text().splitlines()[rows_from[t.name] : rows_to[t.name]]
@@ -1085,6 +1230,16 @@ async def run(
             lines = gw.audit.read_text().splitlines()[rows_to[gw.name] : gw.seen]
             audit_overhead([json.loads(line) for line in lines if line.strip()], "same batch")
             split_same_batch(mixed, rng)
+            for via in vias:
+                print_schedstat(
+                    f"{via.name}, same batch",
+                    mixed_before[via.name],
+                    mixed_after[via.name],
+                    mixed.calls(via.name),
+                )
+            beyond = {
+                t.name: beyond_relay(mixed, t.name, rng) for t in targets[1:] if relay is not None
+            }
         if RETRIES:
             print(f"{'':>10} calls sent again after a reused connection broke: {RETRIES}")
             RETRIES.clear()
@@ -1115,8 +1270,8 @@ async def run(
             apart.hi <= TARGET_MS if label == "vLLM" else None,
             note,
         )
-        if together is not None:
-            same = together["gateway"]
+        if "gateway" in same_batch:
+            same = same_batch["gateway"]
             record(
                 "bench_gateway",
                 f"added TTFT <= {TARGET_MS:g} ms, same batch ({args.streams} via the gateway "
@@ -1129,6 +1284,21 @@ async def run(
                 f"added {same.median:+.1f} ms [95% CI {same.lo:+.1f}, {same.hi:+.1f}] over "
                 f"{mixed_rounds} rounds; {verdict(same.lo, same.hi)}",
             )
+        if "relay" in same_batch and "gateway" in beyond:
+            bare = same_batch["relay"]
+            record(
+                "bench_gateway",
+                f"the floor of a hop, same batch: a bare byte relay at the gateway's priority "
+                f"({args.relay_workers} workers, busy cores, {upstream_name})",
+                bare.gateway_p50,
+                "ms",
+                bare.direct_p50,
+                f"direct {upstream_name}, the same batch",
+                None,
+                f"relay added {bare.median:+.1f} ms [95% CI {bare.lo:+.1f}, {bare.hi:+.1f}]; "
+                "the gateway beyond the relay {:+.1f} ms [95% CI {:+.1f}, {:+.1f}], rounds "
+                "alternating".format(*beyond["gateway"]),
+            )
 
 
 def gateway_kinds(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -1136,6 +1306,7 @@ def gateway_kinds(args: argparse.Namespace) -> list[tuple[str, str]]:
     with --before-src the same configuration running older code; with --compare one
     process and the same workers at niceness 0."""
     kinds = [("gateway", "")]
+    kinds += [(f"gateway-{name}", f"-{name}") for name in variants_of(args)]
     if args.before_src:
         kinds.append(("gateway-before", "-before"))
     if args.compare:
@@ -1143,11 +1314,23 @@ def gateway_kinds(args: argparse.Namespace) -> list[tuple[str, str]]:
     return kinds
 
 
+def variants_of(args: argparse.Namespace) -> dict[str, list[str]]:
+    """`--variant NAME=ARGS`: NAME to the gateway options it adds to the project's."""
+    out = {}
+    for spec in args.variant:
+        name, _, extra = spec.partition("=")
+        if not name.isidentifier() or not extra:
+            raise SystemExit(f"--variant wants NAME=GATEWAY OPTIONS, not {spec!r}")
+        out[name] = extra.split()
+    return out
+
+
 def gateway_services(args: argparse.Namespace, synth: llm_stack.Vllm) -> dict[str, list[str]]:
     project = [f"--GatewayApp.nice={args.nice}"]
     if args.processes:
         project.append(f"--GatewayApp.processes={args.processes}")
     variants = {
+        **{f"-{name}": project + extra for name, extra in variants_of(args).items()},
         "": project,
         "-before": project,
         "-single": ["--GatewayApp.processes=1"],
@@ -1238,7 +1421,23 @@ def main() -> None:
         "(spawner/, server_extension/, placement/ of an older revision): before and after "
         "in the same rounds",
     )
+    parser.add_argument(
+        "--relay-workers",
+        type=int,
+        default=2,
+        help="processes of the bare byte relay whose same-batch rounds alternate with the "
+        "gateway's: the floor of any hop at the gateway's priority (0: none)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OPTIONS",
+        help="also a gateway of the project's configuration plus these GatewayApp options "
+        "(e.g. slice1=--GatewayApp.scheduler_slice_ms=1), in the same rounds; repeatable",
+    )
     parser.add_argument("--serve-synthetic", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-relay", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--ledger-writer", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--serve-local-gateway", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -1250,6 +1449,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.serve_synthetic:
         asyncio.run(_serve_synthetic(args.serve_synthetic))
+        return
+    if args.serve_relay:
+        fd, upstream, nice = args.serve_relay
+        asyncio.run(_serve_relay(int(fd), upstream, int(nice)))
         return
     if args.ledger_writer:
         path, flag = args.ledger_writer
@@ -1276,6 +1479,8 @@ def main() -> None:
         try:
             asyncio.run(run(args, vllm, synth, hub))
         finally:
+            for proc in RELAYS:
+                llm_stack.stop_process(proc)
             hub.stop()
             synth.stop()
             vllm.stop()

@@ -36,6 +36,11 @@ users (module)
     Unique user names for this run, `users.alice` / `users.bob`, so runs never collide.
 docker_client (session)
     A plain `docker.APIClient` for reading what really runs (inspect, exec, logs).
+machine (module)
+    A namespace machine (ENVIRONMENT.md §10) with the image: the run's shared one when
+    `with-machines.sh` started one, else one of the module's own. Skips, saying why, where
+    namespace machines cannot run. test_remote_machine.py has its own (it pulls from the
+    registry instead).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from typing import Any
 import docker
 import pytest
 from support.hub import DOCKER_BRIDGE_IP, HubProcess, ensure_images, ensure_proxy, model_env
+from support.machines import Machine, can_run_machines, machines
 from support.processes import free_port
 
 WORKSPACE_LIMIT = 4
@@ -248,3 +254,15 @@ def model_hub(test_vllm: str, hubs: HubLauncher) -> Iterator[HubProcess]:
     short = 'c.Spawner.args = ["--CodeyardLLM.explain_max_tokens=60"]'
     with hubs.running("hubstate-model", site_config=short) as proc:
         yield proc
+
+
+@pytest.fixture(scope="module")
+def machine(image: str) -> Iterator[Machine]:
+    """The run's machine (or one of our own), with the image."""
+    if why := can_run_machines():
+        pytest.skip(f"namespace machines unavailable: {why}")
+    with machines(1) as running:
+        m = running[0]
+        seconds = m.load_image(image)
+        print(f"\nimage onto {m.name}: {seconds:.1f}s")
+        yield m

@@ -37,6 +37,7 @@ from support.browser import Browser, signed_in, start_workspace
 from support.container_exec import fetch, run_in
 from support.contents_api import write_text
 from support.hub import DOCKER_BRIDGE_IP, REPO, HubProcess
+from support.machines import Machine
 from support.pki import CA
 from support.processes import run_last_line
 
@@ -801,24 +802,12 @@ REMOTE_WS = "far"
 
 
 @pytest.fixture(scope="module")
-def machine(image: str) -> Iterator[Any]:
-    from support.machines import can_run_machines, machines
-
-    if why := can_run_machines():
-        pytest.skip(f"namespace machines unavailable: {why}")
-    with machines(1) as running:
-        m = running[0]
-        m.load_image(image)
-        yield m
-
-
-@pytest.fixture(scope="module")
 def remote_hub(
     hubs: HubLauncher,
     egress_image: str,
     users: Users,
     site: Site,
-    machine: Any,
+    machine: Machine,
 ) -> Iterator[HubProcess]:
     from support.hub_workspaces import registry_of
 
@@ -848,7 +837,7 @@ class RemoteWorkspace:
 
 @pytest.fixture(scope="module")
 def remote_workspace(
-    remote_hub: HubProcess, users: Users, machine: Any
+    remote_hub: HubProcess, users: Users, machine: Machine
 ) -> Iterator[RemoteWorkspace]:
     user = users.alice
     browser = signed_in(remote_hub.url, user, PASSWORD)
@@ -867,7 +856,7 @@ def remote_workspace(
 
 
 def test_on_a_machine_allowed_forbidden_metadata_engine_and_hub(
-    remote_workspace: RemoteWorkspace, remote_hub: HubProcess, machine: Any, site: Site
+    remote_workspace: RemoteWorkspace, remote_hub: HubProcess, machine: Machine, site: Site
 ) -> None:
     client, cid = remote_workspace.client, remote_workspace.info["Id"]
     env = dict(e.split("=", 1) for e in remote_workspace.info["Config"]["Env"])

@@ -42,7 +42,7 @@ from conftest import HubLauncher, Users
 from support.contents_api import write_text
 from support.hub import PROJECT_ADMIN_SCOPES, HubProcess
 from support.hub_workspaces import registry_of, spawn_with_progress
-from support.machines import Machine, can_run_machines, machines
+from support.machines import Machine
 
 from codeyard.placement import pool
 from codeyard.placement.models import ServerState
@@ -69,18 +69,6 @@ ADMIN_SCOPES = (
 )
 #: What the tests learn on the way and the later ones check: warm container names, slots.
 SEEN: dict[str, str] = {}
-
-
-@pytest.fixture(scope="module")
-def machine(image: str) -> Iterator[Machine]:
-    """The run's machine (or one of our own), with the image."""
-    if why := can_run_machines():
-        pytest.skip(f"namespace machines unavailable: {why}")
-    with machines(1) as running:
-        m = running[0]
-        seconds = m.load_image(image)
-        print(f"\nimage onto {m.name}: {seconds:.1f}s")
-        yield m
 
 
 def _remove_left_on_machine(machine: Machine, users: Users) -> None:

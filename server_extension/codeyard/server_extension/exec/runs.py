@@ -438,6 +438,9 @@ class ExecManager:
             if translated is not None:
                 raise translated from None
             raise
+        # The duration counts from before the spawn: the command may run for a while before
+        # this coroutine, or the supervising task, gets the loop back.
+        begun = time.monotonic()
         try:
             proc, exited = await spawn(
                 command.argv,
@@ -477,7 +480,7 @@ class ExecManager:
             }
         )
         task = asyncio.create_task(
-            self._supervise(run, proc, exited), name=f"codeyard-exec-{run_id}"
+            self._supervise(run, proc, exited, begun), name=f"codeyard-exec-{run_id}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -520,9 +523,13 @@ class ExecManager:
                 await asyncio.sleep(self.config.chunk_interval)
 
     async def _supervise(
-        self, run: Run, proc: asyncio.subprocess.Process, exited: asyncio.Future[None]
+        self,
+        run: Run,
+        proc: asyncio.subprocess.Process,
+        exited: asyncio.Future[None],
+        begun: float,
     ) -> None:
-        begun = time.monotonic()
+        """Follow `proc` to its end; `begun` is the monotonic time it was spawned at."""
         pumps = [
             asyncio.create_task(self._pump(run, "stdout", proc.stdout)),
             asyncio.create_task(self._pump(run, "stderr", proc.stderr)),
