@@ -54,8 +54,8 @@ milliseconds from one batch to the next, more than the 5 ms looked for, so:
   takes from a vLLM that computes on the same cores: that slows both halves alike. The
   separate batches count that too, which is why both are recorded: on a GPU the model's
   compute does not share the gateway's cores, on this CPU-only box it does.
-- The floor of any hop: `--relay-workers` processes (default 2, the gateway's worker count
-  on this box) of a bare byte relay, defined here, at the gateway's niceness and run slice,
+- The floor of any hop: `--relay-workers` processes (default: the gateway's default worker
+  count, 2 on this box) of a bare byte relay, defined here, at the gateway's niceness and run slice,
   copy bytes between caller and upstream as they arrive, nothing else. Their same-batch
   rounds alternate with the gateway's, so the gateway's added TTFT minus the relay's (per
   pair of neighbouring rounds) is what the gateway's own work costs beyond being a second
@@ -1213,11 +1213,11 @@ async def run(
         added = compare(result, f"{label}+busy", "direct", gateways, rng)
         same_batch: dict[str, Added] = {}
         beyond: dict[str, tuple[float, float, float]] = {}
-        for via in vias if mixed else []:
-            assert mixed is not None
-            same_batch |= compare(
-                mixed, f"{label}+busy, same batch", paired_with(via.name), [via.name], rng
-            )
+        if mixed is not None:
+            for via in vias:
+                same_batch |= compare(
+                    mixed, f"{label}+busy, same batch", paired_with(via.name), [via.name], rng
+                )
         for t in targets[1:]:
             assert t.audit is not None
             lines = t.audit.read_text().splitlines()[rows_from[t.name] : rows_to[t.name]]
@@ -1424,9 +1424,10 @@ def main() -> None:
     parser.add_argument(
         "--relay-workers",
         type=int,
-        default=2,
+        default=max(1, min(4, len(os.sched_getaffinity(0)))),
         help="processes of the bare byte relay whose same-batch rounds alternate with the "
-        "gateway's: the floor of any hop at the gateway's priority (0: none)",
+        "gateway's: the floor of any hop at the gateway's priority (default: as many as the "
+        "gateway's default workers, one per core up to 4; 0: none)",
     )
     parser.add_argument(
         "--variant",
