@@ -24,6 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from placement_pki import CA
+from support.processes import kill_cgroup
 
 from codeyard.placement.connect import HostClient
 from codeyard.placement.probe import probe
@@ -194,6 +195,9 @@ class Engine:
     def teardown(self) -> None:
         self.remember_network_bridges()
         self.stop()
+        # The containers of a killed engine (a failover test's dead host) keep running,
+        # orphaned, in the engine's cgroup parent.
+        kill_cgroup(f"docker-{self.name}")
         for bridge in [self.bridge, *sorted(self.network_bridges)]:
             if bridge:
                 _ip("link", "del", bridge, check=False)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from support.pki import CA
+from support.processes import kill_cgroup
 
 ENV = "CODEYARD_TEST_MACHINES"
 ENGINE_PORT = 2376
@@ -304,8 +305,9 @@ def _start_machine(
 
 
 def _stop_machine(m: Machine) -> None:
-    """Stop dockerd by its pid, then whatever is left in its namespace (containerd, shims,
-    containers) by theirs; remove the namespace, the veth, mounts and folders."""
+    """Stop dockerd by its pid, then whatever is left in its namespace (containerd, shims)
+    and its cgroups (containers) by theirs; remove the namespace, the veth, mounts and
+    folders."""
     if m.pid and _pid_alive(m.pid):
         _kill_pid(m.pid, 30)
     if os.path.exists(f"/var/run/netns/{m.name}"):
@@ -313,6 +315,10 @@ def _stop_machine(m: Machine) -> None:
         for pid in left:
             _kill_pid(int(pid), 5)
         _run("ip", "netns", "del", m.name, check=False)
+    # A container runs in a network namespace of its own, so the machine's netns does not
+    # list it, and a dockerd that was killed (a machine dying) leaves its containers
+    # running, orphaned: two idle workspaces outlived a CI run's test_machine_death so.
+    kill_cgroup(f"docker-{m.name}")
     _run("ip", "link", "del", m.veth, check=False)
     root = m.root.rstrip("/")
     for line in reversed(Path("/proc/mounts").read_text().splitlines()):

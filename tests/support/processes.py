@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -52,3 +54,38 @@ def run_last_line(cmd: list[str], env: dict[str, str] | None = None) -> str:
     """Run a project script and return its last stdout line (the scripts' output contract)."""
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
     return out.strip().splitlines()[-1]
+
+
+def _cgroup_folders(name: str) -> list[Path]:
+    """The folders of top-level cgroup `name` and below in every mounted hierarchy (cgroup
+    v1 or v2), deepest first."""
+    found: list[Path] = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] in ("cgroup", "cgroup2"):
+            top = Path(fields[1]) / name
+            if top.is_dir():
+                found += [Path(d) for d, _, _ in os.walk(top)]
+    return sorted(found, key=lambda d: len(d.parts), reverse=True)
+
+
+def kill_cgroup(name: str, wait: float = 10) -> None:
+    """SIGKILL every process in top-level cgroup `name` and below, and remove its folders:
+    the containers of a test's own dockerd (its `--cgroup-parent`), which outlive a dockerd
+    that was killed."""
+    groups = _cgroup_folders(name)
+    for group in groups:
+        with contextlib.suppress(OSError):
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+    deadline = time.monotonic() + wait
+    for group in groups:
+        while time.monotonic() < deadline:
+            try:
+                group.rmdir()  # refused until the killed processes are reaped
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.1)
