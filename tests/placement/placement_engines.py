@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from placement_pki import CA
-from support.processes import kill_cgroup
+from support.processes import kill_cgroup, pid_alive
 
 from codeyard.placement.connect import HostClient
 from codeyard.placement.probe import probe
@@ -48,14 +48,6 @@ def _links() -> set[str]:
 
 def _used_subnets() -> str:
     return _ip("-4", "-br", "addr").stdout
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @dataclass
@@ -185,10 +177,10 @@ class Engine:
         if pidfile.exists():
             with contextlib.suppress(ValueError, ProcessLookupError):
                 pid = int(pidfile.read_text().strip())
-                if _pid_alive(pid):
+                if pid_alive(pid):
                     os.kill(pid, signal.SIGTERM)
                     for _ in range(50):
-                        if not _pid_alive(pid):
+                        if not pid_alive(pid):
                             break
                         time.sleep(0.1)
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from support.pki import CA
-from support.processes import kill_cgroup
+from support.processes import kill_cgroup, pid_alive
 
 ENV = "CODEYARD_TEST_MACHINES"
 ENGINE_PORT = 2376
@@ -58,20 +58,12 @@ def _run(*cmd: str, check: bool = True, **kw: Any) -> subprocess.CompletedProces
     return subprocess.run(list(cmd), capture_output=True, text=True, check=check, **kw)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _kill_pid(pid: int, grace: float) -> None:
     """SIGTERM `pid`, SIGKILL it after `grace` seconds if it is still there."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while _pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
@@ -308,7 +300,7 @@ def _stop_machine(m: Machine) -> None:
     """Stop dockerd by its pid, then whatever is left in its namespace (containerd, shims)
     and its cgroups (containers) by theirs; remove the namespace, the veth, mounts and
     folders."""
-    if m.pid and _pid_alive(m.pid):
+    if m.pid and pid_alive(m.pid):
         _kill_pid(m.pid, 30)
     if os.path.exists(f"/var/run/netns/{m.name}"):
         left = _run("ip", "netns", "pids", m.name, check=False).stdout.split()

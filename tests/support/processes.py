@@ -56,6 +56,15 @@ def run_last_line(cmd: list[str], env: dict[str, str] | None = None) -> str:
     return out.strip().splitlines()[-1]
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (a zombie not yet reaped counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _cgroup_folders(name: str) -> list[Path]:
     """The folders of top-level cgroup `name` and below in every mounted hierarchy (cgroup
     v1 or v2), deepest first."""
