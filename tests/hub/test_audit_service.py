@@ -44,7 +44,8 @@ GATEWAY = "codeyard-llm"
 class Relay(ThreadingHTTPServer):
     """Forwards the workspaces' POSTs to the audit service, or kills the workspace server
     (SIGKILL) with the request in flight: `mode` is "pass", "kill_before" (the service never
-    sees the batch) or "kill_after" (the service stored it; the answer never arrives)."""
+    sees the batch), "kill_after" (the service stored it; the answer never arrives) or "hold"
+    (the POST waits for `release` before it is passed on)."""
 
     daemon_threads = True
 
@@ -58,6 +59,9 @@ class Relay(ThreadingHTTPServer):
         # reached the test, and a kill then would cut that answer instead of the send.
         self.answered = threading.Event()
         self.answered.set()
+        self.release = threading.Event()
+        self.release.set()
+        self.held = threading.Event()
         self.posts = 0
 
     @property
@@ -76,7 +80,10 @@ class RelayHandler(BaseHTTPRequestHandler):
         relay = self.server
         relay.posts += 1
         mode = relay.mode
-        if mode != "pass":
+        if mode == "hold":
+            relay.held.set()
+            relay.release.wait(60)
+        elif mode != "pass":
             relay.answered.wait(30)
         if mode == "kill_before":
             relay.mode = "pass"
@@ -359,6 +366,36 @@ def test_workspace_killed_in_the_middle_of_a_send(stack: AuditStack, alice: str,
         raise AssertionError("the workspace server survived SIGKILL")
     assert stack.spool(alice), "the unacknowledged record must still be spooled"
     stack.stop_workspace(alice)
+    stack.start_workspace(alice)
+    _exactly_once(stack, alice)
+
+
+def test_a_clean_stop_sends_what_is_still_spooled(stack: AuditStack, alice: str) -> None:
+    """Changes made just before a stop reach the service during the stop, not at some later
+    start: the relay holds the sender's first batch while more records spool behind it, the
+    Hub stops the workspace, and only then is the batch let through."""
+    relay = stack.relay
+    relay.held.clear()
+    relay.release.clear()
+    relay.mode = "hold"
+    stopper = threading.Thread(target=stack.stop_workspace, args=(alice,), daemon=True)
+    try:
+        for n in range(3):
+            stack.apply(alice, f"late{n}.txt", "s")
+        assert relay.held.wait(30), "the forwarder never sent"
+        assert len(stack.spool(alice)) >= 3, "the later records must wait in the spool"
+        local = stack.local_log(alice)
+        stopper.start()
+        time.sleep(1.5)  # the stop has reached the server; its sender is still held
+        assert stack.spool(alice), "nothing may be sent while the relay holds"
+    finally:
+        relay.mode = "pass"
+        relay.release.set()
+    stopper.join(90)
+    assert not stack.server_model(alice), "the workspace did not stop"
+    assert not stack.spool(alice), f"left in the spool after a clean stop: {stack.spool(alice)}"
+    arrived = {r["seq"] for r in stack.records(alice)}
+    assert {r["seq"] for r in local} <= arrived
     stack.start_workspace(alice)
     _exactly_once(stack, alice)
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +243,7 @@ class CodeyardApp(ExtensionApp):
         return str(self.serverapp.root_dir) if self.serverapp else "."
 
     def initialize_settings(self) -> None:
+        stop_cleanly_on_sigint(self.serverapp)
         paths = WorkspacePaths(self.workspace_root)
         state = Path(self.state_dir)
         audit = AuditLog(state / "audit.jsonl")
@@ -339,3 +343,23 @@ class CodeyardApp(ExtensionApp):
                 await asyncio.to_thread(patches.settle)
             except CodeyardError as exc:  # the state folder is unwritable; nothing to retire
                 self.log.error("codeyard could not retire transactions: %s", exc.message)
+
+
+def stop_cleanly_on_sigint(serverapp: Any) -> bool:
+    """Under a Hub, make SIGINT a clean stop, as SIGTERM is; return whether it was set.
+
+    JupyterHub's local-process spawners stop a server with SIGINT (then SIGTERM 10 s later).
+    A server without a terminal keeps Python's default for it, a `KeyboardInterrupt` that
+    ends the event loop without `stop_extension`: running commands are not ended, spooled
+    audit records are not sent, answered patch transactions are not retired. JupyterHub's
+    own (non-extension) single-user app maps SIGINT to the clean stop for that reason; this
+    does the same in extension mode. With a terminal, jupyter_server's prompt stays.
+    """
+    if serverapp is None or not os.environ.get("JUPYTERHUB_API_TOKEN"):
+        return False
+    if sys.stdin is not None and sys.stdin.isatty():
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGINT, serverapp._signal_stop)
+    return True

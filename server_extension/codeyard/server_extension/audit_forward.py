@@ -6,7 +6,9 @@ hash), as one file in the spool folder (`<state>/audit-spool/`). A background th
 the spooled records in batches to `<CODEYARD_AUDIT_URL>/api/records` with the server's own
 `JUPYTERHUB_API_TOKEN`, and deletes each file once the service answered that it stored it
 (or already had it). Failures back off, doubling up to `max_backoff`; at start, whatever is
-spooled is sent again. The service is idempotent on (workspace, epoch, seq), so a resend
+spooled is sent again. A clean stop sends what is still spooled before the thread ends (for
+at most `drain` seconds, one attempt if the service fails): a workspace stopped right after
+a change still gets it to the central audit, not only at its next start. The service is idempotent on (workspace, epoch, seq), so a resend
 after a crash in the middle of a send stores nothing twice.
 
 Spooling costs one small file write per record on the request path, without an fsync: an
@@ -63,6 +65,7 @@ class AuditForwarder:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._drain_until = 0.0
         self._counter = 0
         self._counter_lock = threading.Lock()
         #: Sends that failed since the last one that worked (for tests and status).
@@ -158,23 +161,34 @@ class AuditForwarder:
         )
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, drain: float = 5.0) -> None:
+        """End the sender once it has sent what is spooled, for at most `drain` seconds.
+
+        Whatever is left (the service is down or slow) stays in the spool for the next start.
+        """
+        self._drain_until = time.monotonic() + drain
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(drain + 0.5)
 
     def _run(self) -> None:
         backoff = self.min_backoff
         size = self.batch_size
-        while not self._stop.is_set():
+        while True:
+            stopping = self._stop.is_set()
+            left = self._drain_until - time.monotonic()
+            if stopping and left <= 0:
+                break
             files = [p for p in self._spooled() if p.name != ACKED][:size]
             if not files:
+                if stopping:
+                    break
                 self._wake.wait(60)
                 self._wake.clear()
                 continue
             try:
-                done = self._send(files)
+                done = self._send(files, min(self.timeout, left) if stopping else self.timeout)
             except BatchRefused:
                 if len(files) == 1:
                     self._reject(files[0])
@@ -182,6 +196,13 @@ class AuditForwarder:
                 continue
             except Exception as exc:
                 self.failures += 1
+                if stopping:
+                    self.log.warning(
+                        "codeyard: %d audit records stay spooled for the next start (%s)",
+                        len(self._spooled()),
+                        exc,
+                    )
+                    break
                 self.log.warning(
                     "codeyard could not send %d audit records (%s); retrying in %.1fs",
                     len(files),
@@ -202,7 +223,7 @@ class AuditForwarder:
         os.rename(path, folder / path.name)
         self.log.error("codeyard: the central audit refuses %s; kept in %s", path.name, folder)
 
-    def _send(self, files: list[Path]) -> int:
+    def _send(self, files: list[Path], timeout: float) -> int:
         entries, by_key = [], {}
         for path in files:
             try:
@@ -222,7 +243,7 @@ class AuditForwarder:
             headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
                 answer = json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             if exc.code == 400:
