@@ -186,7 +186,10 @@ def _start_network(tag: str) -> Network:
     _run("ip", "link", "add", net.bridge, "type", "bridge")
     _run("ip", "addr", "add", f"{net.gateway}/24", "dev", net.bridge)
     _run("ip", "link", "set", net.bridge, "up")
-    # The main engine sets FORWARD's policy to DROP, and bridged frames pass iptables.
+    # The main engine sets FORWARD's policy to DROP, and bridged frames pass iptables. On a
+    # fresh machine no engine has run yet and its DOCKER-USER chain does not exist: make it,
+    # so these rules are there when the engine starts (it keeps the chain and jumps to it).
+    _run("iptables", "-N", "DOCKER-USER", check=False)
     for rule in (["-i", net.bridge, "-j", "ACCEPT"], ["-o", net.bridge, "-j", "ACCEPT"]):
         _run("iptables", "-I", "DOCKER-USER", *rule)
         net.rules.append(rule)
