@@ -8,8 +8,9 @@ the spooled records in batches to `<CODEYARD_AUDIT_URL>/api/records` with the se
 (or already had it). Failures back off, doubling up to `max_backoff`; at start, whatever is
 spooled is sent again. A clean stop sends what is still spooled before the thread ends (for
 at most `drain` seconds, one attempt if the service fails): a workspace stopped right after
-a change still gets it to the central audit, not only at its next start. The service is idempotent on (workspace, epoch, seq), so a resend
-after a crash in the middle of a send stores nothing twice.
+a change still gets it to the central audit, not only at its next start. The service is
+idempotent on (workspace, epoch, seq), so a resend after a crash in the middle of a send
+stores nothing twice.
 
 Spooling costs one small file write per record on the request path, without an fsync: an
 apply's `syncfs` makes it durable with the rest, and at start every log record after the
