@@ -8,12 +8,14 @@ and commits are made as JUPYTERHUB_USER.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +209,35 @@ async def test_commit_returns_the_hash_and_is_audited_without_its_message(
     raw = (repo / ".codeyard" / "audit.jsonl").read_text()
     assert "message-marker-7f3a" not in raw and "Add gamma" not in raw
     assert "message-marker-7f3a" not in caplog.text
+
+
+async def test_an_edit_in_the_second_of_the_last_commit_is_committed(
+    api: Any, workspace: Path
+) -> None:
+    """Racy git: a file whose size and whole-second times match its index entry is taken as
+    unchanged unless the index file is no older than it. The commit stages into a copy of
+    the index; a copy stamped a second later hid an edit of the same size made within the
+    second of the previous commit ("nothing to commit", seen in CI). Deterministic: the
+    edit is made in the commit's second, the API commit a second later."""
+    git(workspace, "init", "-q", "-b", "main")
+    for attempt in range(5):
+        await asyncio.sleep(1.02 - time.time() % 1)  # just after a second begins
+        put(workspace, {"a.txt": f"one{attempt}\n".encode()})
+        git(workspace, "add", "-A")
+        git(workspace, "commit", "-q", "-m", f"first {attempt}")
+        put(workspace, {"a.txt": f"two{attempt}\n".encode()})
+        index = int((workspace / ".git" / "index").stat().st_mtime)
+        edited = (workspace / "a.txt").stat()
+        if index == int(edited.st_mtime) == int(edited.st_ctime):
+            break
+    else:
+        pytest.fail("five tries could not put the commit and the edit in one second")
+    await asyncio.sleep(1.02 - time.time() % 1)  # the server's copy of the index: a second on
+    status, body = await api("git/commit", body={"message": "second"})
+    assert status == 200, body
+    assert "a.txt" in body["paths"]
+    assert git(workspace, "show", "HEAD:a.txt") == f"two{attempt}\n"
+    no_leftovers(workspace)
 
 
 async def test_commit_works_where_git_already_ignores_the_state_folder(

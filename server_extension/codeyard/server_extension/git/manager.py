@@ -30,6 +30,7 @@ import os
 import posixpath
 import re
 import shlex
+import shutil
 import sys
 import threading
 import uuid
@@ -399,14 +400,18 @@ class GitManager:
 
     @contextlib.contextmanager
     def scratch_index(self, repo: Repo) -> Iterator[Path]:
-        """A copy of the index (in the git folder, so it can be renamed into place)."""
+        """A copy of the index (in the git folder, so it can be renamed into place), with
+        the index's own modification time.
+
+        Git takes a file whose size and times (in whole seconds) match its index entry as
+        unchanged unless the entry is no older than the index file ("racy git"): then it
+        reads the file. A copy stamped a second later than the index would make an edit
+        made within the second of the last index write invisible to `git add`.
+        """
         scratch = repo.git_dir / f"codeyard-index-{uuid.uuid4().hex}"
-        try:
-            data = repo.index.read_bytes()
-        except FileNotFoundError:
-            data = None  # a fresh repository: git treats a missing index as empty
-        if data is not None:
-            scratch.write_bytes(data)
+        # No index yet (a fresh repository): git treats a missing one as empty.
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copy2(repo.index, scratch)
         try:
             yield scratch
         finally:
