@@ -205,6 +205,26 @@ class AuditStack:
         folder = self.home(user) / ".codeyard" / "audit-spool"
         return sorted(folder.glob("*.json")) if folder.exists() else []
 
+    def agreed(
+        self, user: str, quiet: float = 2.0, timeout: float = 120
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The local log of `user` and the service's rows once they hold as many records
+        and neither grew for `quiet` seconds. A server that (re)started, or stopped, has its
+        watcher record its own runtime files a moment later (`.local/share/jupyter/runtime`,
+        npm's logs): a log read before those is not the log the service ends up holding."""
+        deadline = time.monotonic() + timeout
+        while True:
+            local = self.local_log(user)
+            rows = self.wait_arrived(user, len(local), max(1.0, deadline - time.monotonic()))
+            if len(rows) == len(local):
+                time.sleep(quiet)
+                if len(self.local_log(user)) == len(local) == len(self.records(user)):
+                    return local, rows
+            assert time.monotonic() < deadline, (
+                f"{user}: the service holds {len(rows)} records, the local log {len(local)}"
+            )
+            time.sleep(0.5)
+
     def wait_arrived(self, user: str, count: int, timeout: float = 90) -> list[dict[str, Any]]:
         """Records of `user` once the service holds `count` and the spool is empty."""
         deadline = time.monotonic() + timeout
@@ -269,16 +289,7 @@ def test_records_arrive_with_their_seq_and_a_resend_stores_nothing_twice(
 ) -> None:
     for n in range(3):
         stack.apply(alice, f"first{n}.txt", "x")
-    # The watcher may add records of its own a moment later: compare once the local log
-    # and the service agree on a count.
-    deadline = time.monotonic() + 120
-    while True:
-        local = stack.local_log(alice)
-        rows = stack.wait_arrived(alice, len(local))
-        if len(rows) == len(local) == len(stack.local_log(alice)):
-            break
-        assert time.monotonic() < deadline, (len(rows), len(local))
-        time.sleep(0.5)
+    local, rows = stack.agreed(alice)
     assert [(r["seq"], r["record_hash"]) for r in rows] == [(r["seq"], r["hash"]) for r in local]
     assert {r["workspace"] for r in rows} == {WORKSPACE}
     assert {r["user"] for r in rows} == {alice}
@@ -314,8 +325,7 @@ def test_records_arrive_with_their_seq_and_a_resend_stores_nothing_twice(
 
 
 def _exactly_once(stack: AuditStack, user: str) -> None:
-    local = stack.local_log(user)
-    rows = stack.wait_arrived(user, len(local))
+    local, rows = stack.agreed(user)
     keys = [(r["epoch"], r["seq"]) for r in rows]
     assert len(keys) == len(set(keys)), "a record was stored twice"
     assert sorted(r["seq"] for r in rows) == [r["seq"] for r in local]
@@ -427,8 +437,7 @@ def _verify_local(stack: AuditStack, user: str, records: list[dict[str, Any]]) -
 def test_verification_finds_truncation_rewrite_unsent_records_and_gaps(
     stack: AuditStack, alice: str
 ) -> None:
-    local = stack.local_log(alice)
-    stack.wait_arrived(alice, len(local))
+    local, _ = stack.agreed(alice)
     assert _verify_local(stack, alice, local)["ok"] is True
 
     truncated = _verify_local(stack, alice, local[:-2])

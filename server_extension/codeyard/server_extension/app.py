@@ -327,13 +327,11 @@ class CodeyardApp(ExtensionApp):
         self.handlers.extend(exec_routes(api))
 
     async def stop_extension(self) -> None:
-        """Retire answered patch transactions so a clean stop leaves no journal behind."""
+        """Stop what writes audit records, retire answered patch transactions (a clean
+        stop leaves no journal behind), then send what the audit spooled."""
         runs = self.settings.get("codeyard_exec")
         if runs is not None:  # stop every command first: their end records go to the audit
             await runs.shutdown()
-        forwarder = getattr(self, "audit_forwarder", None)
-        if forwarder is not None:
-            await asyncio.to_thread(forwarder.stop)
         records = getattr(self, "change_records", None)
         if records is not None:
             await asyncio.to_thread(records.stop)
@@ -343,6 +341,9 @@ class CodeyardApp(ExtensionApp):
                 await asyncio.to_thread(patches.settle)
             except CodeyardError as exc:  # the state folder is unwritable; nothing to retire
                 self.log.error("codeyard could not retire transactions: %s", exc.message)
+        forwarder = getattr(self, "audit_forwarder", None)
+        if forwarder is not None:  # last: the records of everything above go with it
+            await asyncio.to_thread(forwarder.stop)
 
 
 def stop_cleanly_on_sigint(serverapp: Any) -> bool:
