@@ -38,7 +38,11 @@ def jupyter_ai_server(hub: Any, gateway: str, tmp_path: Path) -> Any:
     root.mkdir()
     (root / "test.chat").write_text("{}")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOSTED_VLLM", "JUPYTER"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HOSTED_VLLM", "JUPYTER", "PYTHONPATH"))
+    }
     env.update(
         JUPYTER_CONFIG_DIR=str(config_dir),
         JUPYTER_DATA_DIR=str(tmp_path / "data"),
@@ -49,10 +53,12 @@ def jupyter_ai_server(hub: Any, gateway: str, tmp_path: Path) -> Any:
     log = (tmp_path / "server.log").open("wb")
     proc = subprocess.Popen(
         [
+            # `-m jupyter server` would look `jupyter-server` up on PATH, where the scripts
+            # of this venv come last: with the test venv on PATH (an activated venv) that
+            # server ran, without jupyter-ai, and the chat answered 404.
             JAI_PYTHON,
             "-m",
-            "jupyter",
-            "server",
+            "jupyter_server",
             "--ip=127.0.0.1",
             f"--port={port}",
             "--IdentityProvider.token=jai-test",
