@@ -120,7 +120,7 @@ def test_a_patch_from_elsewhere_shows_in_both_tabs_and_a_revert_in_one_in_the_ot
 def test_a_patch_applied_in_one_tab_shows_in_the_other_without_reload(
     page: Any, panel: CodeyardPanel, tab_b: Any, lab: Lab, shot: Any
 ) -> None:
-    name = fresh_file(lab, "live_events.py")
+    name = fresh_file(lab, "rewrite_me.py")
     other = CodeyardPanel(tab_b, lab)
     other.open()
     events_open(tab_b)
