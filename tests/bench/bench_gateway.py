@@ -104,7 +104,7 @@ import httpx
 import orjson
 from jupyterhub.services.auth import HubAuth
 
-from codeyard.gateway.accounting import Checkpointer, TokenLedger
+from codeyard.gateway.accounting import TokenLedger
 from codeyard.gateway.answers import AnswerTally, prompt_digest
 from codeyard.gateway.app import set_scheduler_slice
 from codeyard.gateway.audit import AuditRow, GatewayAudit
@@ -812,8 +812,7 @@ def hub_lookup_ms(hub: JsonApiHub, token: str, n: int = 20) -> float:
 def step_costs(workdir: Path) -> None:
     """CPU per call of each step of the gateway's request path, measured here without
     contention (time.process_time over many repetitions), and the ledger's reservation wall
-    time while another process writes to the same ledger: with writers queued on the lock
-    file, and with SQLite's own busy wait alone (the gateway's ledger before it took one)."""
+    time while another process reserves and settles on the same ledger."""
     raw = json.dumps(
         {"model": llm_stack.MODEL, "messages": PROMPT, "max_tokens": 16, "stream": True}
     ).encode()
@@ -823,7 +822,7 @@ def step_costs(workdir: Path) -> None:
         "scopes": ["custom:codeyard-llm", "access:servers!user=bench0", "read:users!user=bench0"],
     }
     auth = HubAuth(api_token="x", api_url="http://127.0.0.1:1/hub/api")
-    ledger = TokenLedger(4, 60_000, path=workdir / "steps-ledger.sqlite")
+    ledger = TokenLedger(4, 60_000, path=workdir / "steps-ledger")
     audit = GatewayAudit(workdir / "steps-audit.jsonl")
     metrics = GatewayMetrics()
     chunk = _sse(
@@ -1062,29 +1061,19 @@ def cpu_per_call(workdir: Path, before_src: str, repeats: int = 3, calls: int = 
         )
 
 
-def _ledger_writer(path: str, seconds: float, queued: bool) -> None:
+def _ledger_writer(path: str, seconds: float) -> None:
     """Another gateway worker: reserve and settle on the same ledger for `seconds`."""
-    ledger = TokenLedger(0, 0, path=path, auto_checkpoint=not queued)
-    if not queued:
-        _unqueue(ledger)
+    ledger = TokenLedger(0, 0, path=path)
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         ledger.settle(ledger.reserve("other", 100), 50)
         time.sleep(0.0005)
 
 
-def _unqueue(ledger: TokenLedger) -> None:
-    """The ledger as it was before writers queued on its lock file: SQLite's busy handler
-    (sleep 1, 2, 5 ... ms and try again) alone."""
-    assert ledger._lock_fd is not None
-    os.close(ledger._lock_fd)
-    ledger._lock_fd = None
-
-
 def ledger_contention(workdir: Path) -> None:
     """Wall time of a reservation while another process reserves and settles on the same
     ledger, as two gateway workers do when calls start together, with the busy loops of the
-    main measurement spinning (a lock holder may lose its core mid-transaction)."""
+    main measurement spinning (a lock holder may lose its core while it holds the lock)."""
     busy = start_busy_loops(os.cpu_count() or 2)
     try:
         _ledger_contention(workdir)
@@ -1094,46 +1083,30 @@ def ledger_contention(workdir: Path) -> None:
 
 
 def _ledger_contention(workdir: Path) -> None:
-    for queued in (True, False):
-        # Now: writers queue on the lock file and a thread checkpoints (as worker 0's);
-        # before: SQLite's busy wait, and checkpoints inside commits.
-        path = workdir / f"contended-{queued}.sqlite"
-        ledger = TokenLedger(0, 0, path=path, auto_checkpoint=not queued)
-        checkpointer = Checkpointer(path) if queued else None
-        if checkpointer is not None:
-            checkpointer.start()
-        if not queued:
-            _unqueue(ledger)
-        flag = "queued" if queued else "polling"
-        other = subprocess.Popen([sys.executable, __file__, "--ledger-writer", str(path), flag])
-        time.sleep(0.5)
-        walls = []
-        settles = []
-        end = time.monotonic() + 2
-        while time.monotonic() < end:
-            start = time.perf_counter()
-            reservation = ledger.reserve("bench0", 100)
-            walls.append(1000 * (time.perf_counter() - start))
-            start = time.perf_counter()
-            ledger.settle(reservation, 50)
-            settles.append(1000 * (time.perf_counter() - start))
-            time.sleep(0.0002)
-        other.wait()
-        if checkpointer is not None:
-            checkpointer.stop()
-        walls.sort()
-        how = (
-            "queued on the lock file, checkpoints in a thread"
-            if queued
-            else "SQLite's busy wait, checkpoints in commits (before)"
-        )
-        print(
-            f"  ledger while another process writes, {how}: {len(walls)} calls; reserve p50 "
-            f"{statistics.median(walls):.3f} ms, p99 {walls[int(0.99 * (len(walls) - 1))]:.3f} "
-            f"ms, max {walls[-1]:.3f} ms; over 1 ms: {sum(w > 1 for w in walls)} reserves, "
-            f"{sum(w > 1 for w in settles)} settles, longest settle {max(settles):.1f} ms"
-        )
-        ledger.close()
+    path = workdir / "contended-ledger"
+    ledger = TokenLedger(0, 0, path=path)
+    other = subprocess.Popen([sys.executable, __file__, "--ledger-writer", str(path)])
+    time.sleep(0.5)
+    walls = []
+    settles = []
+    end = time.monotonic() + 2
+    while time.monotonic() < end:
+        start = time.perf_counter()
+        reservation = ledger.reserve("bench0", 100)
+        walls.append(1000 * (time.perf_counter() - start))
+        start = time.perf_counter()
+        ledger.settle(reservation, 50)
+        settles.append(1000 * (time.perf_counter() - start))
+        time.sleep(0.0002)
+    other.wait()
+    walls.sort()
+    print(
+        f"  ledger while another process writes: {len(walls)} calls; reserve p50 "
+        f"{statistics.median(walls):.3f} ms, p99 {walls[int(0.99 * (len(walls) - 1))]:.3f} "
+        f"ms, max {walls[-1]:.3f} ms; over 1 ms: {sum(w > 1 for w in walls)} reserves, "
+        f"{sum(w > 1 for w in settles)} settles, longest settle {max(settles):.1f} ms"
+    )
+    ledger.close()
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -1439,7 +1412,7 @@ def main() -> None:
     )
     parser.add_argument("--serve-synthetic", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-relay", nargs=3, help=argparse.SUPPRESS)
-    parser.add_argument("--ledger-writer", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--ledger-writer", help=argparse.SUPPRESS)
     parser.add_argument("--serve-local-gateway", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument(
         "--cpu-only",
@@ -1456,8 +1429,7 @@ def main() -> None:
         asyncio.run(_serve_relay(int(fd), upstream, int(nice)))
         return
     if args.ledger_writer:
-        path, flag = args.ledger_writer
-        _ledger_writer(path, 3.0, flag == "queued")
+        _ledger_writer(args.ledger_writer, 3.0)
         return
     if args.serve_local_gateway:
         port, upstream, key_file, folder = args.serve_local_gateway

@@ -187,7 +187,7 @@ def test_the_process_count_follows_the_cores_and_is_at_least_one() -> None:
 
 
 def test_the_ledger_is_shared_through_its_file(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
+    path = tmp_path / "ledger"
     one = TokenLedger(max_concurrent=1, tokens_per_minute=1000, path=path)
     other = TokenLedger(max_concurrent=1, tokens_per_minute=1000, path=path)
     held = one.reserve("u", 600)
@@ -335,7 +335,7 @@ def test_a_killed_worker_is_replaced_and_its_calls_are_charged(forked_hub: JsonA
     victim = pid_of(r)
     os.kill(victim, signal.SIGKILL)
     r.close()
-    ledger = TokenLedger(0, 0, path=forked_hub.workdir / f"{QUOTA}-audit-ledger.sqlite")
+    ledger = TokenLedger(0, 0, path=forked_hub.workdir / f"{QUOTA}-audit-ledger")
     deadline = time.monotonic() + 30
     while ledger.usage("grace").in_flight and time.monotonic() < deadline:
         time.sleep(0.1)

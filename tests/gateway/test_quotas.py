@@ -16,6 +16,7 @@ import string
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -311,6 +312,61 @@ def test_the_ledger_counts_reservations_of_calls_in_flight() -> None:
     lone.reserve("v", 500)
     with pytest.raises(LimitExceeded):
         lone.reserve("v", 1)
+
+
+def test_the_window_is_kept_in_whole_seconds_and_never_short() -> None:
+    now = [100.9]
+    ledger = TokenLedger(max_concurrent=0, tokens_per_minute=1000, clock=lambda: now[0])
+    ledger.settle(ledger.reserve("u", 900), 900)
+    with pytest.raises(LimitExceeded) as refused:
+        ledger.reserve("u", 200)
+    # Charged in second 100: it counts until second 161 begins, and the refusal says so.
+    assert refused.value.retry_after == 61  # ceil(161 - 100.9)
+    now[0] = 160.99  # 60.09 s later: an exact 60 s window would have let it go
+    assert ledger.usage("u").spent == 900
+    now[0] = 161.0
+    assert ledger.usage("u") == Usage(spent=0, reserved=0, in_flight=0)
+    ledger.reserve("u", 200)
+    # A clock stepped back does not bring the old charge back or lose the new reservation.
+    now[0] = 150.0
+    assert ledger.usage("u") == Usage(spent=0, reserved=200, in_flight=1)
+
+
+def test_a_full_ledger_refuses_with_a_reason_and_forgets_only_idle_users() -> None:
+    now = [0.0]
+    ledger = TokenLedger(max_concurrent=0, tokens_per_minute=0, clock=lambda: now[0])
+    most = TokenLedger.USERS * 3 // 4
+    for i in range(most):  # users with tokens charged in the window are kept
+        ledger.settle(ledger.reserve(f"busy{i}", 5), 5)
+    with pytest.raises(LimitExceeded) as refused:
+        ledger.reserve("late", 5)
+    assert refused.value.reason == "capacity"
+    assert f"{most} users" in refused.value.message
+    assert ledger.usage("busy7").spent == 5  # nothing counted was dropped to make room
+    now[0] = 61.0  # every charge has left the window: those users may be forgotten
+    held = ledger.reserve("late", 5)
+    assert ledger.usage("late") == Usage(spent=0, reserved=5, in_flight=1)
+    ledger.settle(held, 3)
+    assert ledger.usage("late").spent == 3
+    # Calls in flight: a bounded table too, refused the same way when full.
+    calls = TokenLedger(max_concurrent=0, tokens_per_minute=0)
+    for i in range(TokenLedger.CALLS):
+        calls.reserve(f"c{i % 100}", 1)
+    with pytest.raises(LimitExceeded) as refused:
+        calls.reserve("c1", 1)
+    assert refused.value.reason == "capacity"
+
+
+def test_a_ledger_file_of_another_layout_is_started_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "ledger"
+    path.write_bytes(b"SQLite format 3\x00" + bytes(4096))  # the ledger's earlier format
+    ledger = TokenLedger(max_concurrent=1, tokens_per_minute=0, path=path)
+    ledger.reserve("u", 10)
+    again = TokenLedger(max_concurrent=1, tokens_per_minute=0, path=path)
+    with pytest.raises(LimitExceeded):  # a second open keeps what the first holds
+        again.reserve("u", 10)
+    assert again.usage("u") == Usage(spent=0, reserved=10, in_flight=1)
+    assert (path.stat().st_mode & 0o777) == 0o600
 
 
 def test_the_hub_config_can_name_the_one_allowed_model() -> None:

@@ -25,9 +25,9 @@ reach vLLM (`models.ModelCatalog`). Metric labels take values from bounded sets 
 
 Processes: `GatewayApp.processes` workers (the usable cores, at most 4) serve one port
 through SO_REUSEPORT under a small supervisor (`prefork`), so a stream waits for a CPU slice
-of its own worker only, not of one process relaying everyone. The ledger is a SQLite file
-all workers share, the audit stays one chain (an flock around each append), and `/metrics`
-adds up every worker (prometheus_client's multiprocess mode).
+of its own worker only, not of one process relaying everyone. The ledger is a table in a
+memory-mapped file all workers share, the audit stays one chain (an flock around each
+append), and `/metrics` adds up every worker (prometheus_client's multiprocess mode).
 
 Overhead: calls to vLLM reuse kept-alive connections (`upstream.UpstreamPool`;
 `upstream_keepalive_seconds`, below vLLM's 5 s keep-alive), renewed ahead for

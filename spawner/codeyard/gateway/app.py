@@ -33,7 +33,7 @@ from traitlets import Bool, Float, Instance, Int, List, TraitError, Unicode, def
 from traitlets.config import Application
 
 from . import metrics as metrics_module
-from .accounting import Checkpointer, TokenLedger
+from .accounting import TokenLedger
 from .audit import GatewayAudit
 from .handlers import HealthHandler, MetricsHandler, NotFoundHandler, ProxyHandler
 from .metrics import GatewayMetrics
@@ -299,12 +299,13 @@ class GatewayApp(Application):
 
     ledger_path = Unicode(
         "",
-        help="""SQLite file of the per-user accounting (`accounting.TokenLedger`): calls in
-        flight and tokens charged in the last minute, shared by every worker so that
-        `max_concurrent_per_user` and `tokens_per_minute_per_user` hold exactly however
-        connections are spread. Empty: beside the audit log, `<log name>-ledger.sqlite`
-        (`llm-audit-ledger.sqlite` in the Hub's state folder). One gateway per file: at
-        start the gateway charges and ends every reservation left open in it.""",
+        help="""File of the per-user accounting (`accounting.TokenLedger`, a table of fixed
+        size that every worker maps into memory): calls in flight and tokens charged in the
+        last minute, shared by every worker so that `max_concurrent_per_user` and
+        `tokens_per_minute_per_user` hold exactly however connections are spread. Empty:
+        beside the audit log, `<log name>-ledger` (`llm-audit-ledger` in the Hub's state
+        folder). One gateway per file: at start the gateway charges and ends every
+        reservation left open in it. A file of another layout is started afresh.""",
     ).tag(config=True)
 
     metrics_dir = Unicode(
@@ -365,37 +366,24 @@ class GatewayApp(Application):
 
     @property
     def shared_ledger_path(self) -> Path:
-        return (
-            Path(self.ledger_path) if self.ledger_path else self._beside_audit_log("-ledger.sqlite")
-        )
+        return Path(self.ledger_path) if self.ledger_path else self._beside_audit_log("-ledger")
 
     @property
     def shared_metrics_dir(self) -> Path:
         return Path(self.metrics_dir) if self.metrics_dir else self._beside_audit_log("-metrics")
 
-    def open_ledger(self, auto_checkpoint: bool = True) -> TokenLedger:
+    def open_ledger(self) -> TokenLedger:
         path = self.shared_ledger_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        return TokenLedger(
-            self.max_concurrent_per_user,
-            self.tokens_per_minute_per_user,
-            path=path,
-            auto_checkpoint=auto_checkpoint,
-        )
+        return TokenLedger(self.max_concurrent_per_user, self.tokens_per_minute_per_user, path=path)
 
     def setup_worker(self, index: int, shared_metrics: bool) -> None:
-        """Make what one serving process uses. Runs in the worker, after the fork: SQLite
-        connections, threads and sockets must not cross a fork."""
+        """Make what one serving process uses. Runs in the worker, after the fork: the ledger's
+        map, threads and sockets must not cross a fork."""
         self.worker_index = index
         self.pid = os.getpid()
         self.metrics = GatewayMetrics(self.shared_metrics_dir if shared_metrics else None)
-        # The serving loops never checkpoint the ledger (an fsync on the way to a first
-        # token); worker 0's thread does, for all of them.
-        self.ledger = self.open_ledger(auto_checkpoint=False)
-        self.checkpointer: Checkpointer | None = None
-        if index == 0:
-            self.checkpointer = Checkpointer(self.shared_ledger_path)
-            self.checkpointer.start()
+        self.ledger = self.open_ledger()
         self.audit = GatewayAudit(
             self.audit_log_path,
             central_url=self.central_audit_url,
@@ -537,8 +525,6 @@ class GatewayApp(Application):
         server.stop()
         self.upstream.close()
         self.audit.close()
-        if self.checkpointer is not None:
-            self.checkpointer.stop()
         self.ledger.close()
 
     def _serve_worker(self, index: int, sockets: list[socket.socket]) -> None:
