@@ -90,6 +90,12 @@ def test_cpu_serve_command_line_keeps_eager_mode_and_a_fixed_kv_cache() -> None:
     argv = out.stdout.split()
     assert "--enforce-eager" in argv
     assert argv[argv.index("--kv-cache-memory-bytes") + 1] == "256M"
+    # bfloat16 only where the CPU has it; torch emulates it elsewhere, 3-6x slower.
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    native = bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert argv[argv.index("--dtype") + 1] == ("bfloat16" if native else "float32")
+    out = run(SERVE, "--print-command", CODEYARD_VLLM_FLAVOR="cpu", CODEYARD_VLLM_DTYPE="bfloat16")
+    assert out.stdout.split()[out.stdout.split().index("--dtype") + 1] == "bfloat16"
 
 
 def test_external_vllm_url_installs_and_starts_nothing() -> None:
