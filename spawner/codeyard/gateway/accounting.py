@@ -233,24 +233,30 @@ class TokenLedger:
 
     # The table of users: open addressing, linear probing, no deletion but a rebuild.
 
-    def _find(self, key: tuple[int, int]) -> _User | None:
+    def _probe(self, key: tuple[int, int]) -> tuple[_User, bool]:
+        """The user's entry and True, or the free entry where it would go and False. The
+        table is never full: `_insert` keeps a quarter of it free."""
         users = self._t.users
         k0, k1 = key
         i = k0 % self.USERS
         for _ in range(self.USERS):
             entry = users[i]
             if entry.k0 == k0 and entry.k1 == k1:
-                return entry
+                return entry, True
             if entry.k0 == 0 and entry.k1 == 0:
-                return None
+                return entry, False
             i = (i + 1) % self.USERS
-        return None
+        raise RuntimeError(f"the ledger's table of users has no free entry: {self.path}")
+
+    def _find(self, key: tuple[int, int]) -> _User | None:
+        entry, found = self._probe(key)
+        return entry if found else None
 
     def _insert(self, key: tuple[int, int], now: int) -> _User:
         """The user's entry, made if new. Raises `LimitExceeded` if the table is full."""
-        found = self._find(key)
-        if found is not None:
-            return found
+        entry, found = self._probe(key)
+        if found:
+            return entry
         header = self._t.header
         if header.users_used + 1 > self.USERS * 3 // 4:
             self._rebuild(now)
@@ -261,11 +267,7 @@ class TokenLedger:
                     "flight or tokens charged in the last minute, the most it counts",
                     1,
                 )
-        users = self._t.users
-        i = key[0] % self.USERS
-        while users[i].k0 or users[i].k1:
-            i = (i + 1) % self.USERS
-        entry = users[i]
+            entry, _ = self._probe(key)  # the rebuild moved the entries
         entry.k0, entry.k1, entry.now = key[0], key[1], now
         header.users_used += 1
         return entry
@@ -281,10 +283,9 @@ class TokenLedger:
                 if entry.in_flight or entry.spent:
                     live.append(bytes(entry))
         ctypes.memset(ctypes.addressof(users), 0, ctypes.sizeof(users))
-        self._t.header.users_used = 0
         for raw in live:
             kept = _User.from_buffer_copy(raw)
-            entry = self._insert((kept.k0, kept.k1), now)
+            entry, _ = self._probe((kept.k0, kept.k1))
             ctypes.memmove(ctypes.addressof(entry), raw, len(raw))
         self._t.header.users_used = len(live)
 
