@@ -200,10 +200,12 @@ def start_synthetic(workdir: Path) -> llm_stack.Vllm:
 
 
 class _Pipe(asyncio.Protocol):
-    """One side of a relayed connection: what it reads goes to its peer's transport as is."""
+    """One side of a relayed connection: what it reads goes to its peer's transport as is
+    (after `delay` seconds, on the caller's side of a delaying relay)."""
 
-    def __init__(self, peer: _Pipe | None = None) -> None:
+    def __init__(self, peer: _Pipe | None = None, delay: float = 0.0) -> None:
         self.peer = peer
+        self.delay = delay
         self.transport: asyncio.Transport | None = None
         self.pending: list[bytes] = []
         self.opening: asyncio.Task[None] | None = None  # the connection to the upstream
@@ -226,6 +228,12 @@ class _Pipe(asyncio.Protocol):
             self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.delay:
+            asyncio.get_running_loop().call_later(self.delay, self._forward, data)
+        else:
+            self._forward(data)
+
+    def _forward(self, data: bytes) -> None:
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.write(data)
         else:
@@ -236,17 +244,17 @@ class _Pipe(asyncio.Protocol):
             self.peer.transport.close()
 
 
-async def _serve_relay(fd: int, upstream: str, nice: int) -> None:
+async def _serve_relay(fd: int, upstream: str, nice: int, delay_ms: float) -> None:
     """One relay worker on the listening socket `fd` (one of an SO_REUSEPORT group, as the
     gateway's workers have), at the gateway's priority: each connection opens one to
     `upstream` and bytes are copied both ways as they arrive, with no parsing, checking or
-    accounting."""
+    accounting; what the caller sends is held `delay_ms` first."""
     raise_priority(nice)
     host, _, up_port = upstream.removeprefix("http://").partition(":")
     loop = asyncio.get_running_loop()
 
     def accepted() -> _Pipe:
-        caller = _Pipe()
+        caller = _Pipe(delay=delay_ms / 1000)
 
         async def connect() -> None:
             try:
@@ -263,8 +271,11 @@ async def _serve_relay(fd: int, upstream: str, nice: int) -> None:
         await server.serve_forever()
 
 
-def start_relay(upstream: llm_stack.Vllm, workers: int, nice: int) -> tuple[str, list[int]]:
-    """`workers` relay processes on one port in front of `upstream`: (URL, their pids)."""
+def start_relay(
+    upstream: llm_stack.Vllm, workers: int, nice: int, delay_ms: float = 0.0
+) -> tuple[str, list[int]]:
+    """`workers` relay processes on one port in front of `upstream`, holding each request's
+    bytes `delay_ms`: (URL, their pids)."""
     port = llm_stack.free_port()
     groups = reuse_port_sockets(workers, port, "127.0.0.1")
     procs = []
@@ -272,7 +283,15 @@ def start_relay(upstream: llm_stack.Vllm, workers: int, nice: int) -> tuple[str,
         fd = group[0].fileno()
         procs.append(
             subprocess.Popen(
-                [sys.executable, __file__, "--serve-relay", str(fd), upstream.url, str(nice)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--serve-relay",
+                    str(fd),
+                    upstream.url,
+                    str(nice),
+                    str(delay_ms),
+                ],
                 start_new_session=True,
                 pass_fds=(fd,),
             )
@@ -1139,6 +1158,14 @@ async def run(
         if args.relay_workers:
             url, pids = start_relay(upstream, args.relay_workers, args.nice)
             relay = Target("relay", url, [upstream.key] * args.streams, pids=pids)
+        delayed = None
+        if args.relay_delay_ms:
+            url, pids = start_relay(
+                upstream, args.relay_workers or 1, args.nice, args.relay_delay_ms
+            )
+            delayed = Target(
+                f"relay+{args.relay_delay_ms:g}ms", url, [upstream.key] * args.streams, pids=pids
+            )
         rounds = args.rounds * (args.synthetic_factor if label == "synthetic" else 1)
         async with httpx.AsyncClient(timeout=300, limits=limits) as client:
             # Warm up every path unloaded: token caches, connection pools, model lists.
@@ -1170,7 +1197,7 @@ async def run(
                     # A same-batch round against vLLM spreads by ~10 ms (its engine steps);
                     # 80 of them put the interval within about +-1 ms of the median.
                     mixed_rounds = 2 * rounds if label == "vLLM" else rounds
-                vias = targets[1:] + ([relay] if relay is not None else [])
+                vias = targets[1:] + [t for t in (relay, delayed) if t is not None]
                 mixed_before = {t.name: schedstat(t.pids) for t in vias}
                 mixed = (
                     await run_mixed_rounds(
@@ -1403,6 +1430,14 @@ def main() -> None:
         "gateway's default workers, one per core up to 4; 0: none)",
     )
     parser.add_argument(
+        "--relay-delay-ms",
+        type=float,
+        default=0.0,
+        help="also a relay that holds each request's bytes this long before it forwards "
+        "them, in the same-batch rounds: how much a hop of known latency adds to the first "
+        "token against each upstream (0: none)",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -1411,7 +1446,7 @@ def main() -> None:
         "(e.g. slice1=--GatewayApp.scheduler_slice_ms=1), in the same rounds; repeatable",
     )
     parser.add_argument("--serve-synthetic", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--serve-relay", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-relay", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--ledger-writer", help=argparse.SUPPRESS)
     parser.add_argument("--serve-local-gateway", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -1425,8 +1460,8 @@ def main() -> None:
         asyncio.run(_serve_synthetic(args.serve_synthetic))
         return
     if args.serve_relay:
-        fd, upstream, nice = args.serve_relay
-        asyncio.run(_serve_relay(int(fd), upstream, int(nice)))
+        fd, upstream, nice, delay_ms = args.serve_relay
+        asyncio.run(_serve_relay(int(fd), upstream, int(nice), float(delay_ms)))
         return
     if args.ledger_writer:
         _ledger_writer(args.ledger_writer, 3.0)

@@ -11,15 +11,10 @@ Hub's settings (`CodeyardHub`) are the one place they are decided.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import errno
 import json
 import os
-import platform
 import signal
 import socket
-import struct
-import sys
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -39,6 +34,7 @@ from .handlers import HealthHandler, MetricsHandler, NotFoundHandler, ProxyHandl
 from .metrics import GatewayMetrics
 from .models import ModelCatalog
 from .prefork import Supervisor, reuse_port_sockets
+from .scheduling import RealtimeWorker, set_scheduler_slice
 from .token_cache import TokenCache
 from .upstream import LiteralResolver, UpstreamPool, UpstreamRejected
 
@@ -297,6 +293,43 @@ class GatewayApp(Application):
         (that is `nice`). 0 leaves the kernel's default. Ignored where unsupported.""",
     ).tag(config=True)
 
+    realtime_priority = Int(
+        0,
+        help="""Real-time priority (1..99, `SCHED_RR`) each gateway worker takes once its
+        event loop runs; 0 keeps the normal policy (`nice` and `scheduler_slice_ms`, which
+        also apply where this is refused). A real-time task that wakes up takes a core from
+        any normal task at once, so on cores kept busy by vLLM or workspaces the gateway's
+        wake-ups (about ten per call, two of them before the first token) do not queue. The
+        turn is bounded (codeyard/gateway/scheduling.py): a worker that runs
+        `realtime_cpu_limit_ms` without sleeping is told so by the kernel (`RLIMIT_RTTIME`)
+        and moves to the normal policy for a few seconds; one that cannot even do that is
+        killed by the kernel and started again. The kernel also keeps 5 % of every second
+        for normal tasks (`sched_rt_runtime_us`). Needs CAP_SYS_NICE (root); without it
+        each worker logs a warning and keeps the normal policy.""",
+    ).tag(config=True)
+
+    @validate("realtime_priority")
+    def _realtime_range(self, proposal: dict[str, Any]) -> int:
+        value = int(proposal["value"])
+        if not 0 <= value <= 99:
+            raise TraitError("realtime_priority must be 0 (off) or 1..99")
+        return value
+
+    realtime_cpu_limit_ms = Int(
+        200,
+        help="""With `realtime_priority`: CPU time in ms a worker may use without sleeping
+        before it leaves the real-time policy for a few seconds (`RLIMIT_RTTIME`; the kernel
+        kills it 2 s later if it cannot). A call costs a worker 1-3 ms of CPU and an event
+        loop that keeps up sleeps between calls, so only a saturated or stuck worker reaches
+        it.""",
+    ).tag(config=True)
+
+    @validate("realtime_cpu_limit_ms")
+    def _rt_limit_positive(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] < 1:
+            raise TraitError("realtime_cpu_limit_ms must be >= 1")
+        return int(proposal["value"])
+
     ledger_path = Unicode(
         "",
         help="""File of the per-user accounting (`accounting.TokenLedger`, a table of fixed
@@ -519,9 +552,15 @@ class GatewayApp(Application):
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        realtime = RealtimeWorker(
+            self.realtime_priority, self.realtime_cpu_limit_ms, self.scheduler_slice_ms, self.log
+        )
+        if self.realtime_priority:
+            realtime.enter(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        realtime.leave()  # shutting down is not on any caller's path
         server.stop()
         self.upstream.close()
         self.audit.close()
@@ -536,7 +575,7 @@ class GatewayApp(Application):
         (autogroup, the default on desktop and many server kernels), to its group: there a
         process's niceness only ranks it against its own session, and the Hub starts every
         service in a session of its own. Then ask for `scheduler_slice_ms`; workers inherit
-        both."""
+        both. `realtime_priority` is taken by each worker once its loop runs (`serve`)."""
         if self.nice:
             self._set_nice()
         if self.scheduler_slice_ms > 0:
@@ -580,27 +619,6 @@ class GatewayApp(Application):
             os.getpid(),
         )
         Supervisor(sockets, self._serve_worker, self._worker_gone, self.log).run()
-
-
-# sched_setattr(2) by machine; struct sched_attr (version 1, 56 bytes): size, policy, flags,
-# nice, priority, runtime (the slice of a SCHED_OTHER task, ns), deadline, period, util_min,
-# util_max.
-_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}
-_SCHED_ATTR = struct.Struct("IIQiIQQQII")
-
-
-def set_scheduler_slice(ms: float) -> None:
-    """Ask the scheduler for a run slice of `ms` for the calling thread (inherited by
-    threads and processes it starts), keeping its policy (SCHED_OTHER) and niceness."""
-    number = _SCHED_SETATTR.get(platform.machine())
-    if number is None or sys.platform != "linux":
-        raise OSError(errno.ENOSYS, "sched_setattr is not known on this machine")
-    nice = os.getpriority(os.PRIO_PROCESS, 0)
-    attr = _SCHED_ATTR.pack(_SCHED_ATTR.size, 0, 0, nice, 0, int(ms * 1e6), 0, 0, 0, 0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(number, 0, ctypes.create_string_buffer(attr, len(attr)), 0) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
 
 
 def main(argv: list[str] | None = None) -> None:
