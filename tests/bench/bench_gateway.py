@@ -739,6 +739,24 @@ def audit_overhead(rows: list[dict[str, object]], name: str) -> None:
     )
 
 
+def worker_spread(rows: list[dict[str, object]], name: str, streams: int) -> None:
+    """How the kernel spread each round's `streams` calls over the gateway's workers
+    (SO_REUSEPORT hashes connections, and a round reuses its kept-alive connections): the
+    busier worker's calls per round. A worker serves its calls one after another on the
+    way to vLLM, so an uneven spread lengthens the queue in one of them."""
+    busiest = []
+    for start in range(0, len(rows) - streams + 1, streams):
+        counts: dict[object, int] = {}
+        for row in rows[start : start + streams]:
+            counts[row.get("pid")] = counts.get(row.get("pid"), 0) + 1
+        busiest.append(max(counts.values()))
+    if busiest:
+        print(
+            f"{'':>10} {name:>18} calls on the busier worker per round of {streams}: "
+            f"median {statistics.median(busiest):g}, min {min(busiest)}, max {max(busiest)}"
+        )
+
+
 def engine_split(result: Rounds, direct: str, gateway: str, rng: random.Random) -> None:
     """vLLM's own view of the separate batches: per round, gateway batch minus direct batch
     of its per-request mean time to first token, of the part before the engine scheduled
@@ -1230,6 +1248,14 @@ async def run(
             lines = gw.audit.read_text().splitlines()[rows_to[gw.name] : gw.seen]
             audit_overhead([json.loads(line) for line in lines if line.strip()], "same batch")
             split_same_batch(mixed, rng)
+            for t in targets[1:]:
+                assert t.audit is not None
+                lines = t.audit.read_text().splitlines()[rows_to[t.name] : t.seen]
+                worker_spread(
+                    [json.loads(line) for line in lines if line.strip()],
+                    f"{t.name}, same batch",
+                    args.streams,
+                )
             for via in vias:
                 print_schedstat(
                     f"{via.name}, same batch",

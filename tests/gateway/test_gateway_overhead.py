@@ -188,6 +188,32 @@ def test_a_revoked_token_stops_working_once_its_cache_entry_ages_out(llm: Any, h
     assert "not valid" in r.json()["error"]["message"]
 
 
+def test_a_token_answer_used_past_half_its_age_is_renewed_ahead(llm: Any, hub: Any) -> None:
+    """Real Hub, one worker (one kept-alive connection). The cache keeps answers 1 s; a
+    call that finds one past 0.5 s is served from it and renews it in the background: the
+    renewal learns of the revocation, so the token is refused before the first answer's
+    1 s are up. Without renewal ahead it would keep working until then."""
+    tuned = hub.gateways["codeyard-llm-tuned"].url
+    hub.user_token("frank", [SCOPE])  # creates the user
+    made = hub.api("POST", "users/frank/tokens", {"note": "renew-me", "scopes": [SCOPE]})
+    headers = {"Authorization": f"Bearer {made['token']}"}
+    with requests.Session() as session:
+        first = time.monotonic()  # before the Hub's answer was taken: it expires after +1 s
+        assert session.get(f"{tuned}/v1/models", headers=headers, timeout=30).status_code == 200
+        hub.api("DELETE", f"users/frank/tokens/{made['id']}")
+        time.sleep(max(0.0, first + 0.55 - time.monotonic()))
+        # Past half its age: served from the cache, renewed in the background.
+        assert session.get(f"{tuned}/v1/models", headers=headers, timeout=30).status_code == 200
+        refused_at = None
+        while time.monotonic() < first + 0.95:
+            r = session.get(f"{tuned}/v1/models", headers=headers, timeout=30)
+            if r.status_code == 401:
+                refused_at = time.monotonic() - first
+                break
+            time.sleep(0.02)
+    assert refused_at is not None, "the token still worked 0.95 s after the Hub's answer"
+
+
 def test_a_caller_that_goes_away_stops_the_upstream_call(
     gateway: str, token: str, audit_rows: Any
 ) -> None:
