@@ -739,6 +739,13 @@ def audit_overhead(rows: list[dict[str, object]], name: str) -> None:
     )
 
 
+def audit_rows(target: Target, start: int, end: int) -> list[dict[str, object]]:
+    """The audit rows `start:end` of a gateway target."""
+    assert target.audit is not None
+    lines = target.audit.read_text().splitlines()[start:end]
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 def worker_spread(rows: list[dict[str, object]], name: str, streams: int) -> None:
     """How the kernel spread each round's `streams` calls over the gateway's workers
     (SO_REUSEPORT hashes connections, and a round reuses its kept-alive connections): the
@@ -1237,25 +1244,15 @@ async def run(
                     mixed, f"{label}+busy, same batch", paired_with(via.name), [via.name], rng
                 )
         for t in targets[1:]:
-            assert t.audit is not None
-            lines = t.audit.read_text().splitlines()[rows_from[t.name] : rows_to[t.name]]
-            audit_overhead([json.loads(line) for line in lines if line.strip()], t.name)
+            audit_overhead(audit_rows(t, rows_from[t.name], rows_to[t.name]), t.name)
             print_schedstat(t.name, before[t.name], after[t.name], result.calls(t.name))
             engine_split(result, "direct", t.name, rng)
         if mixed is not None:
-            gw = targets[1]
-            assert gw.audit is not None
-            lines = gw.audit.read_text().splitlines()[rows_to[gw.name] : gw.seen]
-            audit_overhead([json.loads(line) for line in lines if line.strip()], "same batch")
+            mixed_rows = {t.name: audit_rows(t, rows_to[t.name], t.seen) for t in targets[1:]}
+            audit_overhead(mixed_rows[targets[1].name], "same batch")
             split_same_batch(mixed, rng)
-            for t in targets[1:]:
-                assert t.audit is not None
-                lines = t.audit.read_text().splitlines()[rows_to[t.name] : t.seen]
-                worker_spread(
-                    [json.loads(line) for line in lines if line.strip()],
-                    f"{t.name}, same batch",
-                    args.streams,
-                )
+            for name, rows in mixed_rows.items():
+                worker_spread(rows, f"{name}, same batch", args.streams)
             for via in vias:
                 print_schedstat(
                     f"{via.name}, same batch",
