@@ -38,6 +38,10 @@ LOGFILE="$STATE/dockerd.log"
 if [ -s "$PIDFILE" ] && [ "$(cat "/proc/$(cat "$PIDFILE")/comm" 2>/dev/null)" = dockerd ]; then
     log "dockerd (pid $(cat "$PIDFILE")) from an earlier run is alive; waiting for it."
 else
+    # Pid files left by an engine that was killed outright: with a reused pid in
+    # containerd's, the new dockerd would wait for a containerd that is not there.
+    "$(dirname "$0")/clear-stale-pidfiles.sh" \
+        /var/run/docker.pid:dockerd /var/run/docker/containerd/containerd.pid:containerd
     log "Starting dockerd (log: $LOGFILE)..."
     # Own session: a Ctrl-C in the caller's terminal doesn't reach it; stop it by PID.
     setsid nohup dockerd >>"$LOGFILE" 2>&1 &
