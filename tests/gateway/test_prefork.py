@@ -311,6 +311,36 @@ def test_metrics_add_up_every_worker_under_a_fixed_series_set(forked_hub: JsonAp
         )
 
 
+def test_one_workers_token_answer_serves_the_other(forked_hub: JsonApiHub) -> None:
+    """The Hub is asked about a new token once, not once per worker (`SharedAnswers`):
+    the workers' lookups, counted in the summed metrics, grow by one while both workers
+    serve the token on fresh connections."""
+    url = base(forked_hub, CONC)
+    lookups = "codeyard_llm_hub_token_lookups_total"
+    token = forked_hub.user_token("grace", [SCOPE])
+    # The scrapes' own token: its answer is taken (or renewed ahead, counted when the
+    # renewal starts, after that page was made) by a first scrape, and fresh for the rest.
+    scrape(url, forked_hub)
+    time.sleep(0.5)
+    before = scrape(url, forked_hub).text
+
+    def models() -> requests.Response:
+        r = requests.get(
+            f"{url}/v1/models",
+            headers={"Authorization": f"Bearer {token}", "Connection": "close"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        return r
+
+    started = time.monotonic()
+    probe_both_workers(models)
+    after = scrape(url, forked_hub).text
+    assert time.monotonic() - started < 14, "too slow to rule out a renewal ahead (15 s)"
+    assert metric(after, lookups, when="on_call") == metric(before, lookups, when="on_call") + 1
+    assert metric(after, lookups, when="ahead") == metric(before, lookups, when="ahead")
+
+
 def test_the_audit_is_one_valid_chain_written_by_both_workers(forked_hub: JsonApiHub) -> None:
     url = base(forked_hub, CONC)
     token = forked_hub.user_token("frank", [SCOPE])

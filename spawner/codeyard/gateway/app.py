@@ -35,7 +35,7 @@ from .metrics import GatewayMetrics
 from .models import ModelCatalog
 from .prefork import Supervisor, reuse_port_sockets
 from .scheduling import RealtimeWorker, set_scheduler_slice
-from .token_cache import TokenCache
+from .token_cache import SharedAnswers, TokenCache
 from .upstream import LiteralResolver, UpstreamPool, UpstreamRejected
 
 SCOPE = "custom:codeyard-llm"
@@ -405,6 +405,18 @@ class GatewayApp(Application):
     def shared_metrics_dir(self) -> Path:
         return Path(self.metrics_dir) if self.metrics_dir else self._beside_audit_log("-metrics")
 
+    @property
+    def shared_answers_path(self) -> Path:
+        """The token answers the workers share (`token_cache.SharedAnswers`)."""
+        return self._beside_audit_log("-token-answers")
+
+    def open_shared_answers(self) -> SharedAnswers | None:
+        if self.token_cache_seconds <= 0:
+            return None
+        path = self.shared_answers_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SharedAnswers(path)
+
     def open_ledger(self) -> TokenLedger:
         path = self.shared_ledger_path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -427,7 +439,14 @@ class GatewayApp(Application):
         )
         self.upstream = self.make_upstream()
         self.models = ModelCatalog(self.allowed_models, self.fetch_served_models)
-        self.tokens = TokenCache(self._ask_hub, self._may_call, self.token_cache_seconds)
+        self.shared_answers = self.open_shared_answers()
+        self.tokens = TokenCache(
+            self._ask_hub,
+            self._may_call,
+            self.token_cache_seconds,
+            shared=self.shared_answers,
+            on_lookup=lambda when: self.metrics.hub_lookups.labels(when).inc(),
+        )
         # The Hub lookups go through tornado's default client: answer IP literals (the
         # usual Hub API address) without its resolver's thread-pool hop.
         AsyncHTTPClient.configure(None, resolver=LiteralResolver())
@@ -442,7 +461,11 @@ class GatewayApp(Application):
 
     def reset_shared_state(self) -> None:
         """Before any process serves: end reservations a previous run left open (charged in
-        full, as a call cut short) and forget its metric values."""
+        full, as a call cut short), forget its token answers and its metric values."""
+        answers = self.open_shared_answers()
+        if answers is not None:
+            answers.clear()
+            answers.close()
         ledger = self.open_ledger()
         try:
             left = ledger.close_all_open()
@@ -565,6 +588,8 @@ class GatewayApp(Application):
         self.upstream.close()
         self.audit.close()
         self.ledger.close()
+        if self.shared_answers is not None:
+            self.shared_answers.close()
 
     def _serve_worker(self, index: int, sockets: list[socket.socket]) -> None:
         self.setup_worker(index, shared_metrics=True)

@@ -165,6 +165,15 @@ class GatewayMetrics:
             "lookups on `models`).",
             ["route"],
         )
+        self.hub_lookups = counter(
+            "codeyard_llm_hub_token_lookups",
+            "Token lookups the gateway made at the Hub, by when: 'on_call' a call waited for "
+            "it (no fresh answer held by any worker), 'ahead' it renewed an answer in the "
+            "background (GatewayApp.token_cache_seconds).",
+            ["when"],
+        )
+        for when in ("on_call", "ahead"):  # both series exist from the start
+            self.hub_lookups.labels(when)
         self.in_flight = Labelled(
             Gauge(
                 "codeyard_llm_in_flight",
