@@ -231,9 +231,13 @@ def test_a_container_killed_behind_the_hubs_back_gets_one_died_stop(
     assert [r["action"] for r in records] == ["workspace.start", "workspace.stop"], records
     stop = records[1]
     assert stop["reason"] == "died"
-    # Its hours end where a poll last saw it running: before the kill, within a poll.
-    assert started <= stop["last_seen"] <= killed <= stop["ts"]
-    assert stop["last_seen"] >= killed - POLL * 1.1 - 2
+    # Its hours end where it was last seen running: before the kill, within a poll. On a
+    # slow engine the first poll may be answered only after the kill; then its last
+    # sighting is its start's own, a moment before the Hub's start record (and the usage
+    # page ends the run at its start: test_usage_runs.py).
+    assert stop["last_seen"] <= killed <= stop["ts"]
+    seen_by_a_poll = stop["last_seen"] >= killed - POLL * 1.1 - 2
+    assert seen_by_a_poll or abs(stop["last_seen"] - started) < 5, (stop, started, killed)
 
     # A normal stop of the other workspace is the Hub's own record, not a death.
     r = alice["browser"].api("DELETE", f"/users/{user}/servers/{WS}")

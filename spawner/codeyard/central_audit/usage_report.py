@@ -121,7 +121,7 @@ def compute_usage(
     )
     if user is not None:
         query = query.where(Record.owner == user)
-    spans: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
+    spans: dict[tuple[str, str], list[tuple[float, float, str]]] = defaultdict(list)
     with store.sessions() as db:
         for owner, action, ts, body in db.execute(query.execution_options(yield_per=1000)):
             if action in SPAWN_ACTIONS:
@@ -130,7 +130,7 @@ def compute_usage(
                 # Hub noticed (`spawn_events.record_died`).
                 end = record.get("last_seen") if action == "workspace.stop" else None
                 at = min(ts, float(end)) if isinstance(end, int | float) else ts
-                spans[(owner, str(record.get("workspace") or ""))].append((at, action))
+                spans[(owner, str(record.get("workspace") or ""))].append((ts, at, action))
                 continue
             if ts < since:
                 continue
@@ -146,14 +146,29 @@ def compute_usage(
             usage.tokens_in += int(record.get("prompt_tokens") or 0)
             usage.tokens_out += int(record.get("completion_tokens") or 0)
     for (owner, _workspace), events in spans.items():
-        events.sort()
-        for n, (ts, action) in enumerate(events):
-            if action != "workspace.start":
-                continue
-            end = events[n + 1][0] if n + 1 < len(events) else min(now, until)
-            for day, seconds in _split_by_day(max(ts, since), min(end, until)):
+        for start, end in runs(events, min(now, until)):
+            for day, seconds in _split_by_day(max(start, since), min(end, until)):
                 out[(day, owner)].workspace_seconds += seconds
     return dict(out)
+
+
+def runs(events: list[tuple[float, float, str]], open_end: float) -> Iterable[tuple[float, float]]:
+    """(start, end) of each run of one workspace, from its start and stop records as
+    (ts, at, action): `ts` when the Hub recorded it, `at` where a stop ends the run (for a
+    workspace that died, when it was last seen running). A run with no stop after it lasts
+    until `open_end`.
+
+    The records are taken in the Hub's order (`ts`), not by `at`: a workspace that died
+    before any poll saw it running was last seen by its own start, a moment before the Hub
+    recorded that start, and ordered by `at` its stop would come first and the run would
+    count on for ever. Its end is kept no earlier than its start.
+    """
+    ordered = sorted(events)
+    for n, (_ts, start, action) in enumerate(ordered):
+        if action != "workspace.start":
+            continue
+        end = ordered[n + 1][1] if n + 1 < len(ordered) else open_end
+        yield start, max(start, end)
 
 
 def by_group(
