@@ -42,6 +42,7 @@ SCOPE = "custom:codeyard-llm"
 PID = "X-Codeyard-Gateway-Pid"
 CONC = "codeyard-llm-forked"
 QUOTA = "codeyard-llm-forked-quota"
+WARM = "codeyard-llm-forked-warm"
 LIMIT = 2
 BUDGET = 10_000
 CAP = 2000
@@ -73,6 +74,9 @@ MODULE_GATEWAYS = {
         f"--GatewayApp.tokens_per_minute_per_user={BUDGET}",
         f"--GatewayApp.max_tokens_cap={CAP}",
     ],
+    # Token answers kept 3 s (swept every 0.5 s, renewed from 1.5 s): a token can come
+    # back after its answers' age within a test.
+    WARM: ["--GatewayApp.processes=2", "--GatewayApp.token_cache_seconds=3"],
 }
 
 
@@ -339,6 +343,35 @@ def test_one_workers_token_answer_serves_the_other(forked_hub: JsonApiHub) -> No
     assert time.monotonic() - started < 14, "too slow to rule out a renewal ahead (15 s)"
     assert metric(after, lookups, when="on_call") == metric(before, lookups, when="on_call") + 1
     assert metric(after, lookups, when="ahead") == metric(before, lookups, when="ahead")
+
+
+def test_a_token_back_after_its_answers_age_finds_it_kept_warm(forked_hub: JsonApiHub) -> None:
+    """A token used within the last `token_keep_warm_seconds` (60 s) has its answer renewed
+    in the background by the worker that served it, and the other worker takes it from the
+    shared answers: calls after the answers' age (3 s here), on fresh connections to both
+    workers, do not wait for the Hub. Without keeping warm each would (a 401-free call that
+    waited is counted under `on_call`)."""
+    url = base(forked_hub, WARM)
+    lookups = "codeyard_llm_hub_token_lookups_total"
+    token = forked_hub.user_token("heidi", [SCOPE])
+
+    def models() -> requests.Response:
+        r = requests.get(
+            f"{url}/v1/models",
+            headers={"Authorization": f"Bearer {token}", "Connection": "close"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        return r
+
+    models()
+    early = scrape(url, forked_hub).text
+    time.sleep(4)  # past the answers' 3 s
+    before = scrape(url, forked_hub).text  # the scrapes' own token is kept warm too
+    assert metric(before, lookups, when="ahead") > metric(early, lookups, when="ahead")
+    probe_both_workers(models)
+    after = scrape(url, forked_hub).text
+    assert metric(after, lookups, when="on_call") == metric(before, lookups, when="on_call")
 
 
 def test_the_audit_is_one_valid_chain_written_by_both_workers(forked_hub: JsonApiHub) -> None:

@@ -155,3 +155,68 @@ def test_without_a_cache_no_answers_are_shared(tmp_path: Path) -> None:
     app.token_cache_seconds = 30
     shared = app.open_shared_answers()
     assert shared is not None and shared.path == tmp_path / "audit-token-answers"
+
+
+def test_recently_used_tokens_are_kept_warm_without_a_call(tmp_path: Path) -> None:
+    """`sweep` renews the answers of valid tokens used within `keep_warm`; a user who comes
+    back 45 s later finds a fresh answer instead of waiting for the Hub. Another worker's
+    sweep takes the renewal from the shared answers instead of asking again."""
+    now = [0.0]
+    valid = {"t": True, "bad": False}
+    asked: list[tuple[str, float, str]] = []
+    path = tmp_path / "answers"
+
+    def worker(name: str) -> TokenCache:
+        async def hub_lookup(token: str) -> dict[str, Any] | None:
+            asked.append((name, now[0], token))
+            return {"name": "u", "scopes": [SCOPE]} if valid[token] else None
+
+        return TokenCache(
+            hub_lookup, lambda u: True, max_age=30, clock=lambda: now[0],
+            shared=SharedAnswers(path), keep_warm=60,
+        )  # fmt: skip
+
+    a, b = worker("a"), worker("b")
+
+    async def settle() -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    async def call(cache: TokenCache, t: float, token: str = "t") -> TokenAnswer:
+        now[0] = t
+        answer = await cache.answer(token)
+        await settle()
+        return answer
+
+    async def sweep(cache: TokenCache, t: float) -> int:
+        now[0] = t
+        started = cache.sweep()
+        await settle()
+        return started
+
+    async def scenario() -> None:
+        await call(a, 0)
+        await call(b, 1)  # from the shared answer
+        assert (await call(a, 2, "bad")).user is None  # invalid: never kept warm
+        assert asked == [("a", 0, "t"), ("a", 2, "bad")]
+        assert await sweep(a, 10) == 0  # 10 s old: nothing to do
+        assert await sweep(a, 16) == 1 and asked[-1] == ("a", 16, "t")
+        assert await sweep(b, 17) == 0 and len(asked) == 3  # b takes a's renewal
+        # Back after 45 s: served at once from the kept answer (29 s old), renewed ahead.
+        answer = await call(b, 45)
+        assert answer.at == 16 and asked[-1] == ("b", 45, "t")
+        # Unused from here: kept warm until 60 s after its last call in a worker (a: 0,
+        # b: 45), then forgotten.
+        for t in (61, 77, 93, 104):
+            await sweep(a, t)
+            await sweep(b, t + 0.5)
+        assert asked[4:] == [("b", 61.5, "t"), ("b", 77.5, "t"), ("b", 93.5, "t")]
+        assert await sweep(a, 110) == 0 and await sweep(b, 110) == 0
+        # Revoked while kept warm: the renewal learns it, and the next sweep stops there.
+        await call(a, 200)
+        valid["t"] = False
+        await sweep(a, 216)
+        assert (await call(b, 217)).user is None
+        assert await sweep(a, 232) == 0
+
+    asyncio.run(scenario())

@@ -158,8 +158,20 @@ class GatewayApp(Application):
         every call.""",
     ).tag(config=True)
 
+    token_keep_warm_seconds = Int(
+        60,
+        help="""Seconds after a valid token's last call during which its answer is renewed
+        ahead in the background (every `token_cache_seconds`/6, once it is past half its
+        age), so that the user's next call within that time finds a fresh answer instead of
+        waiting for the Hub. Costs at most one Hub lookup per `token_cache_seconds`/2 per
+        such token, shared by the workers. The revocation bound is unchanged: every answer
+        is still the Hub's, used no longer than `token_cache_seconds`. 0: answers are
+        renewed only when a call finds them past half their age.""",
+    ).tag(config=True)
+
     @validate(
         "token_cache_seconds",
+        "token_keep_warm_seconds",
         "upstream_keepalive_seconds",
         "upstream_warm_seconds",
         "max_idle_upstream_connections",
@@ -446,6 +458,7 @@ class GatewayApp(Application):
             self.token_cache_seconds,
             shared=self.shared_answers,
             on_lookup=lambda when: self.metrics.hub_lookups.labels(when).inc(),
+            keep_warm=self.token_keep_warm_seconds,
         )
         # The Hub lookups go through tornado's default client: answer IP literals (the
         # usual Hub API address) without its resolver's thread-pool hop.
@@ -582,14 +595,21 @@ class GatewayApp(Application):
             realtime.enter(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        keep_warm = asyncio.ensure_future(self.tokens.keep_warm_loop())
+        keep_warm.add_done_callback(self._keep_warm_ended)
         await stop.wait()
         realtime.leave()  # shutting down is not on any caller's path
+        keep_warm.cancel()
         server.stop()
         self.upstream.close()
         self.audit.close()
         self.ledger.close()
         if self.shared_answers is not None:
             self.shared_answers.close()
+
+    def _keep_warm_ended(self, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("token answers are no longer kept warm", exc_info=task.exception())
 
     def _serve_worker(self, index: int, sockets: list[socket.socket]) -> None:
         self.setup_worker(index, shared_metrics=True)

@@ -156,17 +156,25 @@ class TokenCache:
         clock: Callable[[], float] = time.monotonic,
         shared: SharedAnswers | None = None,
         on_lookup: Callable[[str], None] | None = None,
+        keep_warm: float = 0.0,
     ) -> None:
         """`on_lookup(when)` is told of every Hub lookup: `when` is "on_call" when a call
-        waits for it, "ahead" when it renews an answer in the background."""
+        waits for it, "ahead" when it renews an answer in the background. `keep_warm`:
+        seconds after its last call during which a valid token's answer is renewed ahead
+        without waiting for a call (`sweep`); 0 renews only when a call finds it aged."""
         self._lookup = lookup
         self._allowed = allowed
         self.max_age = max_age
         self._clock = clock
         self._shared = shared
         self._on_lookup = on_lookup
+        self.keep_warm = keep_warm
         self._answers: dict[bytes, TokenAnswer] = {}
         self._pending: dict[bytes, asyncio.Task[TokenAnswer]] = {}
+        # Valid tokens this process served within `keep_warm`: the token (to ask the Hub
+        # again; in this process's memory only, as HubAuth's own cache keeps them) and
+        # when it was last used.
+        self._recent: dict[bytes, tuple[str, float]] = {}
         self._last_purge = clock()
         self.lookups = 0  # calls made to the Hub, for tests and the benchmark
 
@@ -186,16 +194,60 @@ class TokenCache:
             if other is not None and other.at <= now and (held is None or other.at > held.at):
                 held = self._answers[key] = other
         if held is not None and now - held.at < self.max_age:
-            if now - held.at >= self._renew_at and key not in self._pending:
-                task = asyncio.ensure_future(self._renew(key, token, "ahead"))
-                task.add_done_callback(_retrieve)
-                self._pending[key] = task
+            if now - held.at >= self._renew_at:
+                self._renew_ahead(key, token)
+            if held.user and self.keep_warm > 0:
+                self._recent[key] = (token, now)
             return held
         pending = self._pending.get(key)
         if pending is None:
             pending = asyncio.ensure_future(self._renew(key, token, "on_call"))
             self._pending[key] = pending
-        return await asyncio.shield(pending)
+        fresh = await asyncio.shield(pending)
+        if fresh.user and self.keep_warm > 0:
+            self._recent[key] = (token, now)
+        return fresh
+
+    def _renew_ahead(self, key: bytes, token: str) -> None:
+        if key not in self._pending:
+            task = asyncio.ensure_future(self._renew(key, token, "ahead"))
+            task.add_done_callback(_retrieve)
+            self._pending[key] = task
+
+    def sweep(self) -> int:
+        """Renew ahead, in the background, the answers of valid tokens used within
+        `keep_warm` that are past `REFRESH_AFTER` of their age, unless another worker
+        already did (the shared answers); forget tokens not used for longer. Returns how
+        many renewals it started. A user who calls again a minute later so finds a fresh
+        answer instead of waiting for the Hub; every answer is still a Hub answer no older
+        than `max_age`, so revocation is bounded as before."""
+        now = self._clock()
+        started = 0
+        for key, (token, used) in list(self._recent.items()):
+            if now - used > self.keep_warm:
+                del self._recent[key]
+                continue
+            held = self._answers.get(key)
+            if held is None or key in self._pending or now - held.at < self._renew_at:
+                continue
+            if self._shared is not None:
+                other = self._shared.get(key)
+                if other is not None and held.at < other.at <= now:
+                    held = self._answers[key] = other
+                    if now - held.at < self._renew_at:
+                        continue
+            if held.user:
+                self._renew_ahead(key, token)
+                started += 1
+        return started
+
+    async def keep_warm_loop(self) -> None:
+        """`sweep` every sixth of `max_age` (5 s by default), until cancelled."""
+        if self.keep_warm <= 0 or self.max_age <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.max_age / 6)
+            self.sweep()
 
     async def _ask(self, token: str, when: str) -> TokenAnswer:
         at = self._clock()
