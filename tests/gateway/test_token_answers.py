@@ -162,17 +162,18 @@ def test_recently_used_tokens_are_kept_warm_without_a_call(tmp_path: Path) -> No
     back 45 s later finds a fresh answer instead of waiting for the Hub. Another worker's
     sweep takes the renewal from the shared answers instead of asking again."""
     now = [0.0]
-    valid = {"t": True, "bad": False}
+    valid = {"t": True, "bad": False, "noscope": True}
     asked: list[tuple[str, float, str]] = []
     path = tmp_path / "answers"
 
     def worker(name: str) -> TokenCache:
         async def hub_lookup(token: str) -> dict[str, Any] | None:
             asked.append((name, now[0], token))
-            return {"name": "u", "scopes": [SCOPE]} if valid[token] else None
+            scopes = [] if token == "noscope" else [SCOPE]
+            return {"name": "u", "scopes": scopes} if valid[token] else None
 
         return TokenCache(
-            hub_lookup, lambda u: True, max_age=30, clock=lambda: now[0],
+            hub_lookup, lambda u: SCOPE in u["scopes"], max_age=30, clock=lambda: now[0],
             shared=SharedAnswers(path), keep_warm=60,
         )  # fmt: skip
 
@@ -198,10 +199,11 @@ def test_recently_used_tokens_are_kept_warm_without_a_call(tmp_path: Path) -> No
         await call(a, 0)
         await call(b, 1)  # from the shared answer
         assert (await call(a, 2, "bad")).user is None  # invalid: never kept warm
-        assert asked == [("a", 0, "t"), ("a", 2, "bad")]
+        assert not (await call(a, 3, "noscope")).allowed  # nor one without the scope
+        assert asked == [("a", 0, "t"), ("a", 2, "bad"), ("a", 3, "noscope")]
         assert await sweep(a, 10) == 0  # 10 s old: nothing to do
         assert await sweep(a, 16) == 1 and asked[-1] == ("a", 16, "t")
-        assert await sweep(b, 17) == 0 and len(asked) == 3  # b takes a's renewal
+        assert await sweep(b, 17) == 0 and len(asked) == 4  # b takes a's renewal
         # Back after 45 s: served at once from the kept answer (29 s old), renewed ahead.
         answer = await call(b, 45)
         assert answer.at == 16 and asked[-1] == ("b", 45, "t")
@@ -210,7 +212,7 @@ def test_recently_used_tokens_are_kept_warm_without_a_call(tmp_path: Path) -> No
         for t in (61, 77, 93, 104):
             await sweep(a, t)
             await sweep(b, t + 0.5)
-        assert asked[4:] == [("b", 61.5, "t"), ("b", 77.5, "t"), ("b", 93.5, "t")]
+        assert asked[5:] == [("b", 61.5, "t"), ("b", 77.5, "t"), ("b", 93.5, "t")]
         assert await sweep(a, 110) == 0 and await sweep(b, 110) == 0
         # Revoked while kept warm: the renewal learns it, and the next sweep stops there.
         await call(a, 200)

@@ -160,13 +160,14 @@ class GatewayApp(Application):
 
     token_keep_warm_seconds = Int(
         60,
-        help="""Seconds after a valid token's last call during which its answer is renewed
-        ahead in the background (every `token_cache_seconds`/6, once it is past half its
-        age), so that the user's next call within that time finds a fresh answer instead of
-        waiting for the Hub. Costs at most one Hub lookup per `token_cache_seconds`/2 per
-        such token, shared by the workers. The revocation bound is unchanged: every answer
-        is still the Hub's, used no longer than `token_cache_seconds`. 0: answers are
-        renewed only when a call finds them past half their age.""",
+        help="""Seconds after the last call of a token that may use the model during which
+        its answer is renewed ahead in the background (every `token_cache_seconds`/6, once
+        it is past half its age), so that the user's next call within that time finds a
+        fresh answer instead of waiting for the Hub. Costs at most one Hub lookup per
+        `token_cache_seconds`/2 per such token, shared by the workers. The revocation bound
+        is unchanged: every answer is still the Hub's, used no longer than
+        `token_cache_seconds`. 0: answers are renewed only when a call finds them past half
+        their age.""",
     ).tag(config=True)
 
     @validate(

@@ -26,9 +26,9 @@ one worker's answer or renewal serves the others, and a revocation one worker le
 reaches every worker at once.
 
 Renewal on use still leaves the first call after a pause longer than `max_age` waiting for
-the Hub. So the answers of valid tokens used within `keep_warm` seconds (60 s by default,
-`GatewayApp.token_keep_warm_seconds`) are renewed ahead by a sweep every sixth of
-`max_age`, without a call (`TokenCache.sweep`). In the benchmark's rounds (a token every
+the Hub. So the answers of tokens that may use the model, used within `keep_warm` seconds
+(60 s by default, `GatewayApp.token_keep_warm_seconds`), are renewed ahead by a sweep every
+sixth of `max_age`, without a call (`TokenCache.sweep`). In the benchmark's rounds (a token every
 7-40 s) that took the calls that waited for the Hub from 129 of 384 to 1, for about 1.6
 background lookups per call. Every answer is still the Hub's and none is used past
 `max_age`: the revocation bound does not move.
@@ -168,7 +168,7 @@ class TokenCache:
     ) -> None:
         """`on_lookup(when)` is told of every Hub lookup: `when` is "on_call" when a call
         waits for it, "ahead" when it renews an answer in the background. `keep_warm`:
-        seconds after its last call during which a valid token's answer is renewed ahead
+        seconds after its last call during which an allowed token's answer is renewed ahead
         without waiting for a call (`sweep`); 0 renews only when a call finds it aged."""
         self._lookup = lookup
         self._allowed = allowed
@@ -179,9 +179,10 @@ class TokenCache:
         self.keep_warm = keep_warm
         self._answers: dict[bytes, TokenAnswer] = {}
         self._pending: dict[bytes, asyncio.Task[TokenAnswer]] = {}
-        # Valid tokens this process served within `keep_warm`: the token (to ask the Hub
-        # again; in this process's memory only, as HubAuth's own cache keeps them) and
-        # when it was last used.
+        # Tokens that may use the model, served by this process within `keep_warm`: the
+        # token (to ask the Hub again; in this process's memory only, as HubAuth's own
+        # cache keeps them) and when it was last used. Invalid tokens and tokens without
+        # the scope are never kept warm: calling with them costs the caller, not the Hub.
         self._recent: dict[bytes, tuple[str, float]] = {}
         self._last_purge = clock()
         self.lookups = 0  # calls made to the Hub, for tests and the benchmark
@@ -204,7 +205,7 @@ class TokenCache:
         if held is not None and now - held.at < self.max_age:
             if now - held.at >= self._renew_at:
                 self._renew_ahead(key, token)
-            if held.user and self.keep_warm > 0:
+            if held.allowed and self.keep_warm > 0:
                 self._recent[key] = (token, now)
             return held
         pending = self._pending.get(key)
@@ -212,7 +213,7 @@ class TokenCache:
             pending = asyncio.ensure_future(self._renew(key, token, "on_call"))
             self._pending[key] = pending
         fresh = await asyncio.shield(pending)
-        if fresh.user and self.keep_warm > 0:
+        if fresh.allowed and self.keep_warm > 0:
             self._recent[key] = (token, now)
         return fresh
 
@@ -223,7 +224,7 @@ class TokenCache:
             self._pending[key] = task
 
     def sweep(self) -> int:
-        """Renew ahead, in the background, the answers of valid tokens used within
+        """Renew ahead, in the background, the answers of allowed tokens used within
         `keep_warm` that are past `REFRESH_AFTER` of their age, unless another worker
         already did (the shared answers); forget tokens not used for longer. Returns how
         many renewals it started. A user who calls again a minute later so finds a fresh
@@ -244,7 +245,7 @@ class TokenCache:
                     held = self._answers[key] = other
                     if now - held.at < self._renew_at:
                         continue
-            if held.user:
+            if held.allowed:
                 self._renew_ahead(key, token)
                 started += 1
         return started
