@@ -147,6 +147,17 @@ def wait_rows(hub: JsonApiHub, name: str, user: str, n: int) -> list[dict[str, A
     raise AssertionError(f"{user}: fewer than {n} audit rows")
 
 
+def models(url: str, token: str) -> requests.Response:
+    """`GET /v1/models` on a connection of its own; must succeed."""
+    r = requests.get(
+        f"{url}/v1/models",
+        headers={"Authorization": f"Bearer {token}", "Connection": "close"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return r
+
+
 def probe_both_workers(
     send: Callable[[], requests.Response], tries: int = 40
 ) -> dict[int, requests.Response]:
@@ -328,21 +339,11 @@ def test_one_workers_token_answer_serves_the_other(forked_hub: JsonApiHub) -> No
     time.sleep(0.5)
     before = scrape(url, forked_hub).text
 
-    def models() -> requests.Response:
-        r = requests.get(
-            f"{url}/v1/models",
-            headers={"Authorization": f"Bearer {token}", "Connection": "close"},
-            timeout=30,
-        )
-        assert r.status_code == 200, r.text
-        return r
-
-    started = time.monotonic()
-    probe_both_workers(models)
+    probe_both_workers(lambda: models(url, token))
     after = scrape(url, forked_hub).text
-    assert time.monotonic() - started < 14, "too slow to rule out a renewal ahead (15 s)"
+    # Background renewals (of this or earlier tests' tokens, kept warm) may run meanwhile;
+    # a call waits only for this token's first lookup.
     assert metric(after, lookups, when="on_call") == metric(before, lookups, when="on_call") + 1
-    assert metric(after, lookups, when="ahead") == metric(before, lookups, when="ahead")
 
 
 def test_a_token_back_after_its_answers_age_finds_it_kept_warm(forked_hub: JsonApiHub) -> None:
@@ -355,21 +356,12 @@ def test_a_token_back_after_its_answers_age_finds_it_kept_warm(forked_hub: JsonA
     lookups = "codeyard_llm_hub_token_lookups_total"
     token = forked_hub.user_token("heidi", [SCOPE])
 
-    def models() -> requests.Response:
-        r = requests.get(
-            f"{url}/v1/models",
-            headers={"Authorization": f"Bearer {token}", "Connection": "close"},
-            timeout=30,
-        )
-        assert r.status_code == 200, r.text
-        return r
-
-    models()
+    models(url, token)
     early = scrape(url, forked_hub).text
     time.sleep(4)  # past the answers' 3 s
     before = scrape(url, forked_hub).text  # the scrapes' own token is kept warm too
     assert metric(before, lookups, when="ahead") > metric(early, lookups, when="ahead")
-    probe_both_workers(models)
+    probe_both_workers(lambda: models(url, token))
     after = scrape(url, forked_hub).text
     assert metric(after, lookups, when="on_call") == metric(before, lookups, when="on_call")
 
