@@ -197,11 +197,8 @@ class TokenCache:
         key = hashlib.sha256(token.encode("utf-8", "replace")).digest()
         now = self._clock()
         held = self._answers.get(key)
-        if self._shared is not None and (held is None or now - held.at >= self._renew_at):
-            # Another worker may have asked (or renewed) since this one did.
-            other = self._shared.get(key)
-            if other is not None and other.at <= now and (held is None or other.at > held.at):
-                held = self._answers[key] = other
+        if held is None or now - held.at >= self._renew_at:
+            held = self._take_shared(key, held, now)
         if held is not None and now - held.at < self.max_age:
             if now - held.at >= self._renew_at:
                 self._renew_ahead(key, token)
@@ -216,6 +213,14 @@ class TokenCache:
         if fresh.allowed and self.keep_warm > 0:
             self._recent[key] = (token, now)
         return fresh
+
+    def _take_shared(self, key: bytes, held: TokenAnswer | None, now: float) -> TokenAnswer | None:
+        """`held`, or the shared answer if another worker asked (or renewed) since."""
+        other = self._shared.get(key) if self._shared is not None else None
+        if other is not None and other.at <= now and (held is None or other.at > held.at):
+            self._answers[key] = other
+            return other
+        return held
 
     def _renew_ahead(self, key: bytes, token: str) -> None:
         if key not in self._pending:
@@ -239,13 +244,8 @@ class TokenCache:
             held = self._answers.get(key)
             if held is None or key in self._pending or now - held.at < self._renew_at:
                 continue
-            if self._shared is not None:
-                other = self._shared.get(key)
-                if other is not None and held.at < other.at <= now:
-                    held = self._answers[key] = other
-                    if now - held.at < self._renew_at:
-                        continue
-            if held.allowed:
+            held = self._take_shared(key, held, now)
+            if held is not None and now - held.at >= self._renew_at and held.allowed:
                 self._renew_ahead(key, token)
                 started += 1
         return started
