@@ -238,7 +238,7 @@ def test_a_container_killed_behind_the_hubs_back_gets_one_died_stop(
     # poll. On a slow engine the first poll may be answered only after the kill; then its
     # last sighting is its start's own, a moment before the Hub's start record (and the
     # usage page ends the run at its start: test_usage_runs.py).
-    assert stop["last_seen"] <= killed <= stop["ts"], (stop, killing, killed)
+    assert stop["last_seen"] <= killed and killing <= stop["ts"], (stop, killing, killed)
     seen_by_a_poll = stop["last_seen"] >= killing - POLL * 1.1 - 2
     assert seen_by_a_poll or abs(stop["last_seen"] - started) < 5, (stop, started, killed)
 
